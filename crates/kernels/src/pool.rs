@@ -1,0 +1,66 @@
+//! Fused pooling mixer.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use rayon::prelude::*;
+
+/// Candle custom op: `avg_pool(k, stride 1, padding k/2, count_include_pad=False)(x) - x` on a
+/// contiguous f32 `(B, C, H, W)` input, computed as a separable box filter per plane.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolMixer {
+    pool_size: usize,
+}
+
+impl PoolMixer {
+    /// The op for an odd window `pool_size`.
+    pub fn new(pool_size: usize) -> Result<Self> {
+        if pool_size % 2 == 0 {
+            candle_core::bail!("pool_mixer: pool_size must be odd, got {pool_size}")
+        }
+        Ok(Self { pool_size })
+    }
+}
+
+impl CustomOp1 for PoolMixer {
+    fn name(&self) -> &'static str {
+        "tokenmix-pool-mixer"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("pool_mixer: input must be contiguous")
+        };
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let half = self.pool_size / 2;
+        let mut out = vec![0f32; b * c * h * w];
+        out.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, src)| pool_plane(src, h, w, half, dst));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+fn pool_plane(src: &[f32], h: usize, w: usize, half: usize, dst: &mut [f32]) {
+    let mut row_sums = vec![0f32; h * w];
+    for y in 0..h {
+        let row = &src[y * w..(y + 1) * w];
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(half), (x + half).min(w - 1));
+            row_sums[y * w + x] = row[a..=b].iter().sum::<f32>() / (b + 1 - a) as f32;
+        }
+    }
+    for y in 0..h {
+        let (a, b) = (y.saturating_sub(half), (y + half).min(h - 1));
+        let inv = 1.0 / (b + 1 - a) as f32;
+        let out = &mut dst[y * w..(y + 1) * w];
+        out.copy_from_slice(&row_sums[a * w..(a + 1) * w]);
+        for r in a + 1..=b {
+            for (o, v) in out.iter_mut().zip(&row_sums[r * w..(r + 1) * w]) {
+                *o += v;
+            }
+        }
+        for (o, v) in out.iter_mut().zip(&src[y * w..(y + 1) * w]) {
+            *o = *o * inv - v;
+        }
+    }
+}

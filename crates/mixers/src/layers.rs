@@ -1,0 +1,333 @@
+//! Layers shared by the mixers and the backbones: bias-free norms, StarReLU, per-channel scales,
+//! 1x1 projections and the two-layer MLP.
+//!
+//! Every layer that can sit in both kinds of stage is told its [`MixerLayout`] at construction:
+//! `Spatial` tensors are `(B, C, H, W)`, `Tokens` tensors are `(B, N, C)`.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::MixerLayout;
+
+fn is_spatial(layout: MixerLayout) -> bool {
+    layout != MixerLayout::Tokens
+}
+
+/// The channel axis of a tensor in `layout`.
+fn channel_axis(layout: MixerLayout) -> usize {
+    if is_spatial(layout) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Reshapes a per-channel vector `[C]` so it broadcasts against a tensor in `layout`.
+fn per_channel(v: &Tensor, layout: MixerLayout) -> Result<Tensor> {
+    if is_spatial(layout) {
+        v.reshape((v.elem_count(), 1, 1))
+    } else {
+        Ok(v.clone())
+    }
+}
+
+/// Per-channel multiplication `x * scale` (timm `Scale`; checkpoint tensor `scale`, shape `[C]`).
+/// Used for layer-scale (on a branch) and res-scale (on a shortcut).
+#[derive(Debug, Clone)]
+pub struct Scale {
+    scale: Tensor,
+}
+
+impl Scale {
+    /// Loads `scale` (`[dim]`) from `vb` for tensors in `layout`.
+    pub fn new(dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
+        let scale = per_channel(&vb.get(dim, "scale")?, layout)?;
+        Ok(Self { scale })
+    }
+}
+
+impl Module for Scale {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.scale)
+    }
+}
+
+/// Which normalization a layer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// GroupNorm with one group: statistics over all of `(C, H, W)` (or `(N, C)`) per sample.
+    GroupNorm1,
+    /// LayerNorm over the channel axis only, at every spatial position / token.
+    LayerNorm,
+}
+
+/// A normalization layer's description: kind, epsilon and whether it has a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NormConfig {
+    /// What the statistics are taken over.
+    pub kind: NormKind,
+    /// Added to the variance.
+    pub eps: f64,
+    /// Whether a `bias` tensor follows the `weight`.
+    pub bias: bool,
+}
+
+impl NormConfig {
+    /// timm `GroupNorm1` (PoolFormer v1): eps 1e-5, with bias.
+    pub const GROUP_NORM1: Self = Self {
+        kind: NormKind::GroupNorm1,
+        eps: 1e-5,
+        bias: true,
+    };
+    /// timm `GroupNorm1NoBias` (PoolFormer v2, IdentityFormer, RandFormer): eps 1e-6.
+    pub const GROUP_NORM1_NO_BIAS: Self = Self {
+        kind: NormKind::GroupNorm1,
+        eps: 1e-6,
+        bias: false,
+    };
+    /// timm `LayerNorm2dNoBias` / `LayerNormNoBias` (ConvFormer, CAFormer, stems): eps 1e-6.
+    pub const LAYER_NORM_NO_BIAS: Self = Self {
+        kind: NormKind::LayerNorm,
+        eps: 1e-6,
+        bias: false,
+    };
+    /// timm `LayerNorm2d` / `LayerNorm` with bias, eps 1e-6 (heads).
+    pub const LAYER_NORM: Self = Self {
+        kind: NormKind::LayerNorm,
+        eps: 1e-6,
+        bias: true,
+    };
+
+    /// Loads the norm's `weight` (and `bias`) for `dim` channels in `layout`.
+    pub fn build(&self, dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Norm> {
+        Norm::new(*self, dim, layout, vb)
+    }
+}
+
+/// A normalization layer: `(x - mean) / sqrt(var + eps) * weight (+ bias)` with the biased
+/// variance, over the axes its [`NormKind`] names; weight and bias are per channel.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    cfg: NormConfig,
+    layout: MixerLayout,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Norm {
+    /// Loads `weight` (`[dim]`) and, if the config says so, `bias` (`[dim]`).
+    pub fn new(cfg: NormConfig, dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
+        let weight = per_channel(&vb.get(dim, "weight")?, layout)?;
+        let bias = if cfg.bias {
+            Some(per_channel(&vb.get(dim, "bias")?, layout)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            layout,
+            weight,
+            bias,
+        })
+    }
+
+    fn normalize(&self, x: &Tensor) -> Result<Tensor> {
+        match self.cfg.kind {
+            NormKind::LayerNorm => normalize_axis(x, channel_axis(self.layout), self.cfg.eps),
+            NormKind::GroupNorm1 => {
+                let flat = x.flatten_from(1)?;
+                normalize_axis(&flat, 1, self.cfg.eps)?.reshape(x.shape())
+            }
+        }
+    }
+}
+
+/// `(x - mean) / sqrt(var + eps)` along `axis`, computed in f32.
+fn normalize_axis(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let centered = x.broadcast_sub(&x.mean_keepdim(axis)?)?;
+    let var = centered.sqr()?.mean_keepdim(axis)?;
+    let inv_std = (var + eps)?.sqrt()?.recip()?;
+    centered.broadcast_mul(&inv_std)?.to_dtype(dtype)
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.normalize(x)?.broadcast_mul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// StarReLU: `scale * relu(x)^2 + bias` with learned scalars `scale` and `bias` (shape `[1]`).
+#[derive(Debug, Clone)]
+pub struct StarRelu {
+    scale: Tensor,
+    bias: Tensor,
+}
+
+impl StarRelu {
+    /// Loads `scale` and `bias` (each `[1]`).
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            scale: vb.get(1, "scale")?,
+            bias: vb.get(1, "bias")?,
+        })
+    }
+}
+
+impl Module for StarRelu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.relu()?
+            .sqr()?
+            .broadcast_mul(&self.scale)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// The activation of an MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActKind {
+    /// Exact (erf) GELU, as PyTorch's `nn.GELU()`.
+    Gelu,
+    /// StarReLU with learned scale and bias.
+    StarRelu,
+    /// `relu(x)^2`, no parameters.
+    SquaredRelu,
+}
+
+/// An activation layer built from an [`ActKind`].
+#[derive(Debug, Clone)]
+pub enum Act {
+    /// Exact GELU.
+    Gelu,
+    /// StarReLU with its parameters.
+    StarRelu(StarRelu),
+    /// Squared ReLU.
+    SquaredRelu,
+}
+
+impl Act {
+    /// Builds the activation; StarReLU reads `scale` and `bias` from `vb`.
+    pub fn new(kind: ActKind, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            ActKind::Gelu => Self::Gelu,
+            ActKind::StarRelu => Self::StarRelu(StarRelu::new(vb)?),
+            ActKind::SquaredRelu => Self::SquaredRelu,
+        })
+    }
+}
+
+impl Module for Act {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu => x.gelu_erf(),
+            Self::StarRelu(a) => a.forward(x),
+            Self::SquaredRelu => x.relu()?.sqr(),
+        }
+    }
+}
+
+/// A per-position linear map of the channels: a 1x1 convolution on `(B, C, H, W)` (checkpoint
+/// weight `[out, in, 1, 1]`) or a `Linear` on `(B, N, C)` (weight `[out, in]`), bias optional.
+#[derive(Debug, Clone)]
+pub struct Pointwise {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    layout: MixerLayout,
+}
+
+impl Pointwise {
+    /// Loads `weight` (and `bias` if `bias`) mapping `in_dim` to `out_dim` channels.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = if is_spatial(layout) {
+            vb.get((out_dim, in_dim, 1, 1), "weight")?
+                .reshape((out_dim, in_dim))?
+        } else {
+            vb.get((out_dim, in_dim), "weight")?
+        };
+        let bias = if bias {
+            Some(per_channel(&vb.get(out_dim, "bias")?, layout)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            layout,
+        })
+    }
+}
+
+impl Module for Pointwise {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if is_spatial(self.layout) {
+            let (b, c, h, w) = x.dims4()?;
+            let out = self.weight.dim(0)?;
+            self.weight
+                .broadcast_matmul(&x.reshape((b, c, h * w))?)?
+                .reshape((b, out, h, w))?
+        } else {
+            x.broadcast_matmul(&self.weight.t()?)?
+        };
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+}
+
+/// The channel MLP of a block: `fc2(act(fc1(x)))` with `fc1: dim -> hidden`, `fc2: hidden -> dim`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Pointwise,
+    act: Act,
+    fc2: Pointwise,
+}
+
+impl Mlp {
+    /// Loads `fc1`, `act` and `fc2` from `vb` (timm `Mlp` names).
+    pub fn new(
+        dim: usize,
+        hidden: usize,
+        act: ActKind,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: Pointwise::new(dim, hidden, bias, layout, vb.pp("fc1"))?,
+            act: Act::new(act, vb.pp("act"))?,
+            fc2: Pointwise::new(hidden, dim, bias, layout, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Softmax over the last axis, computed in f32.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+/// Mean over the spatial axes of `(B, C, H, W)`, giving `(B, C)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean(D::Minus1)?.mean(D::Minus1)
+}

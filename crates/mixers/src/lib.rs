@@ -1,0 +1,217 @@
+//! Token mixers for tokenmix.
+//!
+//! A token mixer is the part of a MetaFormer block that lets tokens exchange information. Every
+//! mixer implements [`TokenMixer`]: it maps a tensor to one of the same shape, in the layout it
+//! declares through [`TokenMixer::layout`]:
+//!
+//! * [`MixerLayout::Spatial`]: a channel-first feature map `(B, C, H, W)`;
+//! * [`MixerLayout::Tokens`]: a token sequence `(B, N, C)` (a 2-D map is flattened row-major,
+//!   `n = h * W + w`), which is also how 1-D sequence models feed a mixer;
+//! * [`MixerLayout::Any`]: either of the two (element-wise or identity mixers).
+//!
+//! Mixers are chosen at run time through the serde-friendly [`MixerConfig`], whose
+//! [`MixerConfig::build`] returns a `Box<dyn TokenMixer>` loaded from a [`VarBuilder`] whose
+//! paths mirror timm's checkpoint names (`token_mixer.qkv.weight`, ...).
+//!
+//! # Families in this crate
+//! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
+//!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer).
+//! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
+#![deny(missing_docs)]
+
+pub mod attention;
+pub mod identity;
+pub mod layers;
+pub mod pooling;
+pub mod random_mixing;
+pub mod sepconv;
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+pub use attention::Attention;
+pub use identity::Identity;
+pub use pooling::Pooling;
+pub use random_mixing::RandomMixing;
+pub use sepconv::SepConv;
+
+/// The tensor layout a token mixer consumes and produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixerLayout {
+    /// Channel-first feature map `(B, C, H, W)`.
+    Spatial,
+    /// Token sequence `(B, N, C)`.
+    Tokens,
+    /// Works on either layout, e.g. the identity.
+    Any,
+}
+
+/// A token mixer: maps a tensor of one shape to a tensor of the same shape, mixing information
+/// across tokens (spatial positions). Object-safe, so a stage can hold mixers chosen at run time.
+pub trait TokenMixer: Send + Sync + std::fmt::Debug {
+    /// Short name of the mixer family (`"pooling"`, `"attention"`, ...).
+    fn name(&self) -> &'static str;
+    /// The layout [`TokenMixer::forward`] expects and returns.
+    fn layout(&self) -> MixerLayout;
+    /// Mixes `x` (laid out as [`TokenMixer::layout`] says) into a tensor of the same shape.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// Serializable description of a token mixer: which family and its hyper-parameters.
+///
+/// The channel count is not part of the config; it is given to [`MixerConfig::build`] by the
+/// stage that owns the mixer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MixerConfig {
+    /// No mixing at all (IdentityFormer).
+    Identity,
+    /// `avg_pool(k, stride 1, padding k/2, padding excluded from the average) - x` (PoolFormer).
+    Pooling {
+        /// Pooling window, odd.
+        pool_size: usize,
+    },
+    /// Multiplication of the `N` tokens by a frozen `N x N` matrix stored in the checkpoint
+    /// (RandFormer).
+    RandomMixing {
+        /// Number of tokens `N = H * W` the matrix was drawn for.
+        num_tokens: usize,
+    },
+    /// Inverted separable convolution: 1x1 expand, StarReLU, depthwise k x k, 1x1 project.
+    SepConv {
+        /// Hidden channels are `expansion_ratio * dim`.
+        expansion_ratio: f64,
+        /// Depthwise kernel size, odd.
+        kernel_size: usize,
+        /// Whether the three convolutions have biases.
+        bias: bool,
+    },
+    /// Multi-head self-attention over all tokens (CAFormer).
+    Attention {
+        /// Channels per head.
+        head_dim: usize,
+        /// Whether the qkv projection has a bias.
+        qkv_bias: bool,
+        /// Whether the output projection has a bias.
+        proj_bias: bool,
+    },
+}
+
+impl MixerConfig {
+    /// PoolFormer's 3x3 pooling mixer.
+    pub fn pooling() -> Self {
+        Self::Pooling { pool_size: 3 }
+    }
+
+    /// ConvFormer's SepConv: expansion 2, 7x7 depthwise, no biases.
+    pub fn sepconv() -> Self {
+        Self::SepConv {
+            expansion_ratio: 2.0,
+            kernel_size: 7,
+            bias: false,
+        }
+    }
+
+    /// CAFormer's attention: head dim 32, no biases.
+    pub fn attention() -> Self {
+        Self::Attention {
+            head_dim: 32,
+            qkv_bias: false,
+            proj_bias: false,
+        }
+    }
+
+    /// The layout the built mixer works in.
+    pub fn layout(&self) -> MixerLayout {
+        match self {
+            Self::Identity => MixerLayout::Any,
+            Self::Pooling { .. } | Self::RandomMixing { .. } | Self::SepConv { .. } => {
+                MixerLayout::Spatial
+            }
+            Self::Attention { .. } => MixerLayout::Tokens,
+        }
+    }
+
+    /// Checks the hyper-parameters for `dim` channels; the error says which one is wrong.
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        match self {
+            Self::Pooling { pool_size } if pool_size % 2 == 0 => {
+                candle_core::bail!("pooling mixer: pool_size must be odd, got {pool_size}")
+            }
+            Self::SepConv {
+                kernel_size,
+                expansion_ratio,
+                ..
+            } => {
+                if kernel_size % 2 == 0 {
+                    candle_core::bail!("sepconv mixer: kernel_size must be odd, got {kernel_size}")
+                }
+                if !(*expansion_ratio > 0.0 && expansion_ratio.is_finite()) {
+                    candle_core::bail!(
+                        "sepconv mixer: expansion_ratio must be positive, got {expansion_ratio}"
+                    )
+                }
+                Ok(())
+            }
+            Self::Attention { head_dim, .. } if *head_dim == 0 || dim == 0 => {
+                candle_core::bail!("attention mixer: head_dim and dim must be positive")
+            }
+            Self::RandomMixing { num_tokens } if *num_tokens == 0 => {
+                candle_core::bail!("random mixing: num_tokens must be positive")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Builds the mixer for `dim` channels, reading its weights from `vb` (the `token_mixer`
+    /// prefix of a block).
+    pub fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        self.validate(dim)?;
+        Ok(match self {
+            Self::Identity => Box::new(Identity),
+            Self::Pooling { pool_size } => Box::new(Pooling::new(*pool_size)),
+            Self::RandomMixing { num_tokens } => Box::new(RandomMixing::new(*num_tokens, vb)?),
+            Self::SepConv {
+                expansion_ratio,
+                kernel_size,
+                bias,
+            } => Box::new(SepConv::new(
+                dim,
+                *expansion_ratio,
+                *kernel_size,
+                *bias,
+                vb,
+            )?),
+            Self::Attention {
+                head_dim,
+                qkv_bias,
+                proj_bias,
+            } => Box::new(Attention::new(dim, *head_dim, *qkv_bias, *proj_bias, vb)?),
+        })
+    }
+
+    /// Multiply-accumulates of one forward pass for one sample with `dim` channels on an
+    /// `h x w` token grid (convolutions and matrix products; element-wise work is not counted).
+    pub fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        let (dim, n) = (dim as u64, (h * w) as u64);
+        match self {
+            Self::Identity | Self::Pooling { .. } => 0,
+            Self::RandomMixing { num_tokens } => (*num_tokens as u64).pow(2) * dim,
+            Self::SepConv {
+                expansion_ratio,
+                kernel_size,
+                ..
+            } => {
+                let mid = sepconv::hidden_channels(dim as usize, *expansion_ratio) as u64;
+                let k2 = (*kernel_size as u64).pow(2);
+                n * (dim * mid * 2 + mid * k2)
+            }
+            Self::Attention { head_dim, .. } => {
+                let a = (attention::num_heads(dim as usize, *head_dim) * head_dim) as u64;
+                n * dim * a * 3 + n * a * dim + 2 * n * n * a
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! ConvFormer's inverted separable convolution.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::layers::{Pointwise, StarRelu};
+use crate::{MixerLayout, TokenMixer};
+
+/// Hidden channels of a SepConv with `expansion_ratio` on `dim` channels (`int(ratio * dim)`).
+pub fn hidden_channels(dim: usize, expansion_ratio: f64) -> usize {
+    (expansion_ratio * dim as f64) as usize
+}
+
+/// `pwconv2(dwconv(StarReLU(pwconv1(x))))` on `(B, C, H, W)`: a 1x1 conv to `2C` channels,
+/// StarReLU (`act1`), a `k x k` depthwise conv with padding `k/2`, a 1x1 conv back to `C`.
+/// Checkpoint names: `pwconv1.weight [2C, C, 1, 1]`, `act1.{scale,bias}`,
+/// `dwconv.weight [2C, 1, k, k]`, `pwconv2.weight [C, 2C, 1, 1]` (biases only if configured).
+#[derive(Debug, Clone)]
+pub struct SepConv {
+    pwconv1: Pointwise,
+    act1: StarRelu,
+    dw_weight: Tensor,
+    dw_bias: Option<Tensor>,
+    pwconv2: Pointwise,
+}
+
+impl SepConv {
+    /// Loads a SepConv for `dim` channels.
+    pub fn new(
+        dim: usize,
+        expansion_ratio: f64,
+        kernel_size: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let mid = hidden_channels(dim, expansion_ratio);
+        let spatial = MixerLayout::Spatial;
+        let dw = vb.pp("dwconv");
+        Ok(Self {
+            pwconv1: Pointwise::new(dim, mid, bias, spatial, vb.pp("pwconv1"))?,
+            act1: StarRelu::new(vb.pp("act1"))?,
+            dw_weight: dw.get((mid, 1, kernel_size, kernel_size), "weight")?,
+            dw_bias: if bias { Some(dw.get(mid, "bias")?) } else { None },
+            pwconv2: Pointwise::new(mid, dim, bias, spatial, vb.pp("pwconv2"))?,
+        })
+    }
+}
+
+impl TokenMixer for SepConv {
+    fn name(&self) -> &'static str {
+        "sepconv"
+    }
+
+    fn layout(&self) -> MixerLayout {
+        MixerLayout::Spatial
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.act1.forward(&self.pwconv1.forward(x)?)?;
+        let pad = self.dw_weight.dim(3)? / 2;
+        let h = tokenmix_kernels::depthwise_conv2d(&h, &self.dw_weight, self.dw_bias.as_ref(), 1, pad)?;
+        self.pwconv2.forward(&h)
+    }
+}

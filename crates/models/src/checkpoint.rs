@@ -1,0 +1,173 @@
+//! Strict checkpoint loading and random weights.
+//!
+//! The tensors a model needs are found by building it once against a recording backend (no
+//! memory is allocated for the weights); a checkpoint is then compared with that list before
+//! anything is built, so every missing, unexpected, mis-shaped or wrongly typed tensor is
+//! reported by name in one error.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use safetensors::SafeTensors;
+
+use crate::{ArchConfig, Error, ImageModel, Result};
+
+/// Name and shape of one tensor a model reads.
+pub type TensorSpec = (String, Vec<usize>);
+
+#[derive(Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<TensorSpec>>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((name.to_string(), s.dims().to_vec()));
+        }
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("tensor {name} requested without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Every tensor `cfg` reads, with its shape, in build order.
+pub fn expected_tensors(cfg: &ArchConfig) -> Result<Vec<TensorSpec>> {
+    let recorder = Recorder::default();
+    let seen = recorder.seen.clone();
+    let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
+    cfg.build(vb)?;
+    let specs = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(specs)
+}
+
+/// Number of parameters of `cfg` (every tensor in its checkpoint).
+pub fn param_count(cfg: &ArchConfig) -> Result<u64> {
+    Ok(expected_tensors(cfg)?
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum())
+}
+
+const MAX_LISTED: usize = 8;
+
+fn list(kind: &str, items: &[String]) -> Option<String> {
+    if items.is_empty() {
+        return None;
+    }
+    let mut shown = items[..items.len().min(MAX_LISTED)].join(", ");
+    if items.len() > MAX_LISTED {
+        shown.push_str(&format!(" and {} more", items.len() - MAX_LISTED));
+    }
+    Some(format!("{} {kind}: {shown}", items.len()))
+}
+
+/// Compares the tensors of a safetensors file with what the model needs.
+fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Result<(), String> {
+    let wanted: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut bad_dtype = Vec::new();
+    for (name, shape) in expected {
+        match st.tensor(name) {
+            Err(_) => missing.push(name.clone()),
+            Ok(view) => {
+                if view.shape() != shape.as_slice() {
+                    misshaped.push(format!("{name} (expected {shape:?}, found {:?})", view.shape()));
+                }
+                use safetensors::Dtype as D;
+                if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
+                    bad_dtype.push(format!("{name} ({:?}; want f32, f16 or bf16)", view.dtype()));
+                }
+            }
+        }
+    }
+    let mut unexpected: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !wanted.contains_key(*n))
+        .map(str::to_string)
+        .collect();
+    missing.sort();
+    unexpected.sort();
+    let problems: Vec<String> = [
+        list("missing tensors", &missing),
+        list("unexpected tensors", &unexpected),
+        list("tensors of the wrong shape", &misshaped),
+        list("tensors of an unsupported dtype", &bad_dtype),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Loads a model of architecture `cfg` (called `model_name` in messages) from the safetensors
+/// file at `path` onto `device`, in f32. f32, f16 and bf16 checkpoints are accepted; the file
+/// must hold exactly the tensors the model needs, with the right shapes.
+pub fn load_safetensors(
+    path: &Path,
+    cfg: &ArchConfig,
+    model_name: &str,
+    device: &Device,
+) -> Result<Box<dyn ImageModel>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let expected = expected_tensors(cfg)?;
+    check_tensors(&st, &expected).map_err(|details| Error::WeightMismatch {
+        path: path.to_path_buf(),
+        model: model_name.to_string(),
+        details,
+    })?;
+    let mut tensors = HashMap::with_capacity(expected.len());
+    for (name, _) in &expected {
+        let view = st.tensor(name).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        tensors.insert(name.clone(), t);
+    }
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok(cfg.build(vb)?)
+}
+
+/// Builds `cfg` with random weights (normal, std 0.02; norm weights and scales near one), for
+/// benchmarks and tests.
+pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageModel>> {
+    let mut tensors = HashMap::new();
+    for (name, shape) in expected_tensors(cfg)? {
+        let noise = Tensor::randn(0f32, 0.02, shape.as_slice(), device)?;
+        let is_gain = name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight"));
+        let t = if is_gain { (noise + 1.0)? } else { noise };
+        tensors.insert(name, t);
+    }
+    Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+}

@@ -1,0 +1,139 @@
+//! Loading model directories as the Hugging Face hub serves `timm/<name>` and as timm's
+//! `save_for_hf` writes them: `config.json` (`architecture`, `num_classes`, `model_args`,
+//! `pretrained_cfg`, optionally `label_names`) next to `model.safetensors`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::checkpoint::load_safetensors;
+use crate::registry::model_entry;
+use crate::{check_input, ArchConfig, Error, ImageModel, PretrainedCfg, Result};
+
+/// A loaded model with everything needed to feed it and read its output.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The zoo name of the architecture.
+    pub name: String,
+    /// The architecture after `model_args`.
+    pub config: ArchConfig,
+    /// Preprocessing and input size.
+    pub pretrained_cfg: PretrainedCfg,
+    /// Class names from `config.json`, if it has them.
+    pub label_names: Option<Vec<String>>,
+    /// The model.
+    pub model: Box<dyn ImageModel>,
+}
+
+impl LoadedModel {
+    /// Logits `(B, num_classes)` for an input batch `(B, in_chans, H, W)`, after checking its
+    /// shape.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        check_input(self.model.as_ref(), x)?;
+        Ok(self.model.forward(x)?)
+    }
+
+    /// Every stage's feature map for an input batch, after checking its shape.
+    pub fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        check_input(self.model.as_ref(), x)?;
+        Ok(self.model.forward_features(x)?)
+    }
+
+    /// Human-readable name of class `index`: `label_names` from the config, else the
+    /// ImageNet-1k name for 1000-class models.
+    pub fn class_name(&self, index: usize) -> Option<String> {
+        if let Some(names) = &self.label_names {
+            return names.get(index).cloned();
+        }
+        if self.model.num_classes() == 1000 {
+            return crate::imagenet::class_names().get(index).map(|s| s.to_string());
+        }
+        None
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HubConfig {
+    architecture: String,
+    num_classes: Option<usize>,
+    #[serde(default)]
+    model_args: Map<String, Value>,
+    pretrained_cfg: Option<PretrainedCfg>,
+    label_names: Option<Vec<String>>,
+}
+
+fn read_config(path: &Path) -> Result<HubConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path.display().to_string(), e))
+}
+
+/// Loads the model in `dir` (`config.json` + `model.safetensors`) onto `device`.
+///
+/// The architecture comes from `config.json`'s `architecture` (a zoo name, with or without a
+/// pretrained tag); `model_args` override the named config with timm's kwarg names; the
+/// classifier width is `model_args.num_classes`, else the top-level `num_classes`, and the
+/// input channels follow `pretrained_cfg.input_size` unless `model_args.in_chans` is given.
+pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let config_path = dir.join("config.json");
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+        });
+    }
+    let hub = read_config(&config_path)?;
+    let entry = model_entry(&hub.architecture)?;
+    let mut config = entry.config();
+    let pretrained_cfg = hub.pretrained_cfg.unwrap_or_else(|| entry.pretrained_cfg());
+    if let Some(&c) = pretrained_cfg.input_size.first() {
+        config.set_in_chans(c);
+    }
+    if let Some(n) = hub.num_classes {
+        config.set_num_classes(n);
+    }
+    config
+        .apply_model_args(&hub.model_args)
+        .map_err(|e| Error::config(config_path.display().to_string(), e))?;
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(Error::Io {
+            path: weights,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "model.safetensors not found (only safetensors checkpoints are supported)",
+            ),
+        });
+    }
+    let model = load_safetensors(&weights, &config, entry.name, device)?;
+    Ok(LoadedModel {
+        name: entry.name.to_string(),
+        config,
+        pretrained_cfg,
+        label_names: hub.label_names,
+        model,
+    })
+}
+
+/// Loads zoo model `name` at its default config from a bare safetensors file.
+pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<LoadedModel> {
+    let entry = model_entry(name)?;
+    let config = entry.config();
+    let model = load_safetensors(weights, &config, entry.name, device)?;
+    Ok(LoadedModel {
+        name: entry.name.to_string(),
+        config,
+        pretrained_cfg: entry.pretrained_cfg(),
+        label_names: None,
+        model,
+    })
+}
+
+/// The `model.safetensors` path of a model directory.
+pub fn weights_path(dir: &Path) -> PathBuf {
+    dir.join("model.safetensors")
+}

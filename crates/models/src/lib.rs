@@ -1,0 +1,134 @@
+//! Backbones, the named model zoo, checkpoint loading and preprocessing for tokenmix.
+//!
+//! * [`metaformer`]: the MetaFormer backbone (PoolFormer v1/v2, IdentityFormer, RandFormer,
+//!   ConvFormer, CAFormer).
+//! * [`registry`]: the zoo under timm's names, with [`list_models`] and per-model facts
+//!   (parameters, MACs, paper top-1, pretrained config).
+//! * [`checkpoint`]: loading `model.safetensors` strictly (every missing, unexpected or
+//!   mis-shaped tensor is reported by name), and random weights for benchmarks.
+//! * [`hub`]: loading a model directory as the Hugging Face hub serves `timm/<name>` and timm's
+//!   `save_for_hf` writes it (`config.json` + `model.safetensors`).
+//! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+mod error;
+pub mod hub;
+pub mod imagenet;
+pub mod metaformer;
+pub mod pretrained;
+pub mod preprocess;
+pub mod registry;
+
+use candle_core::{Result as CandleResult, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+pub use error::{Error, Result};
+pub use hub::{load_model_dir, load_weights, LoadedModel};
+pub use metaformer::{MetaFormer, MetaFormerConfig};
+pub use pretrained::PretrainedCfg;
+pub use registry::{list_models, model_entry, ModelEntry};
+
+/// An image classifier: a backbone producing multi-scale features and a head producing logits.
+///
+/// Inputs are `(B, in_chans, H, W)`; features are `(B, C_i, H_i, W_i)`, one per stage; logits
+/// are `(B, num_classes)` (or pooled features `(B, C)` when `num_classes` is 0).
+pub trait ImageModel: Send + Sync + std::fmt::Debug {
+    /// Channels the model expects in its input.
+    fn in_chans(&self) -> usize;
+    /// Width of the logits.
+    fn num_classes(&self) -> usize;
+    /// Every stage's output feature map, in order (for detection or segmentation heads).
+    fn forward_features(&self, x: &Tensor) -> CandleResult<Vec<Tensor>>;
+    /// Logits from the last feature map.
+    fn forward_head(&self, last: &Tensor) -> CandleResult<Tensor>;
+    /// Logits from an input batch.
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        let features = self.forward_features(x)?;
+        match features.last() {
+            Some(last) => self.forward_head(last),
+            None => candle_core::bail!("model produced no features"),
+        }
+    }
+}
+
+/// Checks that `x` is an `(B, in_chans, H, W)` batch a model can take; the error says what is
+/// wrong with it.
+pub fn check_input(model: &dyn ImageModel, x: &Tensor) -> Result<()> {
+    let dims = x.dims();
+    let ok = dims.len() == 4 && dims[1] == model.in_chans() && dims[0] > 0;
+    if !ok {
+        return Err(Error::Input(format!(
+            "expected a (batch, {}, height, width) tensor, got shape {:?}",
+            model.in_chans(),
+            dims
+        )));
+    }
+    if dims[2] < 4 || dims[3] < 4 {
+        return Err(Error::Input(format!(
+            "image of {}x{} is too small: height and width must be at least 4",
+            dims[2], dims[3]
+        )));
+    }
+    Ok(())
+}
+
+/// The architecture of a model, with its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum ArchConfig {
+    /// A [`MetaFormer`].
+    MetaFormer(MetaFormerConfig),
+}
+
+impl ArchConfig {
+    /// Builds the model, reading its tensors from `vb`.
+    pub fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn ImageModel>> {
+        Ok(match self {
+            Self::MetaFormer(c) => Box::new(MetaFormer::new(c, vb)?),
+        })
+    }
+
+    /// Applies timm-style `model_args` from a hub `config.json`.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+        match self {
+            Self::MetaFormer(c) => c.apply_model_args(args),
+        }
+    }
+
+    /// Multiply-accumulates of one forward pass of one `h x w` image.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        match self {
+            Self::MetaFormer(c) => c.macs(h, w),
+        }
+    }
+
+    /// Input channels.
+    pub fn in_chans(&self) -> usize {
+        match self {
+            Self::MetaFormer(c) => c.in_chans,
+        }
+    }
+
+    /// Classifier width.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::MetaFormer(c) => c.num_classes,
+        }
+    }
+
+    /// Sets the classifier width (0 removes the classifier).
+    pub fn set_num_classes(&mut self, n: usize) {
+        match self {
+            Self::MetaFormer(c) => c.num_classes = n,
+        }
+    }
+
+    /// Sets the input channels.
+    pub fn set_in_chans(&mut self, n: usize) {
+        match self {
+            Self::MetaFormer(c) => c.in_chans = n,
+        }
+    }
+}

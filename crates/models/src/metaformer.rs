@@ -1,0 +1,655 @@
+//! MetaFormer backbones: PoolFormer v1/v2, IdentityFormer, RandFormer, ConvFormer, CAFormer.
+//!
+//! One backbone, [`MetaFormer`], covers the whole family by choosing a token mixer, a norm and a
+//! few switches per stage, as timm's `timm/models/metaformer.py` does; tensor names follow timm
+//! (`stem.conv`, `stages.{i}.downsample`, `stages.{i}.blocks.{j}.token_mixer`, `head.fc`).
+//!
+//! Papers: "MetaFormer is Actually What You Need for Vision" (arXiv 2111.11418) and "MetaFormer
+//! Baselines for Vision" (arXiv 2210.13452).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{global_avg_pool, ActKind, Mlp, Norm, NormConfig, Scale};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::{Error, ImageModel};
+
+/// Hyper-parameters of a [`MetaFormer`]. Field names are timm's `MetaFormer` kwargs where timm
+/// has one; per-stage lists have one entry per stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaFormerConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs; 0 means no classifier (the head returns pooled, normed features).
+    pub num_classes: usize,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Channels per stage.
+    pub dims: Vec<usize>,
+    /// Token mixer per stage.
+    pub token_mixers: Vec<MixerConfig>,
+    /// Block norm (`norm1`, `norm2`) per stage.
+    pub norm_layers: Vec<NormConfig>,
+    /// Norm of the stem (after its conv) and of the downsamplers (before their conv); `None` for
+    /// PoolFormer v1.
+    pub downsample_norm: Option<NormConfig>,
+    /// Activation of the block MLPs.
+    pub mlp_act: ActKind,
+    /// Whether the block MLPs have biases.
+    pub mlp_bias: bool,
+    /// Hidden width of the block MLPs as a multiple of the stage width.
+    pub mlp_ratio: f64,
+    /// Per stage, whether blocks scale their branches (`layer_scale{1,2}.scale`); timm stores
+    /// the init value, only its presence matters for inference.
+    pub layer_scale_init_values: Vec<Option<f64>>,
+    /// Per stage, whether blocks scale their shortcuts (`res_scale{1,2}.scale`).
+    pub res_scale_init_values: Vec<Option<f64>>,
+    /// Norm applied to the pooled features before the classifier.
+    pub output_norm: NormConfig,
+    /// `MlpHead` (fc1, SquaredReLU, LayerNorm, fc2) instead of a single Linear.
+    pub use_mlp_head: bool,
+}
+
+impl MetaFormerConfig {
+    fn base(depths: [usize; 4], dims: [usize; 4], mixers: Vec<MixerConfig>) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            depths: depths.to_vec(),
+            dims: dims.to_vec(),
+            token_mixers: mixers,
+            norm_layers: vec![NormConfig::GROUP_NORM1_NO_BIAS; 4],
+            downsample_norm: Some(NormConfig::LAYER_NORM_NO_BIAS),
+            mlp_act: ActKind::StarRelu,
+            mlp_bias: false,
+            mlp_ratio: 4.0,
+            layer_scale_init_values: vec![None; 4],
+            res_scale_init_values: vec![None, None, Some(1.0), Some(1.0)],
+            output_norm: NormConfig::LAYER_NORM,
+            use_mlp_head: false,
+        }
+    }
+
+    /// PoolFormer v1: pooling mixers, GroupNorm1 with bias, GELU MLPs with bias, layer scale.
+    pub fn poolformer_v1(depths: [usize; 4], dims: [usize; 4], layer_scale: f64) -> Self {
+        Self {
+            norm_layers: vec![NormConfig::GROUP_NORM1; 4],
+            downsample_norm: None,
+            mlp_act: ActKind::Gelu,
+            mlp_bias: true,
+            layer_scale_init_values: vec![Some(layer_scale); 4],
+            res_scale_init_values: vec![None; 4],
+            ..Self::base(depths, dims, vec![MixerConfig::pooling(); 4])
+        }
+    }
+
+    /// PoolFormer v2: pooling mixers, GroupNorm1 without bias, StarReLU MLPs, res scale.
+    pub fn poolformer_v2(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        Self::base(depths, dims, vec![MixerConfig::pooling(); 4])
+    }
+
+    /// IdentityFormer: PoolFormer v2 with identity mixers.
+    pub fn identityformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        Self::base(depths, dims, vec![MixerConfig::Identity; 4])
+    }
+
+    /// RandFormer: identity mixers in stages 0-1, frozen random mixing in stages 2-3, for an
+    /// input of `img_size` (height, width).
+    pub fn randformer(depths: [usize; 4], dims: [usize; 4], img_size: (usize, usize)) -> Self {
+        let random = MixerConfig::RandomMixing { num_tokens: 0 };
+        let identity = MixerConfig::Identity;
+        let mixers = vec![identity.clone(), identity, random.clone(), random];
+        let mut cfg = Self::base(depths, dims, mixers);
+        cfg.set_random_mixing_size(img_size);
+        cfg
+    }
+
+    /// ConvFormer: SepConv mixers, channel LayerNorm without bias, MlpHead.
+    pub fn convformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        Self {
+            norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
+            use_mlp_head: true,
+            ..Self::base(depths, dims, vec![MixerConfig::sepconv(); 4])
+        }
+    }
+
+    /// CAFormer: SepConv in stages 0-1, attention in stages 2-3, MlpHead.
+    pub fn caformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        let mixers = vec![
+            MixerConfig::sepconv(),
+            MixerConfig::sepconv(),
+            MixerConfig::attention(),
+            MixerConfig::attention(),
+        ];
+        Self {
+            norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
+            use_mlp_head: true,
+            ..Self::base(depths, dims, mixers)
+        }
+    }
+
+    /// Number of stages.
+    pub fn num_stages(&self) -> usize {
+        self.depths.len()
+    }
+
+    /// Spatial size of each stage's output for an `h x w` input.
+    pub fn stage_sizes(&self, h: usize, w: usize) -> Vec<(usize, usize)> {
+        let stem = |n: usize| (n + 4).saturating_sub(7) / 4 + 1;
+        let down = |n: usize| (n + 1) / 2;
+        let mut size = (stem(h), stem(w));
+        let mut prev = self.dims.first().copied().unwrap_or(0);
+        let mut out = Vec::new();
+        for &dim in &self.dims {
+            if dim != prev {
+                size = (down(size.0), down(size.1));
+            }
+            prev = dim;
+            out.push(size);
+        }
+        out
+    }
+
+    /// Sets the token count of every random-mixing stage to its grid size for an `img_size`
+    /// (height, width) input.
+    pub fn set_random_mixing_size(&mut self, img_size: (usize, usize)) {
+        let sizes = self.stage_sizes(img_size.0, img_size.1);
+        for (mixer, (h, w)) in self.token_mixers.iter_mut().zip(sizes) {
+            if let MixerConfig::RandomMixing { num_tokens } = mixer {
+                *num_tokens = h * w;
+            }
+        }
+    }
+
+    /// Checks that the per-stage lists agree and sizes are sane.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.num_stages();
+        if n == 0 {
+            return Err("depths is empty".into());
+        }
+        let lens = [
+            ("dims", self.dims.len()),
+            ("token_mixers", self.token_mixers.len()),
+            ("norm_layers", self.norm_layers.len()),
+            ("layer_scale_init_values", self.layer_scale_init_values.len()),
+            ("res_scale_init_values", self.res_scale_init_values.len()),
+        ];
+        for (name, len) in lens {
+            if len != n {
+                return Err(format!("{name} has {len} entries but depths has {n} stages"));
+            }
+        }
+        if self.in_chans == 0 || self.in_chans > 4096 {
+            return Err(format!("in_chans must be in 1..=4096, got {}", self.in_chans));
+        }
+        if self.num_classes > 1_000_000 {
+            return Err(format!("num_classes {} is absurd", self.num_classes));
+        }
+        if let Some(d) = self.dims.iter().find(|&&d| d == 0 || d > 65_536) {
+            return Err(format!("every dim must be in 1..=65536, got {d}"));
+        }
+        if let Some(d) = self.depths.iter().find(|&&d| d > 1000) {
+            return Err(format!("every depth must be at most 1000, got {d}"));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!("mlp_ratio must be in (0, 64], got {}", self.mlp_ratio));
+        }
+        for (mixer, dim) in self.token_mixers.iter().zip(&self.dims) {
+            mixer.validate(*dim).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Applies timm-style `model_args` (from a hub `config.json`) on top of this config:
+    /// `depths`, `dims`, `in_chans`, `num_classes`, `layer_scale_init_values`,
+    /// `res_scale_init_values`, `mlp_bias`, `use_mlp_head`, and `img_size` (RandFormer's
+    /// token grid). Training-only kwargs (drop rates) are accepted and ignored; anything else is
+    /// an error naming the key.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        let mut img_size = None;
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            match key.as_str() {
+                "depths" => {
+                    let v = usize_list(value).ok_or_else(|| bad("a list of integers"))?;
+                    self.resize_stages(v.len())?;
+                    self.depths = v;
+                }
+                "dims" => {
+                    let v = usize_list(value).ok_or_else(|| bad("a list of integers"))?;
+                    self.resize_stages(v.len())?;
+                    self.dims = v;
+                }
+                "in_chans" => self.in_chans = as_usize(value).ok_or_else(|| bad("an integer"))?,
+                "num_classes" => {
+                    self.num_classes = as_usize(value).ok_or_else(|| bad("an integer"))?
+                }
+                "mlp_bias" => self.mlp_bias = value.as_bool().ok_or_else(|| bad("a boolean"))?,
+                "use_mlp_head" => {
+                    self.use_mlp_head = value.as_bool().ok_or_else(|| bad("a boolean"))?
+                }
+                "layer_scale_init_values" => {
+                    self.layer_scale_init_values = per_stage_opt(value, self.num_stages())
+                        .ok_or_else(|| bad("null, a number or a list of those"))?
+                }
+                "res_scale_init_values" => {
+                    self.res_scale_init_values = per_stage_opt(value, self.num_stages())
+                        .ok_or_else(|| bad("null, a number or a list of those"))?
+                }
+                "img_size" => img_size = Some(img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?),
+                "drop_path_rate" | "drop_rate" | "proj_drop_rate" | "global_pool" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unknown argument '{key}' for a MetaFormer model"),
+                    ))
+                }
+            }
+        }
+        if let Some(size) = img_size {
+            self.set_random_mixing_size(size);
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Makes every per-stage list `n` long: truncating, or repeating a list whose entries are
+    /// all equal. Lists that differ per stage cannot be extended.
+    fn resize_stages(&mut self, n: usize) -> crate::Result<()> {
+        fn fit<T: Clone + PartialEq>(name: &str, v: &mut Vec<T>, n: usize) -> crate::Result<()> {
+            if n <= v.len() {
+                v.truncate(n);
+            } else if v.windows(2).all(|w| w[0] == w[1]) && !v.is_empty() {
+                v.resize(n, v[0].clone());
+            } else {
+                return Err(Error::config(
+                    "model_args",
+                    format!("cannot extend the per-stage {name} of this model to {n} stages"),
+                ));
+            }
+            Ok(())
+        }
+        fit("depths", &mut self.depths, n)?;
+        fit("dims", &mut self.dims, n)?;
+        fit("token_mixers", &mut self.token_mixers, n)?;
+        fit("norm_layers", &mut self.norm_layers, n)?;
+        fit("layer_scale_init_values", &mut self.layer_scale_init_values, n)?;
+        fit("res_scale_init_values", &mut self.res_scale_init_values, n)
+    }
+
+    /// Multiply-accumulates of one forward pass of one `h x w` image.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        let sizes = self.stage_sizes(h, w);
+        let mut total = 0u64;
+        let (h1, w1) = sizes[0];
+        total += (h1 * w1 * self.dims[0] * self.in_chans * 49) as u64;
+        let mut prev = self.dims[0];
+        for (i, &(sh, sw)) in sizes.iter().enumerate() {
+            let dim = self.dims[i];
+            let n = (sh * sw) as u64;
+            if dim != prev {
+                total += n * (dim * prev * 9) as u64;
+            }
+            prev = dim;
+            let hidden = (self.mlp_ratio * dim as f64) as u64;
+            let block = self.token_mixers[i].macs(dim, sh, sw) + 2 * n * dim as u64 * hidden;
+            total += block * self.depths[i] as u64;
+        }
+        let d = *self.dims.last().unwrap_or(&0) as u64;
+        let classes = self.num_classes as u64;
+        total += if self.num_classes == 0 {
+            0
+        } else if self.use_mlp_head {
+            d * 4 * d + 4 * d * classes
+        } else {
+            d * classes
+        };
+        total
+    }
+}
+
+fn as_usize(v: &Value) -> Option<usize> {
+    v.as_u64().and_then(|x| usize::try_from(x).ok())
+}
+
+fn usize_list(v: &Value) -> Option<Vec<usize>> {
+    v.as_array()?.iter().map(as_usize).collect()
+}
+
+fn img_size_arg(v: &Value) -> Option<(usize, usize)> {
+    match v {
+        Value::Array(a) if a.len() == 2 => Some((as_usize(&a[0])?, as_usize(&a[1])?)),
+        _ => as_usize(v).map(|s| (s, s)),
+    }
+}
+
+/// timm's `Optional[float] | list[Optional[float]]` per-stage argument.
+fn per_stage_opt(v: &Value, n: usize) -> Option<Vec<Option<f64>>> {
+    let one = |v: &Value| -> Option<Option<f64>> {
+        match v {
+            Value::Null => Some(None),
+            _ => v.as_f64().map(Some),
+        }
+    };
+    match v {
+        Value::Array(a) if a.len() == n => a.iter().map(one).collect(),
+        Value::Array(_) => None,
+        _ => one(v).map(|x| vec![x; n]),
+    }
+}
+
+/// Post-norm stem: `conv 7x7 / 4, padding 2` then an optional norm.
+#[derive(Debug, Clone)]
+struct Stem {
+    conv: Conv2d,
+    norm: Option<Norm>,
+}
+
+impl Stem {
+    fn new(cfg: &MetaFormerConfig, vb: VarBuilder) -> Result<Self> {
+        let conv_cfg = Conv2dConfig {
+            padding: 2,
+            stride: 4,
+            ..Default::default()
+        };
+        let dim = cfg.dims[0];
+        Ok(Self {
+            conv: candle_nn::conv2d(cfg.in_chans, dim, 7, conv_cfg, vb.pp("conv"))?,
+            norm: cfg
+                .downsample_norm
+                .map(|n| n.build(dim, MixerLayout::Spatial, vb.pp("norm")))
+                .transpose()?,
+        })
+    }
+}
+
+impl Module for Stem {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv.forward(x)?;
+        match &self.norm {
+            Some(n) => n.forward(&x),
+            None => Ok(x),
+        }
+    }
+}
+
+/// Pre-norm downsampler: optional norm then `conv 3x3 / 2, padding 1`.
+#[derive(Debug, Clone)]
+struct Downsample {
+    norm: Option<Norm>,
+    conv: Conv2d,
+}
+
+impl Downsample {
+    fn new(norm: Option<NormConfig>, in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let conv_cfg = Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        Ok(Self {
+            norm: norm
+                .map(|n| n.build(in_dim, MixerLayout::Spatial, vb.pp("norm")))
+                .transpose()?,
+            conv: candle_nn::conv2d(in_dim, out_dim, 3, conv_cfg, vb.pp("conv"))?,
+        })
+    }
+}
+
+impl Module for Downsample {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.norm {
+            Some(n) => self.conv.forward(&n.forward(x)?),
+            None => self.conv.forward(x),
+        }
+    }
+}
+
+/// `x = res_scale1(x) + layer_scale1(mixer(norm1(x)))`,
+/// `x = res_scale2(x) + layer_scale2(mlp(norm2(x)))`.
+#[derive(Debug)]
+struct Block {
+    norm1: Norm,
+    token_mixer: Box<dyn TokenMixer>,
+    layer_scale1: Option<Scale>,
+    res_scale1: Option<Scale>,
+    norm2: Norm,
+    mlp: Mlp,
+    layer_scale2: Option<Scale>,
+    res_scale2: Option<Scale>,
+}
+
+fn apply_opt(scale: &Option<Scale>, x: &Tensor) -> Result<Tensor> {
+    match scale {
+        Some(s) => s.forward(x),
+        None => Ok(x.clone()),
+    }
+}
+
+impl Block {
+    fn new(cfg: &MetaFormerConfig, stage: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.dims[stage];
+        let norm = cfg.norm_layers[stage];
+        let scale = |on: bool, name: &str| -> Result<Option<Scale>> {
+            on.then(|| Scale::new(dim, layout, vb.pp(name))).transpose()
+        };
+        let ls = cfg.layer_scale_init_values[stage].is_some();
+        let rs = cfg.res_scale_init_values[stage].is_some();
+        let hidden = (cfg.mlp_ratio * dim as f64) as usize;
+        Ok(Self {
+            norm1: norm.build(dim, layout, vb.pp("norm1"))?,
+            token_mixer: cfg.token_mixers[stage].build(dim, vb.pp("token_mixer"))?,
+            layer_scale1: scale(ls, "layer_scale1")?,
+            res_scale1: scale(rs, "res_scale1")?,
+            norm2: norm.build(dim, layout, vb.pp("norm2"))?,
+            mlp: Mlp::new(dim, hidden, cfg.mlp_act, cfg.mlp_bias, layout, vb.pp("mlp"))?,
+            layer_scale2: scale(ls, "layer_scale2")?,
+            res_scale2: scale(rs, "res_scale2")?,
+        })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mixed = self.token_mixer.forward(&self.norm1.forward(x)?)?;
+        let x = (apply_opt(&self.res_scale1, x)? + apply_opt(&self.layer_scale1, &mixed)?)?;
+        let mlp = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        apply_opt(&self.res_scale2, &x)? + apply_opt(&self.layer_scale2, &mlp)?
+    }
+}
+
+/// A downsampler (absent when the width does not change) and blocks; attention stages run their
+/// blocks on `(B, N, C)` tokens, all others on `(B, C, H, W)`.
+#[derive(Debug)]
+struct Stage {
+    downsample: Option<Downsample>,
+    blocks: Vec<Block>,
+    layout: MixerLayout,
+}
+
+impl Stage {
+    fn new(cfg: &MetaFormerConfig, i: usize, prev_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.dims[i];
+        let layout = match cfg.token_mixers[i].layout() {
+            MixerLayout::Tokens => MixerLayout::Tokens,
+            _ => MixerLayout::Spatial,
+        };
+        let downsample = (prev_dim != dim)
+            .then(|| Downsample::new(cfg.downsample_norm, prev_dim, dim, vb.pp("downsample")))
+            .transpose()?;
+        let blocks = (0..cfg.depths[i])
+            .map(|j| Block::new(cfg, i, layout, vb.pp("blocks").pp(j)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            downsample,
+            blocks,
+            layout,
+        })
+    }
+}
+
+impl Module for Stage {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        let (b, c, h, w) = x.dims4()?;
+        let mut x = if self.layout == MixerLayout::Tokens {
+            x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?
+        } else {
+            x
+        };
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        if self.layout == MixerLayout::Tokens {
+            x = x.transpose(1, 2)?.reshape((b, c, h, w))?;
+        }
+        Ok(x)
+    }
+}
+
+/// ConvFormer/CAFormer classifier: `fc2(norm(squared_relu(fc1(x))))`.
+#[derive(Debug, Clone)]
+struct MlpHead {
+    fc1: Linear,
+    norm: Norm,
+    fc2: Linear,
+}
+
+impl MlpHead {
+    fn new(dim: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
+        let hidden = 4 * dim;
+        Ok(Self {
+            fc1: candle_nn::linear(dim, hidden, vb.pp("fc1"))?,
+            norm: NormConfig::LAYER_NORM.build(hidden, MixerLayout::Tokens, vb.pp("norm"))?,
+            fc2: candle_nn::linear(hidden, classes, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for MlpHead {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward(x)?.relu()?.sqr()?;
+        self.fc2.forward(&self.norm.forward(&h)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Classifier {
+    None,
+    Linear(Linear),
+    Mlp(MlpHead),
+}
+
+/// A MetaFormer image classifier: stem, stages, and a head (global average pool, norm,
+/// classifier).
+#[derive(Debug)]
+pub struct MetaFormer {
+    cfg: MetaFormerConfig,
+    stem: Stem,
+    stages: Vec<Stage>,
+    head_norm: Norm,
+    head_fc: Classifier,
+}
+
+impl MetaFormer {
+    /// Builds the model, reading every tensor from `vb` under timm's names.
+    pub fn new(cfg: &MetaFormerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let stem = Stem::new(cfg, vb.pp("stem"))?;
+        let mut prev = cfg.dims[0];
+        let mut stages = Vec::with_capacity(cfg.num_stages());
+        for i in 0..cfg.num_stages() {
+            stages.push(Stage::new(cfg, i, prev, vb.pp("stages").pp(i))?);
+            prev = cfg.dims[i];
+        }
+        let head = vb.pp("head");
+        let dim = prev;
+        let head_fc = match (cfg.num_classes, cfg.use_mlp_head) {
+            (0, _) => Classifier::None,
+            (n, true) => Classifier::Mlp(MlpHead::new(dim, n, head.pp("fc"))?),
+            (n, false) => Classifier::Linear(candle_nn::linear(dim, n, head.pp("fc"))?),
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            stem,
+            stages,
+            head_norm: cfg.output_norm.build(dim, MixerLayout::Tokens, head.pp("norm"))?,
+            head_fc,
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &MetaFormerConfig {
+        &self.cfg
+    }
+}
+
+impl ImageModel for MetaFormer {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = self.stem.forward(x)?;
+        let mut features = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            x = stage.forward(&x)?;
+            features.push(x.clone());
+        }
+        Ok(features)
+    }
+
+    fn forward_head(&self, x: &Tensor) -> Result<Tensor> {
+        let pooled = self.head_norm.forward(&global_avg_pool(x)?)?;
+        match &self.head_fc {
+            Classifier::None => Ok(pooled),
+            Classifier::Linear(fc) => fc.forward(&pooled),
+            Classifier::Mlp(head) => head.forward(&pooled),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_sizes_follow_the_convolutions() {
+        let cfg = MetaFormerConfig::poolformer_v2([2, 2, 6, 2], [64, 128, 320, 512]);
+        assert_eq!(cfg.stage_sizes(224, 224), vec![(56, 56), (28, 28), (14, 14), (7, 7)]);
+        assert_eq!(cfg.stage_sizes(64, 97), vec![(16, 24), (8, 12), (4, 6), (2, 3)]);
+    }
+
+    #[test]
+    fn randformer_tokens_follow_img_size() {
+        let cfg = MetaFormerConfig::randformer([2, 2, 6, 2], [64, 128, 320, 512], (224, 224));
+        assert_eq!(cfg.token_mixers[2], MixerConfig::RandomMixing { num_tokens: 196 });
+        assert_eq!(cfg.token_mixers[3], MixerConfig::RandomMixing { num_tokens: 49 });
+        assert_eq!(cfg.token_mixers[0], MixerConfig::Identity);
+    }
+
+    #[test]
+    fn model_args_override_and_reject_unknown_keys() {
+        let mut cfg = MetaFormerConfig::caformer([3, 3, 9, 3], [64, 128, 320, 512]);
+        let args = serde_json::json!({"depths": [1, 1, 2], "dims": [16, 32, 64], "num_classes": 7});
+        cfg.apply_model_args(args.as_object().unwrap()).unwrap();
+        assert_eq!(cfg.depths, vec![1, 1, 2]);
+        assert_eq!(cfg.token_mixers.len(), 3);
+        assert_eq!(cfg.num_classes, 7);
+        let bad = serde_json::json!({"depth": [1, 1, 2]});
+        let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("unknown argument 'depth'"), "{err}");
+        let bad = serde_json::json!({"dims": "wide"});
+        let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("dims must be a list of integers"), "{err}");
+    }
+}

@@ -1,0 +1,186 @@
+//! The model zoo: every named model, under its timm name, with the facts a user compares.
+
+use crate::checkpoint::param_count;
+use crate::metaformer::MetaFormerConfig as Mf;
+use crate::{ArchConfig, Error, PretrainedCfg, Result};
+
+/// One named model of the zoo.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelEntry {
+    /// timm name, e.g. `poolformer_s12`.
+    pub name: &'static str,
+    /// Family, e.g. `poolformer`, `caformer`.
+    pub family: &'static str,
+    /// ImageNet-1k top-1 (%) at 224² reported by the model's paper.
+    pub top1: f64,
+    /// Center-crop fraction of the released weights.
+    crop_pct: f64,
+    config: fn() -> Mf,
+}
+
+impl ModelEntry {
+    /// The architecture at its default (ImageNet-1k, 224²) settings.
+    pub fn config(&self) -> ArchConfig {
+        ArchConfig::MetaFormer((self.config)())
+    }
+
+    /// timm's pretrained config of the released weights.
+    pub fn pretrained_cfg(&self) -> PretrainedCfg {
+        PretrainedCfg::metaformer(self.crop_pct)
+    }
+
+    /// Number of parameters (frozen buffers stored in the checkpoint included).
+    pub fn params(&self) -> u64 {
+        param_count(&self.config()).unwrap_or(0)
+    }
+
+    /// Multiply-accumulates of one forward pass at the default input size.
+    pub fn macs(&self) -> u64 {
+        let (h, w) = self.pretrained_cfg().image_size();
+        self.config().macs(h, w)
+    }
+}
+
+const S12: ([usize; 4], [usize; 4]) = ([2, 2, 6, 2], [64, 128, 320, 512]);
+const S24: ([usize; 4], [usize; 4]) = ([4, 4, 12, 4], [64, 128, 320, 512]);
+const S36: ([usize; 4], [usize; 4]) = ([6, 6, 18, 6], [64, 128, 320, 512]);
+const M36: ([usize; 4], [usize; 4]) = ([6, 6, 18, 6], [96, 192, 384, 768]);
+const M48: ([usize; 4], [usize; 4]) = ([8, 8, 24, 8], [96, 192, 384, 768]);
+const CS18: ([usize; 4], [usize; 4]) = ([3, 3, 9, 3], [64, 128, 320, 512]);
+const CS36: ([usize; 4], [usize; 4]) = ([3, 12, 18, 3], [64, 128, 320, 512]);
+const CM36: ([usize; 4], [usize; 4]) = ([3, 12, 18, 3], [96, 192, 384, 576]);
+const CB36: ([usize; 4], [usize; 4]) = ([3, 12, 18, 3], [128, 256, 512, 768]);
+
+macro_rules! entry {
+    ($name:literal, $family:literal, $top1:expr, $crop:expr, $cfg:expr) => {
+        ModelEntry {
+            name: $name,
+            family: $family,
+            top1: $top1,
+            crop_pct: $crop,
+            config: || $cfg,
+        }
+    };
+}
+
+#[rustfmt::skip]
+static MODELS: &[ModelEntry] = &[
+    entry!("poolformer_s12", "poolformer", 77.2, 0.9, Mf::poolformer_v1(S12.0, S12.1, 1e-5)),
+    entry!("poolformer_s24", "poolformer", 80.3, 0.9, Mf::poolformer_v1(S24.0, S24.1, 1e-5)),
+    entry!("poolformer_s36", "poolformer", 81.4, 0.9, Mf::poolformer_v1(S36.0, S36.1, 1e-6)),
+    entry!("poolformer_m36", "poolformer", 82.1, 0.95, Mf::poolformer_v1(M36.0, M36.1, 1e-6)),
+    entry!("poolformer_m48", "poolformer", 82.5, 0.95, Mf::poolformer_v1(M48.0, M48.1, 1e-6)),
+    entry!("poolformerv2_s12", "poolformerv2", 78.0, 1.0, Mf::poolformer_v2(S12.0, S12.1)),
+    entry!("poolformerv2_s24", "poolformerv2", 80.7, 1.0, Mf::poolformer_v2(S24.0, S24.1)),
+    entry!("poolformerv2_s36", "poolformerv2", 81.6, 1.0, Mf::poolformer_v2(S36.0, S36.1)),
+    entry!("poolformerv2_m36", "poolformerv2", 82.2, 1.0, Mf::poolformer_v2(M36.0, M36.1)),
+    entry!("poolformerv2_m48", "poolformerv2", 82.6, 1.0, Mf::poolformer_v2(M48.0, M48.1)),
+    entry!("identityformer_s12", "identityformer", 74.6, 1.0, Mf::identityformer(S12.0, S12.1)),
+    entry!("identityformer_s24", "identityformer", 78.2, 1.0, Mf::identityformer(S24.0, S24.1)),
+    entry!("identityformer_s36", "identityformer", 79.3, 1.0, Mf::identityformer(S36.0, S36.1)),
+    entry!("identityformer_m36", "identityformer", 80.0, 1.0, Mf::identityformer(M36.0, M36.1)),
+    entry!("identityformer_m48", "identityformer", 80.4, 1.0, Mf::identityformer(M48.0, M48.1)),
+    entry!("randformer_s12", "randformer", 76.6, 1.0, Mf::randformer(S12.0, S12.1, (224, 224))),
+    entry!("randformer_s24", "randformer", 78.2, 1.0, Mf::randformer(S24.0, S24.1, (224, 224))),
+    entry!("randformer_s36", "randformer", 79.5, 1.0, Mf::randformer(S36.0, S36.1, (224, 224))),
+    entry!("randformer_m36", "randformer", 81.2, 1.0, Mf::randformer(M36.0, M36.1, (224, 224))),
+    entry!("randformer_m48", "randformer", 81.4, 1.0, Mf::randformer(M48.0, M48.1, (224, 224))),
+    entry!("convformer_s18", "convformer", 83.0, 1.0, Mf::convformer(CS18.0, CS18.1)),
+    entry!("convformer_s36", "convformer", 84.1, 1.0, Mf::convformer(CS36.0, CS36.1)),
+    entry!("convformer_m36", "convformer", 84.5, 1.0, Mf::convformer(CM36.0, CM36.1)),
+    entry!("convformer_b36", "convformer", 84.8, 1.0, Mf::convformer(CB36.0, CB36.1)),
+    entry!("caformer_s18", "caformer", 83.6, 1.0, Mf::caformer(CS18.0, CS18.1)),
+    entry!("caformer_s36", "caformer", 84.5, 1.0, Mf::caformer(CS36.0, CS36.1)),
+    entry!("caformer_m36", "caformer", 85.2, 1.0, Mf::caformer(CM36.0, CM36.1)),
+    entry!("caformer_b36", "caformer", 85.5, 1.0, Mf::caformer(CB36.0, CB36.1)),
+];
+
+/// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// Zoo entries whose name matches `pattern`: a shell-style glob if it contains `*` or `?`
+/// (`"caformer_*"`), otherwise a substring (`"s12"`); the empty pattern lists everything.
+pub fn list_models(pattern: &str) -> Vec<&'static ModelEntry> {
+    let is_glob = pattern.contains(['*', '?']);
+    MODELS
+        .iter()
+        .filter(|m| {
+            if is_glob {
+                glob_match(pattern.as_bytes(), m.name.as_bytes())
+            } else {
+                m.name.contains(pattern)
+            }
+        })
+        .collect()
+}
+
+/// The zoo entry for a timm name; a pretrained tag (`poolformer_s12.sail_in1k`) is ignored.
+/// An unknown name is an error that suggests the closest names.
+pub fn model_entry(name: &str) -> Result<&'static ModelEntry> {
+    let arch = name.split('.').next().unwrap_or(name);
+    if let Some(m) = MODELS.iter().find(|m| m.name == arch) {
+        return Ok(m);
+    }
+    let family = arch.split('_').next().unwrap_or(arch);
+    let near: Vec<&str> = MODELS
+        .iter()
+        .filter(|m| m.name.starts_with(family))
+        .map(|m| m.name)
+        .collect();
+    let hint = if near.is_empty() {
+        "; run `tokenmix list` for the available models".to_string()
+    } else {
+        format!("; did you mean one of: {}?", near.join(", "))
+    };
+    Err(Error::UnknownModel {
+        name: name.to_string(),
+        hint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_substrings_select_models() {
+        assert_eq!(list_models("caformer_*").len(), 4);
+        assert_eq!(list_models("").len(), MODELS.len());
+        assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
+        assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
+        assert!(list_models("nothing*").is_empty());
+    }
+
+    #[test]
+    fn unknown_names_get_suggestions() {
+        assert_eq!(model_entry("caformer_s18.sail_in1k").unwrap().name, "caformer_s18");
+        let err = model_entry("caformer_s99").unwrap_err().to_string();
+        assert!(err.contains("unknown model 'caformer_s99'") && err.contains("caformer_s18"), "{err}");
+    }
+
+    #[test]
+    fn parameter_counts_match_the_reference_models() {
+        // Counts from instantiating the timm models (timm 1.0.31).
+        let expect = [
+            ("poolformer_s12", 11_915_176),
+            ("poolformerv2_s12", 11_891_712),
+            ("convformer_s18", 26_774_448),
+            ("caformer_s18", 26_341_656),
+            ("poolformer_m48", 73_473_448),
+            ("caformer_b36", 98_753_614),
+        ];
+        for (name, n) in expect {
+            assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
+        }
+    }
+}
