@@ -14,12 +14,12 @@ fn is_spatial(layout: MixerLayout) -> bool {
     layout != MixerLayout::Tokens
 }
 
-/// The channel axis of a tensor in `layout`.
-fn channel_axis(layout: MixerLayout) -> usize {
+/// The channel axis of `x` in `layout`: 1 for `(B, C, H, W)`, the last for tokens.
+fn channel_axis(x: &Tensor, layout: MixerLayout) -> usize {
     if is_spatial(layout) {
         1
     } else {
-        2
+        x.rank().saturating_sub(1)
     }
 }
 
@@ -135,7 +135,7 @@ impl Norm {
 
     fn normalize(&self, x: &Tensor) -> Result<Tensor> {
         match self.cfg.kind {
-            NormKind::LayerNorm => normalize_axis(x, channel_axis(self.layout), self.cfg.eps),
+            NormKind::LayerNorm => normalize_axis(x, channel_axis(x, self.layout), self.cfg.eps),
             NormKind::GroupNorm1 => {
                 let flat = x.flatten_from(1)?;
                 normalize_axis(&flat, 1, self.cfg.eps)?.reshape(x.shape())

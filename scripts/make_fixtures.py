@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Writes the parity fixtures under tests/fixtures/ from the reference implementations.
+
+Each fixture is a model directory as timm's `save_for_hf` writes it (config.json with
+`architecture`, `num_classes`, `model_args`, `pretrained_cfg`, plus model.safetensors) and a
+`reference.safetensors` with the input batch (`input`, batch 2, non-square), the reference
+`logits` and every stage's feature map (`features.0` ...).
+
+Every parameter is re-drawn at random (weights ~ N(0, 1/fan_in), gains ~ U(0.5, 1.5), biases
+~ N(0, 0.5)), so a 1e-5 layer scale or a zero bias cannot hide a wrong mixer.
+
+References: timm for PoolFormer v1/v2, ConvFormer and CAFormer; the sail-sg/metaformer code
+(a checkout given with --metaformer-repo, never committed) for IdentityFormer and RandFormer,
+whose checkpoints are converted to timm names with timm's own `checkpoint_filter_fn`.
+
+Usage (venv outside the repo with torch, timm, safetensors):
+    python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer [--out DIR]
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import timm
+from timm.models import metaformer as tmf
+from timm.models._hub import save_for_hf
+from safetensors.torch import save_file
+
+INPUT_SHAPE = (2, 3, 64, 96)  # batch 2, non-square
+
+
+def randomize_(model, gen):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("random_matrix"):
+                p.copy_(torch.softmax(2.0 * torch.randn(p.shape, generator=gen), dim=-1))
+            elif p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif name.endswith("bias"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
+
+
+def timm_features(model, x):
+    x = model.stem(x)
+    feats = []
+    for stage in model.stages:
+        x = stage(x)
+        feats.append(x)
+    return feats
+
+
+def sail_features(model, x):
+    feats = []
+    for i in range(model.num_stage):
+        x = model.downsample_layers[i](x)
+        x = model.stages[i](x)
+        feats.append(x.permute(0, 3, 1, 2))
+    return feats
+
+
+def write_reference(out_dir, x, logits, feats):
+    tensors = {"input": x, "logits": logits}
+    for i, f in enumerate(feats):
+        tensors[f"features.{i}"] = f
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()},
+              os.path.join(out_dir, "reference.safetensors"))
+
+
+def timm_kwargs(arch):
+    """The MetaFormer kwargs timm's entry point `arch` builds with.
+
+    timm's entry points cannot take `depths`/`dims` overrides (they pass them twice), so the
+    fixtures build `MetaFormer` from the entry point's own kwargs with `model_args` on top, which
+    is what `model_args` in a config.json mean."""
+    captured = {}
+    original = tmf._create_metaformer
+    tmf._create_metaformer = lambda variant, pretrained=False, **kw: captured.update(kw)
+    try:
+        getattr(tmf, arch)()
+    finally:
+        tmf._create_metaformer = original
+    return captured
+
+
+def timm_case(out, case, arch, model_args, gen):
+    model = tmf.MetaFormer(**{**timm_kwargs(arch), **model_args}).eval()
+    cfg = timm.models.get_pretrained_cfg(arch).to_dict()
+    cfg["architecture"] = arch
+    if "in_chans" in model_args:
+        cfg["input_size"] = (model_args["in_chans"],) + tuple(cfg["input_size"][1:])
+    model.pretrained_cfg = cfg
+    randomize_(model, gen)
+    x = torch.randn((INPUT_SHAPE[0], model_args.get("in_chans", 3)) + INPUT_SHAPE[2:], generator=gen)
+    with torch.no_grad():
+        feats = timm_features(model, x)
+        logits = model.forward_head(feats[-1])
+        assert torch.allclose(logits, model(x), atol=1e-5)
+    d = os.path.join(out, case)
+    save_for_hf(model, d, model_args=model_args, safe_serialization=True)
+    write_reference(d, x, logits, feats)
+
+
+def random_mixing(mb, num_tokens):
+    """sail-sg's RandomMixing for `num_tokens` tokens, as a class (timm's stages need one)."""
+
+    class RandomMixingN(mb.RandomMixing):
+        def __init__(self, **kwargs):
+            super().__init__(num_tokens=num_tokens)
+
+    return RandomMixingN
+
+
+def sail_kwargs_of(mb, arch):
+    """The MetaFormer kwargs of the sail-sg entry point `arch` (which, like timm's, cannot take
+    `depths`/`dims` overrides)."""
+
+    class Capture:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    original = mb.MetaFormer
+    mb.MetaFormer = Capture
+    try:
+        return getattr(mb, arch)().kw
+    finally:
+        mb.MetaFormer = original
+
+
+def sail_case(out, case, arch, sail_kwargs, model_args, timm_kwargs, mb, gen):
+    """A sail-sg model, saved under timm names through timm's checkpoint_filter_fn."""
+    captured = sail_kwargs_of(mb, arch)
+    model = mb.MetaFormer(**{**captured, **sail_kwargs}).eval()
+    model.default_cfg = mb.default_cfgs[arch]
+    randomize_(model, gen)
+    x = torch.randn(INPUT_SHAPE, generator=gen)
+    with torch.no_grad():
+        feats = sail_features(model, x)
+        logits = model(x)
+    # A timm MetaFormer with the same tensor names gives the shapes the filter reshapes to.
+    shape_model = tmf.MetaFormer(**timm_kwargs)
+    state = tmf.checkpoint_filter_fn(model.state_dict(), shape_model)
+    missing = set(shape_model.state_dict()) ^ set(state)
+    assert not missing, missing
+    d = os.path.join(out, case)
+    os.makedirs(d, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(d, "model.safetensors"))
+    cfg = model.default_cfg
+    config = {
+        "architecture": arch,
+        "num_classes": model_args["num_classes"],
+        "num_features": model_args["dims"][-1],
+        "global_pool": "avg",
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": list(cfg["input_size"]),
+            "interpolation": cfg["interpolation"],
+            "crop_pct": cfg["crop_pct"],
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "num_classes": model_args["num_classes"],
+        },
+    }
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    write_reference(d, x, logits, feats)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--metaformer-repo", required=True, help="checkout of sail-sg/metaformer")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+    args = ap.parse_args()
+    sys.path.insert(0, args.metaformer_repo)
+    # The sail-sg code imports a module path that timm 1.x moved.
+    import timm.layers.helpers
+    sys.modules.setdefault("timm.models.layers.helpers", timm.layers.helpers)
+    import metaformer_baselines as mb
+
+    gen = torch.Generator().manual_seed(20261124)
+    small = dict(depths=[1, 2, 2, 1], dims=[16, 24, 32, 48], num_classes=10)
+    timm_case(args.out, "poolformer_s12", "poolformer_s12", small, gen)
+    timm_case(args.out, "poolformerv2_s12", "poolformerv2_s12", dict(small, depths=[2, 1, 1, 2]), gen)
+    timm_case(args.out, "convformer_s18", "convformer_s18", small, gen)
+    timm_case(args.out, "caformer_s18", "caformer_s18", dict(small, dims=[16, 24, 32, 64]), gen)
+    # timm kwargs that change the layout: 3 stages, 1 input channel, no MLP head, layer scale.
+    timm_case(args.out, "caformer_custom", "caformer_s36",
+              dict(depths=[1, 1, 2], dims=[16, 32, 64], in_chans=1, num_classes=5,
+                   use_mlp_head=False, layer_scale_init_values=1e-5), gen)
+
+    gn1 = tmf.GroupNorm1NoBias
+    grid = [(INPUT_SHAPE[2] // 2 ** (i + 2)) * (INPUT_SHAPE[3] // 2 ** (i + 2)) for i in range(4)]
+    sail_small = dict(depths=small["depths"], dims=small["dims"], num_classes=10)
+    timm_base = dict(sail_small, norm_layers=gn1, use_mlp_head=False)
+    sail_case(args.out, "identityformer_s12", "identityformer_s12", sail_small, sail_small,
+              dict(timm_base, token_mixers=nn.Identity), mb, gen)
+    rand = [nn.Identity, nn.Identity, random_mixing(mb, grid[2]), random_mixing(mb, grid[3])]
+    sail_case(args.out, "randformer_s12", "randformer_s12",
+              dict(sail_small, token_mixers=rand),
+              dict(sail_small, img_size=list(INPUT_SHAPE[2:])),
+              dict(timm_base, token_mixers=rand), mb, gen)
+    print("fixtures written to", os.path.abspath(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+//! Parity with the reference implementations (timm; sail-sg for IdentityFormer/RandFormer):
+//! each fixture under tests/fixtures/ is a model directory written by
+//! scripts/make_fixtures.py with every parameter drawn at random, plus the reference input,
+//! logits and stage features.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use tokenmix::models::load_model_dir;
+
+const TOLERANCE: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims(), "shape");
+    let diff = (got - want).unwrap().sqr().unwrap().sum_all().unwrap();
+    let norm = want.sqr().unwrap().sum_all().unwrap();
+    let d: f32 = diff.to_scalar().unwrap();
+    let n: f32 = norm.to_scalar().unwrap();
+    (d as f64).sqrt() / (n as f64).sqrt().max(1e-12)
+}
+
+fn check(name: &str) {
+    let dir = fixture(name);
+    let device = Device::Cpu;
+    let model = load_model_dir(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
+    let input = &reference["input"];
+    let features = model.forward_features(input).unwrap();
+    for (i, f) in features.iter().enumerate() {
+        let err = rel_l2(f, &reference[&format!("features.{i}")]);
+        assert!(err <= TOLERANCE, "{name} features.{i}: relative L2 error {err:e}");
+    }
+    assert!(!reference.contains_key(&format!("features.{}", features.len())));
+    let logits = model.forward(input).unwrap();
+    let err = rel_l2(&logits, &reference["logits"]);
+    assert!(err <= TOLERANCE, "{name} logits: relative L2 error {err:e}");
+}
+
+#[test]
+fn poolformer_v1_matches_timm() {
+    check("poolformer_s12");
+}
+
+#[test]
+fn poolformer_v2_matches_timm() {
+    check("poolformerv2_s12");
+}
+
+#[test]
+fn convformer_matches_timm() {
+    check("convformer_s18");
+}
+
+#[test]
+fn caformer_matches_timm() {
+    check("caformer_s18");
+}
+
+#[test]
+fn caformer_with_custom_model_args_matches_timm() {
+    check("caformer_custom");
+}
+
+#[test]
+fn identityformer_matches_sail_sg() {
+    check("identityformer_s12");
+}
+
+#[test]
+fn randformer_matches_sail_sg() {
+    check("randformer_s12");
+}
+
+/// f16 and bf16 checkpoints load and give the logits of the f32 model run on the rounded weights.
+#[test]
+fn half_precision_checkpoints_load() {
+    let src = fixture("convformer_s18");
+    let device = Device::Cpu;
+    let reference = candle_core::safetensors::load(src.join("reference.safetensors"), &device).unwrap();
+    let weights = candle_core::safetensors::load(src.join("model.safetensors"), &device).unwrap();
+    for (dtype, tol) in [(DType::F16, 5e-3), (DType::BF16, 4e-2)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let half: std::collections::HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_dtype(dtype).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&half, dir.path().join("model.safetensors")).unwrap();
+        let model = load_model_dir(dir.path(), &device).unwrap();
+        let logits = model.forward(&reference["input"]).unwrap();
+        assert_eq!(logits.dtype(), DType::F32);
+        let err = rel_l2(&logits, &reference["logits"]);
+        assert!(err <= tol, "{dtype:?}: relative L2 error {err:e}");
+    }
+}
