@@ -30,12 +30,16 @@ fn check(name: &str) {
     let dir = fixture(name);
     let device = Device::Cpu;
     let model = load_model_dir(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
     let input = &reference["input"];
     let features = model.forward_features(input).unwrap();
     for (i, f) in features.iter().enumerate() {
         let err = rel_l2(f, &reference[&format!("features.{i}")]);
-        assert!(err <= TOLERANCE, "{name} features.{i}: relative L2 error {err:e}");
+        assert!(
+            err <= TOLERANCE,
+            "{name} features.{i}: relative L2 error {err:e}"
+        );
     }
     assert!(!reference.contains_key(&format!("features.{}", features.len())));
     let logits = model.forward(input).unwrap();
@@ -83,7 +87,8 @@ fn randformer_matches_sail_sg() {
 fn half_precision_checkpoints_load() {
     let src = fixture("convformer_s18");
     let device = Device::Cpu;
-    let reference = candle_core::safetensors::load(src.join("reference.safetensors"), &device).unwrap();
+    let reference =
+        candle_core::safetensors::load(src.join("reference.safetensors"), &device).unwrap();
     let weights = candle_core::safetensors::load(src.join("model.safetensors"), &device).unwrap();
     for (dtype, tol) in [(DType::F16, 5e-3), (DType::BF16, 4e-2)] {
         let dir = tempfile::tempdir().unwrap();

@@ -27,7 +27,13 @@ fn out_len(n: usize, k: usize, stride: usize, padding: usize) -> Option<usize> {
 }
 
 /// Range of output indices `o` whose input index `o * stride + tap - padding` lies in `[0, n)`.
-fn valid_outputs(n: usize, out: usize, tap: usize, stride: usize, padding: usize) -> (usize, usize) {
+fn valid_outputs(
+    n: usize,
+    out: usize,
+    tap: usize,
+    stride: usize,
+    padding: usize,
+) -> (usize, usize) {
     let first = padding.saturating_sub(tap).div_ceil(stride);
     let last = if n + padding > tap {
         ((n - 1 + padding - tap) / stride + 1).min(out)

@@ -215,3 +215,78 @@ impl MixerConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn mixers(dim: usize) -> Vec<Box<dyn TokenMixer>> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        [
+            MixerConfig::Identity,
+            MixerConfig::pooling(),
+            MixerConfig::RandomMixing { num_tokens: 35 },
+            MixerConfig::sepconv(),
+            MixerConfig::attention(),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.build(dim, vb.pp(i)).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn mixers_chosen_at_run_time_keep_the_shape_in_their_layout() {
+        let (b, c, h, w) = (2, 64, 5, 7);
+        for mixer in mixers(c) {
+            let shape: Vec<usize> = match mixer.layout() {
+                MixerLayout::Tokens => vec![b, h * w, c],
+                _ => vec![b, c, h, w],
+            };
+            let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu).unwrap();
+            let y = mixer.forward(&x).unwrap();
+            assert_eq!(y.dims(), x.dims(), "{}", mixer.name());
+        }
+    }
+
+    #[test]
+    fn configs_round_trip_through_json() {
+        for c in [
+            MixerConfig::Identity,
+            MixerConfig::sepconv(),
+            MixerConfig::attention(),
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(
+                serde_json::from_str::<MixerConfig>(&json).unwrap(),
+                c,
+                "{json}"
+            );
+        }
+        let err = MixerConfig::Pooling { pool_size: 4 }
+            .validate(8)
+            .unwrap_err();
+        assert!(err.to_string().contains("pool_size must be odd"));
+    }
+
+    #[test]
+    fn attention_on_a_token_sequence_is_permutation_equivariant() {
+        let mixer = &mixers(64)[4];
+        let x = Tensor::randn(0f32, 1.0, (1, 6, 64), &Device::Cpu).unwrap();
+        let perm = Tensor::new(&[5u32, 4, 3, 2, 1, 0], &Device::Cpu).unwrap();
+        let y_of_perm = mixer.forward(&x.index_select(&perm, 1).unwrap()).unwrap();
+        let perm_of_y = mixer.forward(&x).unwrap().index_select(&perm, 1).unwrap();
+        let d: f32 = (y_of_perm - perm_of_y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
+}

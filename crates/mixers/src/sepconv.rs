@@ -40,7 +40,11 @@ impl SepConv {
             pwconv1: Pointwise::new(dim, mid, bias, spatial, vb.pp("pwconv1"))?,
             act1: StarRelu::new(vb.pp("act1"))?,
             dw_weight: dw.get((mid, 1, kernel_size, kernel_size), "weight")?,
-            dw_bias: if bias { Some(dw.get(mid, "bias")?) } else { None },
+            dw_bias: if bias {
+                Some(dw.get(mid, "bias")?)
+            } else {
+                None
+            },
             pwconv2: Pointwise::new(mid, dim, bias, spatial, vb.pp("pwconv2"))?,
         })
     }
@@ -58,7 +62,8 @@ impl TokenMixer for SepConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.act1.forward(&self.pwconv1.forward(x)?)?;
         let pad = self.dw_weight.dim(3)? / 2;
-        let h = tokenmix_kernels::depthwise_conv2d(&h, &self.dw_weight, self.dw_bias.as_ref(), 1, pad)?;
+        let h =
+            tokenmix_kernels::depthwise_conv2d(&h, &self.dw_weight, self.dw_bias.as_ref(), 1, pad)?;
         self.pwconv2.forward(&h)
     }
 }

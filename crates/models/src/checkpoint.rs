@@ -81,7 +81,8 @@ fn list(kind: &str, items: &[String]) -> Option<String> {
 
 /// Compares the tensors of a safetensors file with what the model needs.
 fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Result<(), String> {
-    let wanted: HashMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let wanted: HashMap<&str, &Vec<usize>> =
+        expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     let mut bad_dtype = Vec::new();
@@ -90,11 +91,17 @@ fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Resu
             Err(_) => missing.push(name.clone()),
             Ok(view) => {
                 if view.shape() != shape.as_slice() {
-                    misshaped.push(format!("{name} (expected {shape:?}, found {:?})", view.shape()));
+                    misshaped.push(format!(
+                        "{name} (expected {shape:?}, found {:?})",
+                        view.shape()
+                    ));
                 }
                 use safetensors::Dtype as D;
                 if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
-                    bad_dtype.push(format!("{name} ({:?}; want f32, f16 or bf16)", view.dtype()));
+                    bad_dtype.push(format!(
+                        "{name} ({:?}; want f32, f16 or bf16)",
+                        view.dtype()
+                    ));
                 }
             }
         }
@@ -165,7 +172,8 @@ pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageMo
     let mut tensors = HashMap::new();
     for (name, shape) in expected_tensors(cfg)? {
         let noise = Tensor::randn(0f32, 0.02, shape.as_slice(), device)?;
-        let is_gain = name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight"));
+        let is_gain =
+            name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight"));
         let t = if is_gain { (noise + 1.0)? } else { noise };
         tensors.insert(name, t);
     }

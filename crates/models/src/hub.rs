@@ -48,7 +48,9 @@ impl LoadedModel {
             return names.get(index).cloned();
         }
         if self.model.num_classes() == 1000 {
-            return crate::imagenet::class_names().get(index).map(|s| s.to_string());
+            return crate::imagenet::class_names()
+                .get(index)
+                .map(|s| s.to_string());
         }
         None
     }

@@ -16,8 +16,8 @@ mod error;
 pub mod hub;
 pub mod imagenet;
 pub mod metaformer;
-pub mod pretrained;
 pub mod preprocess;
+pub mod pretrained;
 pub mod registry;
 
 use candle_core::{Result as CandleResult, Tensor};
@@ -91,7 +91,10 @@ impl ArchConfig {
     }
 
     /// Applies timm-style `model_args` from a hub `config.json`.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    pub fn apply_model_args(
+        &mut self,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
         match self {
             Self::MetaFormer(c) => c.apply_model_args(args),
         }
@@ -122,6 +125,14 @@ impl ArchConfig {
     pub fn set_num_classes(&mut self, n: usize) {
         match self {
             Self::MetaFormer(c) => c.num_classes = n,
+        }
+    }
+
+    /// Adapts the parts of the architecture tied to the input size (RandFormer's token-mixing
+    /// matrices) to `h x w` inputs.
+    pub fn set_image_size(&mut self, h: usize, w: usize) {
+        match self {
+            Self::MetaFormer(c) => c.set_random_mixing_size((h, w)),
         }
     }
 

@@ -138,7 +138,7 @@ impl MetaFormerConfig {
     /// Spatial size of each stage's output for an `h x w` input.
     pub fn stage_sizes(&self, h: usize, w: usize) -> Vec<(usize, usize)> {
         let stem = |n: usize| (n + 4).saturating_sub(7) / 4 + 1;
-        let down = |n: usize| (n + 1) / 2;
+        let down = |n: usize| n.div_ceil(2);
         let mut size = (stem(h), stem(w));
         let mut prev = self.dims.first().copied().unwrap_or(0);
         let mut out = Vec::new();
@@ -173,16 +173,24 @@ impl MetaFormerConfig {
             ("dims", self.dims.len()),
             ("token_mixers", self.token_mixers.len()),
             ("norm_layers", self.norm_layers.len()),
-            ("layer_scale_init_values", self.layer_scale_init_values.len()),
+            (
+                "layer_scale_init_values",
+                self.layer_scale_init_values.len(),
+            ),
             ("res_scale_init_values", self.res_scale_init_values.len()),
         ];
         for (name, len) in lens {
             if len != n {
-                return Err(format!("{name} has {len} entries but depths has {n} stages"));
+                return Err(format!(
+                    "{name} has {len} entries but depths has {n} stages"
+                ));
             }
         }
         if self.in_chans == 0 || self.in_chans > 4096 {
-            return Err(format!("in_chans must be in 1..=4096, got {}", self.in_chans));
+            return Err(format!(
+                "in_chans must be in 1..=4096, got {}",
+                self.in_chans
+            ));
         }
         if self.num_classes > 1_000_000 {
             return Err(format!("num_classes {} is absurd", self.num_classes));
@@ -194,7 +202,10 @@ impl MetaFormerConfig {
             return Err(format!("every depth must be at most 1000, got {d}"));
         }
         if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!("mlp_ratio must be in (0, 64], got {}", self.mlp_ratio));
+            return Err(format!(
+                "mlp_ratio must be in (0, 64], got {}",
+                self.mlp_ratio
+            ));
         }
         for (mixer, dim) in self.token_mixers.iter().zip(&self.dims) {
             mixer.validate(*dim).map_err(|e| e.to_string())?;
@@ -239,7 +250,11 @@ impl MetaFormerConfig {
                     self.res_scale_init_values = per_stage_opt(value, self.num_stages())
                         .ok_or_else(|| bad("null, a number or a list of those"))?
                 }
-                "img_size" => img_size = Some(img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?),
+                "img_size" => {
+                    img_size = Some(
+                        img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?,
+                    )
+                }
                 "drop_path_rate" | "drop_rate" | "proj_drop_rate" | "global_pool" => {}
                 _ => {
                     return Err(Error::config(
@@ -275,7 +290,11 @@ impl MetaFormerConfig {
         fit("dims", &mut self.dims, n)?;
         fit("token_mixers", &mut self.token_mixers, n)?;
         fit("norm_layers", &mut self.norm_layers, n)?;
-        fit("layer_scale_init_values", &mut self.layer_scale_init_values, n)?;
+        fit(
+            "layer_scale_init_values",
+            &mut self.layer_scale_init_values,
+            n,
+        )?;
         fit("res_scale_init_values", &mut self.res_scale_init_values, n)
     }
 
@@ -383,7 +402,12 @@ struct Downsample {
 }
 
 impl Downsample {
-    fn new(norm: Option<NormConfig>, in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        norm: Option<NormConfig>,
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv_cfg = Conv2dConfig {
             padding: 1,
             stride: 2,
@@ -429,7 +453,12 @@ fn apply_opt(scale: &Option<Scale>, x: &Tensor) -> Result<Tensor> {
 }
 
 impl Block {
-    fn new(cfg: &MetaFormerConfig, stage: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &MetaFormerConfig,
+        stage: usize,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let dim = cfg.dims[stage];
         let norm = cfg.norm_layers[stage];
         let scale = |on: bool, name: &str| -> Result<Option<Scale>> {
@@ -578,7 +607,9 @@ impl MetaFormer {
             cfg: cfg.clone(),
             stem,
             stages,
-            head_norm: cfg.output_norm.build(dim, MixerLayout::Tokens, head.pp("norm"))?,
+            head_norm: cfg
+                .output_norm
+                .build(dim, MixerLayout::Tokens, head.pp("norm"))?,
             head_fc,
         })
     }
@@ -625,15 +656,27 @@ mod tests {
     #[test]
     fn stage_sizes_follow_the_convolutions() {
         let cfg = MetaFormerConfig::poolformer_v2([2, 2, 6, 2], [64, 128, 320, 512]);
-        assert_eq!(cfg.stage_sizes(224, 224), vec![(56, 56), (28, 28), (14, 14), (7, 7)]);
-        assert_eq!(cfg.stage_sizes(64, 97), vec![(16, 24), (8, 12), (4, 6), (2, 3)]);
+        assert_eq!(
+            cfg.stage_sizes(224, 224),
+            vec![(56, 56), (28, 28), (14, 14), (7, 7)]
+        );
+        assert_eq!(
+            cfg.stage_sizes(64, 97),
+            vec![(16, 24), (8, 12), (4, 6), (2, 3)]
+        );
     }
 
     #[test]
     fn randformer_tokens_follow_img_size() {
         let cfg = MetaFormerConfig::randformer([2, 2, 6, 2], [64, 128, 320, 512], (224, 224));
-        assert_eq!(cfg.token_mixers[2], MixerConfig::RandomMixing { num_tokens: 196 });
-        assert_eq!(cfg.token_mixers[3], MixerConfig::RandomMixing { num_tokens: 49 });
+        assert_eq!(
+            cfg.token_mixers[2],
+            MixerConfig::RandomMixing { num_tokens: 196 }
+        );
+        assert_eq!(
+            cfg.token_mixers[3],
+            MixerConfig::RandomMixing { num_tokens: 49 }
+        );
         assert_eq!(cfg.token_mixers[0], MixerConfig::Identity);
     }
 
@@ -647,9 +690,15 @@ mod tests {
         assert_eq!(cfg.num_classes, 7);
         let bad = serde_json::json!({"depth": [1, 1, 2]});
         let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("unknown argument 'depth'"), "{err}");
+        assert!(
+            err.to_string().contains("unknown argument 'depth'"),
+            "{err}"
+        );
         let bad = serde_json::json!({"dims": "wide"});
         let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("dims must be a list of integers"), "{err}");
+        assert!(
+            err.to_string().contains("dims must be a list of integers"),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,9 @@ fn filter(name: &str) -> Result<FilterType> {
         other => {
             return Err(Error::config(
                 "pretrained_cfg",
-                format!("unsupported interpolation '{other}' (bicubic, bilinear, nearest, lanczos)"),
+                format!(
+                    "unsupported interpolation '{other}' (bicubic, bilinear, nearest, lanczos)"
+                ),
             ))
         }
     })
@@ -37,9 +39,15 @@ pub fn resize_dims(width: u32, height: u32, target: (usize, usize), crop_pct: f6
     }
     let short = scale(th);
     if width <= height {
-        (short, (short as u64 * height as u64 / width.max(1) as u64) as u32)
+        (
+            short,
+            (short as u64 * height as u64 / width.max(1) as u64) as u32,
+        )
     } else {
-        ((short as u64 * width as u64 / height.max(1) as u64) as u32, short)
+        (
+            (short as u64 * width as u64 / height.max(1) as u64) as u32,
+            short,
+        )
     }
 }
 
@@ -50,7 +58,8 @@ pub fn resize_dims(width: u32, height: u32, target: (usize, usize), crop_pct: f6
 pub fn preprocess(img: &DynamicImage, cfg: &PretrainedCfg, device: &Device) -> Result<Tensor> {
     let (th, tw) = cfg.image_size();
     let channels = cfg.input_size.first().copied().unwrap_or(3);
-    if !(channels == 1 || channels == 3) || cfg.mean.len() != channels || cfg.std.len() != channels {
+    if !(channels == 1 || channels == 3) || cfg.mean.len() != channels || cfg.std.len() != channels
+    {
         return Err(Error::config(
             "pretrained_cfg",
             format!(
@@ -62,10 +71,17 @@ pub fn preprocess(img: &DynamicImage, cfg: &PretrainedCfg, device: &Device) -> R
         ));
     }
     if !(cfg.crop_pct > 0.0 && cfg.crop_pct <= 1.0) || th == 0 || tw == 0 {
-        return Err(Error::config("pretrained_cfg", "crop_pct must be in (0, 1] and the input size positive"));
+        return Err(Error::config(
+            "pretrained_cfg",
+            "crop_pct must be in (0, 1] and the input size positive",
+        ));
     }
     let (rw, rh) = resize_dims(img.width(), img.height(), (th, tw), cfg.crop_pct);
-    let resized = img.resize_exact(rw.max(tw as u32), rh.max(th as u32), filter(&cfg.interpolation)?);
+    let resized = img.resize_exact(
+        rw.max(tw as u32),
+        rh.max(th as u32),
+        filter(&cfg.interpolation)?,
+    );
     let left = ((resized.width() as f64 - tw as f64) / 2.0).round() as u32;
     let top = ((resized.height() as f64 - th as f64) / 2.0).round() as u32;
     let cropped = resized.crop_imm(left, top, tw as u32, th as u32);
@@ -77,10 +93,16 @@ pub fn preprocess(img: &DynamicImage, cfg: &PretrainedCfg, device: &Device) -> R
     let x = Tensor::from_vec(data, (th, tw, channels), device)?
         .permute((2, 0, 1))?
         .to_dtype(candle_core::DType::F32)?;
-    let mean = Tensor::new(cfg.mean.iter().map(|&m| m as f32).collect::<Vec<_>>(), device)?
-        .reshape((channels, 1, 1))?;
-    let std = Tensor::new(cfg.std.iter().map(|&s| s as f32).collect::<Vec<_>>(), device)?
-        .reshape((channels, 1, 1))?;
+    let mean = Tensor::new(
+        cfg.mean.iter().map(|&m| m as f32).collect::<Vec<_>>(),
+        device,
+    )?
+    .reshape((channels, 1, 1))?;
+    let std = Tensor::new(
+        cfg.std.iter().map(|&s| s as f32).collect::<Vec<_>>(),
+        device,
+    )?
+    .reshape((channels, 1, 1))?;
     Ok((x / 255.0)?.broadcast_sub(&mean)?.broadcast_div(&std)?)
 }
 
@@ -100,7 +122,9 @@ pub fn load_image(path: &Path, cfg: &PretrainedCfg, device: &Device) -> Result<T
         .map_err(|e| err(e.to_string()))?;
     let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
     if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(err(format!("image is {w}x{h}; sides must be in 1..={MAX_SIDE}")));
+        return Err(err(format!(
+            "image is {w}x{h}; sides must be in 1..={MAX_SIDE}"
+        )));
     }
     let img = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -123,7 +147,11 @@ mod tests {
 
     #[test]
     fn preprocess_yields_normalized_crop() {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(300, 200, image::Rgb([255, 0, 128])));
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            300,
+            200,
+            image::Rgb([255, 0, 128]),
+        ));
         let cfg = PretrainedCfg::metaformer(0.9);
         let x = preprocess(&img, &cfg, &Device::Cpu).unwrap();
         assert_eq!(x.dims(), &[3, 224, 224]);

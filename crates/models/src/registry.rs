@@ -163,9 +163,15 @@ mod tests {
 
     #[test]
     fn unknown_names_get_suggestions() {
-        assert_eq!(model_entry("caformer_s18.sail_in1k").unwrap().name, "caformer_s18");
+        assert_eq!(
+            model_entry("caformer_s18.sail_in1k").unwrap().name,
+            "caformer_s18"
+        );
         let err = model_entry("caformer_s99").unwrap_err().to_string();
-        assert!(err.contains("unknown model 'caformer_s99'") && err.contains("caformer_s18"), "{err}");
+        assert!(
+            err.contains("unknown model 'caformer_s99'") && err.contains("caformer_s18"),
+            "{err}"
+        );
     }
 
     #[test]

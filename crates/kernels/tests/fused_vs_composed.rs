@@ -1,0 +1,126 @@
+//! Every fused op against its plain candle composition on random inputs: odd sizes, batch 1
+//! and > 1, non-contiguous inputs.
+
+use candle_core::{Device, Tensor};
+use tokenmix_kernels::{composed, DepthwiseConv2d, PoolMixer};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn randn(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+}
+
+/// A tensor with the given logical shape whose memory is laid out transposed (H and W swapped).
+fn non_contiguous(shape: [usize; 4]) -> Tensor {
+    let [b, c, h, w] = shape;
+    let t = randn(&[b, c, w, h]).transpose(2, 3).unwrap();
+    assert!(h == 1 || w == 1 || !t.is_contiguous());
+    t
+}
+
+#[test]
+fn depthwise_conv_matches_grouped_conv() {
+    let cases = [
+        // (batch, channels, h, w, k, stride, padding)
+        (1, 3, 7, 9, 3, 1, 1),
+        (2, 5, 13, 11, 7, 1, 3),
+        (3, 4, 10, 15, 5, 2, 2),
+        (2, 6, 9, 8, 3, 2, 1),
+        (1, 2, 8, 7, 7, 1, 0),
+        (2, 3, 5, 7, 4, 1, 2),
+        (1, 8, 17, 19, 11, 1, 5),
+    ];
+    for (b, c, h, w, k, s, p) in cases {
+        let weight = randn(&[c, 1, k, k]);
+        for x in [randn(&[b, c, h, w]), non_contiguous([b, c, h, w])] {
+            let fused = x
+                .contiguous()
+                .unwrap()
+                .apply_op2(&weight, DepthwiseConv2d::new(s, p).unwrap())
+                .unwrap();
+            let reference = composed::depthwise_conv2d(&x, &weight, s, p).unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-4, "k={k} s={s} p={p} {h}x{w}: max diff {d}");
+            let public = tokenmix_kernels::depthwise_conv2d(&x, &weight, None, s, p).unwrap();
+            assert!(max_abs_diff(&public, &reference) < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn depthwise_conv_adds_bias_and_rejects_bad_weights() {
+    let x = randn(&[2, 3, 6, 7]);
+    let weight = randn(&[3, 1, 3, 3]);
+    let bias = randn(&[3]);
+    let with_bias = tokenmix_kernels::depthwise_conv2d(&x, &weight, Some(&bias), 1, 1).unwrap();
+    let reference = composed::depthwise_conv2d(&x, &weight, 1, 1)
+        .unwrap()
+        .broadcast_add(&bias.reshape((3, 1, 1)).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&with_bias, &reference) < 1e-4);
+    let wrong = randn(&[4, 1, 3, 3]);
+    let err = x
+        .apply_op2(&wrong, DepthwiseConv2d::new(1, 1).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit input"), "{err}");
+    assert!(DepthwiseConv2d::new(0, 1).is_err());
+}
+
+#[test]
+fn pool_mixer_matches_padded_avg_pool() {
+    for (b, c, h, w, k) in [
+        (1, 1, 1, 1, 3),
+        (2, 3, 5, 7, 3),
+        (1, 4, 9, 6, 5),
+        (3, 2, 14, 11, 3),
+        (2, 2, 4, 3, 7),
+    ] {
+        for x in [randn(&[b, c, h, w]), non_contiguous([b, c, h, w])] {
+            let fused = x
+                .contiguous()
+                .unwrap()
+                .apply_op1(PoolMixer::new(k).unwrap())
+                .unwrap();
+            let reference = composed::pool_mixer(&x, k).unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-5, "k={k} {h}x{w}: max diff {d}");
+            let public = tokenmix_kernels::pool_mixer(&x, k).unwrap();
+            assert!(max_abs_diff(&public, &reference) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn pool_mixer_excludes_padding_from_the_average() {
+    // A constant map pools to itself everywhere, corners included, so the mixer returns zeros.
+    let x = Tensor::full(3f32, (1, 2, 4, 5), &Device::Cpu).unwrap();
+    for y in [
+        tokenmix_kernels::pool_mixer(&x, 3).unwrap(),
+        composed::pool_mixer(&x, 3).unwrap(),
+    ] {
+        let m: f32 = y
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(m < 1e-6, "{m}");
+    }
+    assert!(PoolMixer::new(4).is_err());
+    assert!(composed::pool_mixer(&x, 2).is_err());
+}

@@ -1,0 +1,229 @@
+//! Bad input gets a clear error naming the problem: corrupt and truncated checkpoints, missing,
+//! unexpected, mis-shaped and mistyped tensors, bad configs, unknown names, wrong input shapes
+//! and non-image files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use tokenmix::models::preprocess::load_image;
+use tokenmix::models::{load_model_dir, load_weights, Error, PretrainedCfg};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A copy of a fixture's model directory in a temporary directory.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(file), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    load_model_dir(dir, &Device::Cpu).unwrap_err().to_string()
+}
+
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+#[test]
+fn truncated_checkpoint_is_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("model.safetensors: not a valid safetensors file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_checkpoint_is_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    assert!(load_err(dir.path()).contains("not a valid safetensors file"));
+    std::fs::write(&path, b"").unwrap();
+    assert!(load_err(dir.path()).contains("not a valid safetensors file"));
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_fixture("convformer_s18");
+    edit_weights(dir.path(), |t| {
+        t.remove("stages.1.blocks.0.token_mixer.dwconv.weight");
+    });
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("1 missing tensors: stages.1.blocks.0.token_mixer.dwconv.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unexpected_tensor_is_named() {
+    let dir = copy_fixture("convformer_s18");
+    edit_weights(dir.path(), |t| {
+        t.insert(
+            "head.extra.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("1 unexpected tensors: head.extra.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn misshaped_tensor_is_named_with_both_shapes() {
+    let dir = copy_fixture("caformer_s18");
+    edit_weights(dir.path(), |t| {
+        t.insert(
+            "stages.2.blocks.0.token_mixer.qkv.weight".into(),
+            Tensor::zeros((96, 31), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(dir.path());
+    assert!(
+        err.contains(
+            "stages.2.blocks.0.token_mixer.qkv.weight (expected [96, 32], found [96, 31])"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn integer_tensor_is_rejected() {
+    let dir = copy_fixture("poolformerv2_s12");
+    edit_weights(dir.path(), |t| {
+        t.insert(
+            "stem.conv.bias".into(),
+            Tensor::zeros(16, DType::U32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(dir.path());
+    assert!(err.contains("unsupported dtype: stem.conv.bias"), "{err}");
+}
+
+#[test]
+fn weights_for_another_model_are_rejected() {
+    let err = load_weights(
+        "caformer_s18",
+        &fixture("poolformer_s12").join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("checkpoint does not fit caformer_s18") && err.contains("missing tensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_architecture_is_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| c["architecture"] = "poolformer_s13".into());
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("unknown model 'poolformer_s13'") && err.contains("poolformer_s12"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_model_args_are_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| {
+        c["model_args"]["token_mixer"] = "attention".into()
+    });
+    assert!(load_err(dir.path()).contains("unknown argument 'token_mixer'"));
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| {
+        c["model_args"]["dims"] = serde_json::json!([16, 24, 4000000, 48])
+    });
+    let err = load_err(dir.path());
+    assert!(err.contains("every dim must be in 1..=65536"), "{err}");
+}
+
+#[test]
+fn unreadable_config_is_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    std::fs::write(dir.path().join("config.json"), "{\"architecture\": ").unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("config.json") && err.contains("EOF"), "{err}");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    assert!(load_err(dir.path()).contains("config.json"));
+}
+
+#[test]
+fn missing_weights_file_is_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert!(load_err(dir.path()).contains("model.safetensors not found"));
+    assert!(load_err(&dir.path().join("nope")).contains("no such model directory"));
+}
+
+#[test]
+fn wrong_input_shapes_are_rejected() {
+    let model = load_model_dir(&fixture("caformer_custom"), &Device::Cpu).unwrap();
+    for shape in [vec![2, 3, 64, 96], vec![1, 64, 96], vec![1, 1, 2, 2]] {
+        let x = Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap();
+        let err = model.forward(&x).unwrap_err();
+        assert!(matches!(err, Error::Input(_)), "{shape:?}: {err}");
+    }
+    let x = Tensor::zeros((2, 1, 64, 96), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.forward(&x).unwrap().dims(), &[2, 5]);
+}
+
+#[test]
+fn randformer_at_another_size_is_an_error_not_garbage() {
+    let model = load_model_dir(&fixture("randformer_s12"), &Device::Cpu).unwrap();
+    let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+    let err = model.forward(&x).unwrap_err().to_string();
+    assert!(
+        err.contains("random mixing") && err.contains("tokens"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_image_files_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PretrainedCfg::default();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "this is not an image").unwrap();
+    let err = load_image(&text, &cfg, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notes.jpg: cannot read image"), "{err}");
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(load_image(&empty, &cfg, &Device::Cpu).is_err());
+    let missing = dir.path().join("missing.png");
+    assert!(load_image(&missing, &cfg, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
+        .contains("missing.png"));
+}

@@ -1,0 +1,176 @@
+//! The `tokenmix` binary end to end: listing, info, run, classify, bench, and one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+
+fn tokenmix(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenmix"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed command printed exactly one line, starting with `error:`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert!(!o.status.success());
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
+}
+
+#[test]
+fn list_filters_by_glob() {
+    let o = tokenmix(&["list", "caformer_*"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(out.contains("caformer_b36") && !out.contains("convformer"));
+    assert_one_line_error(&tokenmix(&["list", "zzz*"]), "no model matches");
+}
+
+#[test]
+fn info_shows_facts_and_rejects_unknown_names() {
+    let o = tokenmix(&["info", "convformer_s18"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("26774448") && out.contains("83.0%") && out.contains("\"crop_pct\":1.0"),
+        "{out}"
+    );
+    assert_one_line_error(
+        &tokenmix(&["info", "convformer_s19"]),
+        "unknown model 'convformer_s19'",
+    );
+}
+
+#[test]
+fn run_writes_the_reference_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.safetensors");
+    let fx = fixture("caformer_s18");
+    let reference = fx.join("reference.safetensors");
+    let o = tokenmix(&[
+        "run",
+        "--model-dir",
+        fx.to_str().unwrap(),
+        "--input",
+        reference.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = &candle_core::safetensors::load(&out, &Device::Cpu).unwrap()["logits"];
+    let want = &candle_core::safetensors::load(&reference, &Device::Cpu).unwrap()["logits"];
+    let err: f32 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(err < 1e-3, "{err}");
+
+    // The same with --model and --weights.
+    let weights = fx.join("model.safetensors");
+    let o = tokenmix(&[
+        "run",
+        "--model",
+        "caformer_s18",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        reference.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "checkpoint does not fit caformer_s18");
+
+    // A file without an `input` tensor.
+    let o = tokenmix(&[
+        "run",
+        "--model-dir",
+        fx.to_str().unwrap(),
+        "--input",
+        weights.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "no tensor named 'input'");
+}
+
+#[test]
+fn classify_prints_top_classes_and_rejects_non_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("gradient.png");
+    image::RgbImage::from_fn(80, 50, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, 128])
+    })
+    .save(&png)
+    .unwrap();
+    let fx = fixture("poolformer_s12");
+    let o = tokenmix(&[
+        "classify",
+        "--model-dir",
+        fx.to_str().unwrap(),
+        "--image",
+        png.to_str().unwrap(),
+        "--top",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().filter(|l| l.contains("% ")).count(), 3, "{out}");
+    assert!(out.contains("class "), "{out}");
+
+    let txt = dir.path().join("readme.txt");
+    std::fs::write(&txt, "hello").unwrap();
+    let o = tokenmix(&[
+        "classify",
+        "--model-dir",
+        fx.to_str().unwrap(),
+        "--image",
+        txt.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "cannot read image");
+}
+
+#[test]
+fn bench_reports_json() {
+    let o = tokenmix(&[
+        "bench",
+        "--models",
+        "identityformer_s12",
+        "--image-size",
+        "64",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let r = &v.as_array().unwrap()[0];
+    assert_eq!(r["name"], "identityformer_s12");
+    assert_eq!(r["batch"], 2);
+    assert!(r["latency_ms"].as_f64().unwrap() > 0.0 && r["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!((r["top1"].as_f64().unwrap() - 74.6).abs() < 1e-9);
+}
