@@ -88,7 +88,7 @@ def timm_kwargs(arch):
     return captured
 
 
-def timm_case(out, case, arch, model_args, gen):
+def timm_case(out, case, arch, model_args, gen, input_shape=None):
     model = tmf.MetaFormer(**{**timm_kwargs(arch), **model_args}).eval()
     cfg = timm.models.get_pretrained_cfg(arch).to_dict()
     cfg["architecture"] = arch
@@ -96,7 +96,8 @@ def timm_case(out, case, arch, model_args, gen):
         cfg["input_size"] = (model_args["in_chans"],) + tuple(cfg["input_size"][1:])
     model.pretrained_cfg = cfg
     randomize_(model, gen)
-    x = torch.randn((INPUT_SHAPE[0], model_args.get("in_chans", 3)) + INPUT_SHAPE[2:], generator=gen)
+    input_shape = input_shape or (INPUT_SHAPE[0], model_args.get("in_chans", 3)) + INPUT_SHAPE[2:]
+    x = torch.randn(input_shape, generator=gen)
     with torch.no_grad():
         feats = timm_features(model, x)
         logits = model.forward_head(feats[-1])
