@@ -172,6 +172,27 @@ def sail_case(out, case, arch, sail_kwargs, model_args, timm_kwargs, mb, gen):
     write_reference(d, x, logits, feats)
 
 
+def preprocess_case(out):
+    """Two PNGs (one upscaled, one downscaled by the eval resize) and timm's eval transform of
+    each (crop_pct 0.9, bicubic), as `expected.safetensors`."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform
+
+    d = os.path.join(out, "preprocess")
+    os.makedirs(d, exist_ok=True)
+    transform = create_transform(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.9,
+                                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    expected = {}
+    for name, (h, w) in [("small", (131, 173)), ("large", (300, 411))]:
+        yy, xx = np.mgrid[0:h, 0:w] * (131.0 / h)
+        pixels = np.stack([127 + 120 * np.sin(xx / 9.0 + yy / 23.0), 127 + 120 * np.cos(yy / 7.0),
+                           (xx * 3 + yy * 2) % 256], -1).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(d, f"{name}.png"))
+        expected[name] = transform(Image.open(os.path.join(d, f"{name}.png")).convert("RGB")).half().contiguous()
+    save_file(expected, os.path.join(d, "expected.safetensors"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--metaformer-repo", required=True, help="checkout of sail-sg/metaformer")
@@ -205,6 +226,7 @@ def main():
               dict(sail_small, token_mixers=rand),
               dict(sail_small, img_size=list(INPUT_SHAPE[2:])),
               dict(timm_base, token_mixers=rand), mb, gen)
+    preprocess_case(args.out)
     print("fixtures written to", os.path.abspath(args.out))
 
 
