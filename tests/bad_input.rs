@@ -227,3 +227,207 @@ fn non_image_files_are_rejected() {
         .to_string()
         .contains("missing.png"));
 }
+
+/// A safetensors file whose header is `header` (JSON) followed by `data`.
+fn raw_safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+#[test]
+fn headers_that_lie_are_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    let path = dir.path().join("model.safetensors");
+    let cases = [
+        // offsets past the end of the data
+        raw_safetensors(
+            r#"{"stem.conv.bias":{"dtype":"F32","shape":[16],"data_offsets":[0,640]}}"#,
+            &[0; 64],
+        ),
+        // size that disagrees with the shape
+        raw_safetensors(
+            r#"{"stem.conv.bias":{"dtype":"F32","shape":[16],"data_offsets":[0,32]}}"#,
+            &[0; 32],
+        ),
+        // header length beyond the file
+        {
+            let mut b = raw_safetensors("{}", &[]);
+            b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            b
+        },
+        // header that is not JSON
+        raw_safetensors("{not json", &[]),
+    ];
+    for bytes in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("not a valid safetensors file"), "{err}");
+    }
+}
+
+#[test]
+fn nan_and_infinite_weights_are_named() {
+    for (dtype, value) in [
+        (DType::F32, f32::NAN),
+        (DType::F16, f32::INFINITY),
+        (DType::BF16, f32::NEG_INFINITY),
+    ] {
+        let dir = copy_fixture("poolformer_s12");
+        edit_weights(dir.path(), |t| {
+            let bad = Tensor::full(value, 16, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            t.insert("stem.conv.bias".into(), bad);
+        });
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("1 tensors with NaN or infinite values: stem.conv.bias"),
+            "{dtype:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn config_with_wrong_types_is_reported() {
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| c["num_classes"] = "ten".into());
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("config.json") && err.contains("invalid type"),
+        "{err}"
+    );
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| {
+        c["pretrained_cfg"]["input_size"] = serde_json::json!("big")
+    });
+    assert!(load_err(dir.path()).contains("invalid type"));
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| {
+        c["model_args"]["depths"] = serde_json::json!([1, -2, 1, 1])
+    });
+    assert!(load_err(dir.path()).contains("depths must be a list of integers"));
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| {
+        c["model_args"]["dims"] = serde_json::json!([65536, 65536, 65536, 65536]);
+        c["model_args"]["depths"] = serde_json::json!([1000, 1000, 1000, 1000]);
+    });
+    let start = std::time::Instant::now();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("parameters, more than the 8000000000 tokenmix builds"),
+        "{err}"
+    );
+    assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+    let dir = copy_fixture("poolformer_s12");
+    edit_config(dir.path(), |c| {
+        c["model_args"]["num_classes"] = serde_json::json!(1u64 << 40)
+    });
+    assert!(load_err(dir.path()).contains("num_classes"));
+}
+
+/// A PNG claiming `w x h` pixels whose pixel data is a few bytes (a decompression bomb's
+/// header).
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    for (kind, data) in [
+        (&b"IHDR"[..], ihdr),
+        (b"IDAT", vec![0x78, 0x9c, 0x03, 0x00]),
+        (b"IEND", vec![]),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(&data);
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn huge_and_tiny_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PretrainedCfg::default();
+    let huge = dir.path().join("huge.png");
+    std::fs::write(&huge, png_header(20000, 20000)).unwrap();
+    let err = load_image(&huge, &cfg, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("image is 20000x20000 pixels"), "{err}");
+    let tiny = dir.path().join("tiny.png");
+    image::RgbImage::from_pixel(1, 1, image::Rgb([10, 200, 30]))
+        .save(&tiny)
+        .unwrap();
+    let x = load_image(&tiny, &cfg, &Device::Cpu).unwrap();
+    assert_eq!(x.dims(), &[3, 224, 224]);
+}
+
+#[test]
+fn grayscale_rgba_and_16_bit_images_become_rgb() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PretrainedCfg::default();
+    let rgb = dir.path().join("rgb.png");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 100, 50]))
+        .save(&rgb)
+        .unwrap();
+    let rgba = dir.path().join("rgba.png");
+    image::RgbaImage::from_pixel(40, 30, image::Rgba([200, 100, 50, 7]))
+        .save(&rgba)
+        .unwrap();
+    let rgb16 = dir.path().join("rgb16.png");
+    image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+        40,
+        30,
+        image::Rgb([200 * 257, 100 * 257, 50 * 257]),
+    )
+    .save(&rgb16)
+    .unwrap();
+    let gray = dir.path().join("gray.png");
+    image::GrayImage::from_pixel(40, 30, image::Luma([90]))
+        .save(&gray)
+        .unwrap();
+    let reference = load_image(&rgb, &cfg, &Device::Cpu).unwrap();
+    for path in [&rgba, &rgb16] {
+        let x = load_image(path, &cfg, &Device::Cpu).unwrap();
+        let d: f32 = (x - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-5, "{}: {d}", path.display());
+    }
+    let g = load_image(&gray, &cfg, &Device::Cpu).unwrap();
+    assert_eq!(g.dims(), &[3, 224, 224]);
+    let red: f32 = g.get(0).unwrap().mean_all().unwrap().to_scalar().unwrap();
+    assert!(
+        (red - ((90.0 / 255.0 - 0.485) / 0.229) as f32).abs() < 1e-4,
+        "{red}"
+    );
+}

@@ -10,7 +10,8 @@ use tokenmix::models::PretrainedCfg;
 #[test]
 fn eval_transform_matches_timm() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess");
-    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     let cfg = PretrainedCfg::metaformer(0.9);
     for name in ["small", "large"] {
         let got = load_image(&dir.join(format!("{name}.png")), &cfg, &Device::Cpu).unwrap();
@@ -22,6 +23,9 @@ fn eval_transform_matches_timm() {
         eprintln!("{name}: mean abs diff {mean}, max {max}");
         // image-rs Catmull-Rom vs PIL bicubic: measured mean 0.003, max 0.28 (at the hard edges
         // of the test pattern); a misplaced crop or wrong scale gives errors of order 1.
-        assert!(mean < 0.01 && max < 0.4, "{name}: mean abs diff {mean}, max {max}");
+        assert!(
+            mean < 0.01 && max < 0.4,
+            "{name}: mean abs diff {mean}, max {max}"
+        );
     }
 }

@@ -64,6 +64,9 @@ impl CustomOp2 for DepthwiseConv2d {
                 xl.shape()
             )
         }
+        if b * c * h * w == 0 {
+            candle_core::bail!("depthwise_conv2d: empty input {:?}", xl.shape())
+        }
         let (s, p) = (self.stride, self.padding);
         let (Some(ho), Some(wo)) = (out_len(h, k, s, p), out_len(w, k, s, p)) else {
             candle_core::bail!("depthwise_conv2d: kernel {k} larger than padded input {h}x{w}")

@@ -31,6 +31,9 @@ impl CustomOp1 for PoolMixer {
             candle_core::bail!("pool_mixer: input must be contiguous")
         };
         let x = &storage.as_slice::<f32>()?[start..end];
+        if x.is_empty() {
+            return Ok((CpuStorage::F32(vec![]), layout.shape().clone()));
+        }
         let half = self.pool_size / 2;
         let mut out = vec![0f32; b * c * h * w];
         out.par_chunks_mut(h * w)

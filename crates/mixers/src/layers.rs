@@ -37,19 +37,22 @@ fn per_channel(v: &Tensor, layout: MixerLayout) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub struct Scale {
     scale: Tensor,
+    layout: MixerLayout,
 }
 
 impl Scale {
     /// Loads `scale` (`[dim]`) from `vb` for tensors in `layout`.
     pub fn new(dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
-        let scale = per_channel(&vb.get(dim, "scale")?, layout)?;
-        Ok(Self { scale })
+        Ok(Self {
+            scale: vb.get(dim, "scale")?,
+            layout,
+        })
     }
 }
 
 impl Module for Scale {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&self.scale)
+        x.broadcast_mul(&per_channel(&self.scale, self.layout)?)
     }
 }
 
@@ -119,9 +122,9 @@ pub struct Norm {
 impl Norm {
     /// Loads `weight` (`[dim]`) and, if the config says so, `bias` (`[dim]`).
     pub fn new(cfg: NormConfig, dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
-        let weight = per_channel(&vb.get(dim, "weight")?, layout)?;
+        let weight = vb.get(dim, "weight")?;
         let bias = if cfg.bias {
-            Some(per_channel(&vb.get(dim, "bias")?, layout)?)
+            Some(vb.get(dim, "bias")?)
         } else {
             None
         };
@@ -156,9 +159,11 @@ fn normalize_axis(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
 
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.normalize(x)?.broadcast_mul(&self.weight)?;
+        let y = self
+            .normalize(x)?
+            .broadcast_mul(&per_channel(&self.weight, self.layout)?)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&per_channel(b, self.layout)?),
             None => Ok(y),
         }
     }
@@ -241,6 +246,8 @@ pub struct Pointwise {
     weight: Tensor,
     bias: Option<Tensor>,
     layout: MixerLayout,
+    out_dim: usize,
+    in_dim: usize,
 }
 
 impl Pointwise {
@@ -254,12 +261,11 @@ impl Pointwise {
     ) -> Result<Self> {
         let weight = if is_spatial(layout) {
             vb.get((out_dim, in_dim, 1, 1), "weight")?
-                .reshape((out_dim, in_dim))?
         } else {
             vb.get((out_dim, in_dim), "weight")?
         };
         let bias = if bias {
-            Some(per_channel(&vb.get(out_dim, "bias")?, layout)?)
+            Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
@@ -267,23 +273,25 @@ impl Pointwise {
             weight,
             bias,
             layout,
+            out_dim,
+            in_dim,
         })
     }
 }
 
 impl Module for Pointwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = self.weight.reshape((self.out_dim, self.in_dim))?;
         let y = if is_spatial(self.layout) {
             let (b, c, h, w) = x.dims4()?;
-            let out = self.weight.dim(0)?;
-            self.weight
+            weight
                 .broadcast_matmul(&x.reshape((b, c, h * w))?)?
-                .reshape((b, out, h, w))?
+                .reshape((b, self.out_dim, h, w))?
         } else {
-            x.broadcast_matmul(&self.weight.t()?)?
+            x.broadcast_matmul(&weight.t()?)?
         };
         match &self.bias {
-            Some(bias) => y.broadcast_add(bias),
+            Some(bias) => y.broadcast_add(&per_channel(bias, self.layout)?),
             None => Ok(y),
         }
     }

@@ -10,16 +10,15 @@ use crate::{MixerLayout, TokenMixer};
 /// to one) read from the checkpoint. The input grid must have exactly `N` tokens.
 #[derive(Debug, Clone)]
 pub struct RandomMixing {
-    matrix_t: Tensor,
+    matrix: Tensor,
     num_tokens: usize,
 }
 
 impl RandomMixing {
     /// Loads `random_matrix` (`[num_tokens, num_tokens]`).
     pub fn new(num_tokens: usize, vb: VarBuilder) -> Result<Self> {
-        let matrix = vb.get((num_tokens, num_tokens), "random_matrix")?;
         Ok(Self {
-            matrix_t: matrix.t()?.contiguous()?,
+            matrix: vb.get((num_tokens, num_tokens), "random_matrix")?,
             num_tokens,
         })
     }
@@ -45,7 +44,7 @@ impl TokenMixer for RandomMixing {
             )
         }
         x.reshape((b * c, h * w))?
-            .matmul(&self.matrix_t)?
+            .matmul(&self.matrix.t()?)?
             .reshape((b, c, h, w))
     }
 }

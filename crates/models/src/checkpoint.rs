@@ -66,6 +66,49 @@ pub fn param_count(cfg: &ArchConfig) -> Result<u64> {
         .sum())
 }
 
+/// Largest model built: 8 G parameters (32 GB in f32). Configs beyond it are refused before
+/// anything is allocated.
+pub const MAX_PARAMS: u64 = 8_000_000_000;
+
+/// The tensors of `cfg`, refusing models over [`MAX_PARAMS`].
+fn checked_tensors(cfg: &ArchConfig, model_name: &str) -> Result<Vec<TensorSpec>> {
+    let specs = expected_tensors(cfg)?;
+    let n: u64 = specs
+        .iter()
+        .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
+        .sum();
+    if n > MAX_PARAMS {
+        return Err(Error::config(
+            model_name,
+            format!(
+                "the configuration has {n} parameters, more than the {MAX_PARAMS} tokenmix builds"
+            ),
+        ));
+    }
+    Ok(specs)
+}
+
+/// Whether every value of a little-endian float buffer is finite (checked on the bit patterns).
+fn all_finite(dtype: safetensors::Dtype, data: &[u8]) -> bool {
+    use safetensors::Dtype as D;
+    match dtype {
+        D::F32 => data
+            .chunks_exact(4)
+            .all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000),
+        D::F16 => data
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 != 0x7c00),
+        D::BF16 => data
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80),
+        D::F64 => data.chunks_exact(8).all(|b| {
+            let bits = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            bits & 0x7ff0_0000_0000_0000 != 0x7ff0_0000_0000_0000
+        }),
+        _ => true,
+    }
+}
+
 const MAX_LISTED: usize = 8;
 
 fn list(kind: &str, items: &[String]) -> Option<String> {
@@ -86,6 +129,7 @@ fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Resu
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     let mut bad_dtype = Vec::new();
+    let mut non_finite = Vec::new();
     for (name, shape) in expected {
         match st.tensor(name) {
             Err(_) => missing.push(name.clone()),
@@ -102,6 +146,8 @@ fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Resu
                         "{name} ({:?}; want f32, f16 or bf16)",
                         view.dtype()
                     ));
+                } else if !all_finite(view.dtype(), view.data()) {
+                    non_finite.push(name.clone());
                 }
             }
         }
@@ -119,6 +165,7 @@ fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Resu
         list("unexpected tensors", &unexpected),
         list("tensors of the wrong shape", &misshaped),
         list("tensors of an unsupported dtype", &bad_dtype),
+        list("tensors with NaN or infinite values", &non_finite),
     ]
     .into_iter()
     .flatten()
@@ -139,15 +186,28 @@ pub fn load_safetensors(
     model_name: &str,
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
+    checked_tensors(cfg, model_name)?;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+    load_safetensors_bytes(&bytes, path, cfg, model_name, device)
+}
+
+/// [`load_safetensors`] on the bytes of a safetensors file; `path` only names it in errors.
+/// Weights with NaN or infinite values are refused.
+pub fn load_safetensors_bytes(
+    bytes: &[u8],
+    path: &Path,
+    cfg: &ArchConfig,
+    model_name: &str,
+    device: &Device,
+) -> Result<Box<dyn ImageModel>> {
+    let expected = checked_tensors(cfg, model_name)?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    let expected = expected_tensors(cfg)?;
     check_tensors(&st, &expected).map_err(|details| Error::WeightMismatch {
         path: path.to_path_buf(),
         model: model_name.to_string(),
@@ -170,7 +230,7 @@ pub fn load_safetensors(
 /// benchmarks and tests.
 pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageModel>> {
     let mut tensors = HashMap::new();
-    for (name, shape) in expected_tensors(cfg)? {
+    for (name, shape) in checked_tensors(cfg, "random model")? {
         let noise = Tensor::randn(0f32, 0.02, shape.as_slice(), device)?;
         let is_gain =
             name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight"));

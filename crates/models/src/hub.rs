@@ -2,13 +2,13 @@
 //! `save_for_hf` writes them: `config.json` (`architecture`, `num_classes`, `model_args`,
 //! `pretrained_cfg`, optionally `label_names`) next to `model.safetensors`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::checkpoint::load_safetensors;
+use crate::checkpoint::{load_safetensors, load_safetensors_bytes};
 use crate::registry::model_entry;
 use crate::{check_input, ArchConfig, Error, ImageModel, PretrainedCfg, Result};
 
@@ -66,12 +66,55 @@ struct HubConfig {
     label_names: Option<Vec<String>>,
 }
 
-fn read_config(path: &Path) -> Result<HubConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path.display().to_string(), e))
+/// Parses `config.json` text and resolves the architecture it describes.
+fn resolve_config(
+    text: &str,
+    path: &Path,
+) -> Result<(HubConfig, &'static crate::ModelEntry, ArchConfig)> {
+    let context = path.display().to_string();
+    let hub: HubConfig = serde_json::from_str(text).map_err(|e| Error::config(&context, e))?;
+    let entry = model_entry(&hub.architecture)?;
+    let mut config = entry.config();
+    if let Some(cfg) = &hub.pretrained_cfg {
+        if let Some(&c) = cfg.input_size.first() {
+            config.set_in_chans(c);
+        }
+    }
+    if let Some(n) = hub.num_classes {
+        config.set_num_classes(n);
+    }
+    config
+        .apply_model_args(&hub.model_args)
+        .map_err(|e| Error::config(&context, e))?;
+    Ok((hub, entry, config))
+}
+
+fn loaded(
+    hub: HubConfig,
+    entry: &crate::ModelEntry,
+    config: ArchConfig,
+    model: Box<dyn ImageModel>,
+) -> LoadedModel {
+    LoadedModel {
+        name: entry.name.to_string(),
+        config,
+        pretrained_cfg: hub.pretrained_cfg.unwrap_or_else(|| entry.pretrained_cfg()),
+        label_names: hub.label_names,
+        model,
+    }
+}
+
+/// [`load_model_dir`] on the contents of `config.json` and `model.safetensors` held in memory.
+pub fn load_from_bytes(config_json: &str, weights: &[u8], device: &Device) -> Result<LoadedModel> {
+    let (hub, entry, config) = resolve_config(config_json, Path::new("config.json"))?;
+    let model = load_safetensors_bytes(
+        weights,
+        Path::new("model.safetensors"),
+        &config,
+        entry.name,
+        device,
+    )?;
+    Ok(loaded(hub, entry, config, model))
 }
 
 /// Loads the model in `dir` (`config.json` + `model.safetensors`) onto `device`.
@@ -88,19 +131,11 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
         });
     }
-    let hub = read_config(&config_path)?;
-    let entry = model_entry(&hub.architecture)?;
-    let mut config = entry.config();
-    let pretrained_cfg = hub.pretrained_cfg.unwrap_or_else(|| entry.pretrained_cfg());
-    if let Some(&c) = pretrained_cfg.input_size.first() {
-        config.set_in_chans(c);
-    }
-    if let Some(n) = hub.num_classes {
-        config.set_num_classes(n);
-    }
-    config
-        .apply_model_args(&hub.model_args)
-        .map_err(|e| Error::config(config_path.display().to_string(), e))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let (hub, entry, config) = resolve_config(&text, &config_path)?;
     let weights = dir.join("model.safetensors");
     if !weights.is_file() {
         return Err(Error::Io {
@@ -112,13 +147,7 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
         });
     }
     let model = load_safetensors(&weights, &config, entry.name, device)?;
-    Ok(LoadedModel {
-        name: entry.name.to_string(),
-        config,
-        pretrained_cfg,
-        label_names: hub.label_names,
-        model,
-    })
+    Ok(loaded(hub, entry, config, model))
 }
 
 /// Loads zoo model `name` at its default config from a bare safetensors file.
@@ -133,9 +162,4 @@ pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<Loade
         label_names: None,
         model,
     })
-}
-
-/// The `model.safetensors` path of a model directory.
-pub fn weights_path(dir: &Path) -> PathBuf {
-    dir.join("model.safetensors")
 }

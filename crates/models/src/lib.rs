@@ -25,7 +25,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
-pub use hub::{load_model_dir, load_weights, LoadedModel};
+pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
 pub use pretrained::PretrainedCfg;
 pub use registry::{list_models, model_entry, ModelEntry};

@@ -8,8 +8,10 @@ use image::DynamicImage;
 
 use crate::{Error, PretrainedCfg, Result};
 
-/// Largest image side accepted, to refuse decompression bombs before resizing.
-const MAX_SIDE: u32 = 32_768;
+/// Largest image side decoded.
+pub const MAX_SIDE: u32 = 16_384;
+/// Most pixels decoded (a 10000 x 10000 image), to refuse decompression bombs before decoding.
+pub const MAX_PIXELS: u64 = 100_000_000;
 
 fn filter(name: &str) -> Result<FilterType> {
     Ok(match name {
@@ -109,29 +111,38 @@ pub fn preprocess(img: &DynamicImage, cfg: &PretrainedCfg, device: &Device) -> R
 /// Decodes the image file at `path` (format detected from its content) and preprocesses it
 /// with [`preprocess`].
 pub fn load_image(path: &Path, cfg: &PretrainedCfg, device: &Device) -> Result<Tensor> {
-    let err = |msg: String| Error::Image {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let img = decode_image(&bytes).map_err(|msg| Error::Image {
         path: path.to_path_buf(),
         msg,
-    };
-    let reader = image::ImageReader::open(path)
-        .map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
-    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(err(format!(
-            "image is {w}x{h}; sides must be in 1..={MAX_SIDE}"
-        )));
-    }
-    let img = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| err(e.to_string()))?
-        .decode()
-        .map_err(|e| err(e.to_string()))?;
+    })?;
     preprocess(&img, cfg, device)
+}
+
+/// Decodes an encoded image (JPEG or PNG, detected from the content). Images with a side of 0
+/// or over [`MAX_SIDE`] pixels, or more than [`MAX_PIXELS`] pixels, are refused from their
+/// header, before any pixel is decoded.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
+        return Err(format!(
+            "image is {w}x{h} pixels; tokenmix decodes images with sides in 1..={MAX_SIDE} and \
+             at most {MAX_PIXELS} pixels"
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 16);
+    let mut reader = reader()?;
+    reader.limits(limits);
+    reader.decode().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
