@@ -299,7 +299,11 @@ impl MetaFormerConfig {
     }
 
     /// Multiply-accumulates of one forward pass of one `h x w` image.
+    /// Returns 0 for a configuration that does not [`validate`](Self::validate).
     pub fn macs(&self, h: usize, w: usize) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
         let sizes = self.stage_sizes(h, w);
         let mut total = 0u64;
         let (h1, w1) = sizes[0];
