@@ -15,5 +15,5 @@ cp "$root"/tests/fixtures/preprocess/*.png corpus/decode_image/
 export RUSTC_BOOTSTRAP=1
 for target in load_checkpoint decode_image; do
   cargo fuzz run --release "$target" "corpus/$target" -- -max_total_time="$secs" -rss_limit_mb=4096 \
-    -max_len=2000000 2>&1 | tee "/tmp/fuzz-$target.log" | grep -E "^#[0-9]+ +(DONE|INITED)|ERROR|panicked|SUMMARY" || true
+    -max_len=2000000 2>&1 | tee "/tmp/fuzz-$target.log" | grep -E "^#[0-9]+\s+(DONE|INITED)|^Done|ERROR|panicked|SUMMARY" || true
 done
