@@ -14,7 +14,9 @@ fn models(c: &mut Criterion) {
         let model = random_model(&model_entry(name).unwrap().config(), &Device::Cpu).unwrap();
         for batch in [1, 8] {
             let x = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &Device::Cpu).unwrap();
-            group.bench_function(format!("{name}/b{batch}"), |b| b.iter(|| model.forward(&x).unwrap()));
+            group.bench_function(format!("{name}/b{batch}"), |b| {
+                b.iter(|| model.forward(&x).unwrap())
+            });
         }
     }
     group.finish();

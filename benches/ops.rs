@@ -13,7 +13,10 @@ fn depthwise(c: &mut Criterion) {
         let x = Tensor::randn(0f32, 1.0, (1, ch, hw, hw), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (ch, 1, 7, 7), &Device::Cpu).unwrap();
         group.bench_function(format!("fused/{ch}x{hw}x{hw}"), |b| {
-            b.iter(|| x.apply_op2(&w, DepthwiseConv2d::new(1, 3).unwrap()).unwrap())
+            b.iter(|| {
+                x.apply_op2(&w, DepthwiseConv2d::new(1, 3).unwrap())
+                    .unwrap()
+            })
         });
         group.bench_function(format!("composed/{ch}x{hw}x{hw}"), |b| {
             b.iter(|| composed::depthwise_conv2d(&x, &w, 1, 3).unwrap())

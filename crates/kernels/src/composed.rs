@@ -1,7 +1,9 @@
 //! Reference implementations of every fused op as plain compositions of candle ops: the
 //! fallback when fused kernels are off, and what the fused kernels are tested against.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+use crate::NormAxes;
 
 /// Depthwise convolution through candle's grouped `conv2d` (no bias).
 pub fn depthwise_conv2d(
@@ -36,4 +38,45 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     let cols = Tensor::new(window_counts(w, pool_size), x.device())?.reshape((1, w))?;
     let counts = rows.broadcast_mul(&cols)?.to_dtype(x.dtype())?;
     sums.broadcast_div(&counts)? - x
+}
+
+/// Normalized `x` and `1 / sqrt(var + eps)` for `x` viewed as `(outer, C, inner)`: statistics
+/// over `C` (LayerNorm) or over `(C, inner)` (GroupNorm with one group), in f32.
+pub fn normalize(x: &Tensor, axes: NormAxes, eps: f64) -> Result<(Tensor, Tensor)> {
+    let x = x.to_dtype(DType::F32)?;
+    let mean = |t: &Tensor| match axes {
+        NormAxes::Channels => t.mean_keepdim(1),
+        NormAxes::AllButBatch => t.mean_keepdim(2)?.mean_keepdim(1),
+    };
+    let centered = x.broadcast_sub(&mean(&x)?)?;
+    let inv = (mean(&centered.sqr()?)? + eps)?.sqrt()?.recip()?;
+    Ok((centered.broadcast_mul(&inv)?, inv))
+}
+
+/// Channel LayerNorm / GroupNorm1 as plain candle ops: `x` has its channels at `channel_axis`,
+/// `weight` and `bias` are `[C]`.
+pub fn channel_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    axes: NormAxes,
+    eps: f64,
+    channel_axis: usize,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if channel_axis >= dims.len() {
+        candle_core::bail!("channel_norm: no axis {channel_axis} in shape {dims:?}")
+    }
+    let outer: usize = dims[..channel_axis].iter().product();
+    let inner: usize = dims[channel_axis + 1..].iter().product();
+    let c = dims[channel_axis];
+    let (xhat, _) = normalize(&x.reshape((outer, c, inner))?, axes, eps)?;
+    let y = xhat
+        .to_dtype(x.dtype())?
+        .broadcast_mul(&weight.reshape((1, c, 1))?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, c, 1))?)?,
+        None => y,
+    };
+    y.reshape(dims)
 }

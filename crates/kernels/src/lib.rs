@@ -8,16 +8,19 @@
 //! Ops:
 //! * [`depthwise_conv2d`]: per-channel `k x k` convolution with stride and zero padding.
 //! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`.
+//! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 #![deny(missing_docs)]
 
 pub mod composed;
 mod depthwise;
+mod norm;
 mod pool;
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
 pub use depthwise::DepthwiseConv2d;
+pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
@@ -64,4 +67,30 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     } else {
         composed::pool_mixer(x, pool_size)
     }
+}
+
+/// Normalizes `x` with channels at `channel_axis` (1 for `(B, C, H, W)`, the last axis for
+/// `(B, N, C)` tokens) over the channels ([`NormAxes::Channels`], LayerNorm) or over all but
+/// the batch axis ([`NormAxes::AllButBatch`], GroupNorm with one group; channel-first only),
+/// then applies the per-channel `weight` and optional `bias` (`[C]`).
+pub fn channel_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    axes: NormAxes,
+    eps: f64,
+    channel_axis: usize,
+) -> Result<Tensor> {
+    let fusable = use_fused(x)
+        && weight.dtype() == DType::F32
+        && (axes == NormAxes::Channels || channel_axis == 1);
+    if !fusable {
+        return composed::channel_norm(x, weight, bias, axes, eps, channel_axis);
+    }
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => weight.zeros_like()?,
+    };
+    let op = ChannelNorm::new(axes, eps, channel_axis);
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, op)
 }

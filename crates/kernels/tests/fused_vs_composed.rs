@@ -124,3 +124,81 @@ fn pool_mixer_excludes_padding_from_the_average() {
     assert!(PoolMixer::new(4).is_err());
     assert!(composed::pool_mixer(&x, 2).is_err());
 }
+
+use candle_core::Var;
+use tokenmix_kernels::NormAxes;
+
+/// Forward and gradients (x, weight, bias) of `channel_norm` against the composed version.
+fn check_norm(x: &Tensor, axes: NormAxes, axis: usize, with_bias: bool) {
+    let c = x.dim(axis).unwrap();
+    let w = Var::from_tensor(&(randn(&[c]) + 1.0).unwrap()).unwrap();
+    let b = Var::from_tensor(&randn(&[c])).unwrap();
+    let probe = randn(x.dims());
+    let run = |fused: bool| {
+        let xv = Var::from_tensor(x).unwrap();
+        let bias = with_bias.then(|| b.as_tensor());
+        let y = if fused {
+            tokenmix_kernels::channel_norm(xv.as_tensor(), w.as_tensor(), bias, axes, 1e-6, axis)
+                .unwrap()
+        } else {
+            composed::channel_norm(xv.as_tensor(), w.as_tensor(), bias, axes, 1e-6, axis).unwrap()
+        };
+        let grads = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = grads.get(xv.as_tensor()).unwrap().clone();
+        let gw = grads.get(w.as_tensor()).unwrap().clone();
+        let gb = grads.get(b.as_tensor()).map(|g| g.clone());
+        (y, gx, gw, gb)
+    };
+    let (y1, gx1, gw1, gb1) = run(true);
+    let (y2, gx2, gw2, gb2) = run(false);
+    let what = format!("{axes:?} axis {axis} {:?} bias {with_bias}", x.dims());
+    assert!(
+        max_abs_diff(&y1, &y2) < 1e-4,
+        "{what}: forward {}",
+        max_abs_diff(&y1, &y2)
+    );
+    assert!(
+        max_abs_diff(&gx1, &gx2) < 1e-3,
+        "{what}: dx {}",
+        max_abs_diff(&gx1, &gx2)
+    );
+    assert!(
+        max_abs_diff(&gw1, &gw2) < 1e-3,
+        "{what}: dw {}",
+        max_abs_diff(&gw1, &gw2)
+    );
+    if with_bias {
+        assert!(
+            max_abs_diff(&gb1.unwrap(), &gb2.unwrap()) < 1e-3,
+            "{what}: db"
+        );
+    }
+}
+
+#[test]
+fn channel_norm_matches_composition_forward_and_backward() {
+    for (b, c, h, w) in [(1, 3, 5, 7), (2, 16, 17, 19), (3, 5, 1, 1), (2, 7, 23, 13)] {
+        for x in [randn(&[b, c, h, w]), non_contiguous([b, c, h, w])] {
+            for with_bias in [true, false] {
+                check_norm(&x, NormAxes::Channels, 1, with_bias);
+                check_norm(&x, NormAxes::AllButBatch, 1, with_bias);
+            }
+        }
+    }
+    for (b, n, c) in [(1, 7, 5), (2, 49, 64), (3, 1, 9)] {
+        let tokens = randn(&[b, n, c]);
+        check_norm(&tokens, NormAxes::Channels, 2, true);
+        check_norm(&tokens, NormAxes::Channels, 2, false);
+        check_norm(
+            &tokens.transpose(0, 1).unwrap(),
+            NormAxes::Channels,
+            2,
+            true,
+        );
+    }
+}

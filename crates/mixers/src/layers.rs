@@ -8,6 +8,8 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use tokenmix_kernels::NormAxes;
+
 use crate::MixerLayout;
 
 fn is_spatial(layout: MixerLayout) -> bool {
@@ -135,37 +137,23 @@ impl Norm {
             bias,
         })
     }
-
-    fn normalize(&self, x: &Tensor) -> Result<Tensor> {
-        match self.cfg.kind {
-            NormKind::LayerNorm => normalize_axis(x, channel_axis(x, self.layout), self.cfg.eps),
-            NormKind::GroupNorm1 => {
-                let flat = x.flatten_from(1)?;
-                normalize_axis(&flat, 1, self.cfg.eps)?.reshape(x.shape())
-            }
-        }
-    }
-}
-
-/// `(x - mean) / sqrt(var + eps)` along `axis`, computed in f32.
-fn normalize_axis(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let centered = x.broadcast_sub(&x.mean_keepdim(axis)?)?;
-    let var = centered.sqr()?.mean_keepdim(axis)?;
-    let inv_std = (var + eps)?.sqrt()?.recip()?;
-    centered.broadcast_mul(&inv_std)?.to_dtype(dtype)
 }
 
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self
-            .normalize(x)?
-            .broadcast_mul(&per_channel(&self.weight, self.layout)?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&per_channel(b, self.layout)?),
-            None => Ok(y),
-        }
+        let axes = match self.cfg.kind {
+            NormKind::LayerNorm => NormAxes::Channels,
+            NormKind::GroupNorm1 => NormAxes::AllButBatch,
+        };
+        let axis = channel_axis(x, self.layout);
+        tokenmix_kernels::channel_norm(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            axes,
+            self.cfg.eps,
+            axis,
+        )
     }
 }
 

@@ -1,0 +1,258 @@
+//! Fused normalization over channels: LayerNorm over `C` at every position, or GroupNorm with
+//! one group over all of `(C, H, W)`, with a per-channel weight and bias.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Which elements share one mean and variance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormAxes {
+    /// LayerNorm over the channel axis: one mean per `(b, h, w)` (or per token).
+    Channels,
+    /// GroupNorm with one group: one mean per sample over `(C, H, W)`.
+    AllButBatch,
+}
+
+/// Candle custom op `(x, weight, bias) -> y`: `x` contiguous f32 viewed as `(outer, C, inner)`
+/// (`(B, C, H*W)` for NCHW maps, `(B*N, C, 1)` for tokens), `weight` and `bias` `[C]`;
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` with the biased variance taken over the
+/// axes of [`NormAxes`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelNorm {
+    axes: NormAxes,
+    eps: f32,
+    channel_axis: usize,
+}
+
+impl ChannelNorm {
+    /// The op normalizing over `axes` with `eps`, channels at `channel_axis` of the input.
+    pub fn new(axes: NormAxes, eps: f64, channel_axis: usize) -> Self {
+        Self {
+            axes,
+            eps: eps as f32,
+            channel_axis,
+        }
+    }
+
+    fn split(&self, shape: &Shape) -> Result<(usize, usize, usize)> {
+        let dims = shape.dims();
+        if self.channel_axis >= dims.len() {
+            candle_core::bail!(
+                "channel_norm: no axis {} in shape {shape:?}",
+                self.channel_axis
+            )
+        }
+        let outer = dims[..self.channel_axis].iter().product();
+        let inner = dims[self.channel_axis + 1..].iter().product();
+        Ok((outer, dims[self.channel_axis], inner))
+    }
+}
+
+/// A raw pointer that may be shared across rayon tasks writing disjoint elements.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer `offset` elements further.
+    ///
+    /// # Safety
+    /// `offset` must stay inside the allocation.
+    unsafe fn add(self, offset: usize) -> Self {
+        Self(self.0.add(offset))
+    }
+}
+
+const CHUNK: usize = 256;
+
+/// LayerNorm over `c` for positions `i0..i1` of one `(c, inner)` slab.
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_chunk(
+    src: &[f32],
+    c: usize,
+    inner: usize,
+    i0: usize,
+    i1: usize,
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    dst: SyncPtr,
+) {
+    let n = i1 - i0;
+    let mut mean = [0f32; CHUNK];
+    let mut var = [0f32; CHUNK];
+    for ch in 0..c {
+        let row = &src[ch * inner + i0..ch * inner + i1];
+        for (m, v) in mean[..n].iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    let inv_c = 1.0 / c as f32;
+    mean[..n].iter_mut().for_each(|m| *m *= inv_c);
+    for ch in 0..c {
+        let row = &src[ch * inner + i0..ch * inner + i1];
+        for ((s, v), m) in var[..n].iter_mut().zip(row).zip(&mean[..n]) {
+            let d = v - m;
+            *s += d * d;
+        }
+    }
+    var[..n]
+        .iter_mut()
+        .for_each(|s| *s = 1.0 / (*s * inv_c + eps).sqrt());
+    for ch in 0..c {
+        let row = &src[ch * inner + i0..ch * inner + i1];
+        // SAFETY: each task writes only positions i0..i1 of its own slab, so writes are disjoint.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(ch * inner + i0), n) };
+        let (wc, bc) = (w[ch], b[ch]);
+        for (((o, v), m), s) in out.iter_mut().zip(row).zip(&mean[..n]).zip(&var[..n]) {
+            *o = (v - m) * s * wc + bc;
+        }
+    }
+}
+
+fn layer_norm(
+    x: &[f32],
+    (outer, c, inner): (usize, usize, usize),
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if inner == 1 {
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(dst, row)| {
+                let mean = row.iter().sum::<f32>() / c as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for (((o, v), wc), bc) in dst.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = (v - mean) * inv * wc + bc;
+                }
+            });
+        return out;
+    }
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let chunks = inner.div_ceil(CHUNK);
+    (0..outer * chunks).into_par_iter().for_each(|task| {
+        let (o, k) = (task / chunks, task % chunks);
+        let (i0, i1) = (k * CHUNK, ((k + 1) * CHUNK).min(inner));
+        let slab = &x[o * c * inner..(o + 1) * c * inner];
+        // SAFETY: o < outer, so the slab start is inside `out`.
+        let dst = unsafe { ptr.add(o * c * inner) };
+        layer_norm_chunk(slab, c, inner, i0, i1, w, b, eps, dst);
+    });
+    out
+}
+
+fn group_norm1(
+    x: &[f32],
+    (outer, c, inner): (usize, usize, usize),
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let per = c * inner;
+    for o in 0..outer {
+        let slab = &x[o * per..(o + 1) * per];
+        let n = per as f64;
+        let mean = slab
+            .par_chunks(inner.max(1024))
+            .map(|r| r.iter().map(|&v| v as f64).sum::<f64>())
+            .sum::<f64>()
+            / n;
+        let m = mean as f32;
+        let var = slab
+            .par_chunks(inner.max(1024))
+            .map(|r| r.iter().map(|&v| ((v - m) * (v - m)) as f64).sum::<f64>())
+            .sum::<f64>()
+            / n;
+        let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
+        out[o * per..(o + 1) * per]
+            .par_chunks_mut(inner)
+            .zip(slab.par_chunks(inner))
+            .enumerate()
+            .for_each(|(ch, (dst, src))| {
+                let (scale, shift) = (inv * w[ch], b[ch] - m * inv * w[ch]);
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = v * scale + shift;
+                }
+            });
+    }
+    out
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("channel_norm: {what} must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+impl CustomOp3 for ChannelNorm {
+    fn name(&self) -> &'static str {
+        "tokenmix-channel-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = self.split(xl.shape())?;
+        let (x, w, b) = (
+            contiguous(xs, xl, "x")?,
+            contiguous(ws, wl, "weight")?,
+            contiguous(bs, bl, "bias")?,
+        );
+        if w.len() != dims.1 || b.len() != dims.1 {
+            candle_core::bail!(
+                "channel_norm: weight {:?} / bias {:?} do not match {} channels",
+                wl.shape(),
+                bl.shape(),
+                dims.1
+            )
+        }
+        if x.is_empty() {
+            return Ok((CpuStorage::F32(vec![]), xl.shape().clone()));
+        }
+        let y = match self.axes {
+            NormAxes::Channels => layer_norm(x, dims, w, b, self.eps),
+            NormAxes::AllButBatch => group_norm1(x, dims, w, b, self.eps),
+        };
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (outer, c, inner) = self.split(x.shape())?;
+        let x3 = x.reshape((outer, c, inner))?;
+        let g3 = grad.reshape((outer, c, inner))?;
+        let w3 = w.reshape((1, c, 1))?;
+        let (xhat, inv) = crate::composed::normalize(&x3, self.axes, self.eps as f64)?;
+        let gw = g3.broadcast_mul(&w3)?;
+        let mean = |t: &Tensor| match self.axes {
+            NormAxes::Channels => t.mean_keepdim(1),
+            NormAxes::AllButBatch => t.mean_keepdim(D::Minus1)?.mean_keepdim(1),
+        };
+        let dx = gw
+            .broadcast_sub(&mean(&gw)?)?
+            .sub(&xhat.broadcast_mul(&mean(&(&gw * &xhat)?)?)?)?
+            .broadcast_mul(&inv)?
+            .reshape(x.shape())?;
+        let dw = (&g3 * &xhat)?.sum(2)?.sum(0)?.reshape(w.shape())?;
+        let db = g3.sum(2)?.sum(0)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
