@@ -151,7 +151,7 @@ fn check_norm(x: &Tensor, axes: NormAxes, axis: usize, with_bias: bool) {
             .unwrap();
         let gx = grads.get(xv.as_tensor()).unwrap().clone();
         let gw = grads.get(w.as_tensor()).unwrap().clone();
-        let gb = grads.get(b.as_tensor()).map(|g| g.clone());
+        let gb = grads.get(b.as_tensor()).cloned();
         (y, gx, gw, gb)
     };
     let (y1, gx1, gw1, gb1) = run(true);
