@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use crate::NormAxes;
+use crate::{KernelError, NormAxes};
 
 /// Depthwise convolution through candle's grouped `conv2d` (no bias).
 pub fn depthwise_conv2d(
@@ -28,7 +28,11 @@ fn window_counts(n: usize, k: usize) -> Vec<f32> {
 /// subtracting the input.
 pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     if pool_size % 2 == 0 {
-        candle_core::bail!("pool_mixer: pool_size must be odd, got {pool_size}")
+        return Err(KernelError::Param {
+            op: "pool_mixer",
+            msg: format!("pool_size must be odd, got {pool_size}"),
+        }
+        .into());
     }
     let (_, _, h, w) = x.dims4()?;
     let p = pool_size / 2;
@@ -65,7 +69,13 @@ pub fn channel_norm(
 ) -> Result<Tensor> {
     let dims = x.dims();
     if channel_axis >= dims.len() {
-        candle_core::bail!("channel_norm: no axis {channel_axis} in shape {dims:?}")
+        return Err(KernelError::Shape {
+            op: "channel_norm",
+            what: "x",
+            expected: format!("an axis {channel_axis}"),
+            found: dims.to_vec(),
+        }
+        .into());
     }
     let outer: usize = dims[..channel_axis].iter().product();
     let inner: usize = dims[channel_axis + 1..].iter().product();

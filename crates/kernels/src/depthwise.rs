@@ -3,6 +3,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use crate::KernelError;
+
 /// Candle custom op: depthwise convolution of a contiguous f32 `(B, C, H, W)` input with a
 /// `(C, 1, k, k)` kernel, stride `stride` and zero padding `padding` on each side.
 #[derive(Debug, Clone, Copy)]
@@ -15,7 +17,11 @@ impl DepthwiseConv2d {
     /// The op for `stride >= 1` and any padding.
     pub fn new(stride: usize, padding: usize) -> Result<Self> {
         if stride == 0 {
-            candle_core::bail!("depthwise_conv2d: stride must be at least 1")
+            return Err(KernelError::Param {
+                op: "depthwise_conv2d",
+                msg: "stride must be at least 1".into(),
+            }
+            .into());
         }
         Ok(Self { stride, padding })
     }
@@ -58,22 +64,40 @@ impl CustomOp2 for DepthwiseConv2d {
         let (b, c, h, w) = xl.shape().dims4()?;
         let (wc, one, k, k2) = wl.shape().dims4()?;
         if wc != c || one != 1 || k != k2 {
-            candle_core::bail!(
-                "depthwise_conv2d: weight {:?} does not fit input {:?} (want [{c}, 1, k, k])",
-                wl.shape(),
-                xl.shape()
-            )
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "weight",
+                expected: format!("[{c}, 1, k, k] to fit input {:?}", xl.shape().dims()),
+                found: wl.shape().dims().to_vec(),
+            }
+            .into());
         }
         if b * c * h * w == 0 {
-            candle_core::bail!("depthwise_conv2d: empty input {:?}", xl.shape())
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "input",
+                expected: "a non-empty (B, C, H, W) tensor".into(),
+                found: xl.shape().dims().to_vec(),
+            }
+            .into());
         }
         let (s, p) = (self.stride, self.padding);
         let (Some(ho), Some(wo)) = (out_len(h, k, s, p), out_len(w, k, s, p)) else {
-            candle_core::bail!("depthwise_conv2d: kernel {k} larger than padded input {h}x{w}")
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "input",
+                expected: format!("at least the kernel size {k} after padding"),
+                found: xl.shape().dims().to_vec(),
+            }
+            .into());
         };
         let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
         else {
-            candle_core::bail!("depthwise_conv2d: inputs must be contiguous")
+            return Err(KernelError::NotContiguous {
+                op: "depthwise_conv2d",
+                what: "inputs",
+            }
+            .into());
         };
         let x = &xs.as_slice::<f32>()?[xa..xb];
         let wt = &ws.as_slice::<f32>()?[wa..wb];

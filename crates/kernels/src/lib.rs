@@ -13,6 +13,7 @@
 
 pub mod composed;
 mod depthwise;
+mod error;
 mod norm;
 mod pool;
 
@@ -20,6 +21,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
 pub use depthwise::DepthwiseConv2d;
+pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
 

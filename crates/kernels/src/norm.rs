@@ -4,6 +4,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::KernelError;
+
 /// Which elements share one mean and variance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormAxes {
@@ -37,10 +39,13 @@ impl ChannelNorm {
     fn split(&self, shape: &Shape) -> Result<(usize, usize, usize)> {
         let dims = shape.dims();
         if self.channel_axis >= dims.len() {
-            candle_core::bail!(
-                "channel_norm: no axis {} in shape {shape:?}",
-                self.channel_axis
-            )
+            return Err(KernelError::Shape {
+                op: "channel_norm",
+                what: "x",
+                expected: format!("an axis {}", self.channel_axis),
+                found: dims.to_vec(),
+            }
+            .into());
         }
         let outer = dims[..self.channel_axis].iter().product();
         let inner = dims[self.channel_axis + 1..].iter().product();
@@ -183,9 +188,13 @@ fn group_norm1(
     out
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
     let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("channel_norm: {what} must be contiguous")
+        return Err(KernelError::NotContiguous {
+            op: "channel_norm",
+            what,
+        }
+        .into());
     };
     Ok(&s.as_slice::<f32>()?[a..b])
 }
@@ -211,12 +220,14 @@ impl CustomOp3 for ChannelNorm {
             contiguous(bs, bl, "bias")?,
         );
         if w.len() != dims.1 || b.len() != dims.1 {
-            candle_core::bail!(
-                "channel_norm: weight {:?} / bias {:?} do not match {} channels",
-                wl.shape(),
-                bl.shape(),
-                dims.1
-            )
+            let bad = if w.len() != dims.1 { wl } else { bl };
+            return Err(KernelError::Shape {
+                op: "channel_norm",
+                what: "weight and bias",
+                expected: format!("[{}]", dims.1),
+                found: bad.shape().dims().to_vec(),
+            }
+            .into());
         }
         if x.is_empty() {
             return Ok((CpuStorage::F32(vec![]), xl.shape().clone()));

@@ -3,6 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use crate::KernelError;
+
 /// Candle custom op: `avg_pool(k, stride 1, padding k/2, count_include_pad=False)(x) - x` on a
 /// contiguous f32 `(B, C, H, W)` input, computed as a separable box filter per plane.
 #[derive(Debug, Clone, Copy)]
@@ -14,7 +16,11 @@ impl PoolMixer {
     /// The op for an odd window `pool_size`.
     pub fn new(pool_size: usize) -> Result<Self> {
         if pool_size % 2 == 0 {
-            candle_core::bail!("pool_mixer: pool_size must be odd, got {pool_size}")
+            return Err(KernelError::Param {
+                op: "pool_mixer",
+                msg: format!("pool_size must be odd, got {pool_size}"),
+            }
+            .into());
         }
         Ok(Self { pool_size })
     }
@@ -28,7 +34,11 @@ impl CustomOp1 for PoolMixer {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("pool_mixer: input must be contiguous")
+            return Err(KernelError::NotContiguous {
+                op: "pool_mixer",
+                what: "input",
+            }
+            .into());
         };
         let x = &storage.as_slice::<f32>()?[start..end];
         if x.is_empty() {

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod attention;
+mod error;
 pub mod identity;
 pub mod layers;
 pub mod pooling;
@@ -31,6 +32,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 pub use attention::Attention;
+pub use error::MixerError;
 pub use identity::Identity;
 pub use pooling::Pooling;
 pub use random_mixing::RandomMixing;
@@ -134,33 +136,31 @@ impl MixerConfig {
         }
     }
 
-    /// Checks the hyper-parameters for `dim` channels; the error says which one is wrong.
+    /// Checks the hyper-parameters for `dim` channels; the error ([`MixerError::Config`]) says
+    /// which one is wrong.
     pub fn validate(&self, dim: usize) -> Result<()> {
+        let bad = |mixer: &'static str, msg: String| Err(MixerError::Config { mixer, msg }.into());
         match self {
             Self::Pooling { pool_size } if pool_size % 2 == 0 => {
-                candle_core::bail!("pooling mixer: pool_size must be odd, got {pool_size}")
+                bad("pooling", format!("pool_size must be odd, got {pool_size}"))
             }
+            Self::SepConv { kernel_size, .. } if kernel_size % 2 == 0 => bad(
+                "sepconv",
+                format!("kernel_size must be odd, got {kernel_size}"),
+            ),
             Self::SepConv {
-                kernel_size,
-                expansion_ratio,
-                ..
-            } => {
-                if kernel_size % 2 == 0 {
-                    candle_core::bail!("sepconv mixer: kernel_size must be odd, got {kernel_size}")
-                }
-                if !(*expansion_ratio > 0.0 && expansion_ratio.is_finite()) {
-                    candle_core::bail!(
-                        "sepconv mixer: expansion_ratio must be positive, got {expansion_ratio}"
-                    )
-                }
-                Ok(())
-            }
+                expansion_ratio, ..
+            } if !(*expansion_ratio > 0.0 && *expansion_ratio <= 64.0) => bad(
+                "sepconv",
+                format!("expansion_ratio must be in (0, 64], got {expansion_ratio}"),
+            ),
             Self::Attention { head_dim, .. } if *head_dim == 0 || dim == 0 => {
-                candle_core::bail!("attention mixer: head_dim and dim must be positive")
+                bad("attention", "head_dim and dim must be positive".into())
             }
-            Self::RandomMixing { num_tokens } if *num_tokens == 0 => {
-                candle_core::bail!("random mixing: num_tokens must be positive")
-            }
+            Self::RandomMixing { num_tokens } if *num_tokens == 0 || *num_tokens > 1 << 16 => bad(
+                "random_mixing",
+                format!("num_tokens must be in 1..=65536, got {num_tokens}"),
+            ),
             _ => Ok(()),
         }
     }

@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::{MixerLayout, TokenMixer};
+use crate::{MixerError, MixerLayout, TokenMixer};
 
 /// `y[b, c, m] = sum_n R[m, n] * x[b, c, n]` over the `N = H * W` tokens of `(B, C, H, W)`
 /// (tokens in row-major order), with the frozen `R` (`random_matrix`, `[N, N]`, rows summing
@@ -36,12 +36,13 @@ impl TokenMixer for RandomMixing {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if h * w != self.num_tokens {
-            candle_core::bail!(
-                "random mixing: the matrix mixes {} tokens but the feature map is {h}x{w} = {} \
-                 tokens (RandFormer only runs at the input size its matrices were drawn for)",
-                self.num_tokens,
-                h * w
-            )
+            return Err(MixerError::TokenCount {
+                mixer: "random_mixing",
+                expected: self.num_tokens,
+                height: h,
+                width: w,
+            }
+            .into());
         }
         x.reshape((b * c, h * w))?
             .matmul(&self.matrix.t()?)?

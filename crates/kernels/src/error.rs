@@ -1,0 +1,43 @@
+//! The error type of tokenmix-kernels. Ops return `candle_core::Result` (candle's custom-op
+//! traits require it); their failures are a [`KernelError`] wrapped in `candle_core::Error`,
+//! which callers can downcast.
+
+/// What went wrong in a fused op.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// An operand has a shape the op cannot take.
+    #[error("{op}: {what} has shape {found:?}, expected {expected}")]
+    Shape {
+        /// The op.
+        op: &'static str,
+        /// Which operand.
+        what: &'static str,
+        /// What the op needs.
+        expected: String,
+        /// What it got.
+        found: Vec<usize>,
+    },
+    /// An operand's memory is not contiguous (the public wrappers make it so).
+    #[error("{op}: {what} must be contiguous")]
+    NotContiguous {
+        /// The op.
+        op: &'static str,
+        /// Which operand.
+        what: &'static str,
+    },
+    /// A hyper-parameter is out of range.
+    #[error("{op}: {msg}")]
+    Param {
+        /// The op.
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+impl From<KernelError> for candle_core::Error {
+    fn from(e: KernelError) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
