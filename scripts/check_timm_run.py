@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, os.path.dirname(__file__))
 from make_fixtures import randomize_, timm_case  # noqa: E402
 
-ARCHS = ["poolformer_s12", "poolformerv2_s24", "convformer_s18", "caformer_s18", "caformer_m36"]
+ARCHS = ["poolformer_s12", "poolformerv2_s24", "convformer_s18", "caformer_s18", "caformer_m36",
+         "mambaout_femto", "mambaout_tiny"]
 
 
 def draw_args(rng, arch):
@@ -35,6 +36,13 @@ def draw_args(rng, arch):
         in_chans=rng.choice([1, 3, 4]),
         num_classes=rng.choice([0, 3, 17]),
     )
+    if arch.startswith("mambaout"):
+        if rng.random() < 0.5:
+            args["ls_init_value"] = 1e-6
+        args["conv_ratio"] = rng.choice([0.5, 1.0])
+        args["kernel_size"] = rng.choice([3, 7])
+        args["downsample"] = rng.choice(["conv", "conv_nf"])
+        return args
     if rng.random() < 0.5:
         args["layer_scale_init_values"] = 1e-5
     if rng.random() < 0.3:

@@ -89,19 +89,26 @@ def timm_kwargs(arch):
 
 
 def timm_case(out, case, arch, model_args, gen, input_shape=None):
-    model = tmf.MetaFormer(**{**timm_kwargs(arch), **model_args}).eval()
-    cfg = timm.models.get_pretrained_cfg(arch).to_dict()
-    cfg["architecture"] = arch
-    if "in_chans" in model_args:
-        cfg["input_size"] = (model_args["in_chans"],) + tuple(cfg["input_size"][1:])
-    model.pretrained_cfg = cfg
+    if arch.startswith("mambaout"):
+        model = timm.create_model(arch, **model_args).eval()
+    else:
+        model = tmf.MetaFormer(**{**timm_kwargs(arch), **model_args}).eval()
+        cfg = timm.models.get_pretrained_cfg(arch).to_dict()
+        cfg["architecture"] = arch
+        if "in_chans" in model_args:
+            cfg["input_size"] = (model_args["in_chans"],) + tuple(cfg["input_size"][1:])
+        model.pretrained_cfg = cfg
     randomize_(model, gen)
     input_shape = input_shape or (INPUT_SHAPE[0], model_args.get("in_chans", 3)) + INPUT_SHAPE[2:]
     x = torch.randn(input_shape, generator=gen)
     with torch.no_grad():
-        feats = timm_features(model, x)
-        logits = model.forward_head(feats[-1])
-        assert torch.allclose(logits, model(x), atol=1e-5)
+        if arch.startswith("mambaout"):
+            feats = model.forward_intermediates(x, intermediates_only=True)
+            logits = model(x)
+        else:
+            feats = timm_features(model, x)
+            logits = model.forward_head(feats[-1])
+            assert torch.allclose(logits, model(x), atol=1e-5)
     d = os.path.join(out, case)
     save_for_hf(model, d, model_args=model_args, safe_serialization=True)
     write_reference(d, x, logits, feats)
@@ -214,6 +221,11 @@ def main():
     timm_case(args.out, "caformer_custom", "caformer_s36",
               dict(depths=[1, 1, 2], dims=[16, 32, 64], in_chans=1, num_classes=5,
                    use_mlp_head=False, layer_scale_init_values=1e-5), gen)
+
+    timm_case(args.out, "mambaout_femto", "mambaout_femto", small, gen)
+    timm_case(args.out, "mambaout_custom", "mambaout_kobe",
+              dict(depths=[1, 1, 2], dims=[16, 24, 32], in_chans=2, num_classes=0, ls_init_value=1e-6,
+                   conv_ratio=0.5, kernel_size=5, downsample="conv_nf", stem_mid_norm=False), gen)
 
     gn1 = tmf.GroupNorm1NoBias
     grid = [(INPUT_SHAPE[2] // 2 ** (i + 2)) * (INPUT_SHAPE[3] // 2 ** (i + 2)) for i in range(4)]

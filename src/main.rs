@@ -107,13 +107,14 @@ struct BenchArgs {
     json: bool,
 }
 
-const DEFAULT_BENCH: [&str; 6] = [
+const DEFAULT_BENCH: [&str; 7] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
     "randformer_s12",
     "convformer_s18",
     "caformer_s18",
+    "mambaout_femto",
 ];
 
 fn main() {

@@ -105,3 +105,13 @@ fn half_precision_checkpoints_load() {
         assert!(err <= tol, "{dtype:?}: relative L2 error {err:e}");
     }
 }
+
+#[test]
+fn mambaout_matches_timm() {
+    check("mambaout_femto");
+}
+
+#[test]
+fn mambaout_with_custom_model_args_matches_timm() {
+    check("mambaout_custom");
+}

@@ -12,8 +12,9 @@ use tokenmix_kernels::NormAxes;
 
 use crate::MixerLayout;
 
+/// Whether channels sit on axis 1 (`(B, C, H, W)`) rather than last.
 fn is_spatial(layout: MixerLayout) -> bool {
-    layout != MixerLayout::Tokens
+    matches!(layout, MixerLayout::Spatial | MixerLayout::Any)
 }
 
 /// The channel axis of `x` in `layout`: 1 for `(B, C, H, W)`, the last for tokens.
@@ -45,8 +46,13 @@ pub struct Scale {
 impl Scale {
     /// Loads `scale` (`[dim]`) from `vb` for tensors in `layout`.
     pub fn new(dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
+        Self::new_named(dim, layout, "scale", vb)
+    }
+
+    /// Loads the `[dim]` vector called `name` (timm's `LayerScale` calls it `gamma`).
+    pub fn new_named(dim: usize, layout: MixerLayout, name: &str, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            scale: vb.get(dim, "scale")?,
+            scale: vb.get(dim, name)?,
             layout,
         })
     }
@@ -228,7 +234,8 @@ impl Module for Act {
 }
 
 /// A per-position linear map of the channels: a 1x1 convolution on `(B, C, H, W)` (checkpoint
-/// weight `[out, in, 1, 1]`) or a `Linear` on `(B, N, C)` (weight `[out, in]`), bias optional.
+/// weight `[out, in, 1, 1]`) or a `Linear` on channel-last tensors `(..., C)` (weight
+/// `[out, in]`), bias optional.
 #[derive(Debug, Clone)]
 pub struct Pointwise {
     weight: Tensor,
@@ -276,7 +283,14 @@ impl Module for Pointwise {
                 .broadcast_matmul(&x.reshape((b, c, h * w))?)?
                 .reshape((b, self.out_dim, h, w))?
         } else {
-            x.broadcast_matmul(&weight.t()?)?
+            let mut out_shape = x.dims().to_vec();
+            let rows = x.elem_count() / self.in_dim.max(1);
+            if let Some(last) = out_shape.last_mut() {
+                *last = self.out_dim;
+            }
+            x.reshape((rows, self.in_dim))?
+                .matmul(&weight.t()?)?
+                .reshape(out_shape)?
         };
         match &self.bias {
             Some(bias) => y.broadcast_add(&per_channel(bias, self.layout)?),

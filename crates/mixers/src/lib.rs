@@ -7,7 +7,8 @@
 //! * [`MixerLayout::Spatial`]: a channel-first feature map `(B, C, H, W)`;
 //! * [`MixerLayout::Tokens`]: a token sequence `(B, N, C)` (a 2-D map is flattened row-major,
 //!   `n = h * W + w`), which is also how 1-D sequence models feed a mixer;
-//! * [`MixerLayout::Any`]: either of the two (element-wise or identity mixers).
+//! * [`MixerLayout::ChannelsLast`]: a channel-last feature map `(B, H, W, C)` (MambaOut);
+//! * [`MixerLayout::Any`]: any of these (element-wise or identity mixers).
 //!
 //! Mixers are chosen at run time through the serde-friendly [`MixerConfig`], whose
 //! [`MixerConfig::build`] returns a `Box<dyn TokenMixer>` loaded from a [`VarBuilder`] whose
@@ -15,12 +16,13 @@
 //!
 //! # Families in this crate
 //! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
-//!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer).
+//!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
 pub mod attention;
 mod error;
+pub mod gated_conv;
 pub mod identity;
 pub mod layers;
 pub mod pooling;
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use attention::Attention;
 pub use error::MixerError;
+pub use gated_conv::GatedConv;
 pub use identity::Identity;
 pub use pooling::Pooling;
 pub use random_mixing::RandomMixing;
@@ -46,6 +49,8 @@ pub enum MixerLayout {
     Spatial,
     /// Token sequence `(B, N, C)`.
     Tokens,
+    /// Channel-last feature map `(B, H, W, C)`.
+    ChannelsLast,
     /// Works on either layout, e.g. the identity.
     Any,
 }
@@ -90,6 +95,16 @@ pub enum MixerConfig {
         /// Whether the three convolutions have biases.
         bias: bool,
     },
+    /// MambaOut's gated CNN: `fc2(GELU(g) * [i, dwconv(c)])` with `[g, i, c] = fc1(x)` on a
+    /// channel-last map; the depthwise conv sees `conv_ratio * dim` channels.
+    GatedConv {
+        /// Hidden channels are `int(expansion_ratio * dim)`.
+        expansion_ratio: f64,
+        /// Depthwise kernel size, odd.
+        kernel_size: usize,
+        /// Fraction of the channels that go through the depthwise conv.
+        conv_ratio: f64,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -133,6 +148,7 @@ impl MixerConfig {
                 MixerLayout::Spatial
             }
             Self::Attention { .. } => MixerLayout::Tokens,
+            Self::GatedConv { .. } => MixerLayout::ChannelsLast,
         }
     }
 
@@ -157,6 +173,19 @@ impl MixerConfig {
             Self::Attention { head_dim, .. } if *head_dim == 0 || dim == 0 => {
                 bad("attention", "head_dim and dim must be positive".into())
             }
+            Self::GatedConv {
+                expansion_ratio,
+                kernel_size,
+                conv_ratio,
+            } => gated_conv::validate(dim, *expansion_ratio, *kernel_size, *conv_ratio).map_err(
+                |msg| {
+                    MixerError::Config {
+                        mixer: "gated_conv",
+                        msg,
+                    }
+                    .into()
+                },
+            ),
             Self::RandomMixing { num_tokens } if *num_tokens == 0 || *num_tokens > 1 << 16 => bad(
                 "random_mixing",
                 format!("num_tokens must be in 1..=65536, got {num_tokens}"),
@@ -189,6 +218,17 @@ impl MixerConfig {
                 qkv_bias,
                 proj_bias,
             } => Box::new(Attention::new(dim, *head_dim, *qkv_bias, *proj_bias, vb)?),
+            Self::GatedConv {
+                expansion_ratio,
+                kernel_size,
+                conv_ratio,
+            } => Box::new(GatedConv::new(
+                dim,
+                *expansion_ratio,
+                *kernel_size,
+                *conv_ratio,
+                vb,
+            )?),
         })
     }
 
@@ -211,6 +251,16 @@ impl MixerConfig {
             Self::Attention { head_dim, .. } => {
                 let a = (attention::num_heads(dim as usize, *head_dim) * head_dim) as u64;
                 n * dim * a * 3 + n * a * dim + 2 * n * n * a
+            }
+            Self::GatedConv {
+                expansion_ratio,
+                kernel_size,
+                conv_ratio,
+            } => {
+                let (hidden, conv) =
+                    gated_conv::widths(dim as usize, *expansion_ratio, *conv_ratio);
+                let (hidden, conv) = (hidden as u64, conv as u64);
+                n * (dim * 2 * hidden + conv * (*kernel_size as u64).pow(2) + hidden * dim)
             }
         }
     }

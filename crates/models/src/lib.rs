@@ -11,10 +11,12 @@
 //! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
 #![deny(missing_docs)]
 
+mod args;
 pub mod checkpoint;
 mod error;
 pub mod hub;
 pub mod imagenet;
+pub mod mambaout;
 pub mod metaformer;
 pub mod preprocess;
 pub mod pretrained;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
+pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
 pub use pretrained::PretrainedCfg;
 pub use registry::{list_models, model_entry, ModelEntry};
@@ -80,6 +83,8 @@ pub fn check_input(model: &dyn ImageModel, x: &Tensor) -> Result<()> {
 pub enum ArchConfig {
     /// A [`MetaFormer`].
     MetaFormer(MetaFormerConfig),
+    /// A [`MambaOut`].
+    MambaOut(MambaOutConfig),
 }
 
 impl ArchConfig {
@@ -87,6 +92,7 @@ impl ArchConfig {
     pub fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn ImageModel>> {
         Ok(match self {
             Self::MetaFormer(c) => Box::new(MetaFormer::new(c, vb)?),
+            Self::MambaOut(c) => Box::new(MambaOut::new(c, vb)?),
         })
     }
 
@@ -97,6 +103,7 @@ impl ArchConfig {
     ) -> Result<()> {
         match self {
             Self::MetaFormer(c) => c.apply_model_args(args),
+            Self::MambaOut(c) => c.apply_model_args(args),
         }
     }
 
@@ -104,6 +111,7 @@ impl ArchConfig {
     pub fn macs(&self, h: usize, w: usize) -> u64 {
         match self {
             Self::MetaFormer(c) => c.macs(h, w),
+            Self::MambaOut(c) => c.macs(h, w),
         }
     }
 
@@ -111,6 +119,7 @@ impl ArchConfig {
     pub fn in_chans(&self) -> usize {
         match self {
             Self::MetaFormer(c) => c.in_chans,
+            Self::MambaOut(c) => c.in_chans,
         }
     }
 
@@ -118,6 +127,7 @@ impl ArchConfig {
     pub fn num_classes(&self) -> usize {
         match self {
             Self::MetaFormer(c) => c.num_classes,
+            Self::MambaOut(c) => c.num_classes,
         }
     }
 
@@ -125,6 +135,7 @@ impl ArchConfig {
     pub fn set_num_classes(&mut self, n: usize) {
         match self {
             Self::MetaFormer(c) => c.num_classes = n,
+            Self::MambaOut(c) => c.num_classes = n,
         }
     }
 
@@ -133,6 +144,7 @@ impl ArchConfig {
     pub fn set_image_size(&mut self, h: usize, w: usize) {
         match self {
             Self::MetaFormer(c) => c.set_random_mixing_size((h, w)),
+            Self::MambaOut(_) => {}
         }
     }
 
@@ -140,6 +152,7 @@ impl ArchConfig {
     pub fn set_in_chans(&mut self, n: usize) {
         match self {
             Self::MetaFormer(c) => c.in_chans = n,
+            Self::MambaOut(c) => c.in_chans = n,
         }
     }
 }

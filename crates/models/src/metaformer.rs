@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokenmix_mixers::layers::{global_avg_pool, ActKind, Mlp, Norm, NormConfig, Scale};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
+use crate::args::{as_usize, img_size_arg, per_stage_opt, usize_list};
 use crate::{Error, ImageModel};
 
 /// Hyper-parameters of a [`MetaFormer`]. Field names are timm's `MetaFormer` kwargs where timm
@@ -209,6 +210,11 @@ impl MetaFormerConfig {
         }
         for (mixer, dim) in self.token_mixers.iter().zip(&self.dims) {
             mixer.validate(*dim).map_err(|e| e.to_string())?;
+            if mixer.layout() == MixerLayout::ChannelsLast {
+                return Err(format!(
+                    "{mixer:?} runs channel-last; a MetaFormer stage cannot host it"
+                ));
+            }
         }
         Ok(())
     }
@@ -330,36 +336,6 @@ impl MetaFormerConfig {
             d * classes
         };
         total
-    }
-}
-
-fn as_usize(v: &Value) -> Option<usize> {
-    v.as_u64().and_then(|x| usize::try_from(x).ok())
-}
-
-fn usize_list(v: &Value) -> Option<Vec<usize>> {
-    v.as_array()?.iter().map(as_usize).collect()
-}
-
-fn img_size_arg(v: &Value) -> Option<(usize, usize)> {
-    match v {
-        Value::Array(a) if a.len() == 2 => Some((as_usize(&a[0])?, as_usize(&a[1])?)),
-        _ => as_usize(v).map(|s| (s, s)),
-    }
-}
-
-/// timm's `Optional[float] | list[Optional[float]]` per-stage argument.
-fn per_stage_opt(v: &Value, n: usize) -> Option<Vec<Option<f64>>> {
-    let one = |v: &Value| -> Option<Option<f64>> {
-        match v {
-            Value::Null => Some(None),
-            _ => v.as_f64().map(Some),
-        }
-    };
-    match v {
-        Value::Array(a) if a.len() == n => a.iter().map(one).collect(),
-        Value::Array(_) => None,
-        _ => one(v).map(|x| vec![x; n]),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The model zoo: every named model, under its timm name, with the facts a user compares.
 
 use crate::checkpoint::param_count;
+use crate::mambaout::MambaOutConfig as Mo;
 use crate::metaformer::MetaFormerConfig as Mf;
 use crate::{ArchConfig, Error, PretrainedCfg, Result};
 
@@ -13,20 +14,19 @@ pub struct ModelEntry {
     pub family: &'static str,
     /// ImageNet-1k top-1 (%) at 224² reported by the model's paper.
     pub top1: f64,
-    /// Center-crop fraction of the released weights.
-    crop_pct: f64,
-    config: fn() -> Mf,
+    config: fn() -> ArchConfig,
+    pretrained_cfg: fn() -> PretrainedCfg,
 }
 
 impl ModelEntry {
     /// The architecture at its default (ImageNet-1k, 224²) settings.
     pub fn config(&self) -> ArchConfig {
-        ArchConfig::MetaFormer((self.config)())
+        (self.config)()
     }
 
     /// timm's pretrained config of the released weights.
     pub fn pretrained_cfg(&self) -> PretrainedCfg {
-        PretrainedCfg::metaformer(self.crop_pct)
+        (self.pretrained_cfg)()
     }
 
     /// Number of parameters (frozen buffers stored in the checkpoint included).
@@ -57,8 +57,17 @@ macro_rules! entry {
             name: $name,
             family: $family,
             top1: $top1,
-            crop_pct: $crop,
+            config: || ArchConfig::MetaFormer($cfg),
+            pretrained_cfg: || PretrainedCfg::metaformer($crop),
+        }
+    };
+    ($name:literal, $family:literal, $top1:expr, $cfg:expr, pretrained: $pre:expr) => {
+        ModelEntry {
+            name: $name,
+            family: $family,
+            top1: $top1,
             config: || $cfg,
+            pretrained_cfg: || $pre,
         }
     };
 }
@@ -93,6 +102,11 @@ static MODELS: &[ModelEntry] = &[
     entry!("caformer_s36", "caformer", 84.5, 1.0, Mf::caformer(CS36.0, CS36.1)),
     entry!("caformer_m36", "caformer", 85.2, 1.0, Mf::caformer(CM36.0, CM36.1)),
     entry!("caformer_b36", "caformer", 85.5, 1.0, Mf::caformer(CB36.0, CB36.1)),
+    entry!("mambaout_femto", "mambaout", 78.9, ArchConfig::MambaOut(Mo::new([3, 3, 9, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_kobe", "mambaout", 80.0, ArchConfig::MambaOut(Mo::new([3, 3, 15, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_tiny", "mambaout", 82.7, ArchConfig::MambaOut(Mo::new([3, 3, 9, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_small", "mambaout", 84.1, ArchConfig::MambaOut(Mo::new([3, 4, 27, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_base", "mambaout", 84.2, ArchConfig::MambaOut(Mo::new([3, 4, 27, 3], [128, 256, 512, 768])), pretrained: PretrainedCfg::metaformer(1.0)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).

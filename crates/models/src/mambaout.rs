@@ -1,0 +1,389 @@
+//! MambaOut: gated CNN blocks without state-space models (Yu & Wang, arXiv 2405.07992), with
+//! timm's tensor names (`timm/models/mambaout.py`).
+//!
+//! Layout: the stem and downsamplers are convolutions on `(B, C, H, W)`; the blocks run on
+//! channel-last maps `(B, H, W, C)`. `forward_features` returns `(B, C, H, W)` maps like every
+//! other model.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{Norm, NormConfig, Scale};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_f64, as_usize, usize_list};
+use crate::{Error, ImageModel};
+
+/// Hyper-parameters of [`MambaOut`], named as timm's `MambaOut` kwargs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MambaOutConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs; 0 means none (the head returns its pre-logits).
+    pub num_classes: usize,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Channels per stage.
+    pub dims: Vec<usize>,
+    /// Hidden width of a gated block as a multiple of its width (8/3).
+    pub expansion_ratio: f64,
+    /// Depthwise kernel size (7).
+    pub kernel_size: usize,
+    /// Fraction of channels through the depthwise conv (1.0).
+    pub conv_ratio: f64,
+    /// Whether the stem normalizes between its two convolutions.
+    pub stem_mid_norm: bool,
+    /// Layer scale on the block branch (`ls.gamma`) when set.
+    pub ls_init_value: Option<f64>,
+    /// `conv` (conv then norm) or `conv_nf` (norm then conv) downsampling.
+    pub downsample: String,
+}
+
+impl MambaOutConfig {
+    /// A MambaOut with timm's defaults and the given depths and widths.
+    pub fn new(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            depths: depths.to_vec(),
+            dims: dims.to_vec(),
+            expansion_ratio: 8.0 / 3.0,
+            kernel_size: 7,
+            conv_ratio: 1.0,
+            stem_mid_norm: true,
+            ls_init_value: None,
+            downsample: "conv".into(),
+        }
+    }
+
+    fn mixer(&self) -> MixerConfig {
+        MixerConfig::GatedConv {
+            expansion_ratio: self.expansion_ratio,
+            kernel_size: self.kernel_size,
+            conv_ratio: self.conv_ratio,
+        }
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.depths.len();
+        if n == 0 || self.dims.len() != n {
+            return Err(format!(
+                "depths ({n}) and dims ({}) must be non-empty and of equal length",
+                self.dims.len()
+            ));
+        }
+        if self.in_chans == 0 || self.in_chans > 4096 {
+            return Err(format!(
+                "in_chans must be in 1..=4096, got {}",
+                self.in_chans
+            ));
+        }
+        if self.num_classes > 1_000_000 {
+            return Err(format!("num_classes {} is absurd", self.num_classes));
+        }
+        if let Some(d) = self.dims.iter().find(|&&d| d < 2 || d > 65_536) {
+            return Err(format!("every dim must be in 2..=65536, got {d}"));
+        }
+        if let Some(d) = self.depths.iter().find(|&&d| d > 1000) {
+            return Err(format!("every depth must be at most 1000, got {d}"));
+        }
+        if !matches!(self.downsample.as_str(), "conv" | "conv_nf") {
+            return Err(format!(
+                "downsample must be 'conv' or 'conv_nf', got '{}'",
+                self.downsample
+            ));
+        }
+        for &dim in &self.dims {
+            self.mixer().validate(dim).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Applies timm-style `model_args`: `depths`, `dims`, `in_chans`, `num_classes`,
+    /// `expansion_ratio`, `kernel_size`, `conv_ratio`, `stem_mid_norm`, `ls_init_value`,
+    /// `downsample`; drop rates and `global_pool: "avg"` are accepted and ignored.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            match key.as_str() {
+                "depths" => {
+                    self.depths = usize_list(value).ok_or_else(|| bad("a list of integers"))?
+                }
+                "dims" => self.dims = usize_list(value).ok_or_else(|| bad("a list of integers"))?,
+                "in_chans" => self.in_chans = as_usize(value).ok_or_else(|| bad("an integer"))?,
+                "num_classes" => {
+                    self.num_classes = as_usize(value).ok_or_else(|| bad("an integer"))?
+                }
+                "kernel_size" => {
+                    self.kernel_size = as_usize(value).ok_or_else(|| bad("an integer"))?
+                }
+                "expansion_ratio" => {
+                    self.expansion_ratio = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "conv_ratio" => self.conv_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
+                "stem_mid_norm" => {
+                    self.stem_mid_norm = value.as_bool().ok_or_else(|| bad("a boolean"))?
+                }
+                "ls_init_value" => {
+                    self.ls_init_value = match value {
+                        Value::Null => None,
+                        v => Some(as_f64(v).ok_or_else(|| bad("null or a number"))?),
+                    }
+                }
+                "downsample" => {
+                    self.downsample = value.as_str().ok_or_else(|| bad("a string"))?.to_string()
+                }
+                "global_pool" if value == "avg" => {}
+                "head_fn" if value == "default" => {}
+                "drop_path_rate" | "drop_rate" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unsupported argument '{key}' = {value} for a MambaOut model"),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass of one `h x w` image.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let down = |n: usize| n.div_ceil(2);
+        let (mut sh, mut sw) = (down(h), down(w));
+        let half = self.dims[0] / 2;
+        let mut total = (sh * sw * half * self.in_chans * 9) as u64;
+        (sh, sw) = (down(sh), down(sw));
+        total += (sh * sw * self.dims[0] * half * 9) as u64;
+        let mut prev = self.dims[0];
+        for (i, (&dim, &depth)) in self.dims.iter().zip(&self.depths).enumerate() {
+            if i > 0 {
+                (sh, sw) = (down(sh), down(sw));
+                total += (sh * sw * dim * prev * 9) as u64;
+            }
+            prev = dim;
+            total += self.mixer().macs(dim, sh, sw) * depth as u64;
+        }
+        let d = prev as u64;
+        total + d * 4 * d + 4 * d * self.num_classes as u64
+    }
+}
+
+fn conv3x3_s2(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        stride: 2,
+        ..Default::default()
+    };
+    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+}
+
+fn to_channels_last(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 2, 3, 1))?.contiguous()
+}
+
+fn to_channels_first(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 3, 1, 2))?.contiguous()
+}
+
+/// conv 3x3/2 -> [LN] -> GELU -> conv 3x3/2 -> LN, ending channel-last.
+#[derive(Debug)]
+struct Stem {
+    conv1: Conv2d,
+    norm1: Option<Norm>,
+    conv2: Conv2d,
+    norm2: Norm,
+}
+
+impl Stem {
+    fn new(cfg: &MambaOutConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, half) = (cfg.dims[0], cfg.dims[0] / 2);
+        let ln = NormConfig::LAYER_NORM;
+        Ok(Self {
+            conv1: conv3x3_s2(cfg.in_chans, half, vb.pp("conv1"))?,
+            norm1: cfg
+                .stem_mid_norm
+                .then(|| ln.build(half, MixerLayout::Spatial, vb.pp("norm1")))
+                .transpose()?,
+            conv2: conv3x3_s2(half, dim, vb.pp("conv2"))?,
+            norm2: ln.build(dim, MixerLayout::Spatial, vb.pp("norm2"))?,
+        })
+    }
+}
+
+impl Module for Stem {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.conv1.forward(x)?;
+        if let Some(n) = &self.norm1 {
+            x = n.forward(&x)?;
+        }
+        let x = self.conv2.forward(&x.gelu_erf()?)?;
+        to_channels_last(&self.norm2.forward(&x)?)
+    }
+}
+
+/// Channel-last in and out: conv 3x3/2 with the norm after (`conv`) or before (`conv_nf`).
+#[derive(Debug)]
+struct Downsample {
+    conv: Conv2d,
+    norm: Norm,
+    norm_first: bool,
+}
+
+impl Module for Downsample {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.norm_first {
+            self.conv
+                .forward(&to_channels_first(&self.norm.forward(x)?)?)
+                .and_then(|y| to_channels_last(&y))
+        } else {
+            let y = self.conv.forward(&to_channels_first(x)?)?;
+            self.norm.forward(&to_channels_last(&y)?)
+        }
+    }
+}
+
+/// `x + ls(gated_conv(norm(x)))` on `(B, H, W, C)`.
+#[derive(Debug)]
+struct Block {
+    norm: Norm,
+    mixer: Box<dyn TokenMixer>,
+    ls: Option<Scale>,
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.mixer.forward(&self.norm.forward(x)?)?;
+        let y = match &self.ls {
+            Some(ls) => ls.forward(&y)?,
+            None => y,
+        };
+        x + y
+    }
+}
+
+#[derive(Debug)]
+struct Stage {
+    downsample: Option<Downsample>,
+    blocks: Vec<Block>,
+}
+
+/// mean over (H, W) -> LN -> fc (4C) -> GELU -> LN -> fc (classes).
+#[derive(Debug)]
+struct Head {
+    norm: Norm,
+    pre_fc: Linear,
+    pre_norm: Norm,
+    fc: Option<Linear>,
+}
+
+/// A MambaOut image classifier.
+#[derive(Debug)]
+pub struct MambaOut {
+    cfg: MambaOutConfig,
+    stem: Stem,
+    stages: Vec<Stage>,
+    head: Head,
+}
+
+impl MambaOut {
+    /// Builds the model, reading every tensor from `vb` under timm's names.
+    pub fn new(cfg: &MambaOutConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let cl = MixerLayout::ChannelsLast;
+        let ln = NormConfig::LAYER_NORM;
+        let stem = Stem::new(cfg, vb.pp("stem"))?;
+        let mut prev = cfg.dims[0];
+        let mut stages = Vec::new();
+        for (i, (&dim, &depth)) in cfg.dims.iter().zip(&cfg.depths).enumerate() {
+            let vb = vb.pp("stages").pp(i);
+            let downsample = if i == 0 {
+                None
+            } else {
+                let d = vb.pp("downsample");
+                let norm_first = cfg.downsample == "conv_nf";
+                Some(Downsample {
+                    conv: conv3x3_s2(prev, dim, d.pp("conv"))?,
+                    norm: ln.build(if norm_first { prev } else { dim }, cl, d.pp("norm"))?,
+                    norm_first,
+                })
+            };
+            let blocks = (0..depth)
+                .map(|j| {
+                    let b = vb.pp("blocks").pp(j);
+                    Ok(Block {
+                        norm: ln.build(dim, cl, b.pp("norm"))?,
+                        mixer: cfg.mixer().build(dim, b.clone())?,
+                        ls: cfg
+                            .ls_init_value
+                            .map(|_| Scale::new_named(dim, cl, "gamma", b.pp("ls")))
+                            .transpose()?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            stages.push(Stage { downsample, blocks });
+            prev = dim;
+        }
+        let h = vb.pp("head");
+        let hidden = 4 * prev;
+        let head = Head {
+            norm: ln.build(prev, MixerLayout::Tokens, h.pp("norm"))?,
+            pre_fc: candle_nn::linear(prev, hidden, h.pp("pre_logits").pp("fc"))?,
+            pre_norm: ln.build(hidden, MixerLayout::Tokens, h.pp("pre_logits").pp("norm"))?,
+            fc: (cfg.num_classes > 0)
+                .then(|| candle_nn::linear(hidden, cfg.num_classes, h.pp("fc")))
+                .transpose()?,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            stem,
+            stages,
+            head,
+        })
+    }
+}
+
+impl ImageModel for MambaOut {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = self.stem.forward(x)?;
+        let mut features = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            if let Some(d) = &stage.downsample {
+                x = d.forward(&x)?;
+            }
+            for block in &stage.blocks {
+                x = block.forward(&x)?;
+            }
+            features.push(to_channels_first(&x)?);
+        }
+        Ok(features)
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
+        let h = self
+            .head
+            .pre_fc
+            .forward(&self.head.norm.forward(&pooled)?)?
+            .gelu_erf()?;
+        let h = self.head.pre_norm.forward(&h)?;
+        match &self.head.fc {
+            Some(fc) => fc.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
