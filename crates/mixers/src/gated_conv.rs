@@ -30,7 +30,7 @@ pub fn validate(
         ));
     }
     let (hidden, conv) = widths(dim, expansion_ratio, conv_ratio);
-    if !(conv_ratio > 0.0) || conv == 0 || conv > hidden {
+    if conv_ratio.is_nan() || conv_ratio <= 0.0 || conv == 0 || conv > hidden {
         return Err(format!(
             "conv_ratio {conv_ratio} gives {conv} conv channels; need 1..={hidden} (the hidden width)"
         ));

@@ -83,7 +83,7 @@ impl MambaOutConfig {
         if self.num_classes > 1_000_000 {
             return Err(format!("num_classes {} is absurd", self.num_classes));
         }
-        if let Some(d) = self.dims.iter().find(|&&d| d < 2 || d > 65_536) {
+        if let Some(d) = self.dims.iter().find(|&&d| !(2..=65_536).contains(&d)) {
             return Err(format!("every dim must be in 2..=65536, got {d}"));
         }
         if let Some(d) = self.depths.iter().find(|&&d| d > 1000) {
