@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import timm
 from timm.models import metaformer as tmf
+from timm.models import mlp_mixer as tmm
 from timm.models._hub import save_for_hf
 from safetensors.torch import save_file
 
@@ -72,19 +73,28 @@ def write_reference(out_dir, x, logits, feats):
               os.path.join(out_dir, "reference.safetensors"))
 
 
-def timm_kwargs(arch):
-    """The MetaFormer kwargs timm's entry point `arch` builds with.
+def timm_family(arch):
+    """(module, name of its create function, model class) of a timm MetaFormer or MLP-Mixer."""
+    if arch.split("_")[0] in ("mixer", "gmixer", "resmlp", "gmlp"):
+        return tmm, "_create_mixer", tmm.MlpMixer
+    return tmf, "_create_metaformer", tmf.MetaFormer
 
-    timm's entry points cannot take `depths`/`dims` overrides (they pass them twice), so the
-    fixtures build `MetaFormer` from the entry point's own kwargs with `model_args` on top, which
-    is what `model_args` in a config.json mean."""
+
+def timm_kwargs(arch):
+    """The model kwargs timm's entry point `arch` builds with.
+
+    timm's MetaFormer and MLP-Mixer entry points cannot take overrides of the kwargs they set
+    (`depths`, `dims`, `patch_size`, ...: they pass them twice), so the fixtures build the model
+    class from the entry point's own kwargs with `model_args` on top, which is what
+    `model_args` in a config.json mean."""
+    module, create, _ = timm_family(arch)
     captured = {}
-    original = tmf._create_metaformer
-    tmf._create_metaformer = lambda variant, pretrained=False, **kw: captured.update(kw)
+    original = getattr(module, create)
+    setattr(module, create, lambda variant, pretrained=False, **kw: captured.update(kw))
     try:
-        getattr(tmf, arch)()
+        getattr(module, arch)()
     finally:
-        tmf._create_metaformer = original
+        setattr(module, create, original)
     return captured
 
 
@@ -92,7 +102,7 @@ def timm_case(out, case, arch, model_args, gen, input_shape=None):
     if arch.startswith("mambaout"):
         model = timm.create_model(arch, **model_args).eval()
     else:
-        model = tmf.MetaFormer(**{**timm_kwargs(arch), **model_args}).eval()
+        model = timm_family(arch)[2](**{**timm_kwargs(arch), **model_args}).eval()
         cfg = timm.models.get_pretrained_cfg(arch).to_dict()
         cfg["architecture"] = arch
         if "in_chans" in model_args:
@@ -105,6 +115,12 @@ def timm_case(out, case, arch, model_args, gen, input_shape=None):
         if arch.startswith("mambaout"):
             feats = model.forward_intermediates(x, intermediates_only=True)
             logits = model(x)
+        elif timm_family(arch)[0] is tmm:
+            tokens = model.forward_features(x)
+            grid = model.stem.grid_size
+            feats = [tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)]
+            logits = model.forward_head(tokens)
+            assert torch.allclose(logits, model(x), atol=1e-5)
         else:
             feats = timm_features(model, x)
             logits = model.forward_head(feats[-1])
@@ -226,6 +242,13 @@ def main():
     timm_case(args.out, "mambaout_custom", "mambaout_kobe",
               dict(depths=[1, 1, 2], dims=[16, 24, 32], in_chans=2, num_classes=0, ls_init_value=1e-6,
                    conv_ratio=0.5, kernel_size=5, downsample="conv_nf", stem_mid_norm=False), gen)
+
+    tokens = dict(img_size=list(INPUT_SHAPE[2:]), embed_dim=32, num_blocks=2, num_classes=10)
+    for arch in ["mixer_s16_224", "gmixer_12_224", "resmlp_12_224", "gmlp_s16_224"]:
+        timm_case(args.out, arch, arch, tokens, gen)
+    timm_case(args.out, "mixer_custom", "mixer_b32_224",
+              dict(img_size=[40, 24], patch_size=8, embed_dim=24, num_blocks=2, in_chans=1, num_classes=0,
+                   mlp_ratio=[0.25, 2.0], stem_norm=True), gen, input_shape=(3, 1, 40, 24))
 
     gn1 = tmf.GroupNorm1NoBias
     grid = [(INPUT_SHAPE[2] // 2 ** (i + 2)) * (INPUT_SHAPE[3] // 2 ** (i + 2)) for i in range(4)]

@@ -115,3 +115,28 @@ fn mambaout_matches_timm() {
 fn mambaout_with_custom_model_args_matches_timm() {
     check("mambaout_custom");
 }
+
+#[test]
+fn mlp_mixer_matches_timm() {
+    check("mixer_s16_224");
+}
+
+#[test]
+fn gmixer_matches_timm() {
+    check("gmixer_12_224");
+}
+
+#[test]
+fn resmlp_matches_timm() {
+    check("resmlp_12_224");
+}
+
+#[test]
+fn gmlp_matches_timm() {
+    check("gmlp_s16_224");
+}
+
+#[test]
+fn mlp_mixer_with_custom_model_args_matches_timm() {
+    check("mixer_custom");
+}

@@ -199,6 +199,8 @@ pub enum ActKind {
     StarRelu,
     /// `relu(x)^2`, no parameters.
     SquaredRelu,
+    /// `x * sigmoid(x)`.
+    Silu,
 }
 
 /// An activation layer built from an [`ActKind`].
@@ -210,6 +212,8 @@ pub enum Act {
     StarRelu(StarRelu),
     /// Squared ReLU.
     SquaredRelu,
+    /// SiLU.
+    Silu,
 }
 
 impl Act {
@@ -219,6 +223,7 @@ impl Act {
             ActKind::Gelu => Self::Gelu,
             ActKind::StarRelu => Self::StarRelu(StarRelu::new(vb)?),
             ActKind::SquaredRelu => Self::SquaredRelu,
+            ActKind::Silu => Self::Silu,
         })
     }
 }
@@ -229,6 +234,7 @@ impl Module for Act {
             Self::Gelu => x.gelu_erf(),
             Self::StarRelu(a) => a.forward(x),
             Self::SquaredRelu => x.relu()?.sqr(),
+            Self::Silu => x.silu(),
         }
     }
 }

@@ -16,7 +16,8 @@
 //!
 //! # Families in this crate
 //! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
-//!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut).
+//!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut),
+//!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -25,6 +26,7 @@ mod error;
 pub mod gated_conv;
 pub mod identity;
 pub mod layers;
+pub mod mlp_mixer;
 pub mod pooling;
 pub mod random_mixing;
 pub mod sepconv;
@@ -37,6 +39,7 @@ pub use attention::Attention;
 pub use error::MixerError;
 pub use gated_conv::GatedConv;
 pub use identity::Identity;
+pub use mlp_mixer::{LinearTokens, SpatialGating, TokenMlp};
 pub use pooling::Pooling;
 pub use random_mixing::RandomMixing;
 pub use sepconv::SepConv;
@@ -105,6 +108,27 @@ pub enum MixerConfig {
         /// Fraction of the channels that go through the depthwise conv.
         conv_ratio: f64,
     },
+    /// MLP-Mixer's token MLP along the token axis (gMixer's with `glu`).
+    TokenMlp {
+        /// Tokens `N` the MLP was built for.
+        num_tokens: usize,
+        /// Hidden units (halved by the GLU gate when `glu`).
+        hidden: usize,
+        /// Activation (GELU for MLP-Mixer, SiLU for gMixer).
+        act: layers::ActKind,
+        /// GLU gating: `a * act(g)` on the two halves of the hidden units.
+        glu: bool,
+    },
+    /// ResMLP's `Linear(N, N)` along the token axis.
+    LinearTokens {
+        /// Tokens `N`.
+        num_tokens: usize,
+    },
+    /// gMLP's spatial gating projection `proj(norm(v))` along the token axis.
+    SpatialGating {
+        /// Tokens `N`.
+        num_tokens: usize,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -147,7 +171,10 @@ impl MixerConfig {
             Self::Pooling { .. } | Self::RandomMixing { .. } | Self::SepConv { .. } => {
                 MixerLayout::Spatial
             }
-            Self::Attention { .. } => MixerLayout::Tokens,
+            Self::Attention { .. }
+            | Self::TokenMlp { .. }
+            | Self::LinearTokens { .. }
+            | Self::SpatialGating { .. } => MixerLayout::Tokens,
             Self::GatedConv { .. } => MixerLayout::ChannelsLast,
         }
     }
@@ -186,10 +213,21 @@ impl MixerConfig {
                     .into()
                 },
             ),
-            Self::RandomMixing { num_tokens } if *num_tokens == 0 || *num_tokens > 1 << 16 => bad(
-                "random_mixing",
-                format!("num_tokens must be in 1..=65536, got {num_tokens}"),
+            Self::TokenMlp { hidden, glu, .. } if *hidden == 0 || (*glu && hidden % 2 == 1) => bad(
+                "token_mlp",
+                format!("hidden must be positive (and even with glu), got {hidden}"),
             ),
+            Self::TokenMlp { num_tokens, .. }
+            | Self::LinearTokens { num_tokens }
+            | Self::SpatialGating { num_tokens }
+            | Self::RandomMixing { num_tokens }
+                if *num_tokens == 0 || *num_tokens > 1 << 16 =>
+            {
+                bad(
+                    "token",
+                    format!("num_tokens must be in 1..=65536, got {num_tokens}"),
+                )
+            }
             _ => Ok(()),
         }
     }
@@ -229,6 +267,16 @@ impl MixerConfig {
                 *conv_ratio,
                 vb,
             )?),
+            Self::TokenMlp {
+                num_tokens,
+                hidden,
+                act,
+                glu,
+            } => Box::new(TokenMlp::new(*num_tokens, *hidden, *act, *glu, vb)?),
+            Self::LinearTokens { num_tokens } => Box::new(LinearTokens::new(*num_tokens, vb)?),
+            Self::SpatialGating { num_tokens } => {
+                Box::new(SpatialGating::new(dim, *num_tokens, vb)?)
+            }
         })
     }
 
@@ -251,6 +299,19 @@ impl MixerConfig {
             Self::Attention { head_dim, .. } => {
                 let a = (attention::num_heads(dim as usize, *head_dim) * head_dim) as u64;
                 n * dim * a * 3 + n * a * dim + 2 * n * n * a
+            }
+            Self::TokenMlp {
+                num_tokens,
+                hidden,
+                glu,
+                ..
+            } => {
+                let (t, h) = (*num_tokens as u64, *hidden as u64);
+                let h_out = if *glu { h / 2 } else { h };
+                dim * (t * h + h_out * t)
+            }
+            Self::LinearTokens { num_tokens } | Self::SpatialGating { num_tokens } => {
+                (*num_tokens as u64).pow(2) * dim
             }
             Self::GatedConv {
                 expansion_ratio,

@@ -79,6 +79,8 @@ fn resolve_config(
         if let Some(&c) = cfg.input_size.first() {
             config.set_in_chans(c);
         }
+        let (h, w) = cfg.image_size();
+        config.set_image_size(h, w);
     }
     if let Some(n) = hub.num_classes {
         config.set_num_classes(n);
@@ -89,6 +91,21 @@ fn resolve_config(
     Ok((hub, entry, config))
 }
 
+/// The preprocessing config: the checkpoint's, with the input size of fixed-size models set to
+/// the size the model takes.
+fn preprocessing(
+    hub_cfg: Option<PretrainedCfg>,
+    entry: &crate::ModelEntry,
+    config: &ArchConfig,
+) -> PretrainedCfg {
+    let mut cfg = hub_cfg.unwrap_or_else(|| entry.pretrained_cfg());
+    if let Some((h, w)) = config.fixed_image_size() {
+        let c = cfg.input_size.first().copied().unwrap_or(3);
+        cfg.input_size = vec![c, h, w];
+    }
+    cfg
+}
+
 fn loaded(
     hub: HubConfig,
     entry: &crate::ModelEntry,
@@ -97,8 +114,8 @@ fn loaded(
 ) -> LoadedModel {
     LoadedModel {
         name: entry.name.to_string(),
+        pretrained_cfg: preprocessing(hub.pretrained_cfg, entry, &config),
         config,
-        pretrained_cfg: hub.pretrained_cfg.unwrap_or_else(|| entry.pretrained_cfg()),
         label_names: hub.label_names,
         model,
     }
@@ -157,8 +174,8 @@ pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<Loade
     let model = load_safetensors(weights, &config, entry.name, device)?;
     Ok(LoadedModel {
         name: entry.name.to_string(),
+        pretrained_cfg: preprocessing(None, entry, &config),
         config,
-        pretrained_cfg: entry.pretrained_cfg(),
         label_names: None,
         model,
     })

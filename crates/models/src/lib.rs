@@ -18,6 +18,7 @@ pub mod hub;
 pub mod imagenet;
 pub mod mambaout;
 pub mod metaformer;
+pub mod mlp_mixer;
 pub mod preprocess;
 pub mod pretrained;
 pub mod registry;
@@ -30,6 +31,7 @@ pub use error::{Error, Result};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
+pub use mlp_mixer::{MlpMixer, MlpMixerConfig};
 pub use pretrained::PretrainedCfg;
 pub use registry::{list_models, model_entry, ModelEntry};
 
@@ -85,6 +87,8 @@ pub enum ArchConfig {
     MetaFormer(MetaFormerConfig),
     /// A [`MambaOut`].
     MambaOut(MambaOutConfig),
+    /// An [`MlpMixer`] (MLP-Mixer, gMixer, ResMLP, gMLP).
+    MlpMixer(MlpMixerConfig),
 }
 
 impl ArchConfig {
@@ -93,6 +97,7 @@ impl ArchConfig {
         Ok(match self {
             Self::MetaFormer(c) => Box::new(MetaFormer::new(c, vb)?),
             Self::MambaOut(c) => Box::new(MambaOut::new(c, vb)?),
+            Self::MlpMixer(c) => Box::new(MlpMixer::new(c, vb)?),
         })
     }
 
@@ -104,6 +109,7 @@ impl ArchConfig {
         match self {
             Self::MetaFormer(c) => c.apply_model_args(args),
             Self::MambaOut(c) => c.apply_model_args(args),
+            Self::MlpMixer(c) => c.apply_model_args(args),
         }
     }
 
@@ -112,6 +118,7 @@ impl ArchConfig {
         match self {
             Self::MetaFormer(c) => c.macs(h, w),
             Self::MambaOut(c) => c.macs(h, w),
+            Self::MlpMixer(c) => c.macs(),
         }
     }
 
@@ -120,6 +127,7 @@ impl ArchConfig {
         match self {
             Self::MetaFormer(c) => c.in_chans,
             Self::MambaOut(c) => c.in_chans,
+            Self::MlpMixer(c) => c.in_chans,
         }
     }
 
@@ -128,6 +136,7 @@ impl ArchConfig {
         match self {
             Self::MetaFormer(c) => c.num_classes,
             Self::MambaOut(c) => c.num_classes,
+            Self::MlpMixer(c) => c.num_classes,
         }
     }
 
@@ -136,15 +145,25 @@ impl ArchConfig {
         match self {
             Self::MetaFormer(c) => c.num_classes = n,
             Self::MambaOut(c) => c.num_classes = n,
+            Self::MlpMixer(c) => c.num_classes = n,
         }
     }
 
-    /// Adapts the parts of the architecture tied to the input size (RandFormer's token-mixing
-    /// matrices) to `h x w` inputs.
+    /// Adapts the parts of the architecture tied to the input size (RandFormer's and the
+    /// MLP-Mixer family's token-mixing weights) to `h x w` inputs.
     pub fn set_image_size(&mut self, h: usize, w: usize) {
         match self {
             Self::MetaFormer(c) => c.set_random_mixing_size((h, w)),
             Self::MambaOut(_) => {}
+            Self::MlpMixer(c) => c.img_size = (h, w),
+        }
+    }
+
+    /// The only input size the model takes, for models whose weights fix it.
+    pub fn fixed_image_size(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::MlpMixer(c) => Some(c.img_size),
+            Self::MetaFormer(_) | Self::MambaOut(_) => None,
         }
     }
 
@@ -153,6 +172,7 @@ impl ArchConfig {
         match self {
             Self::MetaFormer(c) => c.in_chans = n,
             Self::MambaOut(c) => c.in_chans = n,
+            Self::MlpMixer(c) => c.in_chans = n,
         }
     }
 }

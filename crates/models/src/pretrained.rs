@@ -48,6 +48,17 @@ impl PretrainedCfg {
         }
     }
 
+    /// 224², bicubic, mean and std 0.5 (Inception-style, as timm's MLP-Mixer and gMLP) with
+    /// `crop_pct`.
+    pub fn inception(crop_pct: f64) -> Self {
+        Self {
+            crop_pct,
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+            ..Self::default()
+        }
+    }
+
     /// `(height, width)` of the model input.
     pub fn image_size(&self) -> (usize, usize) {
         match self.input_size.as_slice() {

@@ -3,6 +3,7 @@
 use crate::checkpoint::param_count;
 use crate::mambaout::MambaOutConfig as Mo;
 use crate::metaformer::MetaFormerConfig as Mf;
+use crate::mlp_mixer::MlpMixerConfig as Mm;
 use crate::{ArchConfig, Error, PretrainedCfg, Result};
 
 /// One named model of the zoo.
@@ -12,8 +13,9 @@ pub struct ModelEntry {
     pub name: &'static str,
     /// Family, e.g. `poolformer`, `caformer`.
     pub family: &'static str,
-    /// ImageNet-1k top-1 (%) at 224² reported by the model's paper.
-    pub top1: f64,
+    /// ImageNet-1k top-1 (%) at 224² reported by the model's paper, where the paper gives one
+    /// for training on ImageNet-1k alone.
+    pub top1: Option<f64>,
     config: fn() -> ArchConfig,
     pretrained_cfg: fn() -> PretrainedCfg,
 }
@@ -56,7 +58,7 @@ macro_rules! entry {
         ModelEntry {
             name: $name,
             family: $family,
-            top1: $top1,
+            top1: Some($top1),
             config: || ArchConfig::MetaFormer($cfg),
             pretrained_cfg: || PretrainedCfg::metaformer($crop),
         }
@@ -102,11 +104,25 @@ static MODELS: &[ModelEntry] = &[
     entry!("caformer_s36", "caformer", 84.5, 1.0, Mf::caformer(CS36.0, CS36.1)),
     entry!("caformer_m36", "caformer", 85.2, 1.0, Mf::caformer(CM36.0, CM36.1)),
     entry!("caformer_b36", "caformer", 85.5, 1.0, Mf::caformer(CB36.0, CB36.1)),
-    entry!("mambaout_femto", "mambaout", 78.9, ArchConfig::MambaOut(Mo::new([3, 3, 9, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
-    entry!("mambaout_kobe", "mambaout", 80.0, ArchConfig::MambaOut(Mo::new([3, 3, 15, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
-    entry!("mambaout_tiny", "mambaout", 82.7, ArchConfig::MambaOut(Mo::new([3, 3, 9, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
-    entry!("mambaout_small", "mambaout", 84.1, ArchConfig::MambaOut(Mo::new([3, 4, 27, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
-    entry!("mambaout_base", "mambaout", 84.2, ArchConfig::MambaOut(Mo::new([3, 4, 27, 3], [128, 256, 512, 768])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_femto", "mambaout", Some(78.9), ArchConfig::MambaOut(Mo::new([3, 3, 9, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_kobe", "mambaout", Some(80.0), ArchConfig::MambaOut(Mo::new([3, 3, 15, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_tiny", "mambaout", Some(82.7), ArchConfig::MambaOut(Mo::new([3, 3, 9, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_small", "mambaout", Some(84.1), ArchConfig::MambaOut(Mo::new([3, 4, 27, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mambaout_base", "mambaout", Some(84.2), ArchConfig::MambaOut(Mo::new([3, 4, 27, 3], [128, 256, 512, 768])), pretrained: PretrainedCfg::metaformer(1.0)),
+    entry!("mixer_s32_224", "mlp_mixer", None, ArchConfig::MlpMixer(Mm::mixer(32, 8, 512)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("mixer_s16_224", "mlp_mixer", None, ArchConfig::MlpMixer(Mm::mixer(16, 8, 512)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("mixer_b32_224", "mlp_mixer", None, ArchConfig::MlpMixer(Mm::mixer(32, 12, 768)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("mixer_b16_224", "mlp_mixer", Some(76.4), ArchConfig::MlpMixer(Mm::mixer(16, 12, 768)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("mixer_l32_224", "mlp_mixer", None, ArchConfig::MlpMixer(Mm::mixer(32, 24, 1024)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("mixer_l16_224", "mlp_mixer", Some(71.8), ArchConfig::MlpMixer(Mm::mixer(16, 24, 1024)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("gmixer_12_224", "gmixer", None, ArchConfig::MlpMixer(Mm::gmixer(12)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("gmixer_24_224", "gmixer", None, ArchConfig::MlpMixer(Mm::gmixer(24)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("resmlp_12_224", "resmlp", Some(76.6), ArchConfig::MlpMixer(Mm::resmlp(12)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("resmlp_24_224", "resmlp", Some(79.4), ArchConfig::MlpMixer(Mm::resmlp(24)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("resmlp_36_224", "resmlp", Some(79.7), ArchConfig::MlpMixer(Mm::resmlp(36)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("gmlp_ti16_224", "gmlp", Some(72.3), ArchConfig::MlpMixer(Mm::gmlp(128)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("gmlp_s16_224", "gmlp", Some(79.6), ArchConfig::MlpMixer(Mm::gmlp(256)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("gmlp_b16_224", "gmlp", Some(81.6), ArchConfig::MlpMixer(Mm::gmlp(512)), pretrained: PretrainedCfg::inception(0.875)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).
@@ -198,6 +214,12 @@ mod tests {
             ("caformer_s18", 26_341_656),
             ("poolformer_m48", 73_473_448),
             ("caformer_b36", 98_753_614),
+            ("mambaout_femto", 7_304_536),
+            ("mixer_s32_224", 19_104_624),
+            ("mixer_b16_224", 59_880_472),
+            ("gmixer_24_224", 24_721_096),
+            ("resmlp_12_224", 15_350_872),
+            ("gmlp_s16_224", 19_422_656),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");

@@ -1,0 +1,533 @@
+//! MLP-Mixer, gMixer, ResMLP and gMLP: isotropic all-MLP models on a fixed grid of patches, with
+//! timm's tensor names (`timm/models/mlp_mixer.py`).
+//!
+//! Papers: MLP-Mixer (arXiv 2105.01601), ResMLP (arXiv 2105.03404), gMLP (arXiv 2105.08050).
+//! The input size is fixed by the token-mixing weights: `img_size` (any `[height, width]`
+//! divisible by `patch_size`) is part of the configuration.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{ActKind, Mlp, Norm, NormConfig};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_f64, as_usize, img_size_arg};
+use crate::{Error, ImageModel};
+
+/// Which block the model stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixerBlockKind {
+    /// `x + token_mlp(LN(x))`, `x + channel_mlp(LN(x))` (MLP-Mixer; gMixer with GLU MLPs).
+    Mixer,
+    /// `x + ls1 * linear_tokens(Affine(x))`, `x + ls2 * channel_mlp(Affine(x))` (ResMLP).
+    Res,
+    /// `x + fc2(u * sgu(v))` with `[u, v] = GELU(fc1(LN(x)))` (gMLP).
+    SpatialGating,
+}
+
+/// Hyper-parameters of an [`MlpMixer`], named as timm's `MlpMixer` kwargs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MlpMixerConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs; 0 means none (the head returns pooled features).
+    pub num_classes: usize,
+    /// Input `(height, width)`, fixed by the token-mixing weights.
+    pub img_size: (usize, usize),
+    /// Side of the square patches.
+    pub patch_size: usize,
+    /// Number of blocks.
+    pub num_blocks: usize,
+    /// Channels.
+    pub embed_dim: usize,
+    /// Hidden widths as multiples of `embed_dim`: `(tokens, channels)` (the token ratio only
+    /// matters for [`MixerBlockKind::Mixer`]).
+    pub mlp_ratio: (f64, f64),
+    /// The block.
+    pub block: MixerBlockKind,
+    /// gMixer: GLU MLPs with SiLU instead of GELU MLPs.
+    pub glu: bool,
+    /// Whether the patch embedding is followed by a norm (`stem.norm`).
+    pub stem_norm: bool,
+}
+
+impl MlpMixerConfig {
+    fn base(
+        block: MixerBlockKind,
+        patch_size: usize,
+        num_blocks: usize,
+        embed_dim: usize,
+        ratio: (f64, f64),
+    ) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            img_size: (224, 224),
+            patch_size,
+            num_blocks,
+            embed_dim,
+            mlp_ratio: ratio,
+            block,
+            glu: false,
+            stem_norm: false,
+        }
+    }
+
+    /// MLP-Mixer with token/channel MLP ratios 0.5 and 4.
+    pub fn mixer(patch_size: usize, num_blocks: usize, embed_dim: usize) -> Self {
+        Self::base(
+            MixerBlockKind::Mixer,
+            patch_size,
+            num_blocks,
+            embed_dim,
+            (0.5, 4.0),
+        )
+    }
+
+    /// gMixer: MLP-Mixer with SiLU GLU MLPs, ratios 1 and 4.
+    pub fn gmixer(num_blocks: usize) -> Self {
+        Self {
+            glu: true,
+            ..Self::base(MixerBlockKind::Mixer, 16, num_blocks, 384, (1.0, 4.0))
+        }
+    }
+
+    /// ResMLP: Affine norms, linear token mixing, layer scales, channel ratio 4.
+    pub fn resmlp(num_blocks: usize) -> Self {
+        Self::base(MixerBlockKind::Res, 16, num_blocks, 384, (4.0, 4.0))
+    }
+
+    /// gMLP: spatial gating units, channel ratio 6, 30 blocks.
+    pub fn gmlp(embed_dim: usize) -> Self {
+        Self::base(MixerBlockKind::SpatialGating, 16, 30, embed_dim, (6.0, 6.0))
+    }
+
+    /// Patch grid `(rows, columns)`.
+    pub fn grid(&self) -> (usize, usize) {
+        (
+            self.img_size.0 / self.patch_size.max(1),
+            self.img_size.1 / self.patch_size.max(1),
+        )
+    }
+
+    fn num_tokens(&self) -> usize {
+        let (h, w) = self.grid();
+        h * w
+    }
+
+    fn widths(&self) -> (usize, usize) {
+        let d = self.embed_dim as f64;
+        (
+            (self.mlp_ratio.0 * d) as usize,
+            (self.mlp_ratio.1 * d) as usize,
+        )
+    }
+
+    /// The token mixer of every block.
+    pub fn token_mixer(&self) -> MixerConfig {
+        let num_tokens = self.num_tokens();
+        match self.block {
+            MixerBlockKind::Mixer => MixerConfig::TokenMlp {
+                num_tokens,
+                hidden: self.widths().0,
+                act: if self.glu {
+                    ActKind::Silu
+                } else {
+                    ActKind::Gelu
+                },
+                glu: self.glu,
+            },
+            MixerBlockKind::Res => MixerConfig::LinearTokens { num_tokens },
+            MixerBlockKind::SpatialGating => MixerConfig::SpatialGating { num_tokens },
+        }
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let (h, w) = self.img_size;
+        let p = self.patch_size;
+        if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || h > 16_384 || w > 16_384 {
+            return Err(format!(
+                "img_size {h}x{w} must be positive, at most 16384 and divisible by patch_size {p}"
+            ));
+        }
+        if self.in_chans == 0 || self.in_chans > 4096 {
+            return Err(format!(
+                "in_chans must be in 1..=4096, got {}",
+                self.in_chans
+            ));
+        }
+        if self.num_classes > 1_000_000 {
+            return Err(format!("num_classes {} is absurd", self.num_classes));
+        }
+        if self.embed_dim < 2 || self.embed_dim > 65_536 || self.num_blocks > 1000 {
+            return Err(format!(
+                "embed_dim must be in 2..=65536 and num_blocks at most 1000, got {} and {}",
+                self.embed_dim, self.num_blocks
+            ));
+        }
+        let (rt, rc) = self.mlp_ratio;
+        if !(rt > 0.0 && rt <= 64.0 && rc > 0.0 && rc <= 64.0) {
+            return Err(format!("mlp_ratio must be in (0, 64], got ({rt}, {rc})"));
+        }
+        let (_, channels) = self.widths();
+        if (self.glu || self.block == MixerBlockKind::SpatialGating)
+            && (channels < 2 || channels % 2 == 1)
+        {
+            return Err(format!(
+                "the gated channel MLP needs an even hidden width, got {channels}"
+            ));
+        }
+        self.token_mixer()
+            .validate(self.embed_dim)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Applies timm-style `model_args`: `img_size`, `patch_size`, `num_blocks`, `embed_dim`,
+    /// `mlp_ratio` (a number or `[tokens, channels]`), `in_chans`, `num_classes`, `stem_norm`;
+    /// drop rates and `global_pool: "avg"` are accepted and ignored.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
+            match key.as_str() {
+                "img_size" => {
+                    self.img_size =
+                        img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?
+                }
+                "patch_size" => self.patch_size = int()?,
+                "num_blocks" => self.num_blocks = int()?,
+                "embed_dim" => self.embed_dim = int()?,
+                "in_chans" => self.in_chans = int()?,
+                "num_classes" => self.num_classes = int()?,
+                "stem_norm" => self.stem_norm = value.as_bool().ok_or_else(|| bad("a boolean"))?,
+                "mlp_ratio" => {
+                    self.mlp_ratio = match value {
+                        Value::Array(a) if a.len() == 2 => (
+                            as_f64(&a[0]).ok_or_else(|| bad("a number or [tokens, channels]"))?,
+                            as_f64(&a[1]).ok_or_else(|| bad("a number or [tokens, channels]"))?,
+                        ),
+                        v => {
+                            let r =
+                                as_f64(v).ok_or_else(|| bad("a number or [tokens, channels]"))?;
+                            (r, r)
+                        }
+                    }
+                }
+                "global_pool" if value == "avg" => {}
+                "drop_rate" | "proj_drop_rate" | "drop_path_rate" | "nlhb" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!(
+                            "unsupported argument '{key}' = {value} for an MLP-Mixer-family model"
+                        ),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass (at `img_size`; other sizes are not accepted).
+    pub fn macs(&self) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let n = self.num_tokens() as u64;
+        let d = self.embed_dim as u64;
+        let p2 = (self.patch_size * self.patch_size) as u64;
+        let (_, c) = self.widths();
+        let c = c as u64;
+        let channel = match (self.block, self.glu) {
+            (MixerBlockKind::SpatialGating, _) => n * (d * c + c / 2 * d),
+            (_, true) => n * (d * c + c / 2 * d),
+            _ => 2 * n * d * c,
+        };
+        let mixed_dim = match self.block {
+            MixerBlockKind::SpatialGating => self.widths().1 / 2,
+            _ => self.embed_dim,
+        };
+        let block = self.token_mixer().macs(mixed_dim, 1, n as usize) + channel;
+        n * d * self.in_chans as u64 * p2
+            + block * self.num_blocks as u64
+            + d * self.num_classes as u64
+    }
+}
+
+/// `alpha * x + beta` with `alpha`, `beta` of shape `[1, 1, C]` (ResMLP's norm).
+#[derive(Debug, Clone)]
+struct Affine {
+    alpha: Tensor,
+    beta: Tensor,
+}
+
+impl Affine {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            alpha: vb.get((1, 1, dim), "alpha")?,
+            beta: vb.get((1, 1, dim), "beta")?,
+        })
+    }
+}
+
+impl Module for Affine {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.alpha)?.broadcast_add(&self.beta)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum TokenNorm {
+    LayerNorm(Norm),
+    Affine(Affine),
+}
+
+impl Module for TokenNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::LayerNorm(n) => n.forward(x),
+            Self::Affine(a) => a.forward(x),
+        }
+    }
+}
+
+fn token_norm(cfg: &MlpMixerConfig, dim: usize, vb: VarBuilder) -> Result<TokenNorm> {
+    Ok(match cfg.block {
+        MixerBlockKind::Res => TokenNorm::Affine(Affine::new(dim, vb)?),
+        _ => TokenNorm::LayerNorm(NormConfig::LAYER_NORM.build(dim, MixerLayout::Tokens, vb)?),
+    })
+}
+
+/// A channel MLP: `fc2(act(fc1(x)))`, or the GLU form `fc2(a * silu(g))` (gMixer).
+#[derive(Debug, Clone)]
+enum ChannelMlp {
+    Plain(Mlp),
+    Glu { fc1: Linear, fc2: Linear },
+}
+
+impl ChannelMlp {
+    fn new(cfg: &MlpMixerConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, (_, hidden)) = (cfg.embed_dim, cfg.widths());
+        Ok(if cfg.glu {
+            Self::Glu {
+                fc1: candle_nn::linear(d, hidden, vb.pp("fc1"))?,
+                fc2: candle_nn::linear(hidden / 2, d, vb.pp("fc2"))?,
+            }
+        } else {
+            Self::Plain(Mlp::new(
+                d,
+                hidden,
+                ActKind::Gelu,
+                true,
+                MixerLayout::Tokens,
+                vb,
+            )?)
+        })
+    }
+}
+
+impl Module for ChannelMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(m) => m.forward(x),
+            Self::Glu { fc1, fc2 } => {
+                let h = fc1.forward(x)?;
+                let half = h.dim(D::Minus1)? / 2;
+                let gated =
+                    (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.silu()?)?;
+                fc2.forward(&gated)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Block {
+    Mixer {
+        norm1: TokenNorm,
+        mixer: Box<dyn TokenMixer>,
+        norm2: TokenNorm,
+        mlp: ChannelMlp,
+    },
+    Res {
+        norm1: TokenNorm,
+        mixer: Box<dyn TokenMixer>,
+        ls1: Tensor,
+        norm2: TokenNorm,
+        mlp: ChannelMlp,
+        ls2: Tensor,
+    },
+    Gating {
+        norm: TokenNorm,
+        fc1: Linear,
+        gate: Box<dyn TokenMixer>,
+        fc2: Linear,
+    },
+}
+
+impl Block {
+    fn new(cfg: &MlpMixerConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.embed_dim;
+        let mixer_cfg = cfg.token_mixer();
+        Ok(match cfg.block {
+            MixerBlockKind::Mixer => Self::Mixer {
+                norm1: token_norm(cfg, d, vb.pp("norm1"))?,
+                mixer: mixer_cfg.build(d, vb.pp("mlp_tokens"))?,
+                norm2: token_norm(cfg, d, vb.pp("norm2"))?,
+                mlp: ChannelMlp::new(cfg, vb.pp("mlp_channels"))?,
+            },
+            MixerBlockKind::Res => Self::Res {
+                norm1: token_norm(cfg, d, vb.pp("norm1"))?,
+                mixer: mixer_cfg.build(d, vb.pp("linear_tokens"))?,
+                ls1: vb.get(d, "ls1")?,
+                norm2: token_norm(cfg, d, vb.pp("norm2"))?,
+                mlp: ChannelMlp::new(cfg, vb.pp("mlp_channels"))?,
+                ls2: vb.get(d, "ls2")?,
+            },
+            MixerBlockKind::SpatialGating => {
+                let hidden = cfg.widths().1;
+                let m = vb.pp("mlp_channels");
+                Self::Gating {
+                    norm: token_norm(cfg, d, vb.pp("norm"))?,
+                    fc1: candle_nn::linear(d, hidden, m.pp("fc1"))?,
+                    gate: mixer_cfg.build(hidden / 2, m.pp("gate"))?,
+                    fc2: candle_nn::linear(hidden / 2, d, m.pp("fc2"))?,
+                }
+            }
+        })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Mixer {
+                norm1,
+                mixer,
+                norm2,
+                mlp,
+            } => {
+                let x = (x + mixer.forward(&norm1.forward(x)?)?)?;
+                &x + mlp.forward(&norm2.forward(&x)?)?
+            }
+            Self::Res {
+                norm1,
+                mixer,
+                ls1,
+                norm2,
+                mlp,
+                ls2,
+            } => {
+                let x = (x + mixer.forward(&norm1.forward(x)?)?.broadcast_mul(ls1)?)?;
+                &x + mlp.forward(&norm2.forward(&x)?)?.broadcast_mul(ls2)?
+            }
+            Self::Gating {
+                norm,
+                fc1,
+                gate,
+                fc2,
+            } => {
+                let h = fc1.forward(&norm.forward(x)?)?.gelu_erf()?;
+                let half = h.dim(D::Minus1)? / 2;
+                let (u, v) = (
+                    h.narrow(D::Minus1, 0, half)?,
+                    h.narrow(D::Minus1, half, half)?,
+                );
+                x + fc2.forward(&(u * gate.forward(&v.contiguous()?)?)?)?
+            }
+        }
+    }
+}
+
+/// An MLP-Mixer-family classifier: patch embedding, blocks on `(B, N, C)` tokens, final norm,
+/// mean over tokens, linear head.
+#[derive(Debug)]
+pub struct MlpMixer {
+    cfg: MlpMixerConfig,
+    stem: Conv2d,
+    stem_norm: Option<TokenNorm>,
+    blocks: Vec<Block>,
+    norm: TokenNorm,
+    head: Option<Linear>,
+}
+
+impl MlpMixer {
+    /// Builds the model, reading every tensor from `vb` under timm's names.
+    pub fn new(cfg: &MlpMixerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let d = cfg.embed_dim;
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let stem = candle_nn::conv2d(
+            cfg.in_chans,
+            d,
+            cfg.patch_size,
+            conv_cfg,
+            vb.pp("stem").pp("proj"),
+        )?;
+        let stem_norm = cfg
+            .stem_norm
+            .then(|| token_norm(cfg, d, vb.pp("stem").pp("norm")))
+            .transpose()?;
+        let blocks = (0..cfg.num_blocks)
+            .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            stem,
+            stem_norm,
+            blocks,
+            norm: token_norm(cfg, d, vb.pp("norm"))?,
+            head: (cfg.num_classes > 0)
+                .then(|| candle_nn::linear(d, cfg.num_classes, vb.pp("head")))
+                .transpose()?,
+        })
+    }
+}
+
+impl ImageModel for MlpMixer {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        if (h, w) != self.cfg.img_size {
+            candle_core::bail!(
+                "this model takes {}x{} images (its token-mixing weights fix the grid), got {h}x{w}",
+                self.cfg.img_size.0,
+                self.cfg.img_size.1
+            )
+        }
+        let x = self.stem.forward(x)?;
+        let (b, c, gh, gw) = x.dims4()?;
+        let mut x = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        if let Some(n) = &self.stem_norm {
+            x = n.forward(&x)?;
+        }
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = self.norm.forward(&x)?;
+        Ok(vec![x.transpose(1, 2)?.reshape((b, c, gh, gw))?])
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
+        match &self.head {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
+    }
+}
