@@ -183,7 +183,11 @@ fn info(name: &str) -> Result<()> {
         m.params() as f64 / 1e6
     );
     println!("GMACs @ 224:    {:.3}", m.macs() as f64 / 1e9);
-    println!("paper top-1:    {}", top1_text(m.top1));
+    let top1 = m.top1.map_or_else(
+        || "not reported for ImageNet-1k training".to_string(),
+        |t| format!("{t:.1}%"),
+    );
+    println!("paper top-1:    {top1}");
     println!("tensors:        {}", expected_tensors(&cfg)?.len());
     println!("hub id:         timm/{}", m.name);
     println!(
