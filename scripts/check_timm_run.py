@@ -23,10 +23,29 @@ sys.path.insert(0, os.path.dirname(__file__))
 from make_fixtures import randomize_, timm_case  # noqa: E402
 
 ARCHS = ["poolformer_s12", "poolformerv2_s24", "convformer_s18", "caformer_s18", "caformer_m36",
-         "mambaout_femto", "mambaout_tiny"]
+         "mambaout_femto", "mambaout_tiny", "mixer_b16_224", "gmixer_12_224", "resmlp_24_224", "gmlp_ti16_224"]
+
+
+def draw_mixer_args(rng, arch):
+    patch = rng.choice([4, 8, 16])
+    args = dict(
+        img_size=[patch * rng.randint(1, 6), patch * rng.randint(1, 6)],
+        patch_size=patch,
+        embed_dim=rng.choice([16, 24, 32]),
+        num_blocks=rng.randint(1, 3),
+        in_chans=rng.choice([1, 3, 4]),
+        num_classes=rng.choice([0, 3, 17]),
+    )
+    if arch.startswith("mixer") and rng.random() < 0.5:
+        args["mlp_ratio"] = [rng.choice([0.5, 1.0]), rng.choice([2.0, 4.0])]
+    if rng.random() < 0.3:
+        args["stem_norm"] = True
+    return args
 
 
 def draw_args(rng, arch):
+    if arch.split("_")[0] in ("mixer", "gmixer", "resmlp", "gmlp"):
+        return draw_mixer_args(rng, arch)
     stages = rng.choice([2, 3, 4]) if not arch.startswith("caformer") else 4
     step = 32 if arch.startswith("caformer") else 8
     dims = sorted(rng.randrange(1, 4) * step for _ in range(stages))
@@ -66,7 +85,7 @@ def main():
         arch = rng.choice(ARCHS)
         model_args = draw_args(rng, arch)
         batch = rng.randint(1, 3)
-        h, w = rng.randrange(33, 129), rng.randrange(33, 129)
+        h, w = model_args.get("img_size") or (rng.randrange(33, 129), rng.randrange(33, 129))
         with tempfile.TemporaryDirectory() as tmp:
             timm_case(tmp, "model", arch, model_args, gen, input_shape=(batch, model_args["in_chans"], h, w))
             d = os.path.join(tmp, "model")
