@@ -90,3 +90,75 @@ pub fn channel_norm(
     };
     y.reshape(dims)
 }
+
+/// `cos(2 pi i j / n) * scale(j)` and `sin(...) * scale(j)` for `i < rows`, `j < cols`.
+fn dft_matrices(
+    rows: usize,
+    cols: usize,
+    n: usize,
+    scale: impl Fn(usize) -> f64,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let mut cos = Vec::with_capacity(rows * cols);
+    let mut sin = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            let angle = 2.0 * std::f64::consts::PI * ((i * j) % n) as f64 / n as f64;
+            cos.push((angle.cos() * scale(j)) as f32);
+            sin.push((angle.sin() * scale(j)) as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (rows, cols), device)?,
+        Tensor::from_vec(sin, (rows, cols), device)?,
+    ))
+}
+
+/// GFNet's global filter as discrete Fourier transforms written as real matrix products (no
+/// FFT): forward real DFT along `W`, complex DFT along `H`, complex product with the weight,
+/// inverse complex DFT along `H`, inverse real DFT along `W`; `x` `(B, H, W, C)`, `weight`
+/// `(H, W/2 + 1, C, 2)`.
+pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (_, h, w, c) = x.dims4()?;
+    let k = w / 2 + 1;
+    if weight.dims() != [h, k, c, 2] {
+        return Err(KernelError::Shape {
+            op: "spectral_filter",
+            what: "weight",
+            expected: format!("[{h}, {k}, {c}, 2]"),
+            found: weight.dims().to_vec(),
+        }
+        .into());
+    }
+    let dev = x.device();
+    let dtype = x.dtype();
+    let xc = x
+        .to_dtype(DType::F32)?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?;
+    let (cos_w, sin_w) = dft_matrices(w, k, w, |_| 1.0, dev)?;
+    let (cos_h, sin_h) = dft_matrices(h, h, h, |_| 1.0, dev)?;
+    let r1 = xc.broadcast_matmul(&cos_w)?;
+    let i1 = xc.broadcast_matmul(&sin_w)?.neg()?;
+    let r2 = (cos_h.broadcast_matmul(&r1)? + sin_h.broadcast_matmul(&i1)?)?;
+    let i2 = (cos_h.broadcast_matmul(&i1)? - sin_h.broadcast_matmul(&r1)?)?;
+    let wt = weight.to_dtype(DType::F32)?.permute((2, 0, 1, 3))?;
+    let (wr, wi) = (
+        wt.narrow(3, 0, 1)?.squeeze(3)?,
+        wt.narrow(3, 1, 1)?.squeeze(3)?,
+    );
+    let r3 = (r2.broadcast_mul(&wr)? - i2.broadcast_mul(&wi)?)?;
+    let i3 = (r2.broadcast_mul(&wi)? + i2.broadcast_mul(&wr)?)?;
+    let r4 = (cos_h.broadcast_matmul(&r3)? - sin_h.broadcast_matmul(&i3)?)?;
+    let i4 = (cos_h.broadcast_matmul(&i3)? + sin_h.broadcast_matmul(&r3)?)?;
+    let hermitian = |j: usize| {
+        if j == 0 || (w % 2 == 0 && j == w / 2) {
+            1.0
+        } else {
+            2.0
+        }
+    };
+    let (cos_k, sin_k) = dft_matrices(w, k, w, hermitian, dev)?;
+    let y = (r4.broadcast_matmul(&cos_k.t()?)? - i4.broadcast_matmul(&sin_k.t()?)?)?;
+    (y / (h * w) as f64)?.permute((0, 2, 3, 1))?.to_dtype(dtype)
+}

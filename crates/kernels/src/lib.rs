@@ -9,6 +9,7 @@
 //! * [`depthwise_conv2d`]: per-channel `k x k` convolution with stride and zero padding.
 //! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`.
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
+//! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 #![deny(missing_docs)]
 
 pub mod composed;
@@ -16,6 +17,7 @@ mod depthwise;
 mod error;
 mod norm;
 mod pool;
+mod spectral;
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
@@ -24,6 +26,7 @@ pub use depthwise::DepthwiseConv2d;
 pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
+pub use spectral::SpectralFilter;
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
 pub fn fused_enabled() -> bool {
@@ -95,4 +98,16 @@ pub fn channel_norm(
     };
     let op = ChannelNorm::new(axes, eps, channel_axis);
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, op)
+}
+
+/// GFNet's global filter on a channel-last map `x` `(B, H, W, C)` with the complex `weight`
+/// `(H, W/2 + 1, C, 2)`: `irfft2(rfft2(x, norm="ortho") * weight, s=(H, W), norm="ortho")`
+/// over `(H, W)`, computed in f32.
+pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if use_fused(x) && weight.dtype() == DType::F32 {
+        x.contiguous()?
+            .apply_op2(&weight.contiguous()?, SpectralFilter)
+    } else {
+        composed::spectral_filter(x, weight)
+    }
 }

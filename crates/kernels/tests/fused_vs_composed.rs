@@ -206,3 +206,51 @@ fn channel_norm_matches_composition_forward_and_backward() {
         );
     }
 }
+
+#[test]
+fn spectral_filter_matches_dft_composition() {
+    use tokenmix_kernels::SpectralFilter;
+    for (b, h, w, c) in [
+        (1, 4, 4, 3),
+        (2, 5, 7, 4),
+        (2, 6, 3, 5),
+        (1, 1, 1, 2),
+        (3, 7, 2, 1),
+        (2, 14, 14, 8),
+    ] {
+        let weight = randn(&[h, w / 2 + 1, c, 2]);
+        let x = randn(&[b, h, w, c]);
+        let strided = randn(&[b, w, h, c]).transpose(1, 2).unwrap();
+        for x in [x, strided] {
+            let fused = x
+                .contiguous()
+                .unwrap()
+                .apply_op2(&weight, SpectralFilter)
+                .unwrap();
+            let reference = composed::spectral_filter(&x, &weight).unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-4, "{b}x{h}x{w}x{c}: max diff {d}");
+            let public = tokenmix_kernels::spectral_filter(&x, &weight).unwrap();
+            assert!(max_abs_diff(&public, &reference) < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn spectral_filter_with_unit_weight_is_the_identity() {
+    // A filter of ones passes every frequency: irfft2(rfft2(x)) = x.
+    let x = randn(&[2, 6, 5, 3]);
+    let mut ones = Tensor::ones((6, 3, 3, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+    ones = Tensor::cat(&[&ones, &ones.zeros_like().unwrap()], 3).unwrap();
+    for y in [
+        tokenmix_kernels::spectral_filter(&x, &ones).unwrap(),
+        composed::spectral_filter(&x, &ones).unwrap(),
+    ] {
+        assert!(max_abs_diff(&y, &x) < 1e-5);
+    }
+    let bad = randn(&[6, 4, 3, 2]);
+    let err = tokenmix_kernels::spectral_filter(&x, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected [6, 3, 3, 2]"), "{err}");
+}
