@@ -9,14 +9,17 @@ Each fixture is a model directory as timm's `save_for_hf` writes it (config.json
 Every parameter is re-drawn at random (weights ~ N(0, 1/fan_in), gains ~ U(0.5, 1.5), biases
 ~ N(0, 0.5)), so a 1e-5 layer scale or a zero bias cannot hide a wrong mixer.
 
-References: timm for PoolFormer v1/v2, ConvFormer and CAFormer; the sail-sg/metaformer code
-(a checkout given with --metaformer-repo, never committed) for IdentityFormer and RandFormer,
-whose checkpoints are converted to timm names with timm's own `checkpoint_filter_fn`.
+References: timm for PoolFormer v1/v2, ConvFormer, CAFormer, MambaOut and the MLP-Mixer family;
+the authors' code, from checkouts given on the command line and never committed, for
+IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to timm names with
+timm's own `checkpoint_filter_fn`) and GFNet (raoyongming/GFNet, its own tensor names).
 
 Usage (venv outside the repo with torch, timm, safetensors):
-    python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer [--out DIR]
+    python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer \
+        --gfnet-repo /path/to/raoyongming/GFNet [--out DIR]
 """
 import argparse
+from functools import partial
 import json
 import math
 import os
@@ -36,7 +39,9 @@ INPUT_SHAPE = (2, 3, 64, 96)  # batch 2, non-square
 def randomize_(model, gen):
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("random_matrix"):
+            if name.endswith(("complex_weight", "pos_embed")):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif name.endswith("random_matrix"):
                 p.copy_(torch.softmax(2.0 * torch.randn(p.shape, generator=gen), dim=-1))
             elif p.dim() >= 2:
                 fan_in = p[0].numel()
@@ -216,9 +221,88 @@ def preprocess_case(out):
     save_file(expected, os.path.join(d, "expected.safetensors"))
 
 
+def write_model_dir(d, arch, state, model_args, pretrained_cfg, num_features):
+    """A model directory as timm's save_for_hf writes it, for models timm does not have."""
+    os.makedirs(d, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(d, "model.safetensors"))
+    config = {
+        "architecture": arch,
+        "num_classes": model_args["num_classes"],
+        "num_features": num_features,
+        "global_pool": "avg",
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": list(pretrained_cfg["input_size"]),
+            "interpolation": pretrained_cfg["interpolation"],
+            "crop_pct": pretrained_cfg["crop_pct"],
+            "mean": list(pretrained_cfg["mean"]),
+            "std": list(pretrained_cfg["std"]),
+            "num_classes": model_args["num_classes"],
+        },
+    }
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def gfnet_forward(model, x):
+    """GFNet's forward_features up to the final norm, as a (B, C, g, g) map, and the logits."""
+    t = model.pos_drop(model.patch_embed(x) + model.pos_embed)
+    for blk in model.blocks:
+        t = blk(t)
+    t = model.norm(t)
+    g = int(round(t.shape[1] ** 0.5))
+    return [t.transpose(1, 2).reshape(t.shape[0], -1, g, g)], model(x)
+
+
+def gfnet_resize_state(state, old_grid, new_grid):
+    """GFNet's own fine-tuning resize (main_gfnet.py, `--finetune`): bicubic position embedding
+    (align_corners=False) and bicubic complex filters (align_corners=True)."""
+    import torch.nn.functional as F
+    out = dict(state)
+    pos = state["pos_embed"]
+    d = pos.shape[-1]
+    pos = pos.reshape(-1, old_grid, old_grid, d).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    out["pos_embed"] = pos.permute(0, 2, 3, 1).flatten(1, 2)
+    for name, w in state.items():
+        if "complex_weight" in name:
+            h, wd, c = w.shape[0:3]
+            up_h = h * new_grid // old_grid
+            up_w = up_h // 2 + 1
+            w = w.reshape(1, h, wd, c * 2).permute(0, 3, 1, 2)
+            w = F.interpolate(w, size=(up_h, up_w), mode="bicubic", align_corners=True)
+            out[name] = w.permute(0, 2, 3, 1).reshape(up_h, up_w, c, 2)
+    return out
+
+
+def gfnet_cases(out, gf, gen):
+    """GFNet from raoyongming/GFNet: one model at 64x64, and the same checkpoint loaded at 96x96
+    through GFNet's resize."""
+    args = dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_classes=10)
+    model = gf.GFNet(**args, mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+    randomize_(model, gen)
+    x = torch.randn((2, 3, 64, 64), generator=gen)
+    with torch.no_grad():
+        feats, logits = gfnet_forward(model, x)
+    state = model.state_dict()
+    cfg = gf._cfg()
+    write_model_dir(os.path.join(out, "gfnet_ti"), "gfnet_ti", state, args, cfg, 32)
+    write_reference(os.path.join(out, "gfnet_ti"), x, logits, feats)
+
+    big = gf.GFNet(**dict(args, img_size=96), mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+    big.load_state_dict(gfnet_resize_state(state, 4, 6), strict=True)
+    x = torch.randn((2, 3, 96, 96), generator=gen)
+    with torch.no_grad():
+        feats, logits = gfnet_forward(big, x)
+    d = os.path.join(out, "gfnet_resized")
+    write_model_dir(d, "gfnet_ti", state, dict(args, img_size=96), cfg, 32)
+    write_reference(d, x, logits, feats)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--metaformer-repo", required=True, help="checkout of sail-sg/metaformer")
+    ap.add_argument("--gfnet-repo", required=True, help="checkout of raoyongming/GFNet")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     args = ap.parse_args()
     sys.path.insert(0, args.metaformer_repo)
@@ -261,6 +345,13 @@ def main():
               dict(sail_small, token_mixers=rand),
               dict(sail_small, img_size=list(INPUT_SHAPE[2:])),
               dict(timm_base, token_mixers=rand), mb, gen)
+    import types
+    import numpy
+    sys.modules.setdefault("numpy.lib.arraypad", types.SimpleNamespace(pad=numpy.pad))
+    sys.path.insert(0, args.gfnet_repo)
+    import gfnet as gf
+    gfnet_cases(args.out, gf, gen)
+
     preprocess_case(args.out)
     print("fixtures written to", os.path.abspath(args.out))
 

@@ -107,7 +107,7 @@ struct BenchArgs {
     json: bool,
 }
 
-const DEFAULT_BENCH: [&str; 10] = [
+const DEFAULT_BENCH: [&str; 11] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -118,6 +118,7 @@ const DEFAULT_BENCH: [&str; 10] = [
     "mixer_s16_224",
     "resmlp_12_224",
     "gmlp_ti16_224",
+    "gfnet_ti",
 ];
 
 fn main() {

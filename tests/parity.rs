@@ -140,3 +140,15 @@ fn gmlp_matches_timm() {
 fn mlp_mixer_with_custom_model_args_matches_timm() {
     check("mixer_custom");
 }
+
+#[test]
+fn gfnet_matches_the_reference() {
+    check("gfnet_ti");
+}
+
+/// A checkpoint trained at 64x64 loaded at 96x96: filters and position embedding resized as
+/// GFNet's fine-tuning script does.
+#[test]
+fn gfnet_at_another_resolution_matches_the_reference() {
+    check("gfnet_resized");
+}

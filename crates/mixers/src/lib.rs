@@ -17,13 +17,15 @@
 //! # Families in this crate
 //! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
 //!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut),
-//!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP).
+//!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP),
+//!   [`GlobalFilter`] (GFNet).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
 pub mod attention;
 mod error;
 pub mod gated_conv;
+pub mod global_filter;
 pub mod identity;
 pub mod layers;
 pub mod mlp_mixer;
@@ -38,6 +40,7 @@ use serde::{Deserialize, Serialize};
 pub use attention::Attention;
 pub use error::MixerError;
 pub use gated_conv::GatedConv;
+pub use global_filter::GlobalFilter;
 pub use identity::Identity;
 pub use mlp_mixer::{LinearTokens, SpatialGating, TokenMlp};
 pub use pooling::Pooling;
@@ -129,6 +132,13 @@ pub enum MixerConfig {
         /// Tokens `N`.
         num_tokens: usize,
     },
+    /// GFNet's learned global filter in the 2-D Fourier domain, on a channel-last map.
+    GlobalFilter {
+        /// Grid height the filter was built for.
+        height: usize,
+        /// Grid width the filter was built for.
+        width: usize,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -175,7 +185,7 @@ impl MixerConfig {
             | Self::TokenMlp { .. }
             | Self::LinearTokens { .. }
             | Self::SpatialGating { .. } => MixerLayout::Tokens,
-            Self::GatedConv { .. } => MixerLayout::ChannelsLast,
+            Self::GatedConv { .. } | Self::GlobalFilter { .. } => MixerLayout::ChannelsLast,
         }
     }
 
@@ -217,6 +227,14 @@ impl MixerConfig {
                 "token_mlp",
                 format!("hidden must be positive (and even with glu), got {hidden}"),
             ),
+            Self::GlobalFilter { height, width }
+                if *height == 0 || *width == 0 || height * width > 1 << 16 =>
+            {
+                bad(
+                    "global_filter",
+                    format!("the grid must have 1..=65536 positions, got {height}x{width}"),
+                )
+            }
             Self::TokenMlp { num_tokens, .. }
             | Self::LinearTokens { num_tokens }
             | Self::SpatialGating { num_tokens }
@@ -277,6 +295,9 @@ impl MixerConfig {
             Self::SpatialGating { num_tokens } => {
                 Box::new(SpatialGating::new(dim, *num_tokens, vb)?)
             }
+            Self::GlobalFilter { height, width } => {
+                Box::new(GlobalFilter::new(dim, *height, *width, vb)?)
+            }
         })
     }
 
@@ -312,6 +333,11 @@ impl MixerConfig {
             }
             Self::LinearTokens { num_tokens } | Self::SpatialGating { num_tokens } => {
                 (*num_tokens as u64).pow(2) * dim
+            }
+            Self::GlobalFilter { .. } => {
+                // The two FFTs (~ N log2 N each) and the complex product, per channel.
+                let log = (n.max(2) as f64).log2().ceil() as u64;
+                dim * (2 * n * log + (n / 2 + 1) * 4)
             }
             Self::GatedConv {
                 expansion_ratio,

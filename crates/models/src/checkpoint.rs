@@ -123,7 +123,11 @@ fn list(kind: &str, items: &[String]) -> Option<String> {
 }
 
 /// Compares the tensors of a safetensors file with what the model needs.
-fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Result<(), String> {
+fn check_tensors(
+    st: &SafeTensors,
+    expected: &[TensorSpec],
+    cfg: &ArchConfig,
+) -> std::result::Result<(), String> {
     let wanted: HashMap<&str, &Vec<usize>> =
         expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let mut missing = Vec::new();
@@ -134,7 +138,7 @@ fn check_tensors(st: &SafeTensors, expected: &[TensorSpec]) -> std::result::Resu
         match st.tensor(name) {
             Err(_) => missing.push(name.clone()),
             Ok(view) => {
-                if view.shape() != shape.as_slice() {
+                if view.shape() != shape.as_slice() && !cfg.can_resize(name, view.shape(), shape) {
                     misshaped.push(format!(
                         "{name} (expected {shape:?}, found {:?})",
                         view.shape()
@@ -208,18 +212,21 @@ pub fn load_safetensors_bytes(
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    check_tensors(&st, &expected).map_err(|details| Error::WeightMismatch {
+    check_tensors(&st, &expected, cfg).map_err(|details| Error::WeightMismatch {
         path: path.to_path_buf(),
         model: model_name.to_string(),
         details,
     })?;
     let mut tensors = HashMap::with_capacity(expected.len());
-    for (name, _) in &expected {
+    for (name, shape) in &expected {
         let view = st.tensor(name).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        let mut t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        if t.dims() != shape.as_slice() {
+            t = cfg.resize_tensor(name, &t, shape)?;
+        }
         tensors.insert(name.clone(), t);
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);

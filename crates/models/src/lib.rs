@@ -14,6 +14,7 @@
 mod args;
 pub mod checkpoint;
 mod error;
+pub mod gfnet;
 pub mod hub;
 pub mod imagenet;
 pub mod mambaout;
@@ -22,12 +23,14 @@ pub mod mlp_mixer;
 pub mod preprocess;
 pub mod pretrained;
 pub mod registry;
+mod resize;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
+pub use gfnet::{Gfnet, GfnetConfig};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
@@ -89,6 +92,8 @@ pub enum ArchConfig {
     MambaOut(MambaOutConfig),
     /// An [`MlpMixer`] (MLP-Mixer, gMixer, ResMLP, gMLP).
     MlpMixer(MlpMixerConfig),
+    /// An isotropic [`Gfnet`].
+    Gfnet(GfnetConfig),
 }
 
 impl ArchConfig {
@@ -98,6 +103,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => Box::new(MetaFormer::new(c, vb)?),
             Self::MambaOut(c) => Box::new(MambaOut::new(c, vb)?),
             Self::MlpMixer(c) => Box::new(MlpMixer::new(c, vb)?),
+            Self::Gfnet(c) => Box::new(Gfnet::new(c, vb)?),
         })
     }
 
@@ -110,6 +116,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.apply_model_args(args),
             Self::MambaOut(c) => c.apply_model_args(args),
             Self::MlpMixer(c) => c.apply_model_args(args),
+            Self::Gfnet(c) => c.apply_model_args(args),
         }
     }
 
@@ -119,6 +126,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.macs(h, w),
             Self::MambaOut(c) => c.macs(h, w),
             Self::MlpMixer(c) => c.macs(),
+            Self::Gfnet(c) => c.macs(),
         }
     }
 
@@ -128,6 +136,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.in_chans,
             Self::MambaOut(c) => c.in_chans,
             Self::MlpMixer(c) => c.in_chans,
+            Self::Gfnet(c) => c.in_chans,
         }
     }
 
@@ -137,6 +146,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.num_classes,
             Self::MambaOut(c) => c.num_classes,
             Self::MlpMixer(c) => c.num_classes,
+            Self::Gfnet(c) => c.num_classes,
         }
     }
 
@@ -146,6 +156,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.num_classes = n,
             Self::MambaOut(c) => c.num_classes = n,
             Self::MlpMixer(c) => c.num_classes = n,
+            Self::Gfnet(c) => c.num_classes = n,
         }
     }
 
@@ -156,6 +167,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.set_random_mixing_size((h, w)),
             Self::MambaOut(_) => {}
             Self::MlpMixer(c) => c.img_size = (h, w),
+            Self::Gfnet(c) => c.img_size = h.min(w),
         }
     }
 
@@ -163,7 +175,30 @@ impl ArchConfig {
     pub fn fixed_image_size(&self) -> Option<(usize, usize)> {
         match self {
             Self::MlpMixer(c) => Some(c.img_size),
+            Self::Gfnet(c) => Some((c.img_size, c.img_size)),
             Self::MetaFormer(_) | Self::MambaOut(_) => None,
+        }
+    }
+
+    /// Whether a checkpoint tensor `name` of shape `found` can be adapted to the `expected`
+    /// shape when loading (GFNet's filters and position embedding at another input size).
+    pub fn can_resize(&self, name: &str, found: &[usize], expected: &[usize]) -> bool {
+        match self {
+            Self::Gfnet(c) => c.can_resize(name, found, expected),
+            _ => false,
+        }
+    }
+
+    /// Adapts a tensor accepted by [`can_resize`](Self::can_resize) to `expected`.
+    pub fn resize_tensor(
+        &self,
+        name: &str,
+        t: &Tensor,
+        expected: &[usize],
+    ) -> CandleResult<Tensor> {
+        match self {
+            Self::Gfnet(c) => c.resize(name, t, expected),
+            _ => candle_core::bail!("{name} cannot be resized to {expected:?}"),
         }
     }
 
@@ -173,6 +208,7 @@ impl ArchConfig {
             Self::MetaFormer(c) => c.in_chans = n,
             Self::MambaOut(c) => c.in_chans = n,
             Self::MlpMixer(c) => c.in_chans = n,
+            Self::Gfnet(c) => c.in_chans = n,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The model zoo: every named model, under its timm name, with the facts a user compares.
 
 use crate::checkpoint::param_count;
+use crate::gfnet::GfnetConfig as Gf;
 use crate::mambaout::MambaOutConfig as Mo;
 use crate::metaformer::MetaFormerConfig as Mf;
 use crate::mlp_mixer::MlpMixerConfig as Mm;
@@ -123,6 +124,10 @@ static MODELS: &[ModelEntry] = &[
     entry!("gmlp_ti16_224", "gmlp", Some(72.3), ArchConfig::MlpMixer(Mm::gmlp(128)), pretrained: PretrainedCfg::inception(0.875)),
     entry!("gmlp_s16_224", "gmlp", Some(79.6), ArchConfig::MlpMixer(Mm::gmlp(256)), pretrained: PretrainedCfg::inception(0.875)),
     entry!("gmlp_b16_224", "gmlp", Some(81.6), ArchConfig::MlpMixer(Mm::gmlp(512)), pretrained: PretrainedCfg::inception(0.875)),
+    entry!("gfnet_ti", "gfnet", Some(74.6), ArchConfig::Gfnet(Gf::new(256, 12)), pretrained: PretrainedCfg::metaformer(0.9)),
+    entry!("gfnet_xs", "gfnet", Some(78.6), ArchConfig::Gfnet(Gf::new(384, 12)), pretrained: PretrainedCfg::metaformer(0.9)),
+    entry!("gfnet_s", "gfnet", Some(80.0), ArchConfig::Gfnet(Gf::new(384, 19)), pretrained: PretrainedCfg::metaformer(0.9)),
+    entry!("gfnet_b", "gfnet", Some(80.7), ArchConfig::Gfnet(Gf::new(512, 19)), pretrained: PretrainedCfg::metaformer(0.9)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).

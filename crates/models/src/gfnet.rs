@@ -1,0 +1,289 @@
+//! GFNet: isotropic Global Filter Networks (Rao et al., NeurIPS 2021, arXiv 2107.00645), with
+//! the tensor names of raoyongming/GFNet (`gfnet.py`, class `GFNet`).
+//!
+//! The filters and the position embedding fix the (square) input size. A checkpoint trained at
+//! another size is adapted when loaded, as GFNet's fine-tuning script does: the position
+//! embedding is resized bicubically (`align_corners=False`) and each complex filter bicubically
+//! with `align_corners=True` to the new `(g, g/2 + 1)` grid.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{ActKind, Mlp, Norm, NormConfig};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_f64, as_usize};
+use crate::resize::bicubic;
+use crate::{Error, ImageModel};
+
+/// Hyper-parameters of a [`Gfnet`], named as GFNet's constructor arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GfnetConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs; 0 means none (the head returns pooled features).
+    pub num_classes: usize,
+    /// Side of the square input.
+    pub img_size: usize,
+    /// Side of the square patches.
+    pub patch_size: usize,
+    /// Channels.
+    pub embed_dim: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    /// Hidden width of the MLPs as a multiple of `embed_dim`.
+    pub mlp_ratio: f64,
+}
+
+impl GfnetConfig {
+    /// An isotropic GFNet with patch 16 at 224².
+    pub fn new(embed_dim: usize, depth: usize) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            img_size: 224,
+            patch_size: 16,
+            embed_dim,
+            depth,
+            mlp_ratio: 4.0,
+        }
+    }
+
+    /// Side of the patch grid.
+    pub fn grid(&self) -> usize {
+        self.img_size / self.patch_size.max(1)
+    }
+
+    fn mixer(&self) -> MixerConfig {
+        MixerConfig::GlobalFilter {
+            height: self.grid(),
+            width: self.grid(),
+        }
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let (s, p) = (self.img_size, self.patch_size);
+        if p == 0 || s == 0 || s % p != 0 || s > 16_384 {
+            return Err(format!(
+                "img_size {s} must be positive, at most 16384 and divisible by patch_size {p}"
+            ));
+        }
+        if self.in_chans == 0 || self.in_chans > 4096 || self.num_classes > 1_000_000 {
+            return Err(format!(
+                "in_chans must be in 1..=4096 and num_classes at most 1000000, got {} and {}",
+                self.in_chans, self.num_classes
+            ));
+        }
+        if self.embed_dim == 0 || self.embed_dim > 65_536 || self.depth > 1000 {
+            return Err(format!(
+                "embed_dim must be in 1..=65536 and depth at most 1000, got {} and {}",
+                self.embed_dim, self.depth
+            ));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!(
+                "mlp_ratio must be in (0, 64], got {}",
+                self.mlp_ratio
+            ));
+        }
+        self.mixer()
+            .validate(self.embed_dim)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Applies `model_args`: `img_size`, `patch_size`, `embed_dim`, `depth`, `mlp_ratio`,
+    /// `in_chans`, `num_classes`; drop rates are accepted and ignored.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
+            match key.as_str() {
+                "img_size" => {
+                    self.img_size = match value {
+                        Value::Array(a) if a.len() == 2 && a[0] == a[1] => as_usize(&a[0]),
+                        v => as_usize(v),
+                    }
+                    .ok_or_else(|| bad("an integer (GFNet inputs are square)"))?
+                }
+                "patch_size" => self.patch_size = int()?,
+                "embed_dim" => self.embed_dim = int()?,
+                "depth" => self.depth = int()?,
+                "in_chans" => self.in_chans = int()?,
+                "num_classes" => self.num_classes = int()?,
+                "mlp_ratio" => self.mlp_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
+                "drop_rate" | "drop_path_rate" | "dropcls" | "uniform_drop" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unsupported argument '{key}' = {value} for a GFNet model"),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass at `img_size`.
+    pub fn macs(&self) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let g = self.grid();
+        let n = (g * g) as u64;
+        let d = self.embed_dim as u64;
+        let hidden = (self.mlp_ratio * self.embed_dim as f64) as u64;
+        let p2 = (self.patch_size * self.patch_size) as u64;
+        let block = self.mixer().macs(self.embed_dim, g, g) + 2 * n * d * hidden;
+        n * d * self.in_chans as u64 * p2 + block * self.depth as u64 + d * self.num_classes as u64
+    }
+
+    /// Whether a checkpoint tensor of shape `found` can be resized to `expected` (the position
+    /// embedding or a filter trained at another input size).
+    pub fn can_resize(&self, name: &str, found: &[usize], expected: &[usize]) -> bool {
+        match (found, expected) {
+            ([1, n, d], [1, _, d2]) if name == "pos_embed" => d == d2 && square_side(*n).is_some(),
+            ([_, _, c, 2], [_, _, c2, 2]) if name.ends_with("filter.complex_weight") => c == c2,
+            _ => false,
+        }
+    }
+
+    /// Resizes a tensor accepted by [`can_resize`](Self::can_resize) to `expected`.
+    pub fn resize(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<Tensor> {
+        let dev = t.device();
+        if name == "pos_embed" {
+            let (_, n, d) = t.dims3()?;
+            let (g, new_g) = (square_side(n).unwrap_or(1), self.grid());
+            let planes: Vec<f32> = t.squeeze(0)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            let out = bicubic(&planes, (d, g, g), (new_g, new_g), false);
+            return Tensor::from_vec(out, (d, new_g * new_g), dev)?
+                .t()?
+                .unsqueeze(0)?
+                .contiguous();
+        }
+        let (h, k, c, _) = t.dims4()?;
+        let (nh, nk) = (expected[0], expected[1]);
+        let planes: Vec<f32> = t
+            .permute((2, 3, 0, 1))?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1()?;
+        let out = bicubic(&planes, (c * 2, h, k), (nh, nk), true);
+        Tensor::from_vec(out, (c, 2, nh, nk), dev)?
+            .permute((2, 3, 0, 1))?
+            .contiguous()
+    }
+}
+
+fn square_side(n: usize) -> Option<usize> {
+    let s = (n as f64).sqrt().round() as usize;
+    (s * s == n).then_some(s)
+}
+
+/// `x + mlp(norm2(filter(norm1(x))))` on `(B, N, C)` tokens (the filter sees them as
+/// `(B, g, g, C)`).
+#[derive(Debug)]
+struct Block {
+    norm1: Norm,
+    filter: Box<dyn TokenMixer>,
+    norm2: Norm,
+    mlp: Mlp,
+}
+
+/// An isotropic GFNet classifier.
+#[derive(Debug)]
+pub struct Gfnet {
+    cfg: GfnetConfig,
+    patch_embed: Conv2d,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Norm,
+    head: Option<Linear>,
+}
+
+impl Gfnet {
+    /// Builds the model, reading every tensor from `vb` under GFNet's names.
+    pub fn new(cfg: &GfnetConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let (d, g) = (cfg.embed_dim, cfg.grid());
+        let tokens = MixerLayout::Tokens;
+        let ln = NormConfig::LAYER_NORM;
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let hidden = (cfg.mlp_ratio * d as f64) as usize;
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let b = vb.pp("blocks").pp(i);
+                Ok(Block {
+                    norm1: ln.build(d, tokens, b.pp("norm1"))?,
+                    filter: cfg.mixer().build(d, b.pp("filter"))?,
+                    norm2: ln.build(d, tokens, b.pp("norm2"))?,
+                    mlp: Mlp::new(d, hidden, ActKind::Gelu, true, tokens, b.pp("mlp"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embed: candle_nn::conv2d(
+                cfg.in_chans,
+                d,
+                cfg.patch_size,
+                conv_cfg,
+                vb.pp("patch_embed").pp("proj"),
+            )?,
+            pos_embed: vb.get((1, g * g, d), "pos_embed")?,
+            blocks,
+            norm: ln.build(d, tokens, vb.pp("norm"))?,
+            head: (cfg.num_classes > 0)
+                .then(|| candle_nn::linear(d, cfg.num_classes, vb.pp("head")))
+                .transpose()?,
+        })
+    }
+}
+
+impl ImageModel for Gfnet {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    /// One feature map: the normed tokens after the last block as `(B, C, g, g)`.
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let s = self.cfg.img_size;
+        if (h, w) != (s, s) {
+            candle_core::bail!(
+                "this GFNet takes {s}x{s} images (its filters fix the grid; load the checkpoint \
+                 with model_args img_size to resize them), got {h}x{w}"
+            )
+        }
+        let x = self.patch_embed.forward(x)?;
+        let (b, d, g, _) = x.dims4()?;
+        let mut x = x
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            let t = block.norm1.forward(&x)?.reshape((b, g, g, d))?;
+            let t = block.filter.forward(&t)?.reshape((b, g * g, d))?;
+            x = (x + block.mlp.forward(&block.norm2.forward(&t)?)?)?;
+        }
+        let x = self.norm.forward(&x)?;
+        Ok(vec![x.transpose(1, 2)?.reshape((b, d, g, g))?])
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
+        match &self.head {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
+    }
+}

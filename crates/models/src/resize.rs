@@ -1,0 +1,94 @@
+//! Bicubic resizing of small weight grids, as PyTorch's `F.interpolate(mode="bicubic")` does it
+//! (cubic convolution with A = -0.75, border pixels repeated).
+
+const A: f64 = -0.75;
+
+fn near(x: f64) -> f64 {
+    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+}
+
+fn far(x: f64) -> f64 {
+    ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+}
+
+/// Source taps and weights of every output position along one axis.
+fn taps(n_in: usize, n_out: usize, align_corners: bool) -> Vec<([usize; 4], [f64; 4])> {
+    let scale = if align_corners {
+        if n_out > 1 {
+            (n_in as f64 - 1.0) / (n_out as f64 - 1.0)
+        } else {
+            0.0
+        }
+    } else {
+        n_in as f64 / n_out as f64
+    };
+    (0..n_out)
+        .map(|o| {
+            let src = if align_corners {
+                scale * o as f64
+            } else {
+                scale * (o as f64 + 0.5) - 0.5
+            };
+            let base = src.floor();
+            let t = src - base;
+            let clamp = |i: f64| (i.max(0.0) as usize).min(n_in - 1);
+            (
+                [
+                    clamp(base - 1.0),
+                    clamp(base),
+                    clamp(base + 1.0),
+                    clamp(base + 2.0),
+                ],
+                [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)],
+            )
+        })
+        .collect()
+}
+
+/// Resizes `planes` stacked `(P, H, W)` grids to `(P, out_h, out_w)` bicubically.
+pub fn bicubic(
+    data: &[f32],
+    (p, h, w): (usize, usize, usize),
+    (oh, ow): (usize, usize),
+    align_corners: bool,
+) -> Vec<f32> {
+    if (h, w) == (oh, ow) {
+        return data.to_vec();
+    }
+    let ty = taps(h, oh, align_corners);
+    let tx = taps(w, ow, align_corners);
+    let mut out = Vec::with_capacity(p * oh * ow);
+    for plane in data.chunks(h * w).take(p) {
+        for (iy, wy) in &ty {
+            for (ix, wx) in &tx {
+                let mut acc = 0.0f64;
+                for (yy, cy) in iy.iter().zip(wy) {
+                    for (xx, cx) in ix.iter().zip(wx) {
+                        acc += cy * cx * plane[yy * w + xx] as f64;
+                    }
+                }
+                out.push(acc as f32);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_and_linear_grids_survive() {
+        let ones = vec![2.0f32; 12];
+        assert!(bicubic(&ones, (1, 3, 4), (5, 7), true)
+            .iter()
+            .all(|v| (v - 2.0).abs() < 1e-6));
+        // Cubic convolution reproduces linear ramps away from the border (align_corners).
+        let ramp: Vec<f32> = (0..5).map(|i| i as f32).collect();
+        let up = bicubic(&ramp, (1, 1, 5), (1, 9), true);
+        for (i, v) in up.iter().enumerate() {
+            assert!((v - i as f32 / 2.0).abs() < 1e-5, "{up:?}");
+        }
+    }
+}
