@@ -46,7 +46,7 @@ fn filter_plane(
     (h, w): (usize, usize),
     weight: impl Fn(usize, usize) -> Complex32,
     spec: &mut [Complex32],
-    row: &mut Vec<Complex32>,
+    row: &mut [Complex32],
 ) {
     let k = w / 2 + 1;
     let scale = 1.0 / (h * w) as f32;
