@@ -12,11 +12,12 @@ Every parameter is re-drawn at random (weights ~ N(0, 1/fan_in), gains ~ U(0.5, 
 References: timm for PoolFormer v1/v2, ConvFormer, CAFormer, MambaOut and the MLP-Mixer family;
 the authors' code, from checkouts given on the command line and never committed, for
 IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to timm names with
-timm's own `checkpoint_filter_fn`) and GFNet (raoyongming/GFNet, its own tensor names).
+timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet) and MS-MLP (JegZheng/MS-MLP), the
+last two with their own tensor names.
 
 Usage (venv outside the repo with torch, timm, safetensors):
     python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer \
-        --gfnet-repo /path/to/raoyongming/GFNet [--out DIR]
+        --gfnet-repo /path/to/raoyongming/GFNet --msmlp-repo /path/to/JegZheng/MS-MLP [--out DIR]
 """
 import argparse
 from functools import partial
@@ -33,7 +34,7 @@ from timm.models import mlp_mixer as tmm
 from timm.models._hub import save_for_hf
 from safetensors.torch import save_file
 
-INPUT_SHAPE = (2, 3, 64, 96)  # batch 2, non-square
+INPUT_SHAPE = (2, 3, 32, 64)  # batch 2, non-square
 
 
 def randomize_(model, gen):
@@ -202,17 +203,17 @@ def sail_case(out, case, arch, sail_kwargs, model_args, timm_kwargs, mb, gen):
 
 def preprocess_case(out):
     """Two PNGs (one upscaled, one downscaled by the eval resize) and timm's eval transform of
-    each (crop_pct 0.9, bicubic), as `expected.safetensors`."""
+    each (112x112 crop, crop_pct 0.9, bicubic), as `expected.safetensors`."""
     import numpy as np
     from PIL import Image
     from timm.data import create_transform
 
     d = os.path.join(out, "preprocess")
     os.makedirs(d, exist_ok=True)
-    transform = create_transform(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.9,
+    transform = create_transform(input_size=(3, 112, 112), interpolation="bicubic", crop_pct=0.9,
                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     expected = {}
-    for name, (h, w) in [("small", (131, 173)), ("large", (300, 411))]:
+    for name, (h, w) in [("small", (71, 93)), ("large", (300, 411))]:
         yy, xx = np.mgrid[0:h, 0:w] * (131.0 / h)
         pixels = np.stack([127 + 120 * np.sin(xx / 9.0 + yy / 23.0), 127 + 120 * np.cos(yy / 7.0),
                            (xx * 3 + yy * 2) % 256], -1).astype(np.uint8)
@@ -299,10 +300,34 @@ def gfnet_cases(out, gf, gen):
     write_reference(d, x, logits, feats)
 
 
+def msmlp_case(out, case, ms, args, input_shape, gen):
+    """MS-MLP from JegZheng/MS-MLP with its own tensor names."""
+    model = ms.MS_MLP(**args).eval()
+    randomize_(model, gen)
+    x = torch.randn(input_shape, generator=gen)
+    with torch.no_grad():
+        t = model.patch_embed(x)
+        feats = []
+        for layer in model.layers:
+            for blk in layer.blocks:
+                t = blk(t)
+            feats.append(t)
+            if layer.downsample is not None:
+                t = layer.downsample(t)
+        logits = model(x)
+    cfg = dict(input_size=(args.get("in_chans", 3), 224, 224), interpolation="bicubic", crop_pct=0.875,
+               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    num_features = args["embed_dim"] * 2 ** (len(args["depths"]) - 1)
+    d = os.path.join(out, case)
+    write_model_dir(d, "msmlp_tiny", model.state_dict(), args, cfg, num_features)
+    write_reference(d, x, logits, feats)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--metaformer-repo", required=True, help="checkout of sail-sg/metaformer")
     ap.add_argument("--gfnet-repo", required=True, help="checkout of raoyongming/GFNet")
+    ap.add_argument("--msmlp-repo", required=True, help="checkout of JegZheng/MS-MLP")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     args = ap.parse_args()
     sys.path.insert(0, args.metaformer_repo)
@@ -351,6 +376,17 @@ def main():
     sys.path.insert(0, args.gfnet_repo)
     import gfnet as gf
     gfnet_cases(args.out, gf, gen)
+
+    sys.path.insert(0, args.msmlp_repo)
+    from models import ms_mlp as ms
+    msmlp_case(args.out, "msmlp_tiny", ms,
+               dict(img_size=list(INPUT_SHAPE[2:]), embed_dim=14, depths=[1, 1, 1, 1], num_classes=10,
+                    mix_size=[[1, 1, 3, 5, 7], [1, 3, 3, 5, 7], [1, 5, 5, 5, 7], [1, 7, 7, 7, 7]]),
+               INPUT_SHAPE, gen)
+    msmlp_case(args.out, "msmlp_custom", ms,
+               dict(img_size=[20, 12], patch_size=2, in_chans=1, embed_dim=9, depths=[1, 2], num_classes=0,
+                    shift_size=3, shift_dist=[-1, 0, 2], mix_size=[[1, 3, 5], [3, 3, 3]], mlp_ratio=2.0,
+                    patch_norm=False), (3, 1, 20, 12), gen)
 
     preprocess_case(args.out)
     print("fixtures written to", os.path.abspath(args.out))

@@ -203,7 +203,7 @@ fn randformer_at_another_size_is_an_error_not_garbage() {
     let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
     let err = model.forward(&x).unwrap_err().to_string();
     assert!(
-        err.contains("random_mixing mixer: built for 24 tokens"),
+        err.contains("random_mixing mixer: built for 8 tokens"),
         "{err}"
     );
 }

@@ -152,3 +152,13 @@ fn gfnet_matches_the_reference() {
 fn gfnet_at_another_resolution_matches_the_reference() {
     check("gfnet_resized");
 }
+
+#[test]
+fn msmlp_matches_the_reference() {
+    check("msmlp_tiny");
+}
+
+#[test]
+fn msmlp_with_custom_model_args_matches_the_reference() {
+    check("msmlp_custom");
+}

@@ -252,6 +252,24 @@ pub struct Pointwise {
 }
 
 impl Pointwise {
+    /// Like [`Pointwise::new`], but the checkpoint stores a `Linear` weight `[out, in]` even in
+    /// the channel-first layout (MS-MLP's `pwconv`s).
+    pub fn from_linear(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
+            layout,
+            out_dim,
+            in_dim,
+        })
+    }
+
     /// Loads `weight` (and `bias` if `bias`) mapping `in_dim` to `out_dim` channels.
     pub fn new(
         in_dim: usize,

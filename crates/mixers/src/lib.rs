@@ -18,7 +18,7 @@
 //! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
 //!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut),
 //!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP),
-//!   [`GlobalFilter`] (GFNet).
+//!   [`GlobalFilter`] (GFNet), [`MixShift`] (MS-MLP).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -32,6 +32,7 @@ pub mod mlp_mixer;
 pub mod pooling;
 pub mod random_mixing;
 pub mod sepconv;
+pub mod shift;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -46,6 +47,7 @@ pub use mlp_mixer::{LinearTokens, SpatialGating, TokenMlp};
 pub use pooling::Pooling;
 pub use random_mixing::RandomMixing;
 pub use sepconv::SepConv;
+pub use shift::MixShift;
 
 /// The tensor layout a token mixer consumes and produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +141,14 @@ pub enum MixerConfig {
         /// Grid width the filter was built for.
         width: usize,
     },
+    /// MS-MLP's mix-shift: channel groups rolled along width and height, each followed by a
+    /// depthwise convolution.
+    MixShift {
+        /// Roll distance of each channel group (one group per entry).
+        shift_dist: Vec<i32>,
+        /// Depthwise kernel size of each group (odd).
+        mix_size: Vec<usize>,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -178,9 +188,10 @@ impl MixerConfig {
     pub fn layout(&self) -> MixerLayout {
         match self {
             Self::Identity => MixerLayout::Any,
-            Self::Pooling { .. } | Self::RandomMixing { .. } | Self::SepConv { .. } => {
-                MixerLayout::Spatial
-            }
+            Self::Pooling { .. }
+            | Self::RandomMixing { .. }
+            | Self::SepConv { .. }
+            | Self::MixShift { .. } => MixerLayout::Spatial,
             Self::Attention { .. }
             | Self::TokenMlp { .. }
             | Self::LinearTokens { .. }
@@ -233,6 +244,22 @@ impl MixerConfig {
                 bad(
                     "global_filter",
                     format!("the grid must have 1..=65536 positions, got {height}x{width}"),
+                )
+            }
+            Self::MixShift {
+                shift_dist,
+                mix_size,
+            } if shift_dist.len() != mix_size.len()
+                || mix_size.iter().any(|k| k % 2 == 0)
+                || shift::chunk_sizes(dim, shift_dist.len()).len() != shift_dist.len() =>
+            {
+                bad(
+                    "mix_shift",
+                    format!(
+                        "need one odd kernel per shift and {} channel groups of {dim} channels \
+                         (torch.chunk), got shifts {shift_dist:?} and kernels {mix_size:?}",
+                        shift_dist.len()
+                    ),
                 )
             }
             Self::TokenMlp { num_tokens, .. }
@@ -298,6 +325,10 @@ impl MixerConfig {
             Self::GlobalFilter { height, width } => {
                 Box::new(GlobalFilter::new(dim, *height, *width, vb)?)
             }
+            Self::MixShift {
+                shift_dist,
+                mix_size,
+            } => Box::new(MixShift::new(dim, shift_dist, mix_size, vb)?),
         })
     }
 
@@ -333,6 +364,18 @@ impl MixerConfig {
             }
             Self::LinearTokens { num_tokens } | Self::SpatialGating { num_tokens } => {
                 (*num_tokens as u64).pow(2) * dim
+            }
+            Self::MixShift {
+                shift_dist,
+                mix_size,
+            } => {
+                let sizes = shift::chunk_sizes(dim as usize, shift_dist.len());
+                let taps: u64 = sizes
+                    .iter()
+                    .zip(mix_size)
+                    .map(|(&c, &k)| (c * k * k) as u64)
+                    .sum();
+                2 * n * taps
             }
             Self::GlobalFilter { .. } => {
                 // The two FFTs (~ N log2 N each) and the complex product, per channel.

@@ -20,6 +20,7 @@ pub mod imagenet;
 pub mod mambaout;
 pub mod metaformer;
 pub mod mlp_mixer;
+pub mod msmlp;
 pub mod preprocess;
 pub mod pretrained;
 pub mod registry;
@@ -35,6 +36,7 @@ pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
 pub use mlp_mixer::{MlpMixer, MlpMixerConfig};
+pub use msmlp::{MsMlp, MsMlpConfig};
 pub use pretrained::PretrainedCfg;
 pub use registry::{list_models, model_entry, ModelEntry};
 
@@ -94,6 +96,8 @@ pub enum ArchConfig {
     MlpMixer(MlpMixerConfig),
     /// An isotropic [`Gfnet`].
     Gfnet(GfnetConfig),
+    /// An [`MsMlp`].
+    MsMlp(MsMlpConfig),
 }
 
 impl ArchConfig {
@@ -104,6 +108,7 @@ impl ArchConfig {
             Self::MambaOut(c) => Box::new(MambaOut::new(c, vb)?),
             Self::MlpMixer(c) => Box::new(MlpMixer::new(c, vb)?),
             Self::Gfnet(c) => Box::new(Gfnet::new(c, vb)?),
+            Self::MsMlp(c) => Box::new(MsMlp::new(c, vb)?),
         })
     }
 
@@ -117,6 +122,7 @@ impl ArchConfig {
             Self::MambaOut(c) => c.apply_model_args(args),
             Self::MlpMixer(c) => c.apply_model_args(args),
             Self::Gfnet(c) => c.apply_model_args(args),
+            Self::MsMlp(c) => c.apply_model_args(args),
         }
     }
 
@@ -127,6 +133,7 @@ impl ArchConfig {
             Self::MambaOut(c) => c.macs(h, w),
             Self::MlpMixer(c) => c.macs(),
             Self::Gfnet(c) => c.macs(),
+            Self::MsMlp(c) => c.macs(h, w),
         }
     }
 
@@ -137,6 +144,7 @@ impl ArchConfig {
             Self::MambaOut(c) => c.in_chans,
             Self::MlpMixer(c) => c.in_chans,
             Self::Gfnet(c) => c.in_chans,
+            Self::MsMlp(c) => c.in_chans,
         }
     }
 
@@ -147,6 +155,7 @@ impl ArchConfig {
             Self::MambaOut(c) => c.num_classes,
             Self::MlpMixer(c) => c.num_classes,
             Self::Gfnet(c) => c.num_classes,
+            Self::MsMlp(c) => c.num_classes,
         }
     }
 
@@ -157,6 +166,7 @@ impl ArchConfig {
             Self::MambaOut(c) => c.num_classes = n,
             Self::MlpMixer(c) => c.num_classes = n,
             Self::Gfnet(c) => c.num_classes = n,
+            Self::MsMlp(c) => c.num_classes = n,
         }
     }
 
@@ -168,6 +178,7 @@ impl ArchConfig {
             Self::MambaOut(_) => {}
             Self::MlpMixer(c) => c.img_size = (h, w),
             Self::Gfnet(c) => c.img_size = h.min(w),
+            Self::MsMlp(_) => {}
         }
     }
 
@@ -176,7 +187,7 @@ impl ArchConfig {
         match self {
             Self::MlpMixer(c) => Some(c.img_size),
             Self::Gfnet(c) => Some((c.img_size, c.img_size)),
-            Self::MetaFormer(_) | Self::MambaOut(_) => None,
+            Self::MetaFormer(_) | Self::MambaOut(_) | Self::MsMlp(_) => None,
         }
     }
 
@@ -209,6 +220,7 @@ impl ArchConfig {
             Self::MambaOut(c) => c.in_chans = n,
             Self::MlpMixer(c) => c.in_chans = n,
             Self::Gfnet(c) => c.in_chans = n,
+            Self::MsMlp(c) => c.in_chans = n,
         }
     }
 }

@@ -84,8 +84,9 @@ pub fn preprocess(img: &DynamicImage, cfg: &PretrainedCfg, device: &Device) -> R
         rh.max(th as u32),
         filter(&cfg.interpolation)?,
     );
-    let left = ((resized.width() as f64 - tw as f64) / 2.0).round() as u32;
-    let top = ((resized.height() as f64 - th as f64) / 2.0).round() as u32;
+    // torchvision's center crop rounds half-pixel offsets with Python's round (half to even).
+    let left = ((resized.width() as f64 - tw as f64) / 2.0).round_ties_even() as u32;
+    let top = ((resized.height() as f64 - th as f64) / 2.0).round_ties_even() as u32;
     let cropped = resized.crop_imm(left, top, tw as u32, th as u32);
     let data: Vec<u8> = if channels == 3 {
         cropped.to_rgb8().into_raw()

@@ -5,6 +5,7 @@ use crate::gfnet::GfnetConfig as Gf;
 use crate::mambaout::MambaOutConfig as Mo;
 use crate::metaformer::MetaFormerConfig as Mf;
 use crate::mlp_mixer::MlpMixerConfig as Mm;
+use crate::msmlp::MsMlpConfig as Ms;
 use crate::{ArchConfig, Error, PretrainedCfg, Result};
 
 /// One named model of the zoo.
@@ -128,6 +129,9 @@ static MODELS: &[ModelEntry] = &[
     entry!("gfnet_xs", "gfnet", Some(78.6), ArchConfig::Gfnet(Gf::new(384, 12)), pretrained: PretrainedCfg::metaformer(0.9)),
     entry!("gfnet_s", "gfnet", Some(80.0), ArchConfig::Gfnet(Gf::new(384, 19)), pretrained: PretrainedCfg::metaformer(0.9)),
     entry!("gfnet_b", "gfnet", Some(80.7), ArchConfig::Gfnet(Gf::new(512, 19)), pretrained: PretrainedCfg::metaformer(0.9)),
+    entry!("msmlp_tiny", "msmlp", Some(82.1), ArchConfig::MsMlp(Ms::new(96, [3, 3, 9, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("msmlp_small", "msmlp", Some(83.4), ArchConfig::MsMlp(Ms::new(96, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("msmlp_base", "msmlp", Some(83.8), ArchConfig::MsMlp(Ms::new(128, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).

@@ -1,0 +1,342 @@
+//! MS-MLP (Mix-Shift-MLP, arXiv 2202.06510) with the tensor names of JegZheng/MS-MLP
+//! (`models/ms_mlp.py`, class `MS_MLP`).
+//!
+//! A four-stage pyramid on `(B, C, H, W)`: a patch embedding (conv + LayerNorm), stages of
+//! mix-shift blocks each followed (except the last) by a 2x2 patch embedding that doubles the
+//! width, then global average pooling, LayerNorm and a linear head. No weight depends on the
+//! input size, so any input whose side survives the strides is accepted (the reference asserts
+//! its configured `img_size`).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{Norm, NormConfig, Pointwise, Scale};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_f64, as_usize, usize_list};
+use crate::{Error, ImageModel};
+
+/// Hyper-parameters of an [`MsMlp`], named as `MS_MLP`'s constructor arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MsMlpConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs; 0 means none (the head returns pooled features).
+    pub num_classes: usize,
+    /// Side of the square patches of the stem.
+    pub patch_size: usize,
+    /// Channels of the first stage; stage `i` has `embed_dim * 2^i`.
+    pub embed_dim: usize,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Roll distance of each channel group.
+    pub shift_dist: Vec<i32>,
+    /// Per stage, the depthwise kernel size of each channel group.
+    pub mix_size: Vec<Vec<usize>>,
+    /// Hidden width of the block MLPs as a multiple of the stage width.
+    pub mlp_ratio: f64,
+    /// Whether the stem's patch embedding is followed by a LayerNorm (the downsamplers always
+    /// are, as in the reference).
+    pub patch_norm: bool,
+}
+
+impl MsMlpConfig {
+    /// MS-MLP with the released configs' shifts and mix sizes.
+    pub fn new(embed_dim: usize, depths: [usize; 4]) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            patch_size: 4,
+            embed_dim,
+            depths: depths.to_vec(),
+            shift_dist: vec![-2, -1, 0, 1, 2],
+            mix_size: vec![
+                vec![1, 1, 3, 5, 7],
+                vec![1, 3, 3, 5, 7],
+                vec![1, 5, 5, 5, 7],
+                vec![1, 7, 7, 7, 7],
+            ],
+            mlp_ratio: 4.0,
+            patch_norm: true,
+        }
+    }
+
+    fn dim(&self, stage: usize) -> usize {
+        self.embed_dim << stage
+    }
+
+    fn mixer(&self, stage: usize) -> MixerConfig {
+        MixerConfig::MixShift {
+            shift_dist: self.shift_dist.clone(),
+            mix_size: self.mix_size[stage].clone(),
+        }
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.depths.len();
+        if n == 0 || n > 8 || self.mix_size.len() != n {
+            return Err(format!(
+                "need 1..=8 stages with one mix_size list each, got {n} and {}",
+                self.mix_size.len()
+            ));
+        }
+        if self.patch_size == 0
+            || self.in_chans == 0
+            || self.in_chans > 4096
+            || self.num_classes > 1_000_000
+        {
+            return Err("patch_size and in_chans must be positive and sane".into());
+        }
+        if self.embed_dim == 0 || self.dim(n - 1) > 65_536 || self.depths.iter().any(|&d| d > 1000)
+        {
+            return Err(format!(
+                "embed_dim {} with {n} stages is out of range",
+                self.embed_dim
+            ));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!(
+                "mlp_ratio must be in (0, 64], got {}",
+                self.mlp_ratio
+            ));
+        }
+        for i in 0..n {
+            self.mixer(i)
+                .validate(self.dim(i))
+                .map_err(|e| format!("stage {i}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Applies `model_args`: `embed_dim`, `depths`, `patch_size`, `shift_dist`, `mix_size`,
+    /// `mlp_ratio`, `patch_norm`, `in_chans`, `num_classes`; `img_size` (the reference's input
+    /// check) and drop rates are accepted and ignored.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
+            match key.as_str() {
+                "embed_dim" => self.embed_dim = int()?,
+                "patch_size" => self.patch_size = int()?,
+                "in_chans" => self.in_chans = int()?,
+                "num_classes" => self.num_classes = int()?,
+                "depths" => {
+                    self.depths = usize_list(value).ok_or_else(|| bad("a list of integers"))?
+                }
+                "mlp_ratio" => self.mlp_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
+                "patch_norm" => {
+                    self.patch_norm = value.as_bool().ok_or_else(|| bad("a boolean"))?
+                }
+                "shift_dist" => {
+                    self.shift_dist = value
+                        .as_array()
+                        .and_then(|a| {
+                            a.iter()
+                                .map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
+                                .collect()
+                        })
+                        .ok_or_else(|| bad("a list of integers"))?
+                }
+                "shift_size" => {
+                    if int()? != self.shift_dist.len() {
+                        return Err(bad("the number of entries of shift_dist"));
+                    }
+                }
+                "mix_size" => {
+                    self.mix_size = value
+                        .as_array()
+                        .and_then(|a| a.iter().map(usize_list).collect())
+                        .ok_or_else(|| bad("a list of lists of integers"))?
+                }
+                "img_size" | "drop_rate" | "drop_path_rate" | "use_checkpoint" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unsupported argument '{key}' = {value} for an MS-MLP model"),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass of one `h x w` image.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let p = self.patch_size;
+        let (mut sh, mut sw) = (h / p, w / p);
+        let mut total = (sh * sw * self.embed_dim * self.in_chans * p * p) as u64;
+        for (i, &depth) in self.depths.iter().enumerate() {
+            let dim = self.dim(i);
+            let n = (sh * sw) as u64;
+            let hidden = (self.mlp_ratio * dim as f64) as u64;
+            let block = self.mixer(i).macs(dim, sh, sw) + 2 * n * dim as u64 * hidden;
+            total += block * depth as u64;
+            if i + 1 < self.depths.len() {
+                (sh, sw) = (sh / 2, sw / 2);
+                total += (sh * sw * 2 * dim * dim * 4) as u64;
+            }
+        }
+        total + (self.dim(self.depths.len() - 1) * self.num_classes) as u64
+    }
+}
+
+/// Conv `k x k / k` then LayerNorm over channels (`proj`, `norm`).
+#[derive(Debug)]
+struct PatchEmbed {
+    proj: Conv2d,
+    norm: Option<Norm>,
+}
+
+impl PatchEmbed {
+    fn new(cin: usize, cout: usize, k: usize, norm: bool, vb: VarBuilder) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            stride: k,
+            ..Default::default()
+        };
+        Ok(Self {
+            proj: candle_nn::conv2d(cin, cout, k, cfg, vb.pp("proj"))?,
+            norm: norm
+                .then(|| NormConfig::LAYER_NORM.build(cout, MixerLayout::Spatial, vb.pp("norm")))
+                .transpose()?,
+        })
+    }
+}
+
+impl Module for PatchEmbed {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.proj.forward(x)?;
+        match &self.norm {
+            Some(n) => n.forward(&x),
+            None => Ok(x),
+        }
+    }
+}
+
+/// `x + gamma * pwconv2(GELU(pwconv1(norm(mix_shift(x)))))` on `(B, C, H, W)`.
+#[derive(Debug)]
+struct Block {
+    mixer: Box<dyn TokenMixer>,
+    norm: Norm,
+    pwconv1: Pointwise,
+    pwconv2: Pointwise,
+    gamma: Scale,
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.norm.forward(&self.mixer.forward(x)?)?;
+        let y = self
+            .pwconv2
+            .forward(&self.pwconv1.forward(&y)?.gelu_erf()?)?;
+        x + self.gamma.forward(&y)?
+    }
+}
+
+#[derive(Debug)]
+struct Stage {
+    blocks: Vec<Block>,
+    downsample: Option<PatchEmbed>,
+}
+
+/// An MS-MLP classifier.
+#[derive(Debug)]
+pub struct MsMlp {
+    cfg: MsMlpConfig,
+    patch_embed: PatchEmbed,
+    stages: Vec<Stage>,
+    norm: Norm,
+    head: Option<Linear>,
+}
+
+impl MsMlp {
+    /// Builds the model, reading every tensor from `vb` under MS-MLP's names.
+    pub fn new(cfg: &MsMlpConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let sp = MixerLayout::Spatial;
+        let n = cfg.depths.len();
+        let mut stages = Vec::with_capacity(n);
+        for (i, &depth) in cfg.depths.iter().enumerate() {
+            let (dim, l) = (cfg.dim(i), vb.pp("layers").pp(i));
+            let hidden = (cfg.mlp_ratio * dim as f64) as usize;
+            let blocks = (0..depth)
+                .map(|j| {
+                    let b = l.pp("blocks").pp(j);
+                    Ok(Block {
+                        mixer: cfg.mixer(i).build(dim, b.clone())?,
+                        norm: NormConfig::LAYER_NORM.build(dim, sp, b.pp("norm"))?,
+                        pwconv1: Pointwise::from_linear(dim, hidden, true, sp, b.pp("pwconv1"))?,
+                        pwconv2: Pointwise::from_linear(hidden, dim, true, sp, b.pp("pwconv2"))?,
+                        gamma: Scale::new_named(dim, sp, "gamma", b)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let downsample = (i + 1 < n)
+                .then(|| PatchEmbed::new(dim, 2 * dim, 2, true, l.pp("downsample")))
+                .transpose()?;
+            stages.push(Stage { blocks, downsample });
+        }
+        let last = cfg.dim(n - 1);
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embed: PatchEmbed::new(
+                cfg.in_chans,
+                cfg.embed_dim,
+                cfg.patch_size,
+                cfg.patch_norm,
+                vb.pp("patch_embed"),
+            )?,
+            stages,
+            norm: NormConfig::LAYER_NORM.build(last, MixerLayout::Tokens, vb.pp("norm"))?,
+            head: (cfg.num_classes > 0)
+                .then(|| candle_nn::linear(last, cfg.num_classes, vb.pp("head")))
+                .transpose()?,
+        })
+    }
+}
+
+impl ImageModel for MsMlp {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    /// Every stage's output before its downsampling.
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let min = self.cfg.patch_size << (self.stages.len() - 1);
+        if h < min || w < min {
+            candle_core::bail!("MS-MLP needs inputs of at least {min}x{min}, got {h}x{w}")
+        }
+        let mut x = self.patch_embed.forward(x)?;
+        let mut features = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            for block in &stage.blocks {
+                x = block.forward(&x)?;
+            }
+            features.push(x.clone());
+            if let Some(d) = &stage.downsample {
+                x = d.forward(&x)?;
+            }
+        }
+        Ok(features)
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let pooled = self
+            .norm
+            .forward(&tokenmix_mixers::layers::global_avg_pool(last)?)?;
+        match &self.head {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
+    }
+}
