@@ -107,7 +107,7 @@ struct BenchArgs {
     json: bool,
 }
 
-const DEFAULT_BENCH: [&str; 11] = [
+const DEFAULT_BENCH: [&str; 12] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -119,6 +119,7 @@ const DEFAULT_BENCH: [&str; 11] = [
     "resmlp_12_224",
     "gmlp_ti16_224",
     "gfnet_ti",
+    "msmlp_tiny",
 ];
 
 fn main() {
