@@ -13,7 +13,8 @@ References: timm for PoolFormer v1/v2, ConvFormer, CAFormer, MambaOut and the ML
 the authors' code, from checkouts given on the command line and never committed, for
 IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to timm names with
 timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet) and MS-MLP (JegZheng/MS-MLP), the
-last two with their own tensor names.
+last two with their own tensor names. The Mamba block is a plain PyTorch reference of
+state-spaces/mamba's `selective_scan_ref` equations written here (Vim-style bidirectional).
 
 Usage (venv outside the repo with torch, timm, safetensors):
     python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer \
@@ -77,6 +78,89 @@ def write_reference(out_dir, x, logits, feats):
         tensors[f"features.{i}"] = f
     save_file({k: v.detach().contiguous() for k, v in tensors.items()},
               os.path.join(out_dir, "reference.safetensors"))
+
+
+def selective_scan_ref(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False):
+    """The equations of state-spaces/mamba's `selective_scan_ref` (mamba_ssm/ops/
+    selective_scan_interface.py), for real A, B and C of shape (B, N, L): a plain PyTorch loop
+    over the sequence."""
+    import torch.nn.functional as F
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    x = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]))
+    ys = []
+    for i in range(u.shape[2]):
+        x = delta_a[:, :, i] * x + delta_b_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+    out = torch.stack(ys, dim=2) + u * D[:, None]
+    return out if z is None else out * F.silu(z)
+
+
+class MambaRef(tmf.Attention):
+    """The Mamba block of state-spaces/mamba (`Mamba.forward`'s reference path, no fused kernels),
+    bidirectional as Vision Mamba's "bimamba v2" (backward parameters with a `_b` suffix, the two
+    directions added and halved). It subclasses timm's metaformer `Attention` only so that timm's
+    `MetaFormerStage` runs it on (B, N, C) tokens."""
+
+    def __init__(self, dim, d_state=16, d_conv=4, expand=2, **kwargs):
+        nn.Module.__init__(self)
+        inner, self.rank, self.n = expand * dim, math.ceil(dim / 16), d_state
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        for sfx in ("", "_b"):
+            setattr(self, "conv1d" + sfx, nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1))
+            setattr(self, "x_proj" + sfx, nn.Linear(inner, self.rank + 2 * d_state, bias=False))
+            setattr(self, "dt_proj" + sfx, nn.Linear(self.rank, inner, bias=True))
+            a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(inner, 1)
+            setattr(self, "A" + sfx + "_log", nn.Parameter(torch.log(a)))
+            setattr(self, "D" + sfx, nn.Parameter(torch.ones(inner)))
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+
+    def branch(self, x, z, sfx):
+        import torch.nn.functional as F
+        L = x.shape[-1]
+        x = F.silu(getattr(self, "conv1d" + sfx)(x)[..., :L])
+        x_dbl = getattr(self, "x_proj" + sfx)(x.transpose(1, 2))
+        dt, B, C = torch.split(x_dbl, [self.rank, self.n, self.n], dim=-1)
+        dt_proj = getattr(self, "dt_proj" + sfx)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)
+        A = -torch.exp(getattr(self, "A" + sfx + "_log").float())
+        return selective_scan_ref(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), getattr(self, "D" + sfx).float(),
+                                  z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True)
+
+    def forward(self, hidden):
+        xz = self.in_proj(hidden).transpose(1, 2)
+        x, z = xz.chunk(2, dim=1)
+        out = self.branch(x, z, "")
+        out_b = self.branch(x.flip(-1), z.flip(-1), "_b")
+        return self.out_proj(((out + out_b.flip(-1)) / 2).transpose(1, 2))
+
+
+def mambaformer_case(out, gen):
+    """tokenmix's MambaFormer (CAFormer with Mamba mixers in stages 2-3) built as a timm
+    MetaFormer around the reference Mamba block."""
+    args = dict(depths=[1, 1, 2, 1], dims=[16, 24, 32, 48], num_classes=10)
+    kwargs = {**timm_kwargs("caformer_s18"), **args}
+    kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, MambaRef, MambaRef]
+    model = tmf.MetaFormer(**kwargs).eval()
+    randomize_(model, gen)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_log"):  # keep A = -exp(A_log) a decay, as trained models have
+                p.copy_(torch.log(torch.rand(p.shape, generator=gen) * 2 + 0.1))
+            elif ".dt_proj" in name and name.endswith("bias"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 3)
+    x = torch.randn(INPUT_SHAPE, generator=gen)
+    with torch.no_grad():
+        feats = timm_features(model, x)
+        logits = model.forward_head(feats[-1])
+    cfg = timm.models.get_pretrained_cfg("caformer_s18").to_dict()
+    d = os.path.join(out, "mambaformer_s18")
+    write_model_dir(d, "mambaformer_s18", model.state_dict(), args, cfg, args["dims"][-1])
+    write_reference(d, x, logits, feats)
 
 
 def timm_family(arch):
@@ -387,6 +471,8 @@ def main():
                dict(img_size=[20, 12], patch_size=2, in_chans=1, embed_dim=9, depths=[1, 2], num_classes=0,
                     shift_size=3, shift_dist=[-1, 0, 2], mix_size=[[1, 3, 5], [3, 3, 3]], mlp_ratio=2.0,
                     patch_norm=False), (3, 1, 20, 12), gen)
+
+    mambaformer_case(args.out, gen)
 
     preprocess_case(args.out)
     print("fixtures written to", os.path.abspath(args.out))

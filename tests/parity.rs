@@ -162,3 +162,8 @@ fn msmlp_matches_the_reference() {
 fn msmlp_with_custom_model_args_matches_the_reference() {
     check("msmlp_custom");
 }
+
+#[test]
+fn mambaformer_matches_the_mamba_reference() {
+    check("mambaformer_s18");
+}

@@ -162,3 +162,34 @@ pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let y = (r4.broadcast_matmul(&cos_k.t()?)? - i4.broadcast_matmul(&sin_k.t()?)?)?;
     (y / (h * w) as f64)?.permute((0, 2, 3, 1))?.to_dtype(dtype)
 }
+
+/// The selective scan as a per-step loop of candle ops (the recurrence as Mamba's
+/// `selective_scan_ref` writes it): `u`, `delta` `(B, D, L)`, `a` `(D, N)`, `b`, `c`
+/// `(B, N, L)`; returns `y` `(B, D, L)` without the `D` skip or gating.
+pub fn selective_scan(
+    u: &Tensor,
+    delta: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+) -> Result<Tensor> {
+    let (batch, d, l) = u.dims3()?;
+    let n = a.dim(1)?;
+    let delta_a = delta
+        .unsqueeze(3)?
+        .broadcast_mul(&a.reshape((1, d, 1, n))?)?
+        .exp()?;
+    let delta_b_u = (delta * u)?
+        .unsqueeze(3)?
+        .broadcast_mul(&b.transpose(1, 2)?.unsqueeze(1)?)?;
+    let c = c.transpose(1, 2)?;
+    let mut state = Tensor::zeros((batch, d, n), u.dtype(), u.device())?;
+    let mut ys = Vec::with_capacity(l);
+    for t in 0..l {
+        state = ((delta_a.narrow(2, t, 1)?.squeeze(2)? * &state)?
+            + delta_b_u.narrow(2, t, 1)?.squeeze(2)?)?;
+        let ct = c.narrow(1, t, 1)?;
+        ys.push(state.broadcast_mul(&ct)?.sum(2)?);
+    }
+    Tensor::stack(&ys, 2)
+}

@@ -10,6 +10,7 @@
 //! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`.
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
+//! * [`selective_scan`]: Mamba's selective state-space recurrence.
 #![deny(missing_docs)]
 
 pub mod composed;
@@ -17,6 +18,7 @@ mod depthwise;
 mod error;
 mod norm;
 mod pool;
+mod scan;
 mod spectral;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -26,6 +28,7 @@ pub use depthwise::DepthwiseConv2d;
 pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
+pub use scan::SelectiveScan;
 pub use spectral::SpectralFilter;
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
@@ -109,5 +112,27 @@ pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             .apply_op2(&weight.contiguous()?, SpectralFilter)
     } else {
         composed::spectral_filter(x, weight)
+    }
+}
+
+/// Mamba's selective scan: `s_t = exp(delta_t * A) * s_{t-1} + delta_t * B_t * u_t`,
+/// `y_t = <s_t, C_t>` with a state of size `N` per `(batch, channel)`. `u`, `delta` are
+/// `(B, D, L)` (`delta` already biased and softplus-ed), `a` is `(D, N)`, `b` and `c` are
+/// `(B, N, L)`; returns `y` `(B, D, L)` (without the `D` skip or gating). The fused CPU path is a
+/// sequential loop over `L` parallel over `(B, D)`; the composed path a per-step loop of candle
+/// ops.
+pub fn selective_scan(
+    u: &Tensor,
+    delta: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+) -> Result<Tensor> {
+    if use_fused(u) && [delta, a, b, c].iter().all(|t| t.dtype() == DType::F32) {
+        let ud = Tensor::stack(&[u, delta], 0)?;
+        let bc = Tensor::stack(&[&b.transpose(1, 2)?, &c.transpose(1, 2)?], 0)?;
+        ud.apply_op3(&a.contiguous()?, &bc.contiguous()?, SelectiveScan)
+    } else {
+        composed::selective_scan(u, delta, a, b, c)
     }
 }

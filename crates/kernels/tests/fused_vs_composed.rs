@@ -254,3 +254,34 @@ fn spectral_filter_with_unit_weight_is_the_identity() {
         .to_string();
     assert!(err.contains("expected [6, 3, 3, 2]"), "{err}");
 }
+
+/// The whole-sequence fused scan against the step-by-step recurrence.
+#[test]
+fn selective_scan_matches_the_step_recurrence() {
+    for (b, d, l, n) in [(1, 1, 1, 1), (2, 3, 7, 4), (1, 5, 33, 16), (3, 2, 12, 3)] {
+        let u = randn(&[b, d, l]);
+        let delta = (randn(&[b, d, l]).exp().unwrap() * 0.5).unwrap();
+        let a = randn(&[d, n]).abs().unwrap().neg().unwrap();
+        // B and C as views of (B, L, N) tensors: non-contiguous inputs.
+        let bm = randn(&[b, l, n]).transpose(1, 2).unwrap();
+        let cm = randn(&[b, l, n]).transpose(1, 2).unwrap();
+        let fused = tokenmix_kernels::selective_scan(&u, &delta, &a, &bm, &cm).unwrap();
+        let reference = composed::selective_scan(&u, &delta, &a, &bm, &cm).unwrap();
+        let d_max = max_abs_diff(&fused, &reference);
+        assert!(d_max < 1e-4, "{b}x{d}x{l}x{n}: max diff {d_max}");
+    }
+}
+
+#[test]
+fn selective_scan_rejects_mismatched_shapes() {
+    let u = randn(&[1, 3, 5]);
+    let a = randn(&[4, 2]);
+    let bm = randn(&[1, 2, 5]);
+    let err = tokenmix_kernels::selective_scan(&u, &u, &a, &bm, &bm)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("selective_scan: a has shape [4, 2], expected (3, N)"),
+        "{err}"
+    );
+}

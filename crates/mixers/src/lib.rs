@@ -18,7 +18,7 @@
 //! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
 //!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut),
 //!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP),
-//!   [`GlobalFilter`] (GFNet), [`MixShift`] (MS-MLP).
+//!   [`GlobalFilter`] (GFNet), [`MixShift`] (MS-MLP), [`Mamba`] (bidirectional selective SSM).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -33,6 +33,7 @@ pub mod pooling;
 pub mod random_mixing;
 pub mod sepconv;
 pub mod shift;
+pub mod ssm;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -48,6 +49,7 @@ pub use pooling::Pooling;
 pub use random_mixing::RandomMixing;
 pub use sepconv::SepConv;
 pub use shift::MixShift;
+pub use ssm::Mamba;
 
 /// The tensor layout a token mixer consumes and produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +151,22 @@ pub enum MixerConfig {
         /// Depthwise kernel size of each group (odd).
         mix_size: Vec<usize>,
     },
+    /// The Mamba block (selective state-space scan) over the token sequence, Vision-Mamba style
+    /// in both directions when `bidirectional`.
+    Mamba {
+        /// State size `N` per channel.
+        d_state: usize,
+        /// Width of the causal depthwise conv.
+        d_conv: usize,
+        /// Hidden width as a multiple of the channels.
+        expand: usize,
+        /// Rank of the `dt` projection; `None` for `ceil(dim / 16)`.
+        dt_rank: Option<usize>,
+        /// Also scan the reversed sequence with its own parameters.
+        bidirectional: bool,
+        /// Halve the sum of the two directions (Vim's `if_devide_out`).
+        divide_out: bool,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -193,6 +211,7 @@ impl MixerConfig {
             | Self::SepConv { .. }
             | Self::MixShift { .. } => MixerLayout::Spatial,
             Self::Attention { .. }
+            | Self::Mamba { .. }
             | Self::TokenMlp { .. }
             | Self::LinearTokens { .. }
             | Self::SpatialGating { .. } => MixerLayout::Tokens,
@@ -259,6 +278,28 @@ impl MixerConfig {
                         "need one odd kernel per shift and {} channel groups of {dim} channels \
                          (torch.chunk), got shifts {shift_dist:?} and kernels {mix_size:?}",
                         shift_dist.len()
+                    ),
+                )
+            }
+            Self::Mamba {
+                d_state,
+                d_conv,
+                expand,
+                dt_rank,
+                ..
+            } if *d_state == 0
+                || *d_state > 1024
+                || *d_conv == 0
+                || *d_conv > 64
+                || *expand == 0
+                || *expand > 64
+                || *dt_rank == Some(0) =>
+            {
+                bad(
+                    "mamba",
+                    format!(
+                        "d_state ({d_state}), d_conv ({d_conv}), expand ({expand}) and dt_rank \
+                         ({dt_rank:?}) must be positive and sane"
                     ),
                 )
             }
@@ -329,6 +370,23 @@ impl MixerConfig {
                 shift_dist,
                 mix_size,
             } => Box::new(MixShift::new(dim, shift_dist, mix_size, vb)?),
+            Self::Mamba {
+                d_state,
+                d_conv,
+                expand,
+                dt_rank,
+                bidirectional,
+                divide_out,
+            } => Box::new(Mamba::new(
+                dim,
+                *d_state,
+                *d_conv,
+                *expand,
+                *dt_rank,
+                *bidirectional,
+                *divide_out,
+                vb,
+            )?),
         })
     }
 
@@ -364,6 +422,21 @@ impl MixerConfig {
             }
             Self::LinearTokens { num_tokens } | Self::SpatialGating { num_tokens } => {
                 (*num_tokens as u64).pow(2) * dim
+            }
+            Self::Mamba {
+                d_state,
+                d_conv,
+                expand,
+                dt_rank,
+                bidirectional,
+                ..
+            } => {
+                let (inner, rank) = ssm::widths(dim as usize, *expand, *dt_rank);
+                let (inner, rank, ns) = (inner as u64, rank as u64, *d_state as u64);
+                let per_dir =
+                    inner * (*d_conv as u64 + rank + 2 * ns) + rank * inner + 3 * inner * ns;
+                let dirs = if *bidirectional { 2 } else { 1 };
+                n * (dim * 2 * inner + dirs * per_dir + inner * dim)
             }
             Self::MixShift {
                 shift_dist,

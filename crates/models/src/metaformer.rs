@@ -131,6 +131,30 @@ impl MetaFormerConfig {
         }
     }
 
+    /// A CAFormer whose attention stages use bidirectional Mamba mixers instead (SepConv in
+    /// stages 0-1, Mamba in stages 2-3): tokenmix's MetaFormer with a selective SSM.
+    pub fn mambaformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        let mamba = MixerConfig::Mamba {
+            d_state: 16,
+            d_conv: 4,
+            expand: 2,
+            dt_rank: None,
+            bidirectional: true,
+            divide_out: true,
+        };
+        let mixers = vec![
+            MixerConfig::sepconv(),
+            MixerConfig::sepconv(),
+            mamba.clone(),
+            mamba,
+        ];
+        Self {
+            norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
+            use_mlp_head: true,
+            ..Self::base(depths, dims, mixers)
+        }
+    }
+
     /// Number of stages.
     pub fn num_stages(&self) -> usize {
         self.depths.len()
