@@ -139,6 +139,70 @@ class MambaRef(tmf.Attention):
         return self.out_proj(((out + out_b.flip(-1)) / 2).transpose(1, 2))
 
 
+class MambaMixerRef(nn.Module):
+    """tokenmix's reading of MambaMixer (arXiv 2403.19888, no official code): patch embedding,
+    blocks of a bidirectional Mamba over tokens and one over channels, each pre-normed and
+    residual, each fed a learned weighted sum of all earlier features; LayerNorm, mean, head."""
+
+    def __init__(self, img_size, patch_size, embed_dim, depth, num_classes, in_chans=3, d_state=16, expand=2):
+        super().__init__()
+        n = (img_size[0] // patch_size) * (img_size[1] // patch_size)
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.blocks = nn.ModuleList()
+        for i in range(depth):
+            b = nn.Module()
+            b.token_weights = nn.Parameter(torch.eye(1 + 2 * i)[-1])
+            b.token_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+            b.token_mixer = MambaRef(embed_dim, d_state=d_state, expand=expand)
+            b.channel_weights = nn.Parameter(torch.eye(2 + 2 * i)[-1])
+            b.channel_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+            b.channel_mixer = MambaRef(n, d_state=d_state, expand=expand)
+            self.blocks.append(b)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def features(self, x):
+        x = self.patch_embed.proj(x)
+        B, C, H, W = x.shape
+        hist = [x.flatten(2).transpose(1, 2)]
+        for b in self.blocks:
+            u = sum(w * h for w, h in zip(b.token_weights, hist))
+            hist.append(u + b.token_mixer(b.token_norm(u)))
+            v = sum(w * h for w, h in zip(b.channel_weights, hist))
+            hist.append(v + b.channel_mixer(b.channel_norm(v).transpose(1, 2)).transpose(1, 2))
+        return self.norm(hist[-1]).transpose(1, 2).reshape(B, C, H, W)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def mamba_init_(model, gen):
+    """Keeps A = -exp(A_log) a decay and dt in Mamba's usual range after `randomize_`."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_log"):
+                p.copy_(torch.log(torch.rand(p.shape, generator=gen) * 2 + 0.1))
+            elif ".dt_proj" in name and name.endswith("bias"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 3)
+
+
+def mambamixer_case(out, gen):
+    args = dict(img_size=[16, 32], patch_size=8, embed_dim=24, depth=2, num_classes=10)
+    model = MambaMixerRef(**args).eval()
+    randomize_(model, gen)
+    mamba_init_(model, gen)
+    x = torch.randn((2, 3, 16, 32), generator=gen)
+    with torch.no_grad():
+        feats = [model.features(x)]
+        logits = model(x)
+    cfg = dict(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.875,
+               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    d = os.path.join(out, "mambamixer_ti")
+    write_model_dir(d, "mambamixer_ti", model.state_dict(), args, cfg, args["embed_dim"])
+    write_reference(d, x, logits, feats)
+
+
 def mambaformer_case(out, gen):
     """tokenmix's MambaFormer (CAFormer with Mamba mixers in stages 2-3) built as a timm
     MetaFormer around the reference Mamba block."""
@@ -147,12 +211,7 @@ def mambaformer_case(out, gen):
     kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, MambaRef, MambaRef]
     model = tmf.MetaFormer(**kwargs).eval()
     randomize_(model, gen)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("_log"):  # keep A = -exp(A_log) a decay, as trained models have
-                p.copy_(torch.log(torch.rand(p.shape, generator=gen) * 2 + 0.1))
-            elif ".dt_proj" in name and name.endswith("bias"):
-                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 3)
+    mamba_init_(model, gen)
     x = torch.randn(INPUT_SHAPE, generator=gen)
     with torch.no_grad():
         feats = timm_features(model, x)
@@ -473,6 +532,7 @@ def main():
                     patch_norm=False), (3, 1, 20, 12), gen)
 
     mambaformer_case(args.out, gen)
+    mambamixer_case(args.out, gen)
 
     preprocess_case(args.out)
     print("fixtures written to", os.path.abspath(args.out))

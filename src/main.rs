@@ -107,7 +107,7 @@ struct BenchArgs {
     json: bool,
 }
 
-const DEFAULT_BENCH: [&str; 12] = [
+const DEFAULT_BENCH: [&str; 14] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -120,6 +120,8 @@ const DEFAULT_BENCH: [&str; 12] = [
     "gmlp_ti16_224",
     "gfnet_ti",
     "msmlp_tiny",
+    "mambaformer_s18",
+    "mambamixer_ti",
 ];
 
 fn main() {

@@ -167,3 +167,8 @@ fn msmlp_with_custom_model_args_matches_the_reference() {
 fn mambaformer_matches_the_mamba_reference() {
     check("mambaformer_s18");
 }
+
+#[test]
+fn mambamixer_matches_its_pytorch_reference() {
+    check("mambamixer_ti");
+}

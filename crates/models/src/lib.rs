@@ -17,6 +17,7 @@ mod error;
 pub mod gfnet;
 pub mod hub;
 pub mod imagenet;
+pub mod mamba_mixer;
 pub mod mambaout;
 pub mod metaformer;
 pub mod mlp_mixer;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{Error, Result};
 pub use gfnet::{Gfnet, GfnetConfig};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
+pub use mamba_mixer::{MambaMixer, MambaMixerConfig};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
 pub use mlp_mixer::{MlpMixer, MlpMixerConfig};
@@ -98,6 +100,8 @@ pub enum ArchConfig {
     Gfnet(GfnetConfig),
     /// An [`MsMlp`].
     MsMlp(MsMlpConfig),
+    /// A [`MambaMixer`].
+    MambaMixer(MambaMixerConfig),
 }
 
 impl ArchConfig {
@@ -109,6 +113,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => Box::new(MlpMixer::new(c, vb)?),
             Self::Gfnet(c) => Box::new(Gfnet::new(c, vb)?),
             Self::MsMlp(c) => Box::new(MsMlp::new(c, vb)?),
+            Self::MambaMixer(c) => Box::new(MambaMixer::new(c, vb)?),
         })
     }
 
@@ -123,6 +128,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.apply_model_args(args),
             Self::Gfnet(c) => c.apply_model_args(args),
             Self::MsMlp(c) => c.apply_model_args(args),
+            Self::MambaMixer(c) => c.apply_model_args(args),
         }
     }
 
@@ -134,6 +140,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.macs(),
             Self::Gfnet(c) => c.macs(),
             Self::MsMlp(c) => c.macs(h, w),
+            Self::MambaMixer(c) => c.macs(),
         }
     }
 
@@ -145,6 +152,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.in_chans,
             Self::Gfnet(c) => c.in_chans,
             Self::MsMlp(c) => c.in_chans,
+            Self::MambaMixer(c) => c.in_chans,
         }
     }
 
@@ -156,6 +164,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.num_classes,
             Self::Gfnet(c) => c.num_classes,
             Self::MsMlp(c) => c.num_classes,
+            Self::MambaMixer(c) => c.num_classes,
         }
     }
 
@@ -167,6 +176,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.num_classes = n,
             Self::Gfnet(c) => c.num_classes = n,
             Self::MsMlp(c) => c.num_classes = n,
+            Self::MambaMixer(c) => c.num_classes = n,
         }
     }
 
@@ -179,6 +189,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.img_size = (h, w),
             Self::Gfnet(c) => c.img_size = h.min(w),
             Self::MsMlp(_) => {}
+            Self::MambaMixer(c) => c.img_size = (h, w),
         }
     }
 
@@ -187,6 +198,7 @@ impl ArchConfig {
         match self {
             Self::MlpMixer(c) => Some(c.img_size),
             Self::Gfnet(c) => Some((c.img_size, c.img_size)),
+            Self::MambaMixer(c) => Some(c.img_size),
             Self::MetaFormer(_) | Self::MambaOut(_) | Self::MsMlp(_) => None,
         }
     }
@@ -221,6 +233,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => c.in_chans = n,
             Self::Gfnet(c) => c.in_chans = n,
             Self::MsMlp(c) => c.in_chans = n,
+            Self::MambaMixer(c) => c.in_chans = n,
         }
     }
 }

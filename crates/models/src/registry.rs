@@ -2,6 +2,7 @@
 
 use crate::checkpoint::param_count;
 use crate::gfnet::GfnetConfig as Gf;
+use crate::mamba_mixer::MambaMixerConfig as Mx;
 use crate::mambaout::MambaOutConfig as Mo;
 use crate::metaformer::MetaFormerConfig as Mf;
 use crate::mlp_mixer::MlpMixerConfig as Mm;
@@ -136,6 +137,8 @@ static MODELS: &[ModelEntry] = &[
     entry!("msmlp_tiny", "msmlp", Some(82.1), ArchConfig::MsMlp(Ms::new(96, [3, 3, 9, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
     entry!("msmlp_small", "msmlp", Some(83.4), ArchConfig::MsMlp(Ms::new(96, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
     entry!("msmlp_base", "msmlp", Some(83.8), ArchConfig::MsMlp(Ms::new(128, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("mambamixer_ti", "mambamixer", None, ArchConfig::MambaMixer(Mx::new(192, 12)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("mambamixer_s", "mambamixer", None, ArchConfig::MambaMixer(Mx::new(384, 12)), pretrained: PretrainedCfg::metaformer(0.875)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).

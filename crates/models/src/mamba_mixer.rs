@@ -1,0 +1,266 @@
+//! A MambaMixer-style isotropic model (Behrouz et al., "MambaMixer: Efficient Selective State
+//! Space Models with Dual Token and Channel Selection", arXiv 2403.19888; the ViM2 vision
+//! variant). The authors released no code, so this is tokenmix's reading of the paper, with
+//! every choice a configuration field:
+//!
+//! * patch embedding (conv `p x p / p`) to `N` tokens of `C` channels;
+//! * each block has a **selective token mixer** (a bidirectional Mamba over the `N` tokens) and
+//!   a **selective channel mixer** (a bidirectional Mamba over the `C` channels, whose features
+//!   are the `N` token values), each pre-normed (LayerNorm over `C`) and residual;
+//! * **weighted averaging of earlier features**: the input of every mixer is a learned weighted
+//!   sum of the embedding and of all earlier mixers' outputs (`token_weights` `[1 + 2i]` and
+//!   `channel_weights` `[2 + 2i]` in block `i`, over `[x0, t0, c0, t1, c1, ...]`; a plain stack
+//!   is the one-hot weight on the latest output);
+//! * final LayerNorm, mean over tokens, linear head.
+//!
+//! The channel mixer sees the tokens as features, so the input size is fixed by `img_size`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{Norm, NormConfig};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_usize, img_size_arg};
+use crate::{Error, ImageModel};
+
+/// Hyper-parameters of a [`MambaMixer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MambaMixerConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs; 0 means none (the head returns pooled features).
+    pub num_classes: usize,
+    /// Input `(height, width)`, fixed by the channel mixers.
+    pub img_size: (usize, usize),
+    /// Side of the square patches.
+    pub patch_size: usize,
+    /// Channels `C`.
+    pub embed_dim: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    /// Mamba state size.
+    pub d_state: usize,
+    /// Mamba hidden width as a multiple of its model width.
+    pub expand: usize,
+}
+
+impl MambaMixerConfig {
+    /// An isotropic MambaMixer with patch 16 at 224².
+    pub fn new(embed_dim: usize, depth: usize) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            img_size: (224, 224),
+            patch_size: 16,
+            embed_dim,
+            depth,
+            d_state: 16,
+            expand: 2,
+        }
+    }
+
+    fn num_tokens(&self) -> usize {
+        (self.img_size.0 / self.patch_size.max(1)) * (self.img_size.1 / self.patch_size.max(1))
+    }
+
+    fn mamba(&self) -> MixerConfig {
+        MixerConfig::Mamba {
+            d_state: self.d_state,
+            d_conv: 4,
+            expand: self.expand,
+            dt_rank: None,
+            bidirectional: true,
+            divide_out: true,
+        }
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let ((h, w), p) = (self.img_size, self.patch_size);
+        if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || self.num_tokens() > 16_384 {
+            return Err(format!(
+                "img_size {h}x{w} must be divisible by patch_size {p} into at most 16384 tokens"
+            ));
+        }
+        if self.in_chans == 0 || self.in_chans > 4096 || self.num_classes > 1_000_000 {
+            return Err("in_chans must be in 1..=4096 and num_classes at most 1000000".into());
+        }
+        if self.embed_dim == 0 || self.embed_dim > 16_384 || self.depth > 1000 {
+            return Err(format!(
+                "embed_dim {} or depth {} out of range",
+                self.embed_dim, self.depth
+            ));
+        }
+        self.mamba()
+            .validate(self.embed_dim)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Applies `model_args`: `img_size`, `patch_size`, `embed_dim`, `depth`, `d_state`, `expand`,
+    /// `in_chans`, `num_classes`.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
+            match key.as_str() {
+                "img_size" => {
+                    self.img_size =
+                        img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?
+                }
+                "patch_size" => self.patch_size = int()?,
+                "embed_dim" => self.embed_dim = int()?,
+                "depth" => self.depth = int()?,
+                "d_state" => self.d_state = int()?,
+                "expand" => self.expand = int()?,
+                "in_chans" => self.in_chans = int()?,
+                "num_classes" => self.num_classes = int()?,
+                "drop_rate" | "drop_path_rate" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unsupported argument '{key}' = {value} for a MambaMixer model"),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass at `img_size`.
+    pub fn macs(&self) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let (n, c) = (self.num_tokens(), self.embed_dim);
+        let p2 = (self.patch_size * self.patch_size) as u64;
+        let token = self.mamba().macs(c, 1, n);
+        let channel = self.mamba().macs(n, 1, c);
+        (n * c) as u64 * self.in_chans as u64 * p2
+            + (token + channel) * self.depth as u64
+            + (c * self.num_classes) as u64
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    token_weights: Tensor,
+    token_norm: Norm,
+    token_mixer: Box<dyn TokenMixer>,
+    channel_weights: Tensor,
+    channel_norm: Norm,
+    channel_mixer: Box<dyn TokenMixer>,
+}
+
+/// Learned weighted sum of the earlier features.
+fn weighted(weights: &Tensor, history: &[Tensor]) -> Result<Tensor> {
+    let w: Vec<f32> = weights.to_vec1()?;
+    let mut acc = (&history[0] * w[0] as f64)?;
+    for (h, &wi) in history.iter().zip(&w).skip(1) {
+        acc = (acc + (h * wi as f64)?)?;
+    }
+    Ok(acc)
+}
+
+/// A MambaMixer-style classifier (see the module documentation).
+#[derive(Debug)]
+pub struct MambaMixer {
+    cfg: MambaMixerConfig,
+    patch_embed: Conv2d,
+    blocks: Vec<Block>,
+    norm: Norm,
+    head: Option<Linear>,
+}
+
+impl MambaMixer {
+    /// Builds the model, reading its tensors from `vb`.
+    pub fn new(cfg: &MambaMixerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let (c, n) = (cfg.embed_dim, cfg.num_tokens());
+        let tokens = MixerLayout::Tokens;
+        let ln = NormConfig::LAYER_NORM;
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let b = vb.pp("blocks").pp(i);
+                Ok(Block {
+                    token_weights: b.get(1 + 2 * i, "token_weights")?,
+                    token_norm: ln.build(c, tokens, b.pp("token_norm"))?,
+                    token_mixer: cfg.mamba().build(c, b.pp("token_mixer"))?,
+                    channel_weights: b.get(2 + 2 * i, "channel_weights")?,
+                    channel_norm: ln.build(c, tokens, b.pp("channel_norm"))?,
+                    channel_mixer: cfg.mamba().build(n, b.pp("channel_mixer"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_embed: candle_nn::conv2d(
+                cfg.in_chans,
+                c,
+                cfg.patch_size,
+                conv_cfg,
+                vb.pp("patch_embed").pp("proj"),
+            )?,
+            blocks,
+            norm: ln.build(c, tokens, vb.pp("norm"))?,
+            head: (cfg.num_classes > 0)
+                .then(|| candle_nn::linear(c, cfg.num_classes, vb.pp("head")))
+                .transpose()?,
+        })
+    }
+}
+
+impl ImageModel for MambaMixer {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        if (h, w) != self.cfg.img_size {
+            candle_core::bail!(
+                "this MambaMixer takes {}x{} images (its channel mixers fix the token count), got {h}x{w}",
+                self.cfg.img_size.0,
+                self.cfg.img_size.1
+            )
+        }
+        let x = self.patch_embed.forward(x)?;
+        let (b, c, gh, gw) = x.dims4()?;
+        let mut history = vec![x.flatten_from(2)?.transpose(1, 2)?.contiguous()?];
+        for block in &self.blocks {
+            let u = weighted(&block.token_weights, &history)?;
+            let t = (&u + block.token_mixer.forward(&block.token_norm.forward(&u)?)?)?;
+            history.push(t);
+            let v = weighted(&block.channel_weights, &history)?;
+            let normed = block
+                .channel_norm
+                .forward(&v)?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let mixed = block.channel_mixer.forward(&normed)?.transpose(1, 2)?;
+            history.push((v + mixed)?);
+        }
+        let last = history.last().cloned().unwrap_or_else(|| x.clone());
+        let y = self.norm.forward(&last)?;
+        Ok(vec![y.transpose(1, 2)?.reshape((b, c, gh, gw))?])
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
+        match &self.head {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
+    }
+}
