@@ -12,13 +12,14 @@ Every parameter is re-drawn at random (weights ~ N(0, 1/fan_in), gains ~ U(0.5, 
 References: timm for PoolFormer v1/v2, ConvFormer, CAFormer, MambaOut and the MLP-Mixer family;
 the authors' code, from checkouts given on the command line and never committed, for
 IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to timm names with
-timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet) and MS-MLP (JegZheng/MS-MLP), the
-last two with their own tensor names. The Mamba block is a plain PyTorch reference of
+timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet), MS-MLP (JegZheng/MS-MLP) and
+RaftMLP (okojoalg/raft-mlp, needs `einops`), the last three with their own tensor names. The Mamba block is a plain PyTorch reference of
 state-spaces/mamba's `selective_scan_ref` equations written here (Vim-style bidirectional).
 
 Usage (venv outside the repo with torch, timm, safetensors):
     python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer \
-        --gfnet-repo /path/to/raoyongming/GFNet --msmlp-repo /path/to/JegZheng/MS-MLP [--out DIR]
+        --gfnet-repo /path/to/raoyongming/GFNet --msmlp-repo /path/to/JegZheng/MS-MLP \
+        --raftmlp-repo /path/to/okojoalg/raft-mlp [--out DIR]
 """
 import argparse
 from functools import partial
@@ -201,6 +202,34 @@ def mambamixer_case(out, gen):
     d = os.path.join(out, "mambamixer_ti")
     write_model_dir(d, "mambamixer_ti", model.state_dict(), args, cfg, args["embed_dim"])
     write_reference(d, x, logits, feats)
+
+
+def raftmlp_cases(out, rf, gen):
+    """RaftMLP from okojoalg/raft-mlp (ser_pm token mixing, cross-scale MLP embedding, no
+    shortcut), with its own tensor names; once at its native (square) size and once on a
+    non-square input, which the reference handles by bicubic resizing of each level's grid."""
+    layers = [dict(depth=1, dim=8, patch_size=4, raft_size=2, embedding_kernels=[4, 8]),
+              dict(depth=1, dim=16, patch_size=2, raft_size=2, embedding_kernels=[2, 4]),
+              dict(depth=2, dim=24, patch_size=2, raft_size=4, embedding_kernels=[2, 4]),
+              dict(depth=1, dim=32, patch_size=2, raft_size=2, embedding_kernels=[2])]
+    args = dict(layers=layers, in_channels=3, pretrained_image_size=32, num_classes=10,
+                token_expansion_factor=2, channel_expansion_factor=4, token_mixing_type="ser_pm",
+                embedding_type="emb_cross_mlp", shortcut=False)
+    model = rf.RaftMLP(**args).eval()
+    randomize_(model, gen)
+    cfg = dict(input_size=(3, 32, 32), interpolation="bicubic", crop_pct=0.875,
+               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    for case, shape in [("raftmlp_s", (2, 3, 32, 32)), ("raftmlp_resized", (2, 3, 32, 48))]:
+        x = torch.randn(shape, generator=gen)
+        with torch.no_grad():
+            feats, t = [], x
+            for level in model.levels:
+                t = level(t)
+                feats.append(t)
+            logits = model(x)
+        d = os.path.join(out, case)
+        write_model_dir(d, "raftmlp_s", model.state_dict(), args, cfg, 32)
+        write_reference(d, x, logits, feats)
 
 
 def mambaformer_case(out, gen):
@@ -471,6 +500,7 @@ def main():
     ap.add_argument("--metaformer-repo", required=True, help="checkout of sail-sg/metaformer")
     ap.add_argument("--gfnet-repo", required=True, help="checkout of raoyongming/GFNet")
     ap.add_argument("--msmlp-repo", required=True, help="checkout of JegZheng/MS-MLP")
+    ap.add_argument("--raftmlp-repo", required=True, help="checkout of okojoalg/raft-mlp")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     args = ap.parse_args()
     sys.path.insert(0, args.metaformer_repo)
@@ -531,6 +561,9 @@ def main():
                     shift_size=3, shift_dist=[-1, 0, 2], mix_size=[[1, 3, 5], [3, 3, 3]], mlp_ratio=2.0,
                     patch_norm=False), (3, 1, 20, 12), gen)
 
+    sys.path.insert(0, args.raftmlp_repo)
+    from libs import models as rf
+    raftmlp_cases(args.out, rf, gen)
     mambaformer_case(args.out, gen)
     mambamixer_case(args.out, gen)
 

@@ -107,7 +107,7 @@ struct BenchArgs {
     json: bool,
 }
 
-const DEFAULT_BENCH: [&str; 14] = [
+const DEFAULT_BENCH: [&str; 15] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -122,6 +122,7 @@ const DEFAULT_BENCH: [&str; 14] = [
     "msmlp_tiny",
     "mambaformer_s18",
     "mambamixer_ti",
+    "raftmlp_s",
 ];
 
 fn main() {

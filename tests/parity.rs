@@ -172,3 +172,14 @@ fn mambaformer_matches_the_mamba_reference() {
 fn mambamixer_matches_its_pytorch_reference() {
     check("mambamixer_ti");
 }
+
+#[test]
+fn raftmlp_matches_the_reference() {
+    check("raftmlp_s");
+}
+
+/// A non-square input: every level's grid is resized bicubically to the trained one and back.
+#[test]
+fn raftmlp_at_another_resolution_matches_the_reference() {
+    check("raftmlp_resized");
+}

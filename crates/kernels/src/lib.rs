@@ -18,6 +18,7 @@ mod depthwise;
 mod error;
 mod norm;
 mod pool;
+pub mod resize;
 mod scan;
 mod spectral;
 

@@ -128,6 +128,21 @@ pub struct Norm {
 }
 
 impl Norm {
+    /// A norm from explicit per-channel `weight` and `bias` tensors.
+    pub fn from_tensors(
+        cfg: NormConfig,
+        layout: MixerLayout,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> Self {
+        Self {
+            cfg,
+            layout,
+            weight,
+            bias,
+        }
+    }
+
     /// Loads `weight` (`[dim]`) and, if the config says so, `bias` (`[dim]`).
     pub fn new(cfg: NormConfig, dim: usize, layout: MixerLayout, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get(dim, "weight")?;
@@ -345,6 +360,25 @@ impl Mlp {
             fc1: Pointwise::new(dim, hidden, bias, layout, vb.pp("fc1"))?,
             act: Act::new(act, vb.pp("act"))?,
             fc2: Pointwise::new(hidden, dim, bias, layout, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Mlp {
+    /// A channel-last MLP with biases whose two linear layers live at `fc1` and `fc2` (for
+    /// checkpoints that index them inside a `Sequential`, e.g. `fn.0` and `fn.3`).
+    pub fn from_parts(
+        dim: usize,
+        hidden: usize,
+        act: ActKind,
+        fc1: VarBuilder,
+        fc2: VarBuilder,
+    ) -> Result<Self> {
+        let layout = MixerLayout::Tokens;
+        Ok(Self {
+            act: Act::new(act, fc1.pp("act"))?,
+            fc1: Pointwise::new(dim, hidden, true, layout, fc1)?,
+            fc2: Pointwise::new(hidden, dim, true, layout, fc2)?,
         })
     }
 }

@@ -18,7 +18,8 @@
 //! * [`Identity`] (IdentityFormer), [`Pooling`] (PoolFormer), [`RandomMixing`] (RandFormer),
 //!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut),
 //!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP),
-//!   [`GlobalFilter`] (GFNet), [`MixShift`] (MS-MLP), [`Mamba`] (bidirectional selective SSM).
+//!   [`GlobalFilter`] (GFNet), [`MixShift`] (MS-MLP), [`Mamba`] (bidirectional selective SSM),
+//!   [`RaftTokenMixing`] (RaftMLP).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -30,6 +31,7 @@ pub mod identity;
 pub mod layers;
 pub mod mlp_mixer;
 pub mod pooling;
+pub mod raft;
 pub mod random_mixing;
 pub mod sepconv;
 pub mod shift;
@@ -46,6 +48,7 @@ pub use global_filter::GlobalFilter;
 pub use identity::Identity;
 pub use mlp_mixer::{LinearTokens, SpatialGating, TokenMlp};
 pub use pooling::Pooling;
+pub use raft::RaftTokenMixing;
 pub use random_mixing::RandomMixing;
 pub use sepconv::SepConv;
 pub use shift::MixShift;
@@ -167,6 +170,18 @@ pub enum MixerConfig {
         /// Halve the sum of the two directions (Vim's `if_devide_out`).
         divide_out: bool,
     },
+    /// RaftMLP's serial vertical and horizontal token mixing over rafts of channels, on a
+    /// channel-last map (residuals included).
+    RaftTokenMixing {
+        /// Channels per raft.
+        raft_size: usize,
+        /// Grid height the MLPs were built for.
+        height: usize,
+        /// Grid width the MLPs were built for.
+        width: usize,
+        /// Hidden width of the token MLPs as a multiple of their input width.
+        expansion: usize,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -215,7 +230,9 @@ impl MixerConfig {
             | Self::TokenMlp { .. }
             | Self::LinearTokens { .. }
             | Self::SpatialGating { .. } => MixerLayout::Tokens,
-            Self::GatedConv { .. } | Self::GlobalFilter { .. } => MixerLayout::ChannelsLast,
+            Self::GatedConv { .. } | Self::GlobalFilter { .. } | Self::RaftTokenMixing { .. } => {
+                MixerLayout::ChannelsLast
+            }
         }
     }
 
@@ -278,6 +295,27 @@ impl MixerConfig {
                         "need one odd kernel per shift and {} channel groups of {dim} channels \
                          (torch.chunk), got shifts {shift_dist:?} and kernels {mix_size:?}",
                         shift_dist.len()
+                    ),
+                )
+            }
+            Self::RaftTokenMixing {
+                raft_size,
+                height,
+                width,
+                expansion,
+            } if *raft_size == 0
+                || dim % raft_size != 0
+                || *height == 0
+                || *width == 0
+                || height * width > 1 << 16
+                || *expansion == 0
+                || *expansion > 64 =>
+            {
+                bad(
+                    "raft_token_mixing",
+                    format!(
+                        "raft_size {raft_size} must divide {dim} channels, the grid \
+                         {height}x{width} be non-empty and the expansion {expansion} sane"
                     ),
                 )
             }
@@ -387,6 +425,18 @@ impl MixerConfig {
                 *divide_out,
                 vb,
             )?),
+            Self::RaftTokenMixing {
+                raft_size,
+                height,
+                width,
+                expansion,
+            } => Box::new(RaftTokenMixing::new(
+                dim,
+                *raft_size,
+                (*height, *width),
+                *expansion,
+                vb,
+            )?),
         })
     }
 
@@ -449,6 +499,18 @@ impl MixerConfig {
                     .map(|(&c, &k)| (c * k * k) as u64)
                     .sum();
                 2 * n * taps
+            }
+            Self::RaftTokenMixing {
+                raft_size,
+                height,
+                width,
+                expansion,
+            } => {
+                let (r, e) = (*raft_size as u64, *expansion as u64);
+                let (gh, gw) = (*height as u64, *width as u64);
+                let rafts = dim / r.max(1);
+                // Each token MLP maps r*extent -> e*r*extent -> r*extent for every raft and line.
+                2 * e * rafts * (gw * (r * gh).pow(2) + gh * (r * gw).pow(2))
             }
             Self::GlobalFilter { .. } => {
                 // The two FFTs (~ N log2 N each) and the complex product, per channel.

@@ -14,8 +14,8 @@ use tokenmix_mixers::layers::{ActKind, Mlp, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize};
-use crate::resize::bicubic;
 use crate::{Error, ImageModel};
+use tokenmix_kernels::resize::bicubic;
 
 /// Hyper-parameters of a [`Gfnet`], named as GFNet's constructor arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,8 +24,8 @@ pub mod mlp_mixer;
 pub mod msmlp;
 pub mod preprocess;
 pub mod pretrained;
+pub mod raftmlp;
 pub mod registry;
-mod resize;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
@@ -40,6 +40,7 @@ pub use metaformer::{MetaFormer, MetaFormerConfig};
 pub use mlp_mixer::{MlpMixer, MlpMixerConfig};
 pub use msmlp::{MsMlp, MsMlpConfig};
 pub use pretrained::PretrainedCfg;
+pub use raftmlp::{RaftMlp, RaftMlpConfig};
 pub use registry::{list_models, model_entry, ModelEntry};
 
 /// An image classifier: a backbone producing multi-scale features and a head producing logits.
@@ -102,6 +103,8 @@ pub enum ArchConfig {
     MsMlp(MsMlpConfig),
     /// A [`MambaMixer`].
     MambaMixer(MambaMixerConfig),
+    /// A [`RaftMlp`].
+    RaftMlp(RaftMlpConfig),
 }
 
 impl ArchConfig {
@@ -114,6 +117,7 @@ impl ArchConfig {
             Self::Gfnet(c) => Box::new(Gfnet::new(c, vb)?),
             Self::MsMlp(c) => Box::new(MsMlp::new(c, vb)?),
             Self::MambaMixer(c) => Box::new(MambaMixer::new(c, vb)?),
+            Self::RaftMlp(c) => Box::new(RaftMlp::new(c, vb)?),
         })
     }
 
@@ -129,6 +133,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.apply_model_args(args),
             Self::MsMlp(c) => c.apply_model_args(args),
             Self::MambaMixer(c) => c.apply_model_args(args),
+            Self::RaftMlp(c) => c.apply_model_args(args),
         }
     }
 
@@ -141,6 +146,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.macs(),
             Self::MsMlp(c) => c.macs(h, w),
             Self::MambaMixer(c) => c.macs(),
+            Self::RaftMlp(c) => c.macs(),
         }
     }
 
@@ -153,6 +159,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.in_chans,
             Self::MsMlp(c) => c.in_chans,
             Self::MambaMixer(c) => c.in_chans,
+            Self::RaftMlp(c) => c.in_chans,
         }
     }
 
@@ -165,6 +172,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.num_classes,
             Self::MsMlp(c) => c.num_classes,
             Self::MambaMixer(c) => c.num_classes,
+            Self::RaftMlp(c) => c.num_classes,
         }
     }
 
@@ -177,6 +185,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.num_classes = n,
             Self::MsMlp(c) => c.num_classes = n,
             Self::MambaMixer(c) => c.num_classes = n,
+            Self::RaftMlp(c) => c.num_classes = n,
         }
     }
 
@@ -190,6 +199,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.img_size = h.min(w),
             Self::MsMlp(_) => {}
             Self::MambaMixer(c) => c.img_size = (h, w),
+            Self::RaftMlp(_) => {}
         }
     }
 
@@ -199,7 +209,7 @@ impl ArchConfig {
             Self::MlpMixer(c) => Some(c.img_size),
             Self::Gfnet(c) => Some((c.img_size, c.img_size)),
             Self::MambaMixer(c) => Some(c.img_size),
-            Self::MetaFormer(_) | Self::MambaOut(_) | Self::MsMlp(_) => None,
+            Self::MetaFormer(_) | Self::MambaOut(_) | Self::MsMlp(_) | Self::RaftMlp(_) => None,
         }
     }
 
@@ -234,6 +244,7 @@ impl ArchConfig {
             Self::Gfnet(c) => c.in_chans = n,
             Self::MsMlp(c) => c.in_chans = n,
             Self::MambaMixer(c) => c.in_chans = n,
+            Self::RaftMlp(c) => c.in_chans = n,
         }
     }
 }

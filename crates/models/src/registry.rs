@@ -7,6 +7,7 @@ use crate::mambaout::MambaOutConfig as Mo;
 use crate::metaformer::MetaFormerConfig as Mf;
 use crate::mlp_mixer::MlpMixerConfig as Mm;
 use crate::msmlp::MsMlpConfig as Ms;
+use crate::raftmlp::RaftMlpConfig as Rf;
 use crate::{ArchConfig, Error, PretrainedCfg, Result};
 
 /// One named model of the zoo.
@@ -139,6 +140,9 @@ static MODELS: &[ModelEntry] = &[
     entry!("msmlp_base", "msmlp", Some(83.8), ArchConfig::MsMlp(Ms::new(128, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
     entry!("mambamixer_ti", "mambamixer", None, ArchConfig::MambaMixer(Mx::new(192, 12)), pretrained: PretrainedCfg::metaformer(0.875)),
     entry!("mambamixer_s", "mambamixer", None, ArchConfig::MambaMixer(Mx::new(384, 12)), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("raftmlp_s", "raftmlp", Some(76.1), ArchConfig::RaftMlp(Rf::new([64, 128, 256, 512])), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("raftmlp_m", "raftmlp", Some(78.8), ArchConfig::RaftMlp(Rf::new([96, 192, 384, 768])), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("raftmlp_l", "raftmlp", Some(79.4), ArchConfig::RaftMlp(Rf::new([128, 192, 512, 1024])), pretrained: PretrainedCfg::metaformer(0.875)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).

@@ -1,5 +1,8 @@
-//! Bicubic resizing of small weight grids, as PyTorch's `F.interpolate(mode="bicubic")` does it
-//! (cubic convolution with A = -0.75, border pixels repeated).
+//! Bicubic resizing as PyTorch's `F.interpolate(mode="bicubic")` does it (cubic convolution with
+//! A = -0.75, border pixels repeated), for weight grids and small feature maps. Computed on the
+//! CPU in f64.
+
+use candle_core::{DType, Result, Tensor};
 
 const A: f64 = -0.75;
 
@@ -45,7 +48,7 @@ fn taps(n_in: usize, n_out: usize, align_corners: bool) -> Vec<([usize; 4], [f64
         .collect()
 }
 
-/// Resizes `planes` stacked `(P, H, W)` grids to `(P, out_h, out_w)` bicubically.
+/// Resizes stacked `(P, H, W)` grids to `(P, out_h, out_w)` bicubically.
 pub fn bicubic(
     data: &[f32],
     (p, h, w): (usize, usize, usize),
@@ -72,6 +75,30 @@ pub fn bicubic(
         }
     }
     out
+}
+
+/// Resizes the last two axes of `x` to `(out_h, out_w)` bicubically (f32 result on `x`'s device).
+pub fn interpolate_bicubic(
+    x: &Tensor,
+    (oh, ow): (usize, usize),
+    align_corners: bool,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    if dims.len() < 2 {
+        candle_core::bail!("interpolate_bicubic: need at least 2 axes, got {dims:?}")
+    }
+    let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    if (h, w) == (oh, ow) {
+        return Ok(x.clone());
+    }
+    let planes: usize = dims[..dims.len() - 2].iter().product();
+    let data: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let out = bicubic(&data, (planes, h, w), (oh, ow), align_corners);
+    let mut shape = dims;
+    let n = shape.len();
+    shape[n - 2] = oh;
+    shape[n - 1] = ow;
+    Tensor::from_vec(out, shape, x.device())
 }
 
 #[cfg(test)]

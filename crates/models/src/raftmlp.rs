@@ -1,0 +1,371 @@
+//! RaftMLP (Tatsunami & Taki, arXiv 2108.04384) with the tensor names of okojoalg/raft-mlp
+//! (`libs/models.py` `RaftMLP` with `token_mixing_type="ser_pm"`,
+//! `embedding_type="emb_cross_mlp"`, `shortcut=False`).
+//!
+//! Four levels on `(B, C, H, W)`: a cross-scale patch embedding (unfolds at several kernel sizes
+//! concatenated and projected — computed here as a sum of strided convolutions, which is the same
+//! linear map), raft blocks (vertical and horizontal token mixing over rafts of channels, then a
+//! channel MLP) on channel-last tokens, and, after the last level, LayerNorm, mean and a linear
+//! classifier. The token MLPs fix each level's grid to the one of `pretrained_image_size`;
+//! other inputs are resized bicubically, as the reference does.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_kernels::resize::interpolate_bicubic;
+use tokenmix_mixers::layers::{ActKind, Mlp, Norm};
+use tokenmix_mixers::raft::RAFT_NORM;
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_usize, usize_list};
+use crate::{Error, ImageModel};
+
+/// One level of a RaftMLP (the reference's `layers` entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaftLevel {
+    /// Raft blocks.
+    pub depth: usize,
+    /// Channels.
+    pub dim: usize,
+    /// Stride of the patch embedding.
+    pub patch_size: usize,
+    /// Channels per raft.
+    pub raft_size: usize,
+    /// Unfold kernel sizes of the cross-scale embedding; the first equals `patch_size`.
+    pub embedding_kernels: Vec<usize>,
+}
+
+/// Hyper-parameters of a [`RaftMlp`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaftMlpConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs (the reference always has a classifier).
+    pub num_classes: usize,
+    /// Side of the square input the token MLPs were built for.
+    pub pretrained_image_size: usize,
+    /// The levels.
+    pub layers: Vec<RaftLevel>,
+    /// Hidden width of the token MLPs as a multiple of their width.
+    pub token_expansion_factor: usize,
+    /// Hidden width of the channel MLPs as a multiple of the channels.
+    pub channel_expansion_factor: usize,
+}
+
+impl RaftMlpConfig {
+    /// RaftMLP-S/M/L layout with the given widths.
+    pub fn new(dims: [usize; 4]) -> Self {
+        let kernels = [vec![4, 8], vec![2, 4], vec![2, 4], vec![2]];
+        let layers = dims
+            .iter()
+            .zip([2, 2, 6, 2])
+            .zip([4, 2, 2, 2])
+            .zip(kernels)
+            .map(
+                |(((&dim, depth), patch_size), embedding_kernels)| RaftLevel {
+                    depth,
+                    dim,
+                    patch_size,
+                    raft_size: 2,
+                    embedding_kernels,
+                },
+            )
+            .collect();
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            pretrained_image_size: 224,
+            layers,
+            token_expansion_factor: 2,
+            channel_expansion_factor: 4,
+        }
+    }
+
+    /// The grid each level's token MLPs were built for.
+    pub fn grids(&self) -> Vec<usize> {
+        let mut size = self.pretrained_image_size;
+        self.layers
+            .iter()
+            .map(|l| {
+                size = size.div_ceil(l.patch_size.max(1));
+                size
+            })
+            .collect()
+    }
+
+    fn mixer(&self, i: usize, grid: usize) -> MixerConfig {
+        MixerConfig::RaftTokenMixing {
+            raft_size: self.layers[i].raft_size,
+            height: grid,
+            width: grid,
+            expansion: self.token_expansion_factor,
+        }
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.layers.is_empty() || self.layers.len() > 8 {
+            return Err(format!("need 1..=8 levels, got {}", self.layers.len()));
+        }
+        if self.in_chans == 0
+            || self.in_chans > 4096
+            || self.num_classes == 0
+            || self.num_classes > 1_000_000
+        {
+            return Err("in_chans must be in 1..=4096 and num_classes in 1..=1000000".into());
+        }
+        if self.pretrained_image_size == 0 || self.pretrained_image_size > 4096 {
+            return Err(format!(
+                "pretrained_image_size {} out of range",
+                self.pretrained_image_size
+            ));
+        }
+        if self.token_expansion_factor == 0
+            || self.channel_expansion_factor == 0
+            || self.channel_expansion_factor > 64
+        {
+            return Err("expansion factors must be positive and sane".into());
+        }
+        for (i, (l, grid)) in self.layers.iter().zip(self.grids()).enumerate() {
+            let k = &l.embedding_kernels;
+            if l.dim == 0 || l.dim > 16_384 || l.depth > 1000 || l.patch_size == 0 {
+                return Err(format!("level {i}: dim, depth or patch_size out of range"));
+            }
+            if k.first() != Some(&l.patch_size)
+                || k.iter().any(|&k| k == 0 || k % l.patch_size != 0)
+            {
+                return Err(format!(
+                    "level {i}: embedding_kernels {k:?} must start with patch_size {} and be its multiples",
+                    l.patch_size
+                ));
+            }
+            self.mixer(i, grid)
+                .validate(l.dim)
+                .map_err(|e| format!("level {i}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Applies `model_args` with the reference's names: `layers` (a list of `{depth, dim,
+    /// patch_size, raft_size, embedding_kernels}`), `pretrained_image_size`, `in_channels` /
+    /// `in_chans`, `num_classes`, `token_expansion_factor`, `channel_expansion_factor`.
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
+            match key.as_str() {
+                "layers" => {
+                    let parse = |v: &Value| -> Option<RaftLevel> {
+                        Some(RaftLevel {
+                            depth: as_usize(v.get("depth")?)?,
+                            dim: as_usize(v.get("dim")?)?,
+                            patch_size: as_usize(v.get("patch_size")?)?,
+                            raft_size: as_usize(v.get("raft_size")?)?,
+                            embedding_kernels: usize_list(v.get("embedding_kernels")?)?,
+                        })
+                    };
+                    self.layers = value
+                        .as_array()
+                        .and_then(|a| a.iter().map(parse).collect())
+                        .ok_or_else(|| {
+                            bad("a list of {depth, dim, patch_size, raft_size, embedding_kernels}")
+                        })?;
+                }
+                "pretrained_image_size" => self.pretrained_image_size = int()?,
+                "in_channels" | "in_chans" => self.in_chans = int()?,
+                "num_classes" => self.num_classes = int()?,
+                "token_expansion_factor" => self.token_expansion_factor = int()?,
+                "channel_expansion_factor" => self.channel_expansion_factor = int()?,
+                "token_mixing_type" if value == "ser_pm" => {}
+                "embedding_type" if value == "emb_cross_mlp" => {}
+                "shortcut" if value == false => {}
+                "dropout" | "drop_path_rate" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unsupported argument '{key}' = {value} for a RaftMLP model"),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass at `pretrained_image_size`.
+    pub fn macs(&self) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let mut cin = self.in_chans as u64;
+        let mut total = 0u64;
+        for (i, (l, grid)) in self.layers.iter().zip(self.grids()).enumerate() {
+            let n = (grid * grid) as u64;
+            let (d, e) = (l.dim as u64, self.channel_expansion_factor as u64);
+            let taps: u64 = l.embedding_kernels.iter().map(|&k| (k * k) as u64).sum();
+            total += n * d * cin * taps;
+            let block = self.mixer(i, grid).macs(l.dim, grid, grid) + 2 * n * d * d * e;
+            total += block * l.depth as u64;
+            cin = d;
+        }
+        total + cin * self.num_classes as u64
+    }
+}
+
+/// The cross-scale embedding as convolutions: one per unfold kernel, all with the level's
+/// stride, summed, plus the projection's bias.
+#[derive(Debug)]
+struct Embedding {
+    convs: Vec<(Tensor, usize)>,
+    bias: Tensor,
+    stride: usize,
+}
+
+impl Embedding {
+    fn new(cin: usize, level: &RaftLevel, vb: VarBuilder) -> Result<Self> {
+        let fc = vb.pp("fc");
+        let taps: usize = level.embedding_kernels.iter().map(|k| k * k).sum();
+        let weight = fc.get((level.dim, cin * taps), "weight")?;
+        let mut offset = 0;
+        let mut convs = Vec::new();
+        for &k in &level.embedding_kernels {
+            let w = weight
+                .narrow(1, offset, cin * k * k)?
+                .reshape((level.dim, cin, k, k))?
+                .contiguous()?;
+            convs.push((w, (k - level.patch_size) / 2));
+            offset += cin * k * k;
+        }
+        Ok(Self {
+            convs,
+            bias: fc.get(level.dim, "bias")?,
+            stride: level.patch_size,
+        })
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y: Option<Tensor> = None;
+        for (w, pad) in &self.convs {
+            let c = x.conv2d(w, *pad, self.stride, 1, 1)?;
+            y = Some(match y {
+                Some(acc) => (acc + c)?,
+                None => c,
+            });
+        }
+        let bias = self.bias.reshape((self.bias.elem_count(), 1, 1))?;
+        match y {
+            Some(y) => y.broadcast_add(&bias),
+            None => candle_core::bail!("raft embedding without kernels"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    tokens: Box<dyn TokenMixer>,
+    norm: Norm,
+    mlp: Mlp,
+}
+
+#[derive(Debug)]
+struct Level {
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    patch_size: usize,
+}
+
+/// A RaftMLP classifier.
+#[derive(Debug)]
+pub struct RaftMlp {
+    cfg: RaftMlpConfig,
+    levels: Vec<Level>,
+    head_norm: Norm,
+    classifier: Linear,
+}
+
+impl RaftMlp {
+    /// Builds the model, reading every tensor from `vb` under the reference's names.
+    pub fn new(cfg: &RaftMlpConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let cl = MixerLayout::ChannelsLast;
+        let mut cin = cfg.in_chans;
+        let mut levels = Vec::new();
+        for (i, (l, grid)) in cfg.layers.iter().zip(cfg.grids()).enumerate() {
+            let f = vb.pp("levels").pp(i).pp("fn");
+            let hidden = l.dim * cfg.channel_expansion_factor;
+            let blocks = (0..l.depth)
+                .map(|j| {
+                    let b = f.pp(2 + j);
+                    let c = b.pp(5);
+                    Ok(Block {
+                        tokens: cfg.mixer(i, grid).build(l.dim, b.clone())?,
+                        norm: RAFT_NORM.build(l.dim, cl, c.pp("norm"))?,
+                        mlp: Mlp::from_parts(
+                            l.dim,
+                            hidden,
+                            ActKind::Gelu,
+                            c.pp("fn").pp(0),
+                            c.pp("fn").pp(3),
+                        )?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            levels.push(Level {
+                embedding: Embedding::new(cin, l, f.pp(0))?,
+                blocks,
+                patch_size: l.patch_size,
+            });
+            cin = l.dim;
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            levels,
+            head_norm: RAFT_NORM.build(cin, cl, vb.pp("heads").pp(0).pp(1))?,
+            classifier: candle_nn::linear(cin, cfg.num_classes, vb.pp("classifier"))?,
+        })
+    }
+}
+
+impl ImageModel for RaftMlp {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    /// Every level's output `(B, C_i, H_i, W_i)`.
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = x.clone();
+        let mut features = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let (_, _, h, w) = x.dims4()?;
+            let p = level.patch_size;
+            if h % p != 0 || w % p != 0 {
+                x = interpolate_bicubic(&x, (h.div_ceil(p) * p, w.div_ceil(p) * p), false)?;
+            }
+            let mut t = level
+                .embedding
+                .forward(&x)?
+                .permute((0, 2, 3, 1))?
+                .contiguous()?;
+            for block in &level.blocks {
+                t = block.tokens.forward(&t)?;
+                t = (&t + block.mlp.forward(&block.norm.forward(&t)?)?)?;
+            }
+            x = t.permute((0, 3, 1, 2))?.contiguous()?;
+            features.push(x.clone());
+        }
+        Ok(features)
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let normed = self.head_norm.forward(&last.permute((0, 2, 3, 1))?)?;
+        let pooled = normed.mean(1)?.mean(1)?;
+        self.classifier.forward(&pooled)
+    }
+}
