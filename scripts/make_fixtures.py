@@ -13,13 +13,15 @@ References: timm for PoolFormer v1/v2, ConvFormer, CAFormer, MambaOut and the ML
 the authors' code, from checkouts given on the command line and never committed, for
 IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to timm names with
 timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet), MS-MLP (JegZheng/MS-MLP) and
-RaftMLP (okojoalg/raft-mlp, needs `einops`), the last three with their own tensor names. The Mamba block is a plain PyTorch reference of
+RaftMLP (okojoalg/raft-mlp, needs `einops`) and AFFNet (microsoft/TokenMixers, needs `einops`,
+`requests`, `ujson`, `psutil`), the last four with their own tensor names. The Mamba block is a plain PyTorch reference of
 state-spaces/mamba's `selective_scan_ref` equations written here (Vim-style bidirectional).
 
 Usage (venv outside the repo with torch, timm, safetensors):
     python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer \
         --gfnet-repo /path/to/raoyongming/GFNet --msmlp-repo /path/to/JegZheng/MS-MLP \
-        --raftmlp-repo /path/to/okojoalg/raft-mlp [--out DIR]
+        --raftmlp-repo /path/to/okojoalg/raft-mlp \
+        --affnet-repo "/path/to/microsoft/TokenMixers/Adaptive Frequency Filters" [--out DIR]
 """
 import argparse
 from functools import partial
@@ -230,6 +232,59 @@ def raftmlp_cases(out, rf, gen):
         d = os.path.join(out, case)
         write_model_dir(d, "raftmlp_s", model.state_dict(), args, cfg, 32)
         write_reference(d, x, logits, feats)
+
+
+def affnet_case(out, aff_repo, gen):
+    """AFFNet from microsoft/TokenMixers (cvnets), at small widths through its configuration
+    function, swish activation and layer_norm_2d block norms; batch-norm statistics redrawn too."""
+    import argparse
+    import types
+    sys.path.insert(0, aff_repo)
+    from affnet.models.classification import affnet as aff
+    small = dict(channels=[8, 16, 16, 24, 32], mv2_expand=2, aff_depths=[1, 2, 1])
+    c, d = small["channels"], small["aff_depths"]
+    config = {
+        "layer1": dict(out_channels=c[0], expand_ratio=2, num_blocks=1, stride=1, block_type="mv2"),
+        "layer2": dict(out_channels=c[1], expand_ratio=2, num_blocks=3, stride=2, block_type="mv2"),
+        "last_layer_exp_factor": 4,
+    }
+    for i in range(3):
+        config[f"layer{i + 3}"] = dict(out_channels=c[i + 2], transformer_channels=c[i + 2], ffn_dim=2 * c[i + 2],
+                                       transformer_blocks=d[i], patch_h=2, patch_w=2, stride=2, mv_expand_ratio=2,
+                                       head_dim=None, num_heads=4, block_type="aff_block")
+    original = aff.get_configuration
+    aff.get_configuration = lambda opts: config
+    opts = argparse.Namespace()
+    for k, v in {"model.classification.affnet.mode": "xx_small", "model.activation.name": "swish",
+                 "model.normalization.name": "batch_norm", "model.classification.n_classes": 10}.items():
+        setattr(opts, k, v)
+    try:
+        import io, contextlib
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = aff.AffNet(opts).eval()
+    finally:
+        aff.get_configuration = original
+    randomize_(model, gen)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.5 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+    x = torch.randn(INPUT_SHAPE, generator=gen)
+    with torch.no_grad():
+        t = model.conv_1(x)
+        feats = []
+        for layer in [model.layer_1, model.layer_2, model.layer_3, model.layer_4, model.layer_5]:
+            t = layer(t)
+            feats.append(t)
+        logits = model(x)
+    args = dict(mode="xx_small", num_classes=10, activation="swish", **small)
+    cfg = dict(input_size=(3, 256, 256), interpolation="bicubic", crop_pct=0.875,
+               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    d = os.path.join(out, "affnet_et")
+    write_model_dir(d, "affnet_et", model.state_dict(), args, cfg, 128)
+    write_reference(d, x, logits, feats)
 
 
 def mambaformer_case(out, gen):
@@ -501,6 +556,8 @@ def main():
     ap.add_argument("--gfnet-repo", required=True, help="checkout of raoyongming/GFNet")
     ap.add_argument("--msmlp-repo", required=True, help="checkout of JegZheng/MS-MLP")
     ap.add_argument("--raftmlp-repo", required=True, help="checkout of okojoalg/raft-mlp")
+    ap.add_argument("--affnet-repo", required=True,
+                    help="the 'Adaptive Frequency Filters' folder of a microsoft/TokenMixers checkout")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     args = ap.parse_args()
     sys.path.insert(0, args.metaformer_repo)
@@ -564,6 +621,7 @@ def main():
     sys.path.insert(0, args.raftmlp_repo)
     from libs import models as rf
     raftmlp_cases(args.out, rf, gen)
+    affnet_case(args.out, args.affnet_repo, gen)
     mambaformer_case(args.out, gen)
     mambamixer_case(args.out, gen)
 

@@ -107,7 +107,7 @@ struct BenchArgs {
     json: bool,
 }
 
-const DEFAULT_BENCH: [&str; 15] = [
+const DEFAULT_BENCH: [&str; 16] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -123,6 +123,7 @@ const DEFAULT_BENCH: [&str; 15] = [
     "mambaformer_s18",
     "mambamixer_ti",
     "raftmlp_s",
+    "affnet_et",
 ];
 
 fn main() {

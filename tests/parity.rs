@@ -183,3 +183,8 @@ fn raftmlp_matches_the_reference() {
 fn raftmlp_at_another_resolution_matches_the_reference() {
     check("raftmlp_resized");
 }
+
+#[test]
+fn affnet_matches_the_reference() {
+    check("affnet_et");
+}

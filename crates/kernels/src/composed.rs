@@ -114,10 +114,57 @@ fn dft_matrices(
     ))
 }
 
+/// `rfft2(x, norm="ortho")` over the last two axes of `x` `(..., H, W)` as real matrix
+/// products: the real and imaginary parts, each `(..., H, W/2 + 1)`, in f32.
+pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dims = x.dims();
+    let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let k = w / 2 + 1;
+    let dev = x.device();
+    let x = x.to_dtype(DType::F32)?;
+    let (cos_w, sin_w) = dft_matrices(w, k, w, |_| 1.0, dev)?;
+    let (cos_h, sin_h) = dft_matrices(h, h, h, |_| 1.0, dev)?;
+    let r1 = x.broadcast_matmul(&cos_w)?;
+    let i1 = x.broadcast_matmul(&sin_w)?.neg()?;
+    let scale = 1.0 / ((h * w) as f64).sqrt();
+    let re = ((cos_h.broadcast_matmul(&r1)? + sin_h.broadcast_matmul(&i1)?)? * scale)?;
+    let im = ((cos_h.broadcast_matmul(&i1)? - sin_h.broadcast_matmul(&r1)?)? * scale)?;
+    Ok((re, im))
+}
+
+/// `irfft2(re + i im, s=(H, w), norm="ortho")` over the last two axes, the inverse of
+/// [`rfft2_ortho`] (imaginary parts of the zero and Nyquist columns are ignored, as PyTorch does).
+pub fn irfft2_ortho(re: &Tensor, im: &Tensor, w: usize) -> Result<Tensor> {
+    let dims = re.dims();
+    let (h, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    if k != w / 2 + 1 {
+        return Err(KernelError::Shape {
+            op: "irfft2",
+            what: "spectrum",
+            expected: format!("{} columns for width {w}", w / 2 + 1),
+            found: dims.to_vec(),
+        }
+        .into());
+    }
+    let dev = re.device();
+    let (cos_h, sin_h) = dft_matrices(h, h, h, |_| 1.0, dev)?;
+    let r = (cos_h.broadcast_matmul(re)? - sin_h.broadcast_matmul(im)?)?;
+    let i = (cos_h.broadcast_matmul(im)? + sin_h.broadcast_matmul(re)?)?;
+    let hermitian = |j: usize| {
+        if j == 0 || (w % 2 == 0 && j == w / 2) {
+            1.0
+        } else {
+            2.0
+        }
+    };
+    let (cos_k, sin_k) = dft_matrices(w, k, w, hermitian, dev)?;
+    let y = (r.broadcast_matmul(&cos_k.t()?)? - i.broadcast_matmul(&sin_k.t()?)?)?;
+    y / ((h * w) as f64).sqrt()
+}
+
 /// GFNet's global filter as discrete Fourier transforms written as real matrix products (no
-/// FFT): forward real DFT along `W`, complex DFT along `H`, complex product with the weight,
-/// inverse complex DFT along `H`, inverse real DFT along `W`; `x` `(B, H, W, C)`, `weight`
-/// `(H, W/2 + 1, C, 2)`.
+/// FFT): [`rfft2_ortho`], complex product with the weight, [`irfft2_ortho`]; `x` `(B, H, W, C)`,
+/// `weight` `(H, W/2 + 1, C, 2)`.
 pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (_, h, w, c) = x.dims4()?;
     let k = w / 2 + 1;
@@ -130,37 +177,18 @@ pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         }
         .into());
     }
-    let dev = x.device();
     let dtype = x.dtype();
-    let xc = x
-        .to_dtype(DType::F32)?
-        .permute((0, 3, 1, 2))?
-        .contiguous()?;
-    let (cos_w, sin_w) = dft_matrices(w, k, w, |_| 1.0, dev)?;
-    let (cos_h, sin_h) = dft_matrices(h, h, h, |_| 1.0, dev)?;
-    let r1 = xc.broadcast_matmul(&cos_w)?;
-    let i1 = xc.broadcast_matmul(&sin_w)?.neg()?;
-    let r2 = (cos_h.broadcast_matmul(&r1)? + sin_h.broadcast_matmul(&i1)?)?;
-    let i2 = (cos_h.broadcast_matmul(&i1)? - sin_h.broadcast_matmul(&r1)?)?;
+    let (re, im) = rfft2_ortho(&x.permute((0, 3, 1, 2))?.contiguous()?)?;
     let wt = weight.to_dtype(DType::F32)?.permute((2, 0, 1, 3))?;
     let (wr, wi) = (
         wt.narrow(3, 0, 1)?.squeeze(3)?,
         wt.narrow(3, 1, 1)?.squeeze(3)?,
     );
-    let r3 = (r2.broadcast_mul(&wr)? - i2.broadcast_mul(&wi)?)?;
-    let i3 = (r2.broadcast_mul(&wi)? + i2.broadcast_mul(&wr)?)?;
-    let r4 = (cos_h.broadcast_matmul(&r3)? - sin_h.broadcast_matmul(&i3)?)?;
-    let i4 = (cos_h.broadcast_matmul(&i3)? + sin_h.broadcast_matmul(&r3)?)?;
-    let hermitian = |j: usize| {
-        if j == 0 || (w % 2 == 0 && j == w / 2) {
-            1.0
-        } else {
-            2.0
-        }
-    };
-    let (cos_k, sin_k) = dft_matrices(w, k, w, hermitian, dev)?;
-    let y = (r4.broadcast_matmul(&cos_k.t()?)? - i4.broadcast_matmul(&sin_k.t()?)?)?;
-    (y / (h * w) as f64)?.permute((0, 2, 3, 1))?.to_dtype(dtype)
+    let yr = (re.broadcast_mul(&wr)? - im.broadcast_mul(&wi)?)?;
+    let yi = (re.broadcast_mul(&wi)? + im.broadcast_mul(&wr)?)?;
+    irfft2_ortho(&yr, &yi, w)?
+        .permute((0, 2, 3, 1))?
+        .to_dtype(dtype)
 }
 
 /// The selective scan as a per-step loop of candle ops (the recurrence as Mamba's

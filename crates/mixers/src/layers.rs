@@ -216,6 +216,8 @@ pub enum ActKind {
     SquaredRelu,
     /// `x * sigmoid(x)`.
     Silu,
+    /// `max(x, 0)`.
+    Relu,
 }
 
 /// An activation layer built from an [`ActKind`].
@@ -229,6 +231,8 @@ pub enum Act {
     SquaredRelu,
     /// SiLU.
     Silu,
+    /// ReLU.
+    Relu,
 }
 
 impl Act {
@@ -239,6 +243,7 @@ impl Act {
             ActKind::StarRelu => Self::StarRelu(StarRelu::new(vb)?),
             ActKind::SquaredRelu => Self::SquaredRelu,
             ActKind::Silu => Self::Silu,
+            ActKind::Relu => Self::Relu,
         })
     }
 }
@@ -250,6 +255,7 @@ impl Module for Act {
             Self::StarRelu(a) => a.forward(x),
             Self::SquaredRelu => x.relu()?.sqr(),
             Self::Silu => x.silu(),
+            Self::Relu => x.relu(),
         }
     }
 }

@@ -19,10 +19,11 @@
 //!   [`SepConv`] (ConvFormer), [`Attention`] (CAFormer), [`GatedConv`] (MambaOut),
 //!   [`TokenMlp`] (MLP-Mixer, gMixer), [`LinearTokens`] (ResMLP), [`SpatialGating`] (gMLP),
 //!   [`GlobalFilter`] (GFNet), [`MixShift`] (MS-MLP), [`Mamba`] (bidirectional selective SSM),
-//!   [`RaftTokenMixing`] (RaftMLP).
+//!   [`RaftTokenMixing`] (RaftMLP), [`AdaptiveFrequencyFilter`] (AFFNet).
 //! * [`layers`]: the building blocks the backbones share (norms, activations, scales, MLPs).
 #![deny(missing_docs)]
 
+pub mod aff;
 pub mod attention;
 mod error;
 pub mod gated_conv;
@@ -41,6 +42,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+pub use aff::AdaptiveFrequencyFilter;
 pub use attention::Attention;
 pub use error::MixerError;
 pub use gated_conv::GatedConv;
@@ -182,6 +184,16 @@ pub enum MixerConfig {
         /// Hidden width of the token MLPs as a multiple of their input width.
         expansion: usize,
     },
+    /// AFFNet's adaptive frequency filter (residual included): a spectrum-dependent mask from a
+    /// block-diagonal complex MLP, applied in the Fourier domain.
+    AdaptiveFrequencyFilter {
+        /// Channel groups of the block-diagonal MLP.
+        num_blocks: usize,
+        /// Soft-shrink threshold of the mask.
+        sparsity_threshold: f64,
+        /// Activation inside the MLP (AFFNet's global activation).
+        act: layers::ActKind,
+    },
     /// Multi-head self-attention over all tokens (CAFormer).
     Attention {
         /// Channels per head.
@@ -224,7 +236,8 @@ impl MixerConfig {
             Self::Pooling { .. }
             | Self::RandomMixing { .. }
             | Self::SepConv { .. }
-            | Self::MixShift { .. } => MixerLayout::Spatial,
+            | Self::MixShift { .. }
+            | Self::AdaptiveFrequencyFilter { .. } => MixerLayout::Spatial,
             Self::Attention { .. }
             | Self::Mamba { .. }
             | Self::TokenMlp { .. }
@@ -296,6 +309,14 @@ impl MixerConfig {
                          (torch.chunk), got shifts {shift_dist:?} and kernels {mix_size:?}",
                         shift_dist.len()
                     ),
+                )
+            }
+            Self::AdaptiveFrequencyFilter { num_blocks, .. }
+                if *num_blocks == 0 || dim % num_blocks != 0 =>
+            {
+                bad(
+                    "adaptive_frequency_filter",
+                    format!("num_blocks {num_blocks} must divide {dim} channels"),
                 )
             }
             Self::RaftTokenMixing {
@@ -425,6 +446,17 @@ impl MixerConfig {
                 *divide_out,
                 vb,
             )?),
+            Self::AdaptiveFrequencyFilter {
+                num_blocks,
+                sparsity_threshold,
+                act,
+            } => Box::new(AdaptiveFrequencyFilter::new(
+                dim,
+                *num_blocks,
+                *sparsity_threshold,
+                *act,
+                vb,
+            )?),
             Self::RaftTokenMixing {
                 raft_size,
                 height,
@@ -511,6 +543,13 @@ impl MixerConfig {
                 let rafts = dim / r.max(1);
                 // Each token MLP maps r*extent -> e*r*extent -> r*extent for every raft and line.
                 2 * e * rafts * (gw * (r * gh).pow(2) + gh * (r * gw).pow(2))
+            }
+            Self::AdaptiveFrequencyFilter { num_blocks, .. } => {
+                // FFTs plus the two block-diagonal complex layers (4 real products each) on
+                // the half spectrum.
+                let log = (n.max(2) as f64).log2().ceil() as u64;
+                let half = (h * (w / 2 + 1)) as u64;
+                dim * 2 * n * log + 2 * 4 * half * dim * dim / (*num_blocks as u64).max(1)
             }
             Self::GlobalFilter { .. } => {
                 // The two FFTs (~ N log2 N each) and the complex product, per channel.

@@ -58,10 +58,12 @@ pub fn expected_tensors(cfg: &ArchConfig) -> Result<Vec<TensorSpec>> {
     Ok(specs)
 }
 
-/// Number of parameters of `cfg` (every tensor in its checkpoint).
+/// Number of parameters of `cfg`: every tensor in its checkpoint but batch-norm running
+/// statistics (frozen matrices such as RandFormer's count, as PyTorch counts them).
 pub fn param_count(cfg: &ArchConfig) -> Result<u64> {
     Ok(expected_tensors(cfg)?
         .iter()
+        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
         .map(|(_, s)| s.iter().product::<usize>() as u64)
         .sum())
 }
@@ -156,10 +158,11 @@ fn check_tensors(
             }
         }
     }
+    // Batch-norm step counters carry no weights; checkpoints of BN models have them.
     let mut unexpected: Vec<String> = st
         .names()
         .into_iter()
-        .filter(|n| !wanted.contains_key(*n))
+        .filter(|n| !wanted.contains_key(*n) && !n.ends_with("num_batches_tracked"))
         .map(str::to_string)
         .collect();
     missing.sort();

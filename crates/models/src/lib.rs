@@ -11,6 +11,7 @@
 //! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
 #![deny(missing_docs)]
 
+pub mod affnet;
 mod args;
 pub mod checkpoint;
 mod error;
@@ -31,6 +32,7 @@ use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+pub use affnet::{AffNet, AffNetConfig};
 pub use error::{Error, Result};
 pub use gfnet::{Gfnet, GfnetConfig};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
@@ -105,6 +107,8 @@ pub enum ArchConfig {
     MambaMixer(MambaMixerConfig),
     /// A [`RaftMlp`].
     RaftMlp(RaftMlpConfig),
+    /// An [`AffNet`].
+    AffNet(AffNetConfig),
 }
 
 impl ArchConfig {
@@ -118,6 +122,7 @@ impl ArchConfig {
             Self::MsMlp(c) => Box::new(MsMlp::new(c, vb)?),
             Self::MambaMixer(c) => Box::new(MambaMixer::new(c, vb)?),
             Self::RaftMlp(c) => Box::new(RaftMlp::new(c, vb)?),
+            Self::AffNet(c) => Box::new(AffNet::new(c, vb)?),
         })
     }
 
@@ -134,6 +139,7 @@ impl ArchConfig {
             Self::MsMlp(c) => c.apply_model_args(args),
             Self::MambaMixer(c) => c.apply_model_args(args),
             Self::RaftMlp(c) => c.apply_model_args(args),
+            Self::AffNet(c) => c.apply_model_args(args),
         }
     }
 
@@ -147,6 +153,7 @@ impl ArchConfig {
             Self::MsMlp(c) => c.macs(h, w),
             Self::MambaMixer(c) => c.macs(),
             Self::RaftMlp(c) => c.macs(),
+            Self::AffNet(c) => c.macs(h, w),
         }
     }
 
@@ -160,6 +167,7 @@ impl ArchConfig {
             Self::MsMlp(c) => c.in_chans,
             Self::MambaMixer(c) => c.in_chans,
             Self::RaftMlp(c) => c.in_chans,
+            Self::AffNet(c) => c.in_chans,
         }
     }
 
@@ -173,6 +181,7 @@ impl ArchConfig {
             Self::MsMlp(c) => c.num_classes,
             Self::MambaMixer(c) => c.num_classes,
             Self::RaftMlp(c) => c.num_classes,
+            Self::AffNet(c) => c.num_classes,
         }
     }
 
@@ -186,6 +195,7 @@ impl ArchConfig {
             Self::MsMlp(c) => c.num_classes = n,
             Self::MambaMixer(c) => c.num_classes = n,
             Self::RaftMlp(c) => c.num_classes = n,
+            Self::AffNet(c) => c.num_classes = n,
         }
     }
 
@@ -200,6 +210,7 @@ impl ArchConfig {
             Self::MsMlp(_) => {}
             Self::MambaMixer(c) => c.img_size = (h, w),
             Self::RaftMlp(_) => {}
+            Self::AffNet(_) => {}
         }
     }
 
@@ -209,7 +220,11 @@ impl ArchConfig {
             Self::MlpMixer(c) => Some(c.img_size),
             Self::Gfnet(c) => Some((c.img_size, c.img_size)),
             Self::MambaMixer(c) => Some(c.img_size),
-            Self::MetaFormer(_) | Self::MambaOut(_) | Self::MsMlp(_) | Self::RaftMlp(_) => None,
+            Self::MetaFormer(_)
+            | Self::MambaOut(_)
+            | Self::MsMlp(_)
+            | Self::RaftMlp(_)
+            | Self::AffNet(_) => None,
         }
     }
 
@@ -245,6 +260,7 @@ impl ArchConfig {
             Self::MsMlp(c) => c.in_chans = n,
             Self::MambaMixer(c) => c.in_chans = n,
             Self::RaftMlp(c) => c.in_chans = n,
+            Self::AffNet(c) => c.in_chans = n,
         }
     }
 }

@@ -59,6 +59,15 @@ impl PretrainedCfg {
         }
     }
 
+    /// ImageNet mean/std, bicubic, at `size`² with `crop_pct`.
+    pub fn square(size: usize, crop_pct: f64) -> Self {
+        Self {
+            input_size: vec![3, size, size],
+            crop_pct,
+            ..Self::default()
+        }
+    }
+
     /// `(height, width)` of the model input.
     pub fn image_size(&self) -> (usize, usize) {
         match self.input_size.as_slice() {

@@ -1,5 +1,6 @@
 //! The model zoo: every named model, under its timm name, with the facts a user compares.
 
+use crate::affnet::AffNetConfig as Af;
 use crate::checkpoint::param_count;
 use crate::gfnet::GfnetConfig as Gf;
 use crate::mamba_mixer::MambaMixerConfig as Mx;
@@ -143,6 +144,9 @@ static MODELS: &[ModelEntry] = &[
     entry!("raftmlp_s", "raftmlp", Some(76.1), ArchConfig::RaftMlp(Rf::new([64, 128, 256, 512])), pretrained: PretrainedCfg::metaformer(0.875)),
     entry!("raftmlp_m", "raftmlp", Some(78.8), ArchConfig::RaftMlp(Rf::new([96, 192, 384, 768])), pretrained: PretrainedCfg::metaformer(0.875)),
     entry!("raftmlp_l", "raftmlp", Some(79.4), ArchConfig::RaftMlp(Rf::new([128, 192, 512, 1024])), pretrained: PretrainedCfg::metaformer(0.875)),
+    entry!("affnet_et", "affnet", Some(73.0), ArchConfig::AffNet(Af::et()), pretrained: PretrainedCfg::square(256, 0.875)),
+    entry!("affnet_t", "affnet", Some(77.0), ArchConfig::AffNet(Af::t()), pretrained: PretrainedCfg::square(256, 0.875)),
+    entry!("affnet", "affnet", Some(79.8), ArchConfig::AffNet(Af::small()), pretrained: PretrainedCfg::square(256, 0.875)),
 ];
 
 /// Whether `name` matches a shell-style `pattern` (`*` any run, `?` one character).
@@ -240,6 +244,11 @@ mod tests {
             ("gmixer_24_224", 24_721_096),
             ("resmlp_12_224", 15_350_872),
             ("gmlp_s16_224", 19_422_656),
+            // Counts from instantiating the authors' code.
+            ("msmlp_tiny", 28_656_232),
+            ("raftmlp_s", 9_868_768),
+            ("affnet_et", 1_436_264),
+            ("affnet", 5_568_696),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");

@@ -1,0 +1,492 @@
+//! AFFNet (Huang et al., "Adaptive Frequency Filters As Efficient Global Token Mixers", ICCV 2023,
+//! arXiv 2307.14008) with the tensor names of microsoft/TokenMixers (`AffNet`, built on
+//! ml-cvnets): a MobileViT-like network whose global blocks mix tokens with adaptive frequency
+//! filters.
+//!
+//! The released YAML configs (not in the public repository) fix two choices the code leaves
+//! open; tokenmix makes them configuration fields: the activation (`swish`, the cvnets MobileViT
+//! default) and the block norm (`layer_norm_2d`, i.e. GroupNorm with one group, eps 1e-5, the
+//! code's default for AFF blocks). Batch norms are folded into per-channel scales at load time;
+//! their `num_batches_tracked` counters are ignored.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenmix_mixers::layers::{Act, ActKind, Norm, NormConfig};
+use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+
+use crate::args::{as_f64, as_usize, usize_list};
+use crate::{Error, ImageModel};
+
+/// Hyper-parameters of an [`AffNet`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AffNetConfig {
+    /// Input image channels.
+    pub in_chans: usize,
+    /// Classifier outputs.
+    pub num_classes: usize,
+    /// Output channels of layers 1 to 5.
+    pub channels: Vec<usize>,
+    /// Expansion of the MobileNetV2 blocks.
+    pub mv2_expand: f64,
+    /// AFF blocks in layers 3, 4 and 5.
+    pub aff_depths: Vec<usize>,
+    /// Hidden width of the AFF blocks' inverted residuals as a multiple of their width.
+    pub ffn_ratio: f64,
+    /// Channel groups of the frequency filters' block-diagonal MLPs.
+    pub filter_blocks: usize,
+    /// Soft-shrink threshold of the frequency masks.
+    pub sparsity_threshold: f64,
+    /// Activation everywhere (cvnets' `model.activation.name`).
+    pub activation: ActKind,
+}
+
+impl AffNetConfig {
+    /// The reference's `mode`s: `xx_small` (AFFNet-ET), `x_small` (AFFNet-T), `small` (AFFNet).
+    pub fn mode(mode: &str) -> Option<Self> {
+        match mode {
+            "xx_small" => Some(Self::et()),
+            "x_small" => Some(Self::t()),
+            "small" => Some(Self::small()),
+            _ => None,
+        }
+    }
+
+    /// AFFNet-ET (`xx_small`).
+    pub fn et() -> Self {
+        Self::with_widths([32, 48, 64, 104, 144], 2.0)
+    }
+
+    /// AFFNet-T (`x_small`).
+    pub fn t() -> Self {
+        Self::with_widths([32, 48, 96, 160, 192], 4.0)
+    }
+
+    /// AFFNet (`small`).
+    pub fn small() -> Self {
+        Self::with_widths([32, 64, 128, 256, 320], 4.0)
+    }
+
+    fn with_widths(channels: [usize; 5], expand: f64) -> Self {
+        Self {
+            in_chans: 3,
+            num_classes: 1000,
+            channels: channels.to_vec(),
+            mv2_expand: expand,
+            aff_depths: vec![2, 4, 3],
+            ffn_ratio: 2.0,
+            filter_blocks: 8,
+            sparsity_threshold: 0.01,
+            activation: ActKind::Silu,
+        }
+    }
+
+    fn filter(&self) -> MixerConfig {
+        MixerConfig::AdaptiveFrequencyFilter {
+            num_blocks: self.filter_blocks,
+            sparsity_threshold: self.sparsity_threshold,
+            act: self.activation,
+        }
+    }
+
+    fn exp_channels(&self) -> usize {
+        (4 * self.channels[4]).min(960)
+    }
+
+    /// Checks the configuration; the message names the bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.channels.len() != 5 || self.aff_depths.len() != 3 {
+            return Err("need 5 layer widths and 3 AFF depths".into());
+        }
+        if self.in_chans == 0
+            || self.in_chans > 4096
+            || self.num_classes == 0
+            || self.num_classes > 1_000_000
+        {
+            return Err("in_chans must be in 1..=4096 and num_classes in 1..=1000000".into());
+        }
+        if self.channels.iter().any(|&c| c == 0 || c > 16_384)
+            || self.aff_depths.iter().any(|&d| d > 1000)
+        {
+            return Err(format!(
+                "channels {:?} or depths {:?} out of range",
+                self.channels, self.aff_depths
+            ));
+        }
+        if !(self.mv2_expand > 0.0
+            && self.mv2_expand <= 64.0
+            && self.ffn_ratio > 0.0
+            && self.ffn_ratio <= 64.0)
+        {
+            return Err("expansion ratios must be in (0, 64]".into());
+        }
+        for &c in &self.channels[2..] {
+            self.filter().validate(c).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Applies `model_args`: `mode` (first), `num_classes` / `n_classes`, `in_chans`,
+    /// `activation` (`swish`, `relu` or `gelu`), `sparsity_threshold`, and the widths the modes
+    /// fix (`channels` of layers 1-5, `mv2_expand`, `aff_depths`, `ffn_ratio`).
+    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
+        let ctx = "model_args";
+        if let Some(mode) = args.get("mode") {
+            *self = mode.as_str().and_then(Self::mode).ok_or_else(|| {
+                Error::config(
+                    ctx,
+                    format!("mode must be xx_small, x_small or small, got {mode}"),
+                )
+            })?;
+        }
+        for (key, value) in args {
+            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
+            match key.as_str() {
+                "mode" => {}
+                "num_classes" | "n_classes" => {
+                    self.num_classes = as_usize(value).ok_or_else(|| bad("an integer"))?
+                }
+                "in_chans" => self.in_chans = as_usize(value).ok_or_else(|| bad("an integer"))?,
+                "sparsity_threshold" => {
+                    self.sparsity_threshold = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "activation" => {
+                    self.activation = match value.as_str() {
+                        Some("swish") | Some("silu") => ActKind::Silu,
+                        Some("gelu") => ActKind::Gelu,
+                        Some("relu") => ActKind::Relu,
+                        _ => return Err(bad("swish, relu or gelu")),
+                    }
+                }
+                "channels" => {
+                    self.channels = usize_list(value).ok_or_else(|| bad("a list of 5 integers"))?
+                }
+                "aff_depths" => {
+                    self.aff_depths =
+                        usize_list(value).ok_or_else(|| bad("a list of 3 integers"))?
+                }
+                "mv2_expand" => self.mv2_expand = as_f64(value).ok_or_else(|| bad("a number"))?,
+                "ffn_ratio" => self.ffn_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
+                "attn_norm_layer" if value == "layer_norm_2d" => {}
+                "dropout" | "ffn_dropout" | "attn_dropout" | "classifier_dropout" => {}
+                _ => {
+                    return Err(Error::config(
+                        ctx,
+                        format!("unsupported argument '{key}' = {value} for an AFFNet model"),
+                    ))
+                }
+            }
+        }
+        self.validate().map_err(|e| Error::config(ctx, e))
+    }
+
+    /// Multiply-accumulates of one forward pass of one `h x w` image.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let down = |n: usize| n.div_ceil(2);
+        let (mut sh, mut sw) = (down(h), down(w));
+        let ir = |cin: usize, cout: usize, e: f64, n: u64, n_out: u64| -> u64 {
+            let hidden = make_divisible(cin as f64 * e) as u64;
+            let exp = if e != 1.0 { n * cin as u64 * hidden } else { 0 };
+            exp + n_out * hidden * 9 + n_out * hidden * cout as u64
+        };
+        let mut total = (sh * sw * 16 * self.in_chans * 9) as u64;
+        let mut cin = 16;
+        for (i, &c) in self.channels.iter().enumerate() {
+            let n_in = (sh * sw) as u64;
+            if i > 0 {
+                (sh, sw) = (down(sh), down(sw));
+            }
+            let n = (sh * sw) as u64;
+            let blocks = if i == 1 { 3 } else { 1 };
+            total += ir(cin, c, self.mv2_expand, n_in, n);
+            total += (blocks - 1) * ir(c, c, self.mv2_expand, n, n);
+            if i >= 2 {
+                let per = ir(c, c, self.ffn_ratio, n, n) + self.filter().macs(c, sh, sw);
+                total += per * self.aff_depths[i - 2] as u64 + n * (c * c + 2 * c * c) as u64;
+            }
+            cin = c;
+        }
+        let e = self.exp_channels() as u64;
+        total + (sh * sw) as u64 * cin as u64 * e + e * self.num_classes as u64
+    }
+}
+
+/// cvnets' `make_divisible(v, 8)`.
+fn make_divisible(v: f64) -> usize {
+    let d = 8.0;
+    let mut new_v = ((v + d / 2.0) as usize / 8 * 8).max(8);
+    if (new_v as f64) < 0.9 * v {
+        new_v += 8;
+    }
+    new_v
+}
+
+/// cvnets `ConvLayer`: conv (no bias) + batch norm (folded) + optional activation.
+#[derive(Debug)]
+struct ConvBn {
+    weight: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    stride: usize,
+    groups: usize,
+    act: Option<Act>,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        act: Option<ActKind>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let b = vb.pp("block");
+        let n = b.pp("norm");
+        let var = n.get(cout, "running_var")?;
+        let scale = (n.get(cout, "weight")? / (var + 1e-5)?.sqrt()?)?;
+        let shift = (n.get(cout, "bias")? - (n.get(cout, "running_mean")? * &scale)?)?;
+        Ok(Self {
+            weight: b.pp("conv").get((cout, cin / groups, k, k), "weight")?,
+            scale: scale.reshape((cout, 1, 1))?,
+            shift: shift.reshape((cout, 1, 1))?,
+            stride,
+            groups,
+            act: act.map(|a| Act::new(a, b.pp("act"))).transpose()?,
+        })
+    }
+}
+
+impl Module for ConvBn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.weight.dim(3)?;
+        let y = if self.groups > 1 {
+            tokenmix_kernels::depthwise_conv2d(x, &self.weight, None, self.stride, k / 2)?
+        } else {
+            x.conv2d(&self.weight, k / 2, self.stride, 1, 1)?
+        };
+        let y = y.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?;
+        match &self.act {
+            Some(a) => a.forward(&y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// MobileNetV2 inverted residual: [1x1 expand] -> 3x3 depthwise (stride) -> 1x1 project,
+/// with a skip when the shape is kept.
+#[derive(Debug)]
+struct InvertedResidual {
+    exp: Option<ConvBn>,
+    dw: ConvBn,
+    red: ConvBn,
+    skip: bool,
+}
+
+impl InvertedResidual {
+    fn new(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        expand: f64,
+        act: ActKind,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let hidden = make_divisible(cin as f64 * expand);
+        let b = vb.pp("block");
+        Ok(Self {
+            exp: (expand != 1.0)
+                .then(|| ConvBn::new(cin, hidden, 1, 1, 1, Some(act), b.pp("exp_1x1")))
+                .transpose()?,
+            dw: ConvBn::new(
+                hidden,
+                hidden,
+                3,
+                stride,
+                hidden,
+                Some(act),
+                b.pp("conv_3x3"),
+            )?,
+            red: ConvBn::new(hidden, cout, 1, 1, 1, None, b.pp("red_1x1"))?,
+            skip: stride == 1 && cin == cout,
+        })
+    }
+}
+
+impl Module for InvertedResidual {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = match &self.exp {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        let y = self.red.forward(&self.dw.forward(&h)?)?;
+        if self.skip {
+            x + y
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// `x + filter(norm2(mlp(norm1(x))))` (the inverted residual comes first, as in the reference).
+#[derive(Debug)]
+struct AffLayer {
+    norm1: Norm,
+    mlp: InvertedResidual,
+    norm2: Norm,
+    filter: Box<dyn TokenMixer>,
+}
+
+/// AFF blocks, a norm, a 1x1 projection, and a fusion of the block input with the result.
+#[derive(Debug)]
+struct AffBlock {
+    layers: Vec<AffLayer>,
+    norm: Norm,
+    conv_proj: ConvBn,
+    fusion: ConvBn,
+}
+
+impl AffBlock {
+    fn new(cfg: &AffNetConfig, c: usize, depth: usize, vb: VarBuilder) -> Result<Self> {
+        let gn = NormConfig::GROUP_NORM1;
+        let sp = MixerLayout::Spatial;
+        let g = vb.pp("global_rep");
+        let layers = (0..depth)
+            .map(|j| {
+                let b = g.pp(j);
+                Ok(AffLayer {
+                    norm1: gn.build(c, sp, b.pp("norm1"))?,
+                    mlp: InvertedResidual::new(
+                        c,
+                        c,
+                        1,
+                        cfg.ffn_ratio,
+                        cfg.activation,
+                        b.pp("mlp"),
+                    )?,
+                    norm2: gn.build(c, sp, b.pp("norm2"))?,
+                    filter: cfg.filter().build(c, b.pp("filter"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            norm: gn.build(c, sp, g.pp(depth))?,
+            conv_proj: ConvBn::new(c, c, 1, 1, 1, None, vb.pp("conv_proj"))?,
+            fusion: ConvBn::new(2 * c, c, 1, 1, 1, Some(cfg.activation), vb.pp("fusion"))?,
+        })
+    }
+}
+
+impl Module for AffBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        for l in &self.layers {
+            let m = l.norm2.forward(&l.mlp.forward(&l.norm1.forward(&y)?)?)?;
+            y = (&y + l.filter.forward(&m)?)?;
+        }
+        let fm = self.conv_proj.forward(&self.norm.forward(&y)?)?;
+        self.fusion.forward(&Tensor::cat(&[x, &fm], 1)?)
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    irs: Vec<InvertedResidual>,
+    aff: Option<AffBlock>,
+}
+
+/// An AFFNet classifier.
+#[derive(Debug)]
+pub struct AffNet {
+    cfg: AffNetConfig,
+    conv_1: ConvBn,
+    layers: Vec<Layer>,
+    conv_1x1_exp: ConvBn,
+    fc: Linear,
+}
+
+impl AffNet {
+    /// Builds the model, reading every tensor from `vb` under the reference's names.
+    pub fn new(cfg: &AffNetConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let act = Some(cfg.activation);
+        let conv_1 = ConvBn::new(cfg.in_chans, 16, 3, 2, 1, act, vb.pp("conv_1"))?;
+        let mut cin = 16;
+        let mut layers = Vec::new();
+        for (i, &c) in cfg.channels.iter().enumerate() {
+            let l = vb.pp(format!("layer_{}", i + 1));
+            let stride = if i == 0 { 1 } else { 2 };
+            let count = if i == 1 { 3 } else { 1 };
+            let mut irs = vec![InvertedResidual::new(
+                cin,
+                c,
+                stride,
+                cfg.mv2_expand,
+                cfg.activation,
+                l.pp(0),
+            )?];
+            for j in 1..count {
+                irs.push(InvertedResidual::new(
+                    c,
+                    c,
+                    1,
+                    cfg.mv2_expand,
+                    cfg.activation,
+                    l.pp(j),
+                )?);
+            }
+            let aff = (i >= 2)
+                .then(|| AffBlock::new(cfg, c, cfg.aff_depths[i - 2], l.pp(1)))
+                .transpose()?;
+            layers.push(Layer { irs, aff });
+            cin = c;
+        }
+        let e = cfg.exp_channels();
+        Ok(Self {
+            cfg: cfg.clone(),
+            conv_1,
+            layers,
+            conv_1x1_exp: ConvBn::new(cin, e, 1, 1, 1, act, vb.pp("conv_1x1_exp"))?,
+            fc: candle_nn::linear(e, cfg.num_classes, vb.pp("classifier").pp("fc"))?,
+        })
+    }
+}
+
+impl ImageModel for AffNet {
+    fn in_chans(&self) -> usize {
+        self.cfg.in_chans
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    /// The outputs of layers 1 to 5 (strides 2, 4, 8, 16, 32).
+    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = self.conv_1.forward(x)?;
+        let mut features = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            for ir in &layer.irs {
+                x = ir.forward(&x)?;
+            }
+            if let Some(aff) = &layer.aff {
+                x = aff.forward(&x)?;
+            }
+            features.push(x.clone());
+        }
+        Ok(features)
+    }
+
+    fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
+        let y = self.conv_1x1_exp.forward(last)?;
+        self.fc
+            .forward(&tokenmix_mixers::layers::global_avg_pool(&y)?)
+    }
+}
