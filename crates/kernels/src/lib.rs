@@ -11,6 +11,7 @@
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
+//! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 #![deny(missing_docs)]
 
 pub mod composed;
@@ -30,7 +31,7 @@ pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
 pub use scan::SelectiveScan;
-pub use spectral::SpectralFilter;
+pub use spectral::{Irfft2, Rfft2, SpectralFilter};
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
 pub fn fused_enabled() -> bool {
@@ -135,5 +136,26 @@ pub fn selective_scan(
         ud.apply_op3(&a.contiguous()?, &bc.contiguous()?, SelectiveScan)
     } else {
         composed::selective_scan(u, delta, a, b, c)
+    }
+}
+
+/// `rfft2(x, norm="ortho")` over the last two axes of `x` `(..., H, W)`: real and imaginary
+/// parts, each `(..., H, W/2 + 1)`, in f32.
+pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    if use_fused(x) {
+        let spec = x.contiguous()?.apply_op1_no_bwd(&Rfft2)?;
+        Ok((spec.get(0)?, spec.get(1)?))
+    } else {
+        composed::rfft2_ortho(x)
+    }
+}
+
+/// `irfft2(re + i im, s=(H, width), norm="ortho")` over the last two axes: the inverse of
+/// [`rfft2_ortho`] for a real signal of width `width`.
+pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
+    if use_fused(re) && im.dtype() == DType::F32 {
+        Tensor::stack(&[re, im], 0)?.apply_op1_no_bwd(&Irfft2 { width })
+    } else {
+        composed::irfft2_ortho(re, im, width)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
@@ -38,32 +38,37 @@ impl Plans {
     }
 }
 
-/// Filters one `(H, W)` plane: `plane` in, filtered plane out (in place). `weight(h, k)` gives
-/// the filter coefficient; `spec` is `K * H` scratch, spectrum stored column-major (`k * H + h`).
-fn filter_plane(
+/// Unnormalized 2-D real FFT of one `(H, W)` plane into `spec` (`K * H`, column-major:
+/// `k * H + h`); `row` is `K` scratch. `plane` is used as scratch too.
+fn forward_plane(
     plans: &Plans,
     plane: &mut [f32],
     (h, w): (usize, usize),
-    weight: impl Fn(usize, usize) -> Complex32,
     spec: &mut [Complex32],
     row: &mut [Complex32],
 ) {
-    let k = w / 2 + 1;
-    let scale = 1.0 / (h * w) as f32;
     for y in 0..h {
-        let input = &mut plane[y * w..(y + 1) * w];
         // Lengths are right by construction, so the transform cannot fail.
-        let _ = plans.row_fwd.process(input, row);
+        let _ = plans.row_fwd.process(&mut plane[y * w..(y + 1) * w], row);
         for (kk, v) in row.iter().enumerate() {
             spec[kk * h + y] = *v;
         }
     }
-    for kk in 0..k {
-        let column = &mut spec[kk * h..(kk + 1) * h];
+    for column in spec.chunks_mut(h) {
         plans.col_fwd.process(column);
-        for (y, v) in column.iter_mut().enumerate() {
-            *v = *v * weight(y, kk) * scale;
-        }
+    }
+}
+
+/// Unnormalized inverse of [`forward_plane`]: `spec` (consumed) back to the `(H, W)` plane.
+fn inverse_plane(
+    plans: &Plans,
+    spec: &mut [Complex32],
+    (h, w): (usize, usize),
+    plane: &mut [f32],
+    row: &mut [Complex32],
+) {
+    let k = w / 2 + 1;
+    for column in spec.chunks_mut(h) {
         plans.col_inv.process(column);
     }
     for y in 0..h {
@@ -75,6 +80,163 @@ fn filter_plane(
             row[k - 1].im = 0.0;
         }
         let _ = plans.row_inv.process(row, &mut plane[y * w..(y + 1) * w]);
+    }
+}
+
+/// Filters one `(H, W)` plane in place: `weight(h, k)` gives the filter coefficient.
+fn filter_plane(
+    plans: &Plans,
+    plane: &mut [f32],
+    (h, w): (usize, usize),
+    weight: impl Fn(usize, usize) -> Complex32,
+    spec: &mut [Complex32],
+    row: &mut [Complex32],
+) {
+    let scale = 1.0 / (h * w) as f32;
+    forward_plane(plans, plane, (h, w), spec, row);
+    for (kk, column) in spec.chunks_mut(h).enumerate() {
+        for (y, v) in column.iter_mut().enumerate() {
+            *v = *v * weight(y, kk) * scale;
+        }
+    }
+    inverse_plane(plans, spec, (h, w), plane, row);
+}
+
+fn last_two(shape: &Shape) -> Result<(usize, usize, usize)> {
+    let dims = shape.dims();
+    if dims.len() < 2 {
+        return Err(KernelError::Shape {
+            op: "rfft2",
+            what: "input",
+            expected: "at least 2 axes".into(),
+            found: dims.to_vec(),
+        }
+        .into());
+    }
+    let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    Ok((dims[..dims.len() - 2].iter().product(), h, w))
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        return Err(KernelError::NotContiguous { op, what: "input" }.into());
+    };
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// Candle custom op: `rfft2(x, norm="ortho")` over the last two axes of a contiguous f32
+/// `(..., H, W)` input, returned as `(2, ..., H, W/2 + 1)` (real parts, then imaginary).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rfft2;
+
+impl CustomOp1 for Rfft2 {
+    fn name(&self) -> &'static str {
+        "tokenmix-rfft2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (planes, h, w) = last_two(l.shape())?;
+        let k = w / 2 + 1;
+        let mut dims = vec![2];
+        dims.extend_from_slice(l.shape().dims());
+        if let Some(last) = dims.last_mut() {
+            *last = k;
+        }
+        let x = contiguous_f32(s, l, "rfft2")?;
+        let mut out = vec![0f32; 2 * planes * h * k];
+        if planes * h * w == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+        }
+        let plans = Plans::new(h, w);
+        let scale = 1.0 / ((h * w) as f32).sqrt();
+        let (re, im) = out.split_at_mut(planes * h * k);
+        re.par_chunks_mut(h * k)
+            .zip(im.par_chunks_mut(h * k))
+            .zip(x.par_chunks(h * w))
+            .for_each_init(
+                || {
+                    (
+                        vec![Complex32::default(); k * h],
+                        vec![Complex32::default(); k],
+                        vec![0f32; h * w],
+                    )
+                },
+                |(spec, row, plane), ((re, im), src)| {
+                    plane.copy_from_slice(src);
+                    forward_plane(&plans, plane, (h, w), spec, row);
+                    for y in 0..h {
+                        for kk in 0..k {
+                            let v = spec[kk * h + y] * scale;
+                            re[y * k + kk] = v.re;
+                            im[y * k + kk] = v.im;
+                        }
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// Candle custom op: `irfft2(re + i im, s=(H, width), norm="ortho")` over the last two axes of
+/// a contiguous f32 `(2, ..., H, width/2 + 1)` input (as [`Rfft2`] writes it), giving
+/// `(..., H, width)`. Imaginary parts of the zero and Nyquist columns are ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct Irfft2 {
+    /// Width of the real output.
+    pub width: usize,
+}
+
+impl CustomOp1 for Irfft2 {
+    fn name(&self) -> &'static str {
+        "tokenmix-irfft2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims();
+        let (w, k) = (self.width, self.width / 2 + 1);
+        if dims.len() < 3 || dims[0] != 2 || dims[dims.len() - 1] != k {
+            return Err(KernelError::Shape {
+                op: "irfft2",
+                what: "spectrum",
+                expected: format!("(2, ..., H, {k}) for width {w}"),
+                found: dims.to_vec(),
+            }
+            .into());
+        }
+        let h = dims[dims.len() - 2];
+        let planes: usize = dims[1..dims.len() - 2].iter().product();
+        let mut out_dims = dims[1..].to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = w;
+        }
+        let x = contiguous_f32(s, l, "irfft2")?;
+        let mut out = vec![0f32; planes * h * w];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
+        }
+        let plans = Plans::new(h, w);
+        let scale = 1.0 / ((h * w) as f32).sqrt();
+        let (re, im) = x.split_at(planes * h * k);
+        out.par_chunks_mut(h * w)
+            .zip(re.par_chunks(h * k).zip(im.par_chunks(h * k)))
+            .for_each_init(
+                || {
+                    (
+                        vec![Complex32::default(); k * h],
+                        vec![Complex32::default(); k],
+                    )
+                },
+                |(spec, row), (plane, (re, im))| {
+                    for y in 0..h {
+                        for kk in 0..k {
+                            spec[kk * h + y] =
+                                Complex32::new(re[y * k + kk], im[y * k + kk]) * scale;
+                        }
+                    }
+                    inverse_plane(&plans, spec, (h, w), plane, row);
+                },
+            );
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 }
 

@@ -285,3 +285,39 @@ fn selective_scan_rejects_mismatched_shapes() {
         "{err}"
     );
 }
+
+#[test]
+fn fft_pair_matches_dft_composition_and_inverts() {
+    for shape in [
+        vec![1, 1, 4, 4],
+        vec![2, 3, 5, 7],
+        vec![3, 6, 8],
+        vec![2, 2, 7, 2],
+        vec![1, 1, 1, 1],
+    ] {
+        let x = randn(&shape);
+        let (re, im) = tokenmix_kernels::rfft2_ortho(&x).unwrap();
+        let (cre, cim) = composed::rfft2_ortho(&x).unwrap();
+        assert!(
+            max_abs_diff(&re, &cre) < 1e-4 && max_abs_diff(&im, &cim) < 1e-4,
+            "{shape:?}"
+        );
+        let w = *shape.last().unwrap();
+        let back = tokenmix_kernels::irfft2_ortho(&re, &im, w).unwrap();
+        assert!(max_abs_diff(&back, &x) < 1e-4, "{shape:?}: round trip");
+        let cback = composed::irfft2_ortho(&cre, &cim, w).unwrap();
+        assert!(
+            max_abs_diff(&cback, &x) < 1e-4,
+            "{shape:?}: composed round trip"
+        );
+    }
+    // Non-contiguous input and an arbitrary (non-Hermitian-consistent) spectrum.
+    let x = randn(&[2, 7, 6]).transpose(1, 2).unwrap();
+    let (re, im) = tokenmix_kernels::rfft2_ortho(&x).unwrap();
+    let (cre, cim) = composed::rfft2_ortho(&x).unwrap();
+    assert!(max_abs_diff(&re, &cre) < 1e-4 && max_abs_diff(&im, &cim) < 1e-4);
+    let (sr, si) = (randn(&[2, 5, 4]), randn(&[2, 5, 4]));
+    let fused = tokenmix_kernels::irfft2_ortho(&sr, &si, 6).unwrap();
+    let reference = composed::irfft2_ortho(&sr, &si, 6).unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 1e-4);
+}

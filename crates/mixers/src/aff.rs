@@ -4,7 +4,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use tokenmix_kernels::composed::{irfft2_ortho, rfft2_ortho};
+use tokenmix_kernels::{irfft2_ortho, rfft2_ortho};
 
 use crate::layers::{Act, ActKind};
 use crate::{MixerLayout, TokenMixer};
