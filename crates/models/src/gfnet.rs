@@ -238,9 +238,7 @@ impl Gfnet {
             pos_embed: vb.get((1, g * g, d), "pos_embed")?,
             blocks,
             norm: ln.build(d, tokens, vb.pp("norm"))?,
-            head: (cfg.num_classes > 0)
-                .then(|| candle_nn::linear(d, cfg.num_classes, vb.pp("head")))
-                .transpose()?,
+            head: crate::optional_linear(d, cfg.num_classes, vb.pp("head"))?,
         })
     }
 }
@@ -280,10 +278,6 @@ impl ImageModel for Gfnet {
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
-        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
-        match &self.head {
-            Some(fc) => fc.forward(&pooled),
-            None => Ok(pooled),
-        }
+        crate::pool_and_classify(last, self.head.as_ref())
     }
 }

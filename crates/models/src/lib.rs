@@ -68,6 +68,30 @@ pub trait ImageModel: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// An optional linear classifier: `None` when `classes` is 0 (the model then returns features).
+pub(crate) fn optional_linear(
+    dim: usize,
+    classes: usize,
+    vb: VarBuilder,
+) -> CandleResult<Option<candle_nn::Linear>> {
+    (classes > 0)
+        .then(|| candle_nn::linear(dim, classes, vb))
+        .transpose()
+}
+
+/// Global average pool of `(B, C, H, W)` to `(B, C)`, then the classifier if there is one.
+pub(crate) fn pool_and_classify(
+    last: &Tensor,
+    head: Option<&candle_nn::Linear>,
+) -> CandleResult<Tensor> {
+    use candle_core::Module;
+    let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
+    match head {
+        Some(fc) => fc.forward(&pooled),
+        None => Ok(pooled),
+    }
+}
+
 /// Checks that `x` is an `(B, in_chans, H, W)` batch a model can take; the error says what is
 /// wrong with it.
 pub fn check_input(model: &dyn ImageModel, x: &Tensor) -> Result<()> {

@@ -209,9 +209,7 @@ impl MambaMixer {
             )?,
             blocks,
             norm: ln.build(c, tokens, vb.pp("norm"))?,
-            head: (cfg.num_classes > 0)
-                .then(|| candle_nn::linear(c, cfg.num_classes, vb.pp("head")))
-                .transpose()?,
+            head: crate::optional_linear(c, cfg.num_classes, vb.pp("head"))?,
         })
     }
 }
@@ -257,10 +255,6 @@ impl ImageModel for MambaMixer {
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
-        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
-        match &self.head {
-            Some(fc) => fc.forward(&pooled),
-            None => Ok(pooled),
-        }
+        crate::pool_and_classify(last, self.head.as_ref())
     }
 }

@@ -336,9 +336,7 @@ impl MambaOut {
             norm: ln.build(prev, MixerLayout::Tokens, h.pp("norm"))?,
             pre_fc: candle_nn::linear(prev, hidden, h.pp("pre_logits").pp("fc"))?,
             pre_norm: ln.build(hidden, MixerLayout::Tokens, h.pp("pre_logits").pp("norm"))?,
-            fc: (cfg.num_classes > 0)
-                .then(|| candle_nn::linear(hidden, cfg.num_classes, h.pp("fc")))
-                .transpose()?,
+            fc: crate::optional_linear(hidden, cfg.num_classes, h.pp("fc"))?,
         };
         Ok(Self {
             cfg: cfg.clone(),

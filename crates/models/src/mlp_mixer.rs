@@ -484,9 +484,7 @@ impl MlpMixer {
             stem_norm,
             blocks,
             norm: token_norm(cfg, d, vb.pp("norm"))?,
-            head: (cfg.num_classes > 0)
-                .then(|| candle_nn::linear(d, cfg.num_classes, vb.pp("head")))
-                .transpose()?,
+            head: crate::optional_linear(d, cfg.num_classes, vb.pp("head"))?,
         })
     }
 }
@@ -524,10 +522,6 @@ impl ImageModel for MlpMixer {
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
-        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
-        match &self.head {
-            Some(fc) => fc.forward(&pooled),
-            None => Ok(pooled),
-        }
+        crate::pool_and_classify(last, self.head.as_ref())
     }
 }

@@ -293,9 +293,7 @@ impl MsMlp {
             )?,
             stages,
             norm: NormConfig::LAYER_NORM.build(last, MixerLayout::Tokens, vb.pp("norm"))?,
-            head: (cfg.num_classes > 0)
-                .then(|| candle_nn::linear(last, cfg.num_classes, vb.pp("head")))
-                .transpose()?,
+            head: crate::optional_linear(last, cfg.num_classes, vb.pp("head"))?,
         })
     }
 }
