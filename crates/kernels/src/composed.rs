@@ -24,6 +24,14 @@ fn window_counts(n: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// `(H, W)` map of the number of in-image pixels in the `k x k` window at each position, on
+/// `like`'s device and dtype.
+pub fn window_count_map(h: usize, w: usize, k: usize, like: &Tensor) -> Result<Tensor> {
+    let rows = Tensor::new(window_counts(h, k), like.device())?.reshape((h, 1))?;
+    let cols = Tensor::new(window_counts(w, k), like.device())?.reshape((1, w))?;
+    rows.broadcast_mul(&cols)?.to_dtype(like.dtype())
+}
+
 /// Pooling mixer by zero padding, `avg_pool2d`, rescaling by the in-image pixel counts and
 /// subtracting the input.
 pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
@@ -38,9 +46,7 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     let p = pool_size / 2;
     let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
     let sums = (padded.avg_pool2d_with_stride(pool_size, 1)? * (pool_size * pool_size) as f64)?;
-    let rows = Tensor::new(window_counts(h, pool_size), x.device())?.reshape((h, 1))?;
-    let cols = Tensor::new(window_counts(w, pool_size), x.device())?.reshape((1, w))?;
-    let counts = rows.broadcast_mul(&cols)?.to_dtype(x.dtype())?;
+    let counts = window_count_map(h, w, pool_size, x)?;
     sums.broadcast_div(&counts)? - x
 }
 

@@ -1,6 +1,6 @@
 //! Fused depthwise 2-D convolution.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::KernelError;
@@ -52,6 +52,31 @@ fn valid_outputs(
 impl CustomOp2 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
         "tokenmix-depthwise-conv2d"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let gx = w.contiguous()?.apply_op2_no_bwd(
+            &g,
+            &InputGrad {
+                conv: *self,
+                input: x.dims().to_vec(),
+            },
+        )?;
+        let gw = x.contiguous()?.apply_op2_no_bwd(
+            &g,
+            &WeightGrad {
+                conv: *self,
+                kernel: w.dim(3)?,
+            },
+        )?;
+        Ok((Some(gx), Some(gw)))
     }
 
     fn cpu_fwd(
@@ -151,5 +176,124 @@ fn conv_plane(
                 }
             }
         }
+    }
+}
+
+/// Geometry shared by the backward loops: `(planes, channels, h, w, ho, wo)`.
+fn geometry(input: &[usize], grad: &[usize]) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    match (input, grad) {
+        ([b, c, h, w], [gb, gc, ho, wo]) if b == gb && c == gc => Ok((b * c, *c, *h, *w, *ho, *wo)),
+        _ => Err(KernelError::Shape {
+            op: "depthwise_conv2d backward",
+            what: "gradient",
+            expected: format!("the output shape for input {input:?}"),
+            found: grad.to_vec(),
+        }
+        .into()),
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        return Err(KernelError::NotContiguous {
+            op: "depthwise_conv2d backward",
+            what: "operands",
+        }
+        .into());
+    };
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// Gradient of the input: `(weight (C, 1, k, k), grad (B, C, Ho, Wo)) -> (B, C, H, W)`.
+#[derive(Debug, Clone)]
+struct InputGrad {
+    conv: DepthwiseConv2d,
+    input: Vec<usize>,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "tokenmix-depthwise-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (planes, c, h, w, ho, wo) = geometry(&self.input, gl.shape().dims())?;
+        let k = wl.shape().dims4()?.3;
+        let (s, p) = (self.conv.stride, self.conv.padding);
+        let (wt, g) = (slice(ws, wl)?, slice(gs, gl)?);
+        let mut gx = vec![0f32; planes * h * w];
+        gx.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let kern = &wt[(plane % c) * k * k..(plane % c + 1) * k * k];
+                let src = &g[plane * ho * wo..(plane + 1) * ho * wo];
+                for ky in 0..k {
+                    let (oy0, oy1) = valid_outputs(h, ho, ky, s, p);
+                    for kx in 0..k {
+                        let wv = kern[ky * k + kx];
+                        let (ox0, ox1) = valid_outputs(w, wo, kx, s, p);
+                        for oy in oy0..oy1 {
+                            let iy = oy * s + ky - p;
+                            for ox in ox0..ox1 {
+                                dst[iy * w + ox * s + kx - p] += wv * src[oy * wo + ox];
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gx), Shape::from(self.input.clone())))
+    }
+}
+
+/// Gradient of the weight: `(input (B, C, H, W), grad (B, C, Ho, Wo)) -> (C, 1, k, k)`.
+#[derive(Debug, Clone)]
+struct WeightGrad {
+    conv: DepthwiseConv2d,
+    kernel: usize,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "tokenmix-depthwise-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (planes, c, h, w, ho, wo) = geometry(xl.shape().dims(), gl.shape().dims())?;
+        let (k, s, p) = (self.kernel, self.conv.stride, self.conv.padding);
+        let (x, g) = (slice(xs, xl)?, slice(gs, gl)?);
+        let mut gw = vec![0f32; c * k * k];
+        gw.par_chunks_mut(k * k).enumerate().for_each(|(ch, dst)| {
+            for plane in (ch..planes).step_by(c) {
+                let src = &x[plane * h * w..(plane + 1) * h * w];
+                let grad = &g[plane * ho * wo..(plane + 1) * ho * wo];
+                for ky in 0..k {
+                    let (oy0, oy1) = valid_outputs(h, ho, ky, s, p);
+                    for kx in 0..k {
+                        let (ox0, ox1) = valid_outputs(w, wo, kx, s, p);
+                        let mut acc = 0f32;
+                        for oy in oy0..oy1 {
+                            let iy = oy * s + ky - p;
+                            for ox in ox0..ox1 {
+                                acc += src[iy * w + ox * s + kx - p] * grad[oy * wo + ox];
+                            }
+                        }
+                        dst[ky * k + kx] += acc;
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(gw), Shape::from((c, 1, k, k))))
     }
 }

@@ -1,7 +1,9 @@
 //! Fused ops for the hot token-mixing paths of tokenmix, as candle custom ops.
 //!
 //! Each op has one module holding its fused CPU implementation and, in [`composed`], the plain
-//! composition of candle ops it must agree with. The public functions pick the fused path for
+//! composition of candle ops it must agree with. Every fused op has a backward pass, so models
+//! train on the fused path (channel norms analytically, the others by differentiating their
+//! composition). The public functions pick the fused path for
 //! contiguous-able f32 CPU tensors and the composed one otherwise; setting the environment
 //! variable `TOKENMIX_FUSED=0` forces the composed path everywhere (for debugging).
 //!
@@ -17,6 +19,7 @@
 pub mod composed;
 mod depthwise;
 mod error;
+mod grad;
 mod norm;
 mod pool;
 pub mod resize;
@@ -143,7 +146,7 @@ pub fn selective_scan(
 /// parts, each `(..., H, W/2 + 1)`, in f32.
 pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
     if use_fused(x) {
-        let spec = x.contiguous()?.apply_op1_no_bwd(&Rfft2)?;
+        let spec = x.contiguous()?.apply_op1(Rfft2)?;
         Ok((spec.get(0)?, spec.get(1)?))
     } else {
         composed::rfft2_ortho(x)
@@ -154,7 +157,7 @@ pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// [`rfft2_ortho`] for a real signal of width `width`.
 pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
     if use_fused(re) && im.dtype() == DType::F32 {
-        Tensor::stack(&[re, im], 0)?.apply_op1_no_bwd(&Irfft2 { width })
+        Tensor::stack(&[re, im], 0)?.apply_op1(Irfft2 { width })
     } else {
         composed::irfft2_ortho(re, im, width)
     }

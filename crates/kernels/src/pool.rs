@@ -1,6 +1,6 @@
 //! Fused pooling mixer.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::KernelError;
@@ -29,6 +29,16 @@ impl PoolMixer {
 impl CustomOp1 for PoolMixer {
     fn name(&self) -> &'static str {
         "tokenmix-pool-mixer"
+    }
+
+    /// The window average is symmetric, so its adjoint spreads `grad / count` over the same
+    /// windows: `dx = box_sum(grad / count) - grad`, with `box_sum(v) = (mixer(v) + v) * count`.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let counts = crate::composed::window_count_map(h, w, self.pool_size, grad)?;
+        let v = grad.broadcast_div(&counts)?;
+        let mixed = crate::pool_mixer(&v, self.pool_size)?;
+        Ok(Some(((mixed + &v)?.broadcast_mul(&counts)? - grad)?))
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {

@@ -1,7 +1,7 @@
 //! Fused selective scan (Mamba's S6 recurrence), sequential in the sequence, parallel over
 //! batch and channels.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::KernelError;
@@ -32,6 +32,21 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&
 impl CustomOp3 for SelectiveScan {
     fn name(&self) -> &'static str {
         "tokenmix-selective-scan"
+    }
+
+    fn bwd(
+        &self,
+        ud: &Tensor,
+        a: &Tensor,
+        bc: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = crate::grad::via_composition(&[ud, a, bc], grad, |t| {
+            let (b, c) = (t[2].get(0)?.transpose(1, 2)?, t[2].get(1)?.transpose(1, 2)?);
+            crate::composed::selective_scan(&t[0].get(0)?, &t[0].get(1)?, &t[1], &b, &c)
+        })?;
+        Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
     }
 
     fn cpu_fwd(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
@@ -134,6 +134,14 @@ impl CustomOp1 for Rfft2 {
         "tokenmix-rfft2"
     }
 
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = crate::grad::via_composition(&[x], grad, |t| {
+            let (re, im) = crate::composed::rfft2_ortho(&t[0])?;
+            Tensor::stack(&[re, im], 0)
+        })?;
+        Ok(g.into_iter().next())
+    }
+
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (planes, h, w) = last_two(l.shape())?;
         let k = w / 2 + 1;
@@ -191,6 +199,14 @@ impl CustomOp1 for Irfft2 {
         "tokenmix-irfft2"
     }
 
+    fn bwd(&self, spec: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = self.width;
+        let g = crate::grad::via_composition(&[spec], grad, |t| {
+            crate::composed::irfft2_ortho(&t[0].get(0)?, &t[0].get(1)?, w)
+        })?;
+        Ok(g.into_iter().next())
+    }
+
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = l.shape().dims();
         let (w, k) = (self.width, self.width / 2 + 1);
@@ -243,6 +259,19 @@ impl CustomOp1 for Irfft2 {
 impl CustomOp2 for SpectralFilter {
     fn name(&self) -> &'static str {
         "tokenmix-spectral-filter"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = crate::grad::via_composition(&[x, w], grad, |t| {
+            crate::composed::spectral_filter(&t[0], &t[1])
+        })?;
+        Ok((Some(g[0].clone()), Some(g[1].clone())))
     }
 
     fn cpu_fwd(

@@ -321,3 +321,135 @@ fn fft_pair_matches_dft_composition_and_inverts() {
     let reference = composed::irfft2_ortho(&sr, &si, 6).unwrap();
     assert!(max_abs_diff(&fused, &reference) < 1e-4);
 }
+
+/// Gradients of `<f(inputs), probe>` for the fused and the composed version of an op.
+fn check_grads(
+    what: &str,
+    inputs: &[Tensor],
+    fused: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    reference: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+) {
+    let grads = |f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>| -> Vec<Tensor> {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts).unwrap();
+        // The same non-uniform probe for both runs: sin of the flat index.
+        let n = out.elem_count();
+        let probe = (Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap() * 0.37)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape(out.dims())
+            .unwrap();
+        let g = (out * probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        ts.iter().map(|t| g.get(t).unwrap().clone()).collect()
+    };
+    let a = grads(&fused);
+    let b = grads(&reference);
+    for (i, (ga, gb)) in a.iter().zip(&b).enumerate() {
+        let d = max_abs_diff(ga, gb);
+        assert!(d < 1e-3, "{what}: gradient of input {i} differs by {d}");
+    }
+}
+
+#[test]
+fn fused_ops_have_the_gradients_of_their_compositions() {
+    let x = randn(&[2, 3, 7, 6]);
+    for (k, s, p) in [(3, 1, 1), (7, 1, 3), (3, 2, 1), (5, 2, 2)] {
+        let w = randn(&[3, 1, k, k]);
+        // candle's grouped conv2d backward mis-sizes odd inputs at stride 2; compare there on an
+        // even input.
+        let x = if s == 2 {
+            randn(&[2, 3, 8, 6])
+        } else {
+            x.clone()
+        };
+        check_grads(
+            &format!("depthwise k{k} s{s}"),
+            &[x, w],
+            |t| tokenmix_kernels::depthwise_conv2d(&t[0], &t[1], None, s, p),
+            |t| composed::depthwise_conv2d(&t[0], &t[1], s, p),
+        );
+    }
+    // candle cannot differentiate avg_pool2d with stride 1, so the reference for the pooling
+    // mixer's gradient is the explicit adjoint: every input pixel receives grad / count from
+    // each window containing it.
+    for k in [3, 5] {
+        let xv = Var::from_tensor(&x).unwrap();
+        let out = tokenmix_kernels::pool_mixer(xv.as_tensor(), k).unwrap();
+        let probe = randn(out.dims());
+        let g = (out * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got = g.get(xv.as_tensor()).unwrap().clone();
+        let (_, _, h, w) = x.dims4().unwrap();
+        let counts = composed::window_count_map(h, w, k, &x).unwrap();
+        let scaled: Vec<f32> = probe
+            .broadcast_div(&counts)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let p: Vec<f32> = probe.flatten_all().unwrap().to_vec1().unwrap();
+        let half = k / 2;
+        let mut want = vec![0f32; p.len()];
+        for plane in 0..p.len() / (h * w) {
+            for i in 0..h {
+                for j in 0..w {
+                    let at = plane * h * w + i * w + j;
+                    want[at] -= p[at];
+                    for oi in i.saturating_sub(half)..(i + half + 1).min(h) {
+                        for oj in j.saturating_sub(half)..(j + half + 1).min(w) {
+                            want[at] += scaled[plane * h * w + oi * w + oj];
+                        }
+                    }
+                }
+            }
+        }
+        let want = Tensor::from_vec(want, x.dims(), &Device::Cpu).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-4, "pool mixer k{k} gradient");
+    }
+    let xc = randn(&[2, 5, 6, 4]);
+    let filt = randn(&[5, 4, 4, 2]);
+    check_grads(
+        "spectral filter",
+        &[xc.clone(), filt],
+        |t| tokenmix_kernels::spectral_filter(&t[0], &t[1]),
+        |t| composed::spectral_filter(&t[0], &t[1]),
+    );
+    check_grads(
+        "rfft2 then irfft2 with a nonlinearity between",
+        &[xc.clone()],
+        |t| {
+            let (re, im) = tokenmix_kernels::rfft2_ortho(&t[0])?;
+            tokenmix_kernels::irfft2_ortho(&re.sqr()?, &(im * 2.0)?, 4)
+        },
+        |t| {
+            let (re, im) = composed::rfft2_ortho(&t[0])?;
+            composed::irfft2_ortho(&re.sqr()?, &(im * 2.0)?, 4)
+        },
+    );
+    let (b, d, l, n) = (2, 3, 9, 4);
+    let u = randn(&[b, d, l]);
+    let delta = (randn(&[b, d, l]).exp().unwrap() * 0.3).unwrap();
+    let a = randn(&[d, n]).abs().unwrap().neg().unwrap();
+    let (bm, cm) = (randn(&[b, n, l]), randn(&[b, n, l]));
+    check_grads(
+        "selective scan",
+        &[u, delta, a, bm, cm],
+        |t| tokenmix_kernels::selective_scan(&t[0], &t[1], &t[2], &t[3], &t[4]),
+        |t| composed::selective_scan(&t[0], &t[1], &t[2], &t[3], &t[4]),
+    );
+}
