@@ -431,7 +431,7 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
     );
     check_grads(
         "rfft2 then irfft2 with a nonlinearity between",
-        &[xc.clone()],
+        std::slice::from_ref(&xc),
         |t| {
             let (re, im) = tokenmix_kernels::rfft2_ortho(&t[0])?;
             tokenmix_kernels::irfft2_ortho(&re.sqr()?, &(im * 2.0)?, 4)
