@@ -1,9 +1,8 @@
 //! MambaOut's gated CNN mixer (Yu & Wang, "MambaOut: Do We Really Need Mamba for Vision?").
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::Pointwise;
 use crate::{MixerLayout, TokenMixer};
 
 /// Hidden channels and depthwise-conv channels for `dim` (`int(ratio * dim)` each, as timm).
@@ -44,16 +43,33 @@ pub fn validate(
 /// (timm `GatedConvBlock` without its norm, layer scale and shortcut).
 #[derive(Debug, Clone)]
 pub struct GatedConv {
-    fc1: Pointwise,
+    /// `fc1` split by output rows into the gate halves for the identity and conv channels, the
+    /// identity channels and the conv channels, each `(weight^T [C, n], bias [n])`.
+    gate_identity: (Tensor, Tensor),
+    gate_conv: (Tensor, Tensor),
+    identity: (Tensor, Tensor),
+    conv_in: (Tensor, Tensor),
     conv_weight: Tensor,
     conv_bias: Tensor,
-    fc2: Pointwise,
-    hidden: usize,
-    conv_channels: usize,
+    /// `fc2` split by input columns: identity part, conv part (`[n, C]` each) and the bias.
+    out_identity: Tensor,
+    out_conv: Tensor,
+    out_bias: Tensor,
+    dim: usize,
+}
+
+/// Rows `start..start + len` of a `[out, in]` weight (transposed to `[in, len]`) and its bias.
+fn rows(w: &Tensor, b: &Tensor, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    Ok((
+        w.narrow(0, start, len)?.t()?.contiguous()?,
+        b.narrow(0, start, len)?.contiguous()?,
+    ))
 }
 
 impl GatedConv {
-    /// Loads `fc1`, `conv` and `fc2` from `vb` (the block's prefix in timm's names).
+    /// Loads `fc1`, `conv` and `fc2` from `vb` (the block's prefix in timm's names). The linear
+    /// layers are split at load time so that the forward pass needs no slicing or
+    /// concatenation of activations.
     pub fn new(
         dim: usize,
         expansion_ratio: f64,
@@ -61,18 +77,33 @@ impl GatedConv {
         conv_ratio: f64,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let (hidden, conv_channels) = widths(dim, expansion_ratio, conv_ratio);
-        let layout = MixerLayout::ChannelsLast;
+        let (hidden, k) = widths(dim, expansion_ratio, conv_ratio);
+        let fc1 = vb.pp("fc1");
+        let (w1, b1) = (
+            fc1.get((2 * hidden, dim), "weight")?,
+            fc1.get(2 * hidden, "bias")?,
+        );
+        let fc2 = vb.pp("fc2");
+        let w2 = fc2.get((dim, hidden), "weight")?;
         let conv = vb.pp("conv");
         Ok(Self {
-            fc1: Pointwise::new(dim, 2 * hidden, true, layout, vb.pp("fc1"))?,
-            conv_weight: conv.get((conv_channels, 1, kernel_size, kernel_size), "weight")?,
-            conv_bias: conv.get(conv_channels, "bias")?,
-            fc2: Pointwise::new(hidden, dim, true, layout, vb.pp("fc2"))?,
-            hidden,
-            conv_channels,
+            gate_identity: rows(&w1, &b1, 0, hidden - k)?,
+            gate_conv: rows(&w1, &b1, hidden - k, k)?,
+            identity: rows(&w1, &b1, hidden, hidden - k)?,
+            conv_in: rows(&w1, &b1, 2 * hidden - k, k)?,
+            conv_weight: conv.get((k, 1, kernel_size, kernel_size), "weight")?,
+            conv_bias: conv.get(k, "bias")?,
+            out_identity: w2.narrow(1, 0, hidden - k)?.t()?.contiguous()?,
+            out_conv: w2.narrow(1, hidden - k, k)?.t()?.contiguous()?,
+            out_bias: fc2.get(dim, "bias")?,
+            dim,
         })
     }
+}
+
+/// `x @ w + b` for `x` `(N, C)`.
+fn affine(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+    x.matmul(w)?.broadcast_add(b)
 }
 
 impl TokenMixer for GatedConv {
@@ -85,12 +116,11 @@ impl TokenMixer for GatedConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(x)?;
-        let (hidden, k) = (self.hidden, self.conv_channels);
-        let gate = h.narrow(D::Minus1, 0, hidden)?.gelu_erf()?;
-        let identity = h.narrow(D::Minus1, hidden, hidden - k)?;
-        let conv_in = h
-            .narrow(D::Minus1, 2 * hidden - k, k)?
+        let (b, h, w, c) = x.dims4()?;
+        let tokens = x.reshape((b * h * w, c))?;
+        let k = self.conv_bias.dim(0)?;
+        let conv_in = affine(&tokens, &self.conv_in)?
+            .reshape((b, h, w, k))?
             .permute((0, 3, 1, 2))?;
         let pad = self.conv_weight.dim(3)? / 2;
         let conv = tokenmix_kernels::depthwise_conv2d(
@@ -100,8 +130,16 @@ impl TokenMixer for GatedConv {
             1,
             pad,
         )?
-        .permute((0, 2, 3, 1))?;
-        let mixed = Tensor::cat(&[&identity, &conv], D::Minus1)?;
-        self.fc2.forward(&(gate * mixed)?)
+        .permute((0, 2, 3, 1))?
+        .reshape((b * h * w, k))?;
+        let gated_conv = (affine(&tokens, &self.gate_conv)?.gelu_erf()? * conv)?;
+        let mut y = gated_conv.matmul(&self.out_conv)?;
+        if self.out_identity.dim(0)? > 0 {
+            let gate = affine(&tokens, &self.gate_identity)?.gelu_erf()?;
+            let gated = (gate * affine(&tokens, &self.identity)?)?;
+            y = (y + gated.matmul(&self.out_identity)?)?;
+        }
+        y.broadcast_add(&self.out_bias)?
+            .reshape((b, h, w, self.dim))
     }
 }
