@@ -234,11 +234,6 @@ impl MetaFormerConfig {
         }
         for (mixer, dim) in self.token_mixers.iter().zip(&self.dims) {
             mixer.validate(*dim).map_err(|e| e.to_string())?;
-            if mixer.layout() == MixerLayout::ChannelsLast {
-                return Err(format!(
-                    "{mixer:?} runs channel-last; a MetaFormer stage cannot host it"
-                ));
-            }
         }
         Ok(())
     }
@@ -493,8 +488,9 @@ impl Module for Block {
     }
 }
 
-/// A downsampler (absent when the width does not change) and blocks; attention stages run their
-/// blocks on `(B, N, C)` tokens, all others on `(B, C, H, W)`.
+/// A downsampler (absent when the width does not change) and blocks, run in the layout of the
+/// stage's mixer: `(B, N, C)` tokens for attention-like mixers, `(B, H, W, C)` for channel-last
+/// ones, `(B, C, H, W)` otherwise.
 #[derive(Debug)]
 struct Stage {
     downsample: Option<Downsample>,
@@ -506,8 +502,8 @@ impl Stage {
     fn new(cfg: &MetaFormerConfig, i: usize, prev_dim: usize, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.dims[i];
         let layout = match cfg.token_mixers[i].layout() {
-            MixerLayout::Tokens => MixerLayout::Tokens,
-            _ => MixerLayout::Spatial,
+            MixerLayout::Any => MixerLayout::Spatial,
+            other => other,
         };
         let downsample = (prev_dim != dim)
             .then(|| Downsample::new(cfg.downsample_norm, prev_dim, dim, vb.pp("downsample")))
@@ -530,18 +526,19 @@ impl Module for Stage {
             None => x.clone(),
         };
         let (b, c, h, w) = x.dims4()?;
-        let mut x = if self.layout == MixerLayout::Tokens {
-            x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?
-        } else {
-            x
+        let mut x = match self.layout {
+            MixerLayout::Tokens => x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?,
+            MixerLayout::ChannelsLast => x.permute((0, 2, 3, 1))?.contiguous()?,
+            _ => x,
         };
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        if self.layout == MixerLayout::Tokens {
-            x = x.transpose(1, 2)?.reshape((b, c, h, w))?;
+        match self.layout {
+            MixerLayout::Tokens => x.transpose(1, 2)?.reshape((b, c, h, w)),
+            MixerLayout::ChannelsLast => x.permute((0, 3, 1, 2))?.contiguous(),
+            _ => Ok(x),
         }
-        Ok(x)
     }
 }
 

@@ -1,0 +1,26 @@
+//! Multi-scale features for a downstream head (detection, segmentation): every stage's map of a
+//! zoo model. Loads a model directory when one is given, else builds the named model with random
+//! weights.
+//!
+//! `cargo run --release --example features -- [MODEL_DIR | MODEL_NAME]`
+
+use candle_core::{Device, Tensor};
+use tokenmix::models::checkpoint::random_model;
+use tokenmix::models::{load_model_dir, model_entry, ImageModel};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let arg = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "caformer_s18".to_string());
+    let device = Device::Cpu;
+    let model: Box<dyn ImageModel> = if std::path::Path::new(&arg).is_dir() {
+        load_model_dir(arg.as_ref(), &device)?.model
+    } else {
+        random_model(&model_entry(&arg)?.config(), &device)?
+    };
+    let x = Tensor::randn(0f32, 1.0, (2, model.in_chans(), 224, 224), &device)?;
+    for (i, f) in model.forward_features(&x)?.iter().enumerate() {
+        println!("stage {i}: {:?}", f.dims());
+    }
+    Ok(())
+}
