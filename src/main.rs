@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokenmix::models::checkpoint::{expected_tensors, random_model};
+use tokenmix::models::hub::load_from_hub_cache;
 use tokenmix::models::preprocess::load_image;
 use tokenmix::models::{list_models, load_model_dir, load_weights, model_entry, LoadedModel};
 
@@ -68,8 +69,12 @@ enum Command {
 #[derive(Args)]
 struct ModelSource {
     /// Directory with config.json and model.safetensors (as the hub serves `timm/<name>`).
-    #[arg(long, conflicts_with_all = ["model", "weights"])]
+    #[arg(long, conflicts_with_all = ["model", "weights", "hub"])]
     model_dir: Option<PathBuf>,
+    /// Hub model id (`timm/caformer_s18.sail_in1k[@revision]`) already in the local Hugging Face
+    /// cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub); nothing is downloaded.
+    #[arg(long, conflicts_with_all = ["model", "weights"])]
+    hub: Option<String>,
     /// Zoo model name (with --weights).
     #[arg(long, requires = "weights")]
     model: Option<String>,
@@ -80,10 +85,13 @@ struct ModelSource {
 
 impl ModelSource {
     fn load(&self, device: &Device) -> Result<LoadedModel> {
+        if let Some(repo) = &self.hub {
+            return Ok(load_from_hub_cache(repo, device)?);
+        }
         Ok(match (&self.model_dir, &self.model, &self.weights) {
             (Some(dir), _, _) => load_model_dir(dir, device)?,
             (None, Some(name), Some(weights)) => load_weights(name, weights, device)?,
-            _ => bail!("give either --model-dir DIR or --model NAME --weights FILE"),
+            _ => bail!("give --model-dir DIR, --hub ORG/NAME or --model NAME --weights FILE"),
         })
     }
 }

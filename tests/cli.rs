@@ -174,3 +174,60 @@ fn bench_reports_json() {
     assert!(r["latency_ms"].as_f64().unwrap() > 0.0 && r["images_per_s"].as_f64().unwrap() > 0.0);
     assert!((r["top1"].as_f64().unwrap() - 74.6).abs() < 1e-9);
 }
+
+/// A Hugging Face cache laid out as the hub clients write it: blobs, a snapshot of symlinks, a ref.
+#[test]
+fn hub_models_resolve_through_the_local_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--timm--poolformer_s12.sail_in1k");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for (i, file) in ["config.json", "model.safetensors"].iter().enumerate() {
+        let blob = repo.join("blobs").join(format!("blob{i}"));
+        std::fs::copy(fixture("poolformer_s12").join(file), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(file)).unwrap();
+    }
+    let out = cache.path().join("logits.safetensors");
+    let reference = fixture("poolformer_s12").join("reference.safetensors");
+    let run = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tokenmix"))
+            .env("HF_HUB_CACHE", cache.path())
+            .args([
+                "run",
+                "--hub",
+                id,
+                "--input",
+                reference.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run("timm/poolformer_s12.sail_in1k");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = &candle_core::safetensors::load(&out, &Device::Cpu).unwrap()["logits"];
+    let want = &candle_core::safetensors::load(&reference, &Device::Cpu).unwrap()["logits"];
+    let err: f32 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(err < 1e-3, "{err}");
+    assert!(run(&format!("timm/poolformer_s12.sail_in1k@{commit}"))
+        .status
+        .success());
+    assert_one_line_error(
+        &run("timm/caformer_s18.sail_in1k"),
+        "is not in the Hugging Face cache",
+    );
+    assert_one_line_error(&run("timm/poolformer_s12.sail_in1k@v2"), "revision v2");
+    assert_one_line_error(&run("../etc"), "is not a hub model id");
+}

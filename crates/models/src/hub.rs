@@ -1,8 +1,9 @@
 //! Loading model directories as the Hugging Face hub serves `timm/<name>` and as timm's
 //! `save_for_hf` writes them: `config.json` (`architecture`, `num_classes`, `model_args`,
-//! `pretrained_cfg`, optionally `label_names`) next to `model.safetensors`.
+//! `pretrained_cfg`, optionally `label_names`) next to `model.safetensors` — given directly, or
+//! found in the local Hugging Face cache by hub id.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -179,4 +180,72 @@ pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<Loade
         label_names: None,
         model,
     })
+}
+
+/// The Hugging Face hub cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (where `huggingface_hub` and the `hf-hub` crate store downloads).
+pub fn hub_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(home) = std::env::var_os("HF_HOME") {
+        return Some(PathBuf::from(home).join("hub"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+}
+
+/// The snapshot directory of hub model `repo` (`timm/poolformer_s12.sail_in1k`, optionally
+/// `@revision` with a branch, tag or commit) in the cache at `cache`, laid out as the hub clients
+/// write it: `models--{org}--{name}/refs/{revision}` holds the commit, and
+/// `models--{org}--{name}/snapshots/{commit}/` the files. Nothing is downloaded.
+pub fn resolve_in_hub_cache(cache: &Path, repo: &str) -> Result<PathBuf> {
+    let (id, revision) = repo.split_once('@').unwrap_or((repo, "main"));
+    let bad_id =
+        id.split('/').count() != 2 || id.split('/').any(|p| p.is_empty() || p == "." || p == "..");
+    if bad_id {
+        return Err(Error::config(
+            "hub",
+            format!("'{id}' is not a hub model id like timm/poolformer_s12.sail_in1k"),
+        ));
+    }
+    let root = cache.join(format!("models--{}", id.replace('/', "--")));
+    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    let commit = if is_commit {
+        revision.to_string()
+    } else {
+        let reference = root.join("refs").join(revision);
+        std::fs::read_to_string(&reference)
+            .map_err(|_| Error::Io {
+                path: reference.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "{id} (revision {revision}) is not in the Hugging Face cache at {}; tokenmix \
+                         does not download: fetch it with `huggingface-cli download {id}` or use --model-dir",
+                        cache.display()
+                    ),
+                ),
+            })?
+            .trim()
+            .to_string()
+    };
+    let snapshot = root.join("snapshots").join(&commit);
+    if !snapshot.join("config.json").is_file() || !snapshot.join("model.safetensors").is_file() {
+        return Err(Error::Io {
+            path: snapshot,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "cached snapshot lacks config.json or model.safetensors",
+            ),
+        });
+    }
+    Ok(snapshot)
+}
+
+/// Loads hub model `repo` from the local Hugging Face cache ([`hub_cache_dir`]).
+pub fn load_from_hub_cache(repo: &str, device: &Device) -> Result<LoadedModel> {
+    let cache = hub_cache_dir().ok_or_else(|| {
+        Error::config("hub", "no HF_HUB_CACHE, HF_HOME or HOME to find the cache")
+    })?;
+    load_model_dir(&resolve_in_hub_cache(&cache, repo)?, device)
 }
