@@ -254,27 +254,19 @@ impl ImageModel for Gfnet {
 
     /// One feature map: the normed tokens after the last block as `(B, C, g, g)`.
     fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let (_, _, h, w) = x.dims4()?;
         let s = self.cfg.img_size;
-        if (h, w) != (s, s) {
-            candle_core::bail!(
-                "this GFNet takes {s}x{s} images (its filters fix the grid; load the checkpoint \
-                 with model_args img_size to resize them), got {h}x{w}"
-            )
-        }
-        let x = self.patch_embed.forward(x)?;
-        let (b, d, g, _) = x.dims4()?;
-        let mut x = x
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .broadcast_add(&self.pos_embed)?;
+        let why =
+            "its filters fix the grid; load the checkpoint with model_args img_size to resize them";
+        crate::check_fixed_size(x, (s, s), why)?;
+        let (tokens, (g, _)) = crate::patch_tokens(&self.patch_embed, x)?;
+        let (b, _, d) = tokens.dims3()?;
+        let mut x = tokens.broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
             let t = block.norm1.forward(&x)?.reshape((b, g, g, d))?;
             let t = block.filter.forward(&t)?.reshape((b, g * g, d))?;
             x = (x + block.mlp.forward(&block.norm2.forward(&t)?)?)?;
         }
-        let x = self.norm.forward(&x)?;
-        Ok(vec![x.transpose(1, 2)?.reshape((b, d, g, g))?])
+        Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, (g, g))?])
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {

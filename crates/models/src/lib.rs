@@ -79,6 +79,36 @@ pub(crate) fn optional_linear(
         .transpose()
 }
 
+/// Fails unless `x` is a batch of `size` images; `why` says what fixes the size.
+pub(crate) fn check_fixed_size(x: &Tensor, size: (usize, usize), why: &str) -> CandleResult<()> {
+    let (_, _, h, w) = x.dims4()?;
+    if (h, w) != size {
+        candle_core::bail!(
+            "this model takes {}x{} images ({why}), got {h}x{w}",
+            size.0,
+            size.1
+        )
+    }
+    Ok(())
+}
+
+/// Patch-embeds `x` with `conv` into `(B, N, C)` tokens; returns them and the patch grid.
+pub(crate) fn patch_tokens(
+    conv: &candle_nn::Conv2d,
+    x: &Tensor,
+) -> CandleResult<(Tensor, (usize, usize))> {
+    use candle_core::Module;
+    let x = conv.forward(x)?;
+    let (_, _, gh, gw) = x.dims4()?;
+    Ok((x.flatten_from(2)?.transpose(1, 2)?.contiguous()?, (gh, gw)))
+}
+
+/// `(B, N, C)` tokens on a `grid` as a `(B, C, gh, gw)` map.
+pub(crate) fn tokens_to_map(tokens: &Tensor, (gh, gw): (usize, usize)) -> CandleResult<Tensor> {
+    let (b, _, c) = tokens.dims3()?;
+    tokens.transpose(1, 2)?.reshape((b, c, gh, gw))
+}
+
 /// Global average pool of `(B, C, H, W)` to `(B, C)`, then the classifier if there is one.
 pub(crate) fn pool_and_classify(
     last: &Tensor,

@@ -225,17 +225,13 @@ impl ImageModel for MambaMixer {
 
     /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
     fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let (_, _, h, w) = x.dims4()?;
-        if (h, w) != self.cfg.img_size {
-            candle_core::bail!(
-                "this MambaMixer takes {}x{} images (its channel mixers fix the token count), got {h}x{w}",
-                self.cfg.img_size.0,
-                self.cfg.img_size.1
-            )
-        }
-        let x = self.patch_embed.forward(x)?;
-        let (b, c, gh, gw) = x.dims4()?;
-        let mut history = vec![x.flatten_from(2)?.transpose(1, 2)?.contiguous()?];
+        crate::check_fixed_size(
+            x,
+            self.cfg.img_size,
+            "its channel mixers fix the token count",
+        )?;
+        let (tokens, grid) = crate::patch_tokens(&self.patch_embed, x)?;
+        let mut history = vec![tokens];
         for block in &self.blocks {
             let u = weighted(&block.token_weights, &history)?;
             let t = (&u + block.token_mixer.forward(&block.token_norm.forward(&u)?)?)?;
@@ -249,9 +245,8 @@ impl ImageModel for MambaMixer {
             let mixed = block.channel_mixer.forward(&normed)?.transpose(1, 2)?;
             history.push((v + mixed)?);
         }
-        let last = history.last().cloned().unwrap_or_else(|| x.clone());
-        let y = self.norm.forward(&last)?;
-        Ok(vec![y.transpose(1, 2)?.reshape((b, c, gh, gw))?])
+        let last = &history[history.len() - 1];
+        Ok(vec![crate::tokens_to_map(&self.norm.forward(last)?, grid)?])
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {

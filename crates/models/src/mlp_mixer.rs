@@ -500,25 +500,19 @@ impl ImageModel for MlpMixer {
 
     /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
     fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let (_, _, h, w) = x.dims4()?;
-        if (h, w) != self.cfg.img_size {
-            candle_core::bail!(
-                "this model takes {}x{} images (its token-mixing weights fix the grid), got {h}x{w}",
-                self.cfg.img_size.0,
-                self.cfg.img_size.1
-            )
-        }
-        let x = self.stem.forward(x)?;
-        let (b, c, gh, gw) = x.dims4()?;
-        let mut x = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        crate::check_fixed_size(
+            x,
+            self.cfg.img_size,
+            "its token-mixing weights fix the grid",
+        )?;
+        let (mut x, grid) = crate::patch_tokens(&self.stem, x)?;
         if let Some(n) = &self.stem_norm {
             x = n.forward(&x)?;
         }
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        let x = self.norm.forward(&x)?;
-        Ok(vec![x.transpose(1, 2)?.reshape((b, c, gh, gw))?])
+        Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, grid)?])
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
