@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use tokenmix::kernels::{composed, DepthwiseConv2d, PoolMixer};
+use tokenmix::kernels::{composed, DepthwiseConv2d, Gelu, PoolMixer};
 
 fn depthwise(c: &mut Criterion) {
     let mut group = c.benchmark_group("depthwise_conv2d_7x7");
@@ -39,9 +39,21 @@ fn pooling(c: &mut Criterion) {
     group.finish();
 }
 
+fn gelu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gelu");
+    let x = Tensor::randn(0f32, 1.0, (8, 256, 56, 56), &Device::Cpu).unwrap();
+    group.bench_function("fused/8x256x56x56", |b| {
+        b.iter(|| x.apply_op1(Gelu).unwrap())
+    });
+    group.bench_function("candle_gelu_erf/8x256x56x56", |b| {
+        b.iter(|| x.gelu_erf().unwrap())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = depthwise, pooling
+    targets = depthwise, pooling, gelu
 }
 criterion_main!(benches);

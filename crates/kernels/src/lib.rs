@@ -13,9 +13,11 @@
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
+//! * [`gelu`]: exact (erf) GELU with a vectorized erf.
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 #![deny(missing_docs)]
 
+mod activation;
 pub mod composed;
 mod depthwise;
 mod error;
@@ -29,6 +31,7 @@ mod spectral;
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
+pub use activation::Gelu;
 pub use depthwise::DepthwiseConv2d;
 pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
@@ -160,5 +163,14 @@ pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
         Tensor::stack(&[re, im], 0)?.apply_op1(Irfft2 { width })
     } else {
         composed::irfft2_ortho(re, im, width)
+    }
+}
+
+/// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt(2)))`, as PyTorch's `nn.GELU()`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if use_fused(x) {
+        x.contiguous()?.apply_op1(Gelu)
+    } else {
+        x.gelu_erf()
     }
 }

@@ -453,3 +453,22 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
         |t| composed::selective_scan(&t[0], &t[1], &t[2], &t[3], &t[4]),
     );
 }
+
+#[test]
+fn gelu_matches_candle_exact_gelu() {
+    for x in [
+        randn(&[3, 5, 7]),
+        (randn(&[2, 9, 4]) * 6.0).unwrap().transpose(1, 2).unwrap(),
+        randn(&[1]),
+    ] {
+        let fused = tokenmix_kernels::gelu(&x).unwrap();
+        let reference = x.gelu_erf().unwrap();
+        assert!(max_abs_diff(&fused, &reference) < 1e-5, "{:?}", x.dims());
+    }
+    check_grads(
+        "gelu",
+        &[randn(&[2, 3, 5])],
+        |t| tokenmix_kernels::gelu(&t[0]),
+        |t| t[0].gelu_erf(),
+    );
+}

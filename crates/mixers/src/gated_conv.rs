@@ -132,10 +132,10 @@ impl TokenMixer for GatedConv {
         )?
         .permute((0, 2, 3, 1))?
         .reshape((b * h * w, k))?;
-        let gated_conv = (affine(&tokens, &self.gate_conv)?.gelu_erf()? * conv)?;
+        let gated_conv = (tokenmix_kernels::gelu(&affine(&tokens, &self.gate_conv)?)? * conv)?;
         let mut y = gated_conv.matmul(&self.out_conv)?;
         if self.out_identity.dim(0)? > 0 {
-            let gate = affine(&tokens, &self.gate_identity)?.gelu_erf()?;
+            let gate = tokenmix_kernels::gelu(&affine(&tokens, &self.gate_identity)?)?;
             let gated = (gate * affine(&tokens, &self.identity)?)?;
             y = (y + gated.matmul(&self.out_identity)?)?;
         }

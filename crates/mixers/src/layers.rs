@@ -251,7 +251,7 @@ impl Act {
 impl Module for Act {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Gelu => x.gelu_erf(),
+            Self::Gelu => tokenmix_kernels::gelu(x),
             Self::StarRelu(a) => a.forward(x),
             Self::SquaredRelu => x.relu()?.sqr(),
             Self::Silu => x.silu(),

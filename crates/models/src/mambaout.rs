@@ -223,7 +223,7 @@ impl Module for Stem {
         if let Some(n) = &self.norm1 {
             x = n.forward(&x)?;
         }
-        let x = self.conv2.forward(&x.gelu_erf()?)?;
+        let x = self.conv2.forward(&tokenmix_kernels::gelu(&x)?)?;
         to_channels_last(&self.norm2.forward(&x)?)
     }
 }
@@ -376,8 +376,8 @@ impl ImageModel for MambaOut {
         let h = self
             .head
             .pre_fc
-            .forward(&self.head.norm.forward(&pooled)?)?
-            .gelu_erf()?;
+            .forward(&self.head.norm.forward(&pooled)?)?;
+        let h = tokenmix_kernels::gelu(&h)?;
         let h = self.head.pre_norm.forward(&h)?;
         match &self.head.fc {
             Some(fc) => fc.forward(&h),

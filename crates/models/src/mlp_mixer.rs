@@ -431,7 +431,7 @@ impl Module for Block {
                 gate,
                 fc2,
             } => {
-                let h = fc1.forward(&norm.forward(x)?)?.gelu_erf()?;
+                let h = tokenmix_kernels::gelu(&fc1.forward(&norm.forward(x)?)?)?;
                 let half = h.dim(D::Minus1)? / 2;
                 let (u, v) = (
                     h.narrow(D::Minus1, 0, half)?,

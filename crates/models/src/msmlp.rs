@@ -233,7 +233,7 @@ impl Module for Block {
         let y = self.norm.forward(&self.mixer.forward(x)?)?;
         let y = self
             .pwconv2
-            .forward(&self.pwconv1.forward(&y)?.gelu_erf()?)?;
+            .forward(&tokenmix_kernels::gelu(&self.pwconv1.forward(&y)?)?)?;
         x + self.gamma.forward(&y)?
     }
 }
