@@ -86,3 +86,73 @@ mod tests {
         }
     }
 }
+
+/// Candle custom op `(x, scale, bias) -> scale * relu(x)^2 + bias` (StarReLU) on a contiguous
+/// f32 tensor with scalar (`[1]`) `scale` and `bias`, in one pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StarRelu;
+
+impl candle_core::CustomOp3 for StarRelu {
+    fn name(&self) -> &'static str {
+        "tokenmix-star-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let scalar = |s: &CpuStorage, l: &Layout, what: &'static str| -> Result<f32> {
+            match (
+                l.shape().elem_count(),
+                s.as_slice::<f32>()?.get(l.start_offset()),
+            ) {
+                (1, Some(&v)) => Ok(v),
+                _ => Err(KernelError::Shape {
+                    op: "star_relu",
+                    what,
+                    expected: "[1]".into(),
+                    found: l.shape().dims().to_vec(),
+                }
+                .into()),
+            }
+        };
+        let (scale, bias) = (scalar(ss, sl, "scale")?, scalar(bs, bl, "bias")?);
+        let Some((a, b)) = xl.contiguous_offsets() else {
+            return Err(KernelError::NotContiguous {
+                op: "star_relu",
+                what: "input",
+            }
+            .into());
+        };
+        let x = &xs.as_slice::<f32>()?[a..b];
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    let r = v.max(0.0);
+                    *o = scale * r * r + bias;
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = crate::grad::via_composition(&[x, scale, bias], grad, |t| {
+            crate::composed::star_relu(&t[0], &t[1], &t[2])
+        })?;
+        Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
+    }
+}

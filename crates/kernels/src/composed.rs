@@ -227,3 +227,8 @@ pub fn selective_scan(
     }
     Tensor::stack(&ys, 2)
 }
+
+/// StarReLU `scale * relu(x)^2 + bias` with scalar (`[1]`) `scale` and `bias`.
+pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.relu()?.sqr()?.broadcast_mul(scale)?.broadcast_add(bias)
+}

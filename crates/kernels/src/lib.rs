@@ -13,7 +13,7 @@
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
-//! * [`gelu`]: exact (erf) GELU with a vectorized erf.
+//! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`star_relu`]: StarReLU in one pass.
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 #![deny(missing_docs)]
 
@@ -31,7 +31,7 @@ mod spectral;
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
-pub use activation::Gelu;
+pub use activation::{Gelu, StarRelu};
 pub use depthwise::DepthwiseConv2d;
 pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
@@ -172,5 +172,14 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(Gelu)
     } else {
         x.gelu_erf()
+    }
+}
+
+/// StarReLU, `scale * relu(x)^2 + bias`, with learned scalars `scale` and `bias` (`[1]`).
+pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if use_fused(x) && scale.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        x.contiguous()?.apply_op3(scale, bias, StarRelu)
+    } else {
+        composed::star_relu(x, scale, bias)
     }
 }

@@ -472,3 +472,25 @@ fn gelu_matches_candle_exact_gelu() {
         |t| t[0].gelu_erf(),
     );
 }
+
+#[test]
+fn star_relu_matches_its_composition() {
+    let (scale, bias) = (randn(&[1]), randn(&[1]));
+    for x in [randn(&[2, 3, 5, 7]), randn(&[4, 6]).t().unwrap()] {
+        let fused = tokenmix_kernels::star_relu(&x, &scale, &bias).unwrap();
+        let reference = composed::star_relu(&x, &scale, &bias).unwrap();
+        assert!(max_abs_diff(&fused, &reference) < 1e-5);
+    }
+    check_grads(
+        "star_relu",
+        &[randn(&[2, 3, 4]), scale, bias],
+        |t| tokenmix_kernels::star_relu(&t[0], &t[1], &t[2]),
+        |t| composed::star_relu(&t[0], &t[1], &t[2]),
+    );
+    let err = tokenmix_kernels::star_relu(&randn(&[3]), &randn(&[2]), &randn(&[1])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("star_relu: scale has shape [2], expected [1]"),
+        "{err}"
+    );
+}

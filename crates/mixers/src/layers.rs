@@ -197,10 +197,7 @@ impl StarRelu {
 
 impl Module for StarRelu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.relu()?
-            .sqr()?
-            .broadcast_mul(&self.scale)?
-            .broadcast_add(&self.bias)
+        tokenmix_kernels::star_relu(x, &self.scale, &self.bias)
     }
 }
 
