@@ -232,3 +232,30 @@ pub fn selective_scan(
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.relu()?.sqr()?.broadcast_mul(scale)?.broadcast_add(bias)
 }
+
+/// MS-MLP's mix-shift as candle ops, per channel: roll along the width / height
+/// (`torch.roll`), depthwise convolution with the packed `(2, C, k, k)` kernels, plus the
+/// `(2, C)` biases, summed.
+pub fn mix_shift(x: &Tensor, weights: &Tensor, biases: &Tensor, shifts: &[i32]) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let k = weights.dim(3)?;
+    let mut outs = Vec::with_capacity(c);
+    for (ch, &s) in shifts.iter().enumerate().take(c) {
+        let xc = x.narrow(1, ch, 1)?;
+        let mut y: Option<Tensor> = None;
+        for (dir, axis) in [(0, 3), (1, 2)] {
+            let wk = weights.get(dir)?.narrow(0, ch, 1)?.unsqueeze(0)?;
+            let conv = xc.roll(s, axis)?.conv2d(&wk, k / 2, 1, 1, 1)?;
+            let conv =
+                conv.broadcast_add(&biases.get(dir)?.narrow(0, ch, 1)?.reshape((1, 1, 1))?)?;
+            y = Some(match y {
+                Some(acc) => (acc + conv)?,
+                None => conv,
+            });
+        }
+        if let Some(y) = y {
+            outs.push(y);
+        }
+    }
+    Tensor::cat(&outs, 1)
+}

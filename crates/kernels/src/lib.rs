@@ -13,6 +13,7 @@
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
+//! * [`mix_shift`]: MS-MLP's channel-group shifts with their depthwise convolutions.
 //! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`star_relu`]: StarReLU in one pass.
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@ mod norm;
 mod pool;
 pub mod resize;
 mod scan;
+mod shift;
 mod spectral;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -37,6 +39,7 @@ pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
 pub use scan::SelectiveScan;
+pub use shift::MixShiftOp;
 pub use spectral::{Irfft2, Rfft2, SpectralFilter};
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
@@ -181,5 +184,20 @@ pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op3(scale, bias, StarRelu)
     } else {
         composed::star_relu(x, scale, bias)
+    }
+}
+
+/// MS-MLP's mix-shift on `(B, C, H, W)`: per channel, the depthwise convolution (kernels
+/// `weights` `(2, C, k, k)`, biases `(2, C)`) of the map rolled by `shifts[c]` along the width
+/// plus that of the map rolled along the height (`torch.roll` semantics, zero padding `k/2`).
+pub fn mix_shift(x: &Tensor, weights: &Tensor, biases: &Tensor, shifts: &[i32]) -> Result<Tensor> {
+    if use_fused(x) && weights.dtype() == DType::F32 && biases.dtype() == DType::F32 {
+        let op = MixShiftOp {
+            shifts: shifts.to_vec(),
+        };
+        x.contiguous()?
+            .apply_op3(&weights.contiguous()?, &biases.contiguous()?, op)
+    } else {
+        composed::mix_shift(x, weights, biases, shifts)
     }
 }

@@ -494,3 +494,30 @@ fn star_relu_matches_its_composition() {
         "{err}"
     );
 }
+
+#[test]
+fn mix_shift_matches_roll_and_conv() {
+    for (b, c, h, w, k) in [
+        (2, 5, 7, 6, 3),
+        (1, 3, 4, 9, 5),
+        (2, 2, 3, 3, 7),
+        (1, 4, 1, 5, 1),
+    ] {
+        let weights = randn(&[2, c, k, k]);
+        let biases = randn(&[2, c]);
+        let shifts: Vec<i32> = (0..c as i32).map(|i| i - 2).collect();
+        for x in [randn(&[b, c, h, w]), non_contiguous([b, c, h, w])] {
+            let fused = tokenmix_kernels::mix_shift(&x, &weights, &biases, &shifts).unwrap();
+            let reference = composed::mix_shift(&x, &weights, &biases, &shifts).unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-4, "{b}x{c}x{h}x{w} k{k}: {d}");
+        }
+    }
+    let shifts = [1, -1, 2];
+    check_grads(
+        "mix_shift",
+        &[randn(&[2, 3, 5, 4]), randn(&[2, 3, 3, 3]), randn(&[2, 3])],
+        |t| tokenmix_kernels::mix_shift(&t[0], &t[1], &t[2], &shifts),
+        |t| composed::mix_shift(&t[0], &t[1], &t[2], &shifts),
+    );
+}

@@ -16,57 +16,57 @@ pub fn chunk_sizes(dim: usize, groups: usize) -> Vec<usize> {
         .collect()
 }
 
-/// One channel group: its channels, shift and the two depthwise convolutions.
-#[derive(Debug, Clone)]
-struct Group {
-    start: usize,
-    len: usize,
-    shift: i32,
-    lr: (Tensor, Tensor),
-    td: (Tensor, Tensor),
-}
-
 /// Mix-shift on `(B, C, H, W)`: the channels are split into groups (as `torch.chunk`); group
 /// `i` is rolled circularly by `shift_dist[i]` along the width and, separately, along the
 /// height, each roll followed by its own `k_i x k_i` depthwise convolution with bias
-/// (`dwconv_lr.i`, `dwconv_td.i`); the output is the sum of the two concatenations.
+/// (`dwconv_lr.i`, `dwconv_td.i`); the output is the sum of the two. The per-group kernels are
+/// packed at load time into one `(2, C, k, k)` tensor (centred, zero-padded to the largest `k`)
+/// for the fused op.
 #[derive(Debug, Clone)]
 pub struct MixShift {
-    groups: Vec<Group>,
+    weights: Tensor,
+    biases: Tensor,
+    shifts: Vec<i32>,
 }
 
 impl MixShift {
     /// Loads `dwconv_lr.{i}` and `dwconv_td.{i}` for `dim` channels with one group per entry of
     /// `shift_dist` and kernel sizes `mix_size`.
     pub fn new(dim: usize, shift_dist: &[i32], mix_size: &[usize], vb: VarBuilder) -> Result<Self> {
-        let mut start = 0;
-        let mut groups = Vec::new();
+        let kmax = mix_size.iter().copied().max().unwrap_or(1);
+        let mut weights = [Vec::new(), Vec::new()];
+        let mut biases = [Vec::new(), Vec::new()];
+        let mut shifts = Vec::with_capacity(dim);
         for (i, ((len, &shift), &k)) in chunk_sizes(dim, shift_dist.len())
             .into_iter()
             .zip(shift_dist)
             .zip(mix_size)
             .enumerate()
         {
-            let conv = |name: &str| -> Result<(Tensor, Tensor)> {
+            let pad = (kmax - k) / 2;
+            for (dir, name) in ["dwconv_lr", "dwconv_td"].iter().enumerate() {
                 let vb = vb.pp(name).pp(i);
-                Ok((vb.get((len, 1, k, k), "weight")?, vb.get(len, "bias")?))
-            };
-            groups.push(Group {
-                start,
-                len,
-                shift,
-                lr: conv("dwconv_lr")?,
-                td: conv("dwconv_td")?,
-            });
-            start += len;
+                let w = vb.get((len, 1, k, k), "weight")?;
+                weights[dir].push(w.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?);
+                biases[dir].push(vb.get(len, "bias")?);
+            }
+            shifts.extend(std::iter::repeat_n(shift, len));
         }
-        Ok(Self { groups })
+        let pack = |parts: &[Tensor]| -> Result<Tensor> { Tensor::cat(parts, 0) };
+        let weights = Tensor::stack(
+            &[
+                pack(&weights[0])?.squeeze(1)?,
+                pack(&weights[1])?.squeeze(1)?,
+            ],
+            0,
+        )?;
+        let biases = Tensor::stack(&[pack(&biases[0])?, pack(&biases[1])?], 0)?;
+        Ok(Self {
+            weights,
+            biases,
+            shifts,
+        })
     }
-}
-
-fn dwconv(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
-    let pad = w.dim(3)? / 2;
-    tokenmix_kernels::depthwise_conv2d(x, w, Some(b), 1, pad)
 }
 
 impl TokenMixer for MixShift {
@@ -79,13 +79,6 @@ impl TokenMixer for MixShift {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut lr = Vec::with_capacity(self.groups.len());
-        let mut td = Vec::with_capacity(self.groups.len());
-        for g in &self.groups {
-            let xi = x.narrow(1, g.start, g.len)?;
-            lr.push(dwconv(&xi.roll(g.shift, 3)?, &g.lr)?);
-            td.push(dwconv(&xi.roll(g.shift, 2)?, &g.td)?);
-        }
-        Tensor::cat(&lr, 1)? + Tensor::cat(&td, 1)?
+        tokenmix_kernels::mix_shift(x, &self.weights, &self.biases, &self.shifts)
     }
 }
