@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::error::contiguous_f32;
 use crate::KernelError;
 
 /// `erf(x)` as a rational function of `x` clamped to `[-4, 4]` (the coefficients of Eigen's
@@ -40,14 +41,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            return Err(KernelError::NotContiguous {
-                op: "gelu",
-                what: "input",
-            }
-            .into());
-        };
-        let x = &s.as_slice::<f32>()?[a..b];
+        let x = contiguous_f32(s, l, "gelu", "input")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
@@ -122,14 +116,7 @@ impl candle_core::CustomOp3 for StarRelu {
             }
         };
         let (scale, bias) = (scalar(ss, sl, "scale")?, scalar(bs, bl, "bias")?);
-        let Some((a, b)) = xl.contiguous_offsets() else {
-            return Err(KernelError::NotContiguous {
-                op: "star_relu",
-                what: "input",
-            }
-            .into());
-        };
-        let x = &xs.as_slice::<f32>()?[a..b];
+        let x = contiguous_f32(xs, xl, "star_relu", "input")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))

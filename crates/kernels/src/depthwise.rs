@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::error::contiguous_f32;
 use crate::KernelError;
 
 /// Candle custom op: depthwise convolution of a contiguous f32 `(B, C, H, W)` input with a
@@ -116,16 +117,8 @@ impl CustomOp2 for DepthwiseConv2d {
             }
             .into());
         };
-        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-        else {
-            return Err(KernelError::NotContiguous {
-                op: "depthwise_conv2d",
-                what: "inputs",
-            }
-            .into());
-        };
-        let x = &xs.as_slice::<f32>()?[xa..xb];
-        let wt = &ws.as_slice::<f32>()?[wa..wb];
+        let x = contiguous_f32(xs, xl, "depthwise_conv2d", "input")?;
+        let wt = contiguous_f32(ws, wl, "depthwise_conv2d", "weight")?;
         let mut out = vec![0f32; b * c * ho * wo];
         out.par_chunks_mut(ho * wo)
             .enumerate()
@@ -194,14 +187,7 @@ fn geometry(input: &[usize], grad: &[usize]) -> Result<(usize, usize, usize, usi
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        return Err(KernelError::NotContiguous {
-            op: "depthwise_conv2d backward",
-            what: "operands",
-        }
-        .into());
-    };
-    Ok(&s.as_slice::<f32>()?[a..b])
+    contiguous_f32(s, l, "depthwise_conv2d backward", "operands")
 }
 
 /// Gradient of the input: `(weight (C, 1, k, k), grad (B, C, Ho, Wo)) -> (B, C, H, W)`.

@@ -36,6 +36,19 @@ pub enum KernelError {
     },
 }
 
+/// The f32 elements of a contiguous operand `what` of `op`, or [`KernelError::NotContiguous`].
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &'static str,
+    what: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        return Err(KernelError::NotContiguous { op, what }.into());
+    };
+    Ok(&storage.as_slice::<f32>()?[a..b])
+}
+
 impl From<KernelError> for candle_core::Error {
     fn from(e: KernelError) -> Self {
         candle_core::Error::wrap(e)

@@ -189,14 +189,7 @@ fn group_norm1(
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        return Err(KernelError::NotContiguous {
-            op: "channel_norm",
-            what,
-        }
-        .into());
-    };
-    Ok(&s.as_slice::<f32>()?[a..b])
+    crate::error::contiguous_f32(s, l, "channel_norm", what)
 }
 
 impl CustomOp3 for ChannelNorm {

@@ -43,14 +43,7 @@ impl CustomOp1 for PoolMixer {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            return Err(KernelError::NotContiguous {
-                op: "pool_mixer",
-                what: "input",
-            }
-            .into());
-        };
-        let x = &storage.as_slice::<f32>()?[start..end];
+        let x = crate::error::contiguous_f32(storage, layout, "pool_mixer", "input")?;
         if x.is_empty() {
             return Ok((CpuStorage::F32(vec![]), layout.shape().clone()));
         }

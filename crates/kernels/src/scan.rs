@@ -19,14 +19,7 @@ use crate::KernelError;
 pub struct SelectiveScan;
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        return Err(KernelError::NotContiguous {
-            op: "selective_scan",
-            what,
-        }
-        .into());
-    };
-    Ok(&s.as_slice::<f32>()?[a..b])
+    crate::error::contiguous_f32(s, l, "selective_scan", what)
 }
 
 impl CustomOp3 for SelectiveScan {

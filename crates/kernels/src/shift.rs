@@ -99,17 +99,12 @@ impl CustomOp3 for MixShiftOp {
             }
             .into());
         }
-        let slice = |s: &'_ CpuStorage, l: &Layout| -> Result<Vec<f32>> {
-            let Some((a, e)) = l.contiguous_offsets() else {
-                return Err(KernelError::NotContiguous {
-                    op: "mix_shift",
-                    what: "operands",
-                }
-                .into());
-            };
-            Ok(s.as_slice::<f32>()?[a..e].to_vec())
-        };
-        let (x, wt, bias) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
+        let slice = |s, l, what| crate::error::contiguous_f32(s, l, "mix_shift", what);
+        let (x, wt, bias) = (
+            slice(xs, xl, "input")?,
+            slice(ws, wl, "weights")?,
+            slice(bs, bl, "biases")?,
+        );
         let p = k / 2;
         let mut out = vec![0f32; b * c * h * w];
         out.par_chunks_mut(h * w)

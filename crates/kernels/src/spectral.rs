@@ -9,6 +9,7 @@ use realfft::num_complex::Complex32;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::{Fft, FftPlanner};
 
+use crate::error::contiguous_f32;
 use crate::KernelError;
 
 /// Candle custom op `(x, weight) -> y` on a contiguous f32 channel-last map `x` `(B, H, W, C)`
@@ -117,13 +118,6 @@ fn last_two(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((dims[..dims.len() - 2].iter().product(), h, w))
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        return Err(KernelError::NotContiguous { op, what: "input" }.into());
-    };
-    Ok(&s.as_slice::<f32>()?[a..b])
-}
-
 /// Candle custom op: `rfft2(x, norm="ortho")` over the last two axes of a contiguous f32
 /// `(..., H, W)` input, returned as `(2, ..., H, W/2 + 1)` (real parts, then imaginary).
 #[derive(Debug, Clone, Copy, Default)]
@@ -150,7 +144,7 @@ impl CustomOp1 for Rfft2 {
         if let Some(last) = dims.last_mut() {
             *last = k;
         }
-        let x = contiguous_f32(s, l, "rfft2")?;
+        let x = contiguous_f32(s, l, "rfft2", "input")?;
         let mut out = vec![0f32; 2 * planes * h * k];
         if planes * h * w == 0 {
             return Ok((CpuStorage::F32(out), Shape::from(dims)));
@@ -225,7 +219,7 @@ impl CustomOp1 for Irfft2 {
         if let Some(last) = out_dims.last_mut() {
             *last = w;
         }
-        let x = contiguous_f32(s, l, "irfft2")?;
+        let x = contiguous_f32(s, l, "irfft2", "spectrum")?;
         let mut out = vec![0f32; planes * h * w];
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
@@ -292,16 +286,8 @@ impl CustomOp2 for SpectralFilter {
             }
             .into());
         }
-        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-        else {
-            return Err(KernelError::NotContiguous {
-                op: "spectral_filter",
-                what: "inputs",
-            }
-            .into());
-        };
-        let x = &xs.as_slice::<f32>()?[xa..xb];
-        let wt = &ws.as_slice::<f32>()?[wa..wb];
+        let x = contiguous_f32(xs, xl, "spectral_filter", "input")?;
+        let wt = contiguous_f32(ws, wl, "spectral_filter", "weight")?;
         if x.is_empty() {
             return Ok((CpuStorage::F32(vec![]), xl.shape().clone()));
         }
