@@ -193,12 +193,13 @@ pub fn load_safetensors(
     model_name: &str,
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
-    checked_tensors(cfg, model_name)?;
+    // The tensor list is checked (and absurd configs refused) before the file is read.
+    let expected = checked_tensors(cfg, model_name)?;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    load_safetensors_bytes(&bytes, path, cfg, model_name, device)
+    load_expected(&bytes, path, &expected, cfg, model_name, device)
 }
 
 /// [`load_safetensors`] on the bytes of a safetensors file; `path` only names it in errors.
@@ -211,17 +212,29 @@ pub fn load_safetensors_bytes(
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
     let expected = checked_tensors(cfg, model_name)?;
+    load_expected(bytes, path, &expected, cfg, model_name, device)
+}
+
+/// Loads the `expected` tensors of `cfg` from safetensors `bytes` and builds the model.
+fn load_expected(
+    bytes: &[u8],
+    path: &Path,
+    expected: &[TensorSpec],
+    cfg: &ArchConfig,
+    model_name: &str,
+    device: &Device,
+) -> Result<Box<dyn ImageModel>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    check_tensors(&st, &expected, cfg).map_err(|details| Error::WeightMismatch {
+    check_tensors(&st, expected, cfg).map_err(|details| Error::WeightMismatch {
         path: path.to_path_buf(),
         model: model_name.to_string(),
         details,
     })?;
     let mut tensors = HashMap::with_capacity(expected.len());
-    for (name, shape) in &expected {
+    for (name, shape) in expected {
         let view = st.tensor(name).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             msg: e.to_string(),
