@@ -28,6 +28,9 @@ pub use tokenmix_kernels as kernels;
 pub use tokenmix_mixers as mixers;
 pub use tokenmix_models as models;
 
+pub mod plot;
+pub mod train;
+
 /// The names most programs need.
 pub mod prelude {
     pub use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};

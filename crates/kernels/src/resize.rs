@@ -77,7 +77,21 @@ pub fn bicubic(
     out
 }
 
-/// Resizes the last two axes of `x` to `(out_h, out_w)` bicubically (f32 result on `x`'s device).
+/// The `(n_out, n_in)` matrix of bicubic interpolation weights along one axis (repeated edge
+/// taps summed).
+fn tap_matrix(n_in: usize, n_out: usize, align_corners: bool) -> Vec<f32> {
+    let mut m = vec![0f32; n_out * n_in];
+    for (o, (idx, wts)) in taps(n_in, n_out, align_corners).into_iter().enumerate() {
+        for (i, w) in idx.iter().zip(wts) {
+            m[o * n_in + i] += w as f32;
+        }
+    }
+    m
+}
+
+/// Bicubic resize of the last two axes of `x` (`(..., H, W)` to `(..., oh, ow)`) with PyTorch's
+/// `F.interpolate(mode="bicubic")` weights; computed as `Wy · x · Wxᵀ`, so it is
+/// differentiable. `x` of another float dtype is computed in f32 and converted back.
 pub fn interpolate_bicubic(
     x: &Tensor,
     (oh, ow): (usize, usize),
@@ -91,14 +105,13 @@ pub fn interpolate_bicubic(
     if (h, w) == (oh, ow) {
         return Ok(x.clone());
     }
-    let planes: usize = dims[..dims.len() - 2].iter().product();
-    let data: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let out = bicubic(&data, (planes, h, w), (oh, ow), align_corners);
-    let mut shape = dims;
-    let n = shape.len();
-    shape[n - 2] = oh;
-    shape[n - 1] = ow;
-    Tensor::from_vec(out, shape, x.device())
+    let dev = x.device();
+    let wy = Tensor::from_vec(tap_matrix(h, oh, align_corners), (oh, h), dev)?;
+    let wxt = Tensor::from_vec(tap_matrix(w, ow, align_corners), (ow, w), dev)?.t()?;
+    let xf = x.to_dtype(DType::F32)?.contiguous()?;
+    let rows = xf.broadcast_matmul(&wxt.contiguous()?)?;
+    let out = wy.broadcast_matmul(&rows)?;
+    out.to_dtype(x.dtype())
 }
 
 #[cfg(test)]
@@ -119,5 +132,30 @@ mod tests {
         }
         // Next to the border the repeated edge pixel bends the ramp, as in PyTorch.
         assert!((up[1] - 0.40625).abs() < 1e-6, "{up:?}");
+    }
+
+    #[test]
+    fn tensor_resize_matches_the_slice_resize_and_has_gradients() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let data: Vec<f32> = (0..2 * 3 * 5 * 7)
+            .map(|i| ((i * 37) % 11) as f32 - 5.0)
+            .collect();
+        for align in [false, true] {
+            let x = candle_core::Var::from_vec(data.clone(), (2, 3, 5, 7), &dev)?;
+            let y = interpolate_bicubic(x.as_tensor(), (9, 4), align)?;
+            let want = bicubic(&data, (6, 5, 7), (9, 4), align);
+            let got: Vec<f32> = y.flatten_all()?.to_vec1()?;
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            }
+            let grads = y.sum_all()?.backward()?;
+            let g = grads
+                .get(x.as_tensor())
+                .expect("gradient reaches the input");
+            // Each output row of weights sums to one, so d(sum)/dx sums to the output size.
+            let total = g.sum_all()?.to_scalar::<f32>()?;
+            assert!((total - (6 * 9 * 4) as f32).abs() < 1e-2, "{total}");
+        }
+        Ok(())
     }
 }

@@ -402,3 +402,56 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.mean(D::Minus1)?.mean(D::Minus1)
 }
+
+/// Stochastic depth on a residual branch `(B, ...)`: in training, each sample's branch is zeroed
+/// with probability `rate` and kept ones are scaled by `1 / (1 - rate)`; identity in evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropPath {
+    rate: f64,
+}
+
+impl DropPath {
+    /// Drops a branch with probability `rate` (clamped to `[0, 1)`).
+    pub fn new(rate: f64) -> Self {
+        Self {
+            rate: rate.clamp(0.0, 0.999),
+        }
+    }
+
+    /// The drop probability.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Applies the drop to `x` when `train` is set.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        let b = x.dim(0)?;
+        let mut mask_shape = vec![1; x.rank()];
+        mask_shape[0] = b;
+        let keep = 1.0 - self.rate;
+        let mask = Tensor::rand(0f32, 1f32, b, x.device())?
+            .ge(self.rate)?
+            .to_dtype(x.dtype())?
+            .affine(1.0 / keep, 0.0)?
+            .reshape(mask_shape)?;
+        x.broadcast_mul(&mask)
+    }
+}
+
+/// Per-block drop-path rates rising linearly from 0 to `max_rate` over `blocks` blocks (timm's
+/// `torch.linspace(0, drop_path_rate, sum(depths))`).
+pub fn drop_path_rates(max_rate: f64, blocks: usize) -> Vec<DropPath> {
+    (0..blocks)
+        .map(|i| {
+            let t = if blocks > 1 {
+                i as f64 / (blocks - 1) as f64
+            } else {
+                0.0
+            };
+            DropPath::new(max_rate * t)
+        })
+        .collect()
+}

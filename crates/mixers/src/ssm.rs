@@ -27,7 +27,7 @@ struct Direction {
     x_proj: Linear,
     dt_weight: Tensor,
     dt_bias: Tensor,
-    a: Tensor,
+    a_log: Tensor,
     d: Tensor,
     dt_rank: usize,
     d_state: usize,
@@ -59,7 +59,7 @@ impl Direction {
             ),
             dt_weight: dt.get((inner, dt_rank), "weight")?,
             dt_bias: dt.get(inner, "bias")?,
-            a: vb.get((inner, d_state), &a_name)?.exp()?.neg()?,
+            a_log: vb.get((inner, d_state), &a_name)?,
             d: vb.get(inner, &format!("D{suffix}"))?,
             dt_rank,
             d_state,
@@ -100,7 +100,8 @@ impl Direction {
             .broadcast_add(&self.dt_bias)?
             .transpose(1, 2)?;
         let delta = softplus(&delta.contiguous()?)?;
-        let y = tokenmix_kernels::selective_scan(&x.contiguous()?, &delta, &self.a, &b, &c)?;
+        let a = self.a_log.exp()?.neg()?;
+        let y = tokenmix_kernels::selective_scan(&x.contiguous()?, &delta, &a, &b, &c)?;
         y + x.broadcast_mul(&self.d.reshape((inner, 1))?)?
     }
 }

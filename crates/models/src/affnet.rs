@@ -6,8 +6,8 @@
 //! The released YAML configs (not in the public repository) fix two choices the code leaves
 //! open; tokenmix makes them configuration fields: the activation (`swish`, the cvnets MobileViT
 //! default) and the block norm (`layer_norm_2d`, i.e. GroupNorm with one group, eps 1e-5, the
-//! code's default for AFF blocks). Batch norms are folded into per-channel scales at load time;
-//! their `num_batches_tracked` counters are ignored.
+//! code's default for AFF blocks). Batch norms apply their running statistics as a per-channel
+//! scale and shift (in training too: they are not updated, the affine parameters are); their `num_batches_tracked` counters are ignored.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -133,12 +133,15 @@ impl AffNetConfig {
     pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
         let ctx = "model_args";
         if let Some(mode) = args.get("mode") {
+            let (in_chans, num_classes) = (self.in_chans, self.num_classes);
             *self = mode.as_str().and_then(Self::mode).ok_or_else(|| {
                 Error::config(
                     ctx,
                     format!("mode must be xx_small, x_small or small, got {mode}"),
                 )
             })?;
+            self.in_chans = in_chans;
+            self.num_classes = num_classes;
         }
         for (key, value) in args {
             let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
@@ -225,12 +228,15 @@ fn make_divisible(v: f64) -> usize {
     new_v
 }
 
-/// cvnets `ConvLayer`: conv (no bias) + batch norm (folded) + optional activation.
+/// cvnets `ConvLayer`: conv (no bias) + batch norm with its running statistics (applied as a
+/// per-channel scale and shift) + optional activation.
 #[derive(Debug)]
 struct ConvBn {
     weight: Tensor,
-    scale: Tensor,
-    shift: Tensor,
+    bn_weight: Tensor,
+    bn_bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
     stride: usize,
     groups: usize,
     act: Option<Act>,
@@ -249,13 +255,12 @@ impl ConvBn {
     ) -> Result<Self> {
         let b = vb.pp("block");
         let n = b.pp("norm");
-        let var = n.get(cout, "running_var")?;
-        let scale = (n.get(cout, "weight")? / (var + 1e-5)?.sqrt()?)?;
-        let shift = (n.get(cout, "bias")? - (n.get(cout, "running_mean")? * &scale)?)?;
         Ok(Self {
             weight: b.pp("conv").get((cout, cin / groups, k, k), "weight")?,
-            scale: scale.reshape((cout, 1, 1))?,
-            shift: shift.reshape((cout, 1, 1))?,
+            bn_weight: n.get(cout, "weight")?,
+            bn_bias: n.get(cout, "bias")?,
+            running_mean: n.get(cout, "running_mean")?,
+            running_var: n.get(cout, "running_var")?,
             stride,
             groups,
             act: act.map(|a| Act::new(a, b.pp("act"))).transpose()?,
@@ -271,7 +276,12 @@ impl Module for ConvBn {
         } else {
             x.conv2d(&self.weight, k / 2, self.stride, 1, 1)?
         };
-        let y = y.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?;
+        let c = self.bn_weight.dim(0)?;
+        let scale = (&self.bn_weight / (&self.running_var + 1e-5)?.sqrt()?)?;
+        let shift = (&self.bn_bias - (&self.running_mean * &scale)?)?;
+        let y = y
+            .broadcast_mul(&scale.reshape((c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((c, 1, 1))?)?;
         match &self.act {
             Some(a) => a.forward(&y),
             None => Ok(y),
@@ -468,8 +478,10 @@ impl ImageModel for AffNet {
         self.cfg.num_classes
     }
 
-    /// The outputs of layers 1 to 5 (strides 2, 4, 8, 16, 32).
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    /// The outputs of layers 1 to 5 (strides 2, 4, 8, 16, 32). AFFNet's reference has no
+    /// stochastic depth; batch norms use their running statistics in training too (they act as
+    /// learned per-channel affines), so `train` changes nothing.
+    fn forward_features_t(&self, x: &Tensor, _train: bool) -> Result<Vec<Tensor>> {
         let mut x = self.conv_1.forward(x)?;
         let mut features = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {

@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{ActKind, Mlp, Norm, NormConfig};
+use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize};
@@ -34,6 +34,9 @@ pub struct GfnetConfig {
     pub depth: usize,
     /// Hidden width of the MLPs as a multiple of `embed_dim`.
     pub mlp_ratio: f64,
+    /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl GfnetConfig {
@@ -47,6 +50,7 @@ impl GfnetConfig {
             embed_dim,
             depth,
             mlp_ratio: 4.0,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -114,7 +118,10 @@ impl GfnetConfig {
                 "in_chans" => self.in_chans = int()?,
                 "num_classes" => self.num_classes = int()?,
                 "mlp_ratio" => self.mlp_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
-                "drop_rate" | "drop_path_rate" | "dropcls" | "uniform_drop" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "drop_rate" | "dropcls" | "uniform_drop" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -190,6 +197,7 @@ struct Block {
     filter: Box<dyn TokenMixer>,
     norm2: Norm,
     mlp: Mlp,
+    drop_path: DropPath,
 }
 
 /// An isotropic GFNet classifier.
@@ -215,6 +223,7 @@ impl Gfnet {
             ..Default::default()
         };
         let hidden = (cfg.mlp_ratio * d as f64) as usize;
+        let drop_paths = drop_path_rates(cfg.drop_path_rate, cfg.depth);
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let b = vb.pp("blocks").pp(i);
@@ -223,6 +232,7 @@ impl Gfnet {
                     filter: cfg.mixer().build(d, b.pp("filter"))?,
                     norm2: ln.build(d, tokens, b.pp("norm2"))?,
                     mlp: Mlp::new(d, hidden, ActKind::Gelu, true, tokens, b.pp("mlp"))?,
+                    drop_path: drop_paths[i],
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -253,7 +263,7 @@ impl ImageModel for Gfnet {
     }
 
     /// One feature map: the normed tokens after the last block as `(B, C, g, g)`.
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let s = self.cfg.img_size;
         let why =
             "its filters fix the grid; load the checkpoint with model_args img_size to resize them";
@@ -264,7 +274,8 @@ impl ImageModel for Gfnet {
         for block in &self.blocks {
             let t = block.norm1.forward(&x)?.reshape((b, g, g, d))?;
             let t = block.filter.forward(&t)?.reshape((b, g * g, d))?;
-            x = (x + block.mlp.forward(&block.norm2.forward(&t)?)?)?;
+            let branch = block.mlp.forward(&block.norm2.forward(&t)?)?;
+            x = (x + block.drop_path.forward_t(&branch, train)?)?;
         }
         Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, (g, g))?])
     }

@@ -54,17 +54,27 @@ pub trait ImageModel: Send + Sync + std::fmt::Debug {
     fn in_chans(&self) -> usize;
     /// Width of the logits.
     fn num_classes(&self) -> usize;
-    /// Every stage's output feature map, in order (for detection or segmentation heads).
-    fn forward_features(&self, x: &Tensor) -> CandleResult<Vec<Tensor>>;
+    /// Every stage's output feature map, in order; `train` turns on stochastic depth (drop
+    /// path) and the other training-only randomness.
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> CandleResult<Vec<Tensor>>;
     /// Logits from the last feature map.
     fn forward_head(&self, last: &Tensor) -> CandleResult<Tensor>;
-    /// Logits from an input batch.
-    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
-        let features = self.forward_features(x)?;
+    /// Every stage's output feature map in evaluation mode (for detection or segmentation
+    /// heads).
+    fn forward_features(&self, x: &Tensor) -> CandleResult<Vec<Tensor>> {
+        self.forward_features_t(x, false)
+    }
+    /// Logits from an input batch, in training mode when `train` is set.
+    fn forward_t(&self, x: &Tensor, train: bool) -> CandleResult<Tensor> {
+        let features = self.forward_features_t(x, train)?;
         match features.last() {
             Some(last) => self.forward_head(last),
             None => candle_core::bail!("model produced no features"),
         }
+    }
+    /// Logits from an input batch in evaluation mode.
+    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        self.forward_t(x, false)
     }
 }
 
@@ -301,6 +311,21 @@ impl ArchConfig {
         match self {
             Self::Gfnet(c) => c.resize(name, t, expected),
             _ => candle_core::bail!("{name} cannot be resized to {expected:?}"),
+        }
+    }
+
+    /// Sets the stochastic-depth rate of the last block for training (AFFNet, whose reference
+    /// has none, ignores it).
+    pub fn set_drop_path_rate(&mut self, rate: f64) {
+        match self {
+            Self::MetaFormer(c) => c.drop_path_rate = rate,
+            Self::MambaOut(c) => c.drop_path_rate = rate,
+            Self::MlpMixer(c) => c.drop_path_rate = rate,
+            Self::Gfnet(c) => c.drop_path_rate = rate,
+            Self::MsMlp(c) => c.drop_path_rate = rate,
+            Self::MambaMixer(c) => c.drop_path_rate = rate,
+            Self::RaftMlp(c) => c.drop_path_rate = rate,
+            Self::AffNet(_) => {}
         }
     }
 

@@ -19,10 +19,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{Norm, NormConfig};
+use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_usize, img_size_arg};
+use crate::args::{as_f64, as_usize, img_size_arg};
 use crate::{Error, ImageModel};
 
 /// Hyper-parameters of a [`MambaMixer`].
@@ -44,6 +44,9 @@ pub struct MambaMixerConfig {
     pub d_state: usize,
     /// Mamba hidden width as a multiple of its model width.
     pub expand: usize,
+    /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl MambaMixerConfig {
@@ -58,6 +61,7 @@ impl MambaMixerConfig {
             depth,
             d_state: 16,
             expand: 2,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -117,7 +121,10 @@ impl MambaMixerConfig {
                 "expand" => self.expand = int()?,
                 "in_chans" => self.in_chans = int()?,
                 "num_classes" => self.num_classes = int()?,
-                "drop_rate" | "drop_path_rate" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "drop_rate" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -152,14 +159,14 @@ struct Block {
     channel_weights: Tensor,
     channel_norm: Norm,
     channel_mixer: Box<dyn TokenMixer>,
+    drop_path: DropPath,
 }
 
-/// Learned weighted sum of the earlier features.
+/// Learned weighted sum of the earlier features (differentiable in the weights).
 fn weighted(weights: &Tensor, history: &[Tensor]) -> Result<Tensor> {
-    let w: Vec<f32> = weights.to_vec1()?;
-    let mut acc = (&history[0] * w[0] as f64)?;
-    for (h, &wi) in history.iter().zip(&w).skip(1) {
-        acc = (acc + (h * wi as f64)?)?;
+    let mut acc = history[0].broadcast_mul(&weights.narrow(0, 0, 1)?)?;
+    for (i, h) in history.iter().enumerate().skip(1) {
+        acc = (acc + h.broadcast_mul(&weights.narrow(0, i, 1)?)?)?;
     }
     Ok(acc)
 }
@@ -185,10 +192,12 @@ impl MambaMixer {
             stride: cfg.patch_size,
             ..Default::default()
         };
+        let drop_paths = drop_path_rates(cfg.drop_path_rate, cfg.depth);
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let b = vb.pp("blocks").pp(i);
                 Ok(Block {
+                    drop_path: drop_paths[i],
                     token_weights: b.get(1 + 2 * i, "token_weights")?,
                     token_norm: ln.build(c, tokens, b.pp("token_norm"))?,
                     token_mixer: cfg.mamba().build(c, b.pp("token_mixer"))?,
@@ -224,7 +233,7 @@ impl ImageModel for MambaMixer {
     }
 
     /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         crate::check_fixed_size(
             x,
             self.cfg.img_size,
@@ -234,7 +243,8 @@ impl ImageModel for MambaMixer {
         let mut history = vec![tokens];
         for block in &self.blocks {
             let u = weighted(&block.token_weights, &history)?;
-            let t = (&u + block.token_mixer.forward(&block.token_norm.forward(&u)?)?)?;
+            let mixed = block.token_mixer.forward(&block.token_norm.forward(&u)?)?;
+            let t = (&u + block.drop_path.forward_t(&mixed, train)?)?;
             history.push(t);
             let v = weighted(&block.channel_weights, &history)?;
             let normed = block
@@ -243,7 +253,7 @@ impl ImageModel for MambaMixer {
                 .transpose(1, 2)?
                 .contiguous()?;
             let mixed = block.channel_mixer.forward(&normed)?.transpose(1, 2)?;
-            history.push((v + mixed)?);
+            history.push((v + block.drop_path.forward_t(&mixed, train)?)?);
         }
         let last = &history[history.len() - 1];
         Ok(vec![crate::tokens_to_map(&self.norm.forward(last)?, grid)?])

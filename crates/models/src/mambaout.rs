@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{Norm, NormConfig, Scale};
+use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig, Scale};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, usize_list};
@@ -38,6 +38,9 @@ pub struct MambaOutConfig {
     pub ls_init_value: Option<f64>,
     /// `conv` (conv then norm) or `conv_nf` (norm then conv) downsampling.
     pub downsample: String,
+    /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl MambaOutConfig {
@@ -54,6 +57,7 @@ impl MambaOutConfig {
             stem_mid_norm: true,
             ls_init_value: None,
             downsample: "conv".into(),
+            drop_path_rate: 0.0,
         }
     }
 
@@ -138,7 +142,10 @@ impl MambaOutConfig {
                 }
                 "global_pool" if value == "avg" => {}
                 "head_fn" if value == "default" => {}
-                "drop_path_rate" | "drop_rate" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "drop_rate" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -255,16 +262,17 @@ struct Block {
     norm: Norm,
     mixer: Box<dyn TokenMixer>,
     ls: Option<Scale>,
+    drop_path: DropPath,
 }
 
-impl Module for Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.mixer.forward(&self.norm.forward(x)?)?;
         let y = match &self.ls {
             Some(ls) => ls.forward(&y)?,
             None => y,
         };
-        x + y
+        x + self.drop_path.forward_t(&y, train)?
     }
 }
 
@@ -301,6 +309,8 @@ impl MambaOut {
         let stem = Stem::new(cfg, vb.pp("stem"))?;
         let mut prev = cfg.dims[0];
         let mut stages = Vec::new();
+        let mut drop_paths =
+            drop_path_rates(cfg.drop_path_rate, cfg.depths.iter().sum()).into_iter();
         for (i, (&dim, &depth)) in cfg.dims.iter().zip(&cfg.depths).enumerate() {
             let vb = vb.pp("stages").pp(i);
             let downsample = if i == 0 {
@@ -324,6 +334,7 @@ impl MambaOut {
                             .ls_init_value
                             .map(|_| Scale::new_named(dim, cl, "gamma", b.pp("ls")))
                             .transpose()?,
+                        drop_path: drop_paths.next().unwrap_or(DropPath::new(0.0)),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -356,7 +367,7 @@ impl ImageModel for MambaOut {
         self.cfg.num_classes
     }
 
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut x = self.stem.forward(x)?;
         let mut features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
@@ -364,7 +375,7 @@ impl ImageModel for MambaOut {
                 x = d.forward(&x)?;
             }
             for block in &stage.blocks {
-                x = block.forward(&x)?;
+                x = block.forward_t(&x, train)?;
             }
             features.push(to_channels_first(&x)?);
         }

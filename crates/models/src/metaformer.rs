@@ -11,10 +11,12 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{global_avg_pool, ActKind, Mlp, Norm, NormConfig, Scale};
+use tokenmix_mixers::layers::{
+    drop_path_rates, global_avg_pool, ActKind, DropPath, Mlp, Norm, NormConfig, Scale,
+};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_usize, img_size_arg, per_stage_opt, usize_list};
+use crate::args::{as_f64, as_usize, img_size_arg, per_stage_opt, usize_list};
 use crate::{Error, ImageModel};
 
 /// Hyper-parameters of a [`MetaFormer`]. Field names are timm's `MetaFormer` kwargs where timm
@@ -51,6 +53,10 @@ pub struct MetaFormerConfig {
     pub output_norm: NormConfig,
     /// `MlpHead` (fc1, SquaredReLU, LayerNorm, fc2) instead of a single Linear.
     pub use_mlp_head: bool,
+    /// Stochastic depth of the last block in training (rates rise linearly from 0 over all
+    /// blocks); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl MetaFormerConfig {
@@ -70,6 +76,7 @@ impl MetaFormerConfig {
             res_scale_init_values: vec![None, None, Some(1.0), Some(1.0)],
             output_norm: NormConfig::LAYER_NORM,
             use_mlp_head: false,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -280,7 +287,10 @@ impl MetaFormerConfig {
                         img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?,
                     )
                 }
-                "drop_path_rate" | "drop_rate" | "proj_drop_rate" | "global_pool" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "drop_rate" | "proj_drop_rate" | "global_pool" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -442,6 +452,7 @@ struct Block {
     mlp: Mlp,
     layer_scale2: Option<Scale>,
     res_scale2: Option<Scale>,
+    drop_path: DropPath,
 }
 
 fn apply_opt(scale: &Option<Scale>, x: &Tensor) -> Result<Tensor> {
@@ -456,6 +467,7 @@ impl Block {
         cfg: &MetaFormerConfig,
         stage: usize,
         layout: MixerLayout,
+        drop_path: DropPath,
         vb: VarBuilder,
     ) -> Result<Self> {
         let dim = cfg.dims[stage];
@@ -475,16 +487,21 @@ impl Block {
             mlp: Mlp::new(dim, hidden, cfg.mlp_act, cfg.mlp_bias, layout, vb.pp("mlp"))?,
             layer_scale2: scale(ls, "layer_scale2")?,
             res_scale2: scale(rs, "res_scale2")?,
+            drop_path,
         })
     }
-}
 
-impl Module for Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mixed = self.token_mixer.forward(&self.norm1.forward(x)?)?;
-        let x = (apply_opt(&self.res_scale1, x)? + apply_opt(&self.layer_scale1, &mixed)?)?;
+        let mixed = self
+            .drop_path
+            .forward_t(&apply_opt(&self.layer_scale1, &mixed)?, train)?;
+        let x = (apply_opt(&self.res_scale1, x)? + mixed)?;
         let mlp = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        apply_opt(&self.res_scale2, &x)? + apply_opt(&self.layer_scale2, &mlp)?
+        let mlp = self
+            .drop_path
+            .forward_t(&apply_opt(&self.layer_scale2, &mlp)?, train)?;
+        apply_opt(&self.res_scale2, &x)? + mlp
     }
 }
 
@@ -499,7 +516,13 @@ struct Stage {
 }
 
 impl Stage {
-    fn new(cfg: &MetaFormerConfig, i: usize, prev_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &MetaFormerConfig,
+        i: usize,
+        prev_dim: usize,
+        drop_paths: &[DropPath],
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let dim = cfg.dims[i];
         let layout = match cfg.token_mixers[i].layout() {
             MixerLayout::Any => MixerLayout::Spatial,
@@ -509,7 +532,7 @@ impl Stage {
             .then(|| Downsample::new(cfg.downsample_norm, prev_dim, dim, vb.pp("downsample")))
             .transpose()?;
         let blocks = (0..cfg.depths[i])
-            .map(|j| Block::new(cfg, i, layout, vb.pp("blocks").pp(j)))
+            .map(|j| Block::new(cfg, i, layout, drop_paths[j], vb.pp("blocks").pp(j)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             downsample,
@@ -519,8 +542,8 @@ impl Stage {
     }
 }
 
-impl Module for Stage {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Stage {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
@@ -532,7 +555,7 @@ impl Module for Stage {
             _ => x,
         };
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward_t(&x, train)?;
         }
         match self.layout {
             MixerLayout::Tokens => x.transpose(1, 2)?.reshape((b, c, h, w)),
@@ -593,9 +616,13 @@ impl MetaFormer {
         let stem = Stem::new(cfg, vb.pp("stem"))?;
         let mut prev = cfg.dims[0];
         let mut stages = Vec::with_capacity(cfg.num_stages());
+        let drop_paths = drop_path_rates(cfg.drop_path_rate, cfg.depths.iter().sum());
+        let mut first = 0;
         for i in 0..cfg.num_stages() {
-            stages.push(Stage::new(cfg, i, prev, vb.pp("stages").pp(i))?);
+            let rates = &drop_paths[first..first + cfg.depths[i]];
+            stages.push(Stage::new(cfg, i, prev, rates, vb.pp("stages").pp(i))?);
             prev = cfg.dims[i];
+            first += cfg.depths[i];
         }
         let head = vb.pp("head");
         let dim = prev;
@@ -630,11 +657,11 @@ impl ImageModel for MetaFormer {
         self.cfg.num_classes
     }
 
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut x = self.stem.forward(x)?;
         let mut features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
-            x = stage.forward(&x)?;
+            x = stage.forward_t(&x, train)?;
             features.push(x.clone());
         }
         Ok(features)

@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{ActKind, Mlp, Norm, NormConfig};
+use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, img_size_arg};
@@ -51,6 +51,9 @@ pub struct MlpMixerConfig {
     pub glu: bool,
     /// Whether the patch embedding is followed by a norm (`stem.norm`).
     pub stem_norm: bool,
+    /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl MlpMixerConfig {
@@ -72,6 +75,7 @@ impl MlpMixerConfig {
             block,
             glu: false,
             stem_norm: false,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -218,7 +222,10 @@ impl MlpMixerConfig {
                     }
                 }
                 "global_pool" if value == "avg" => {}
-                "drop_rate" | "proj_drop_rate" | "drop_path_rate" | "nlhb" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "drop_rate" | "proj_drop_rate" | "nlhb" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -402,8 +409,9 @@ impl Block {
     }
 }
 
-impl Module for Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Block {
+    fn forward_t(&self, x: &Tensor, drop_path: DropPath, train: bool) -> Result<Tensor> {
+        let dp = |branch: Tensor| drop_path.forward_t(&branch, train);
         match self {
             Self::Mixer {
                 norm1,
@@ -411,8 +419,8 @@ impl Module for Block {
                 norm2,
                 mlp,
             } => {
-                let x = (x + mixer.forward(&norm1.forward(x)?)?)?;
-                &x + mlp.forward(&norm2.forward(&x)?)?
+                let x = (x + dp(mixer.forward(&norm1.forward(x)?)?)?)?;
+                &x + dp(mlp.forward(&norm2.forward(&x)?)?)?
             }
             Self::Res {
                 norm1,
@@ -422,8 +430,8 @@ impl Module for Block {
                 mlp,
                 ls2,
             } => {
-                let x = (x + mixer.forward(&norm1.forward(x)?)?.broadcast_mul(ls1)?)?;
-                &x + mlp.forward(&norm2.forward(&x)?)?.broadcast_mul(ls2)?
+                let x = (x + dp(mixer.forward(&norm1.forward(x)?)?.broadcast_mul(ls1)?)?)?;
+                &x + dp(mlp.forward(&norm2.forward(&x)?)?.broadcast_mul(ls2)?)?
             }
             Self::Gating {
                 norm,
@@ -437,7 +445,7 @@ impl Module for Block {
                     h.narrow(D::Minus1, 0, half)?,
                     h.narrow(D::Minus1, half, half)?,
                 );
-                x + fc2.forward(&(u * gate.forward(&v.contiguous()?)?)?)?
+                x + dp(fc2.forward(&(u * gate.forward(&v.contiguous()?)?)?)?)?
             }
         }
     }
@@ -451,6 +459,7 @@ pub struct MlpMixer {
     stem: Conv2d,
     stem_norm: Option<TokenNorm>,
     blocks: Vec<Block>,
+    drop_paths: Vec<DropPath>,
     norm: TokenNorm,
     head: Option<Linear>,
 }
@@ -483,6 +492,7 @@ impl MlpMixer {
             stem,
             stem_norm,
             blocks,
+            drop_paths: drop_path_rates(cfg.drop_path_rate, cfg.num_blocks),
             norm: token_norm(cfg, d, vb.pp("norm"))?,
             head: crate::optional_linear(d, cfg.num_classes, vb.pp("head"))?,
         })
@@ -499,7 +509,7 @@ impl ImageModel for MlpMixer {
     }
 
     /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         crate::check_fixed_size(
             x,
             self.cfg.img_size,
@@ -509,8 +519,8 @@ impl ImageModel for MlpMixer {
         if let Some(n) = &self.stem_norm {
             x = n.forward(&x)?;
         }
-        for block in &self.blocks {
-            x = block.forward(&x)?;
+        for (block, &dp) in self.blocks.iter().zip(&self.drop_paths) {
+            x = block.forward_t(&x, dp, train)?;
         }
         Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, grid)?])
     }

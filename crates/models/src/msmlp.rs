@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{Norm, NormConfig, Pointwise, Scale};
+use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig, Pointwise, Scale};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, usize_list};
@@ -39,6 +39,9 @@ pub struct MsMlpConfig {
     /// Whether the stem's patch embedding is followed by a LayerNorm (the downsamplers always
     /// are, as in the reference).
     pub patch_norm: bool,
+    /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl MsMlpConfig {
@@ -59,6 +62,7 @@ impl MsMlpConfig {
             ],
             mlp_ratio: 4.0,
             patch_norm: true,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -151,7 +155,10 @@ impl MsMlpConfig {
                         .and_then(|a| a.iter().map(usize_list).collect())
                         .ok_or_else(|| bad("a list of lists of integers"))?
                 }
-                "img_size" | "drop_rate" | "drop_path_rate" | "use_checkpoint" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "img_size" | "drop_rate" | "use_checkpoint" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -226,15 +233,16 @@ struct Block {
     pwconv1: Pointwise,
     pwconv2: Pointwise,
     gamma: Scale,
+    drop_path: DropPath,
 }
 
-impl Module for Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.norm.forward(&self.mixer.forward(x)?)?;
         let y = self
             .pwconv2
             .forward(&tokenmix_kernels::gelu(&self.pwconv1.forward(&y)?)?)?;
-        x + self.gamma.forward(&y)?
+        x + self.drop_path.forward_t(&self.gamma.forward(&y)?, train)?
     }
 }
 
@@ -261,6 +269,8 @@ impl MsMlp {
         let sp = MixerLayout::Spatial;
         let n = cfg.depths.len();
         let mut stages = Vec::with_capacity(n);
+        let mut drop_paths =
+            drop_path_rates(cfg.drop_path_rate, cfg.depths.iter().sum()).into_iter();
         for (i, &depth) in cfg.depths.iter().enumerate() {
             let (dim, l) = (cfg.dim(i), vb.pp("layers").pp(i));
             let hidden = (cfg.mlp_ratio * dim as f64) as usize;
@@ -273,6 +283,7 @@ impl MsMlp {
                         pwconv1: Pointwise::from_linear(dim, hidden, true, sp, b.pp("pwconv1"))?,
                         pwconv2: Pointwise::from_linear(hidden, dim, true, sp, b.pp("pwconv2"))?,
                         gamma: Scale::new_named(dim, sp, "gamma", b)?,
+                        drop_path: drop_paths.next().unwrap_or(DropPath::new(0.0)),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -308,7 +319,7 @@ impl ImageModel for MsMlp {
     }
 
     /// Every stage's output before its downsampling.
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let (_, _, h, w) = x.dims4()?;
         let min = self.cfg.patch_size << (self.stages.len() - 1);
         if h < min || w < min {
@@ -318,7 +329,7 @@ impl ImageModel for MsMlp {
         let mut features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             for block in &stage.blocks {
-                x = block.forward(&x)?;
+                x = block.forward_t(&x, train)?;
             }
             features.push(x.clone());
             if let Some(d) = &stage.downsample {

@@ -14,11 +14,11 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenmix_kernels::resize::interpolate_bicubic;
-use tokenmix_mixers::layers::{ActKind, Mlp, Norm};
+use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm};
 use tokenmix_mixers::raft::RAFT_NORM;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_usize, usize_list};
+use crate::args::{as_f64, as_usize, usize_list};
 use crate::{Error, ImageModel};
 
 /// One level of a RaftMLP (the reference's `layers` entries).
@@ -51,6 +51,10 @@ pub struct RaftMlpConfig {
     pub token_expansion_factor: usize,
     /// Hidden width of the channel MLPs as a multiple of the channels.
     pub channel_expansion_factor: usize,
+    /// Stochastic depth of the last block's channel-MLP branch in training (linear from 0; the
+    /// token-mixing residual lives inside the mixer and is not dropped); 0 for inference.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl RaftMlpConfig {
@@ -79,6 +83,7 @@ impl RaftMlpConfig {
             layers,
             token_expansion_factor: 2,
             channel_expansion_factor: 4,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -181,7 +186,10 @@ impl RaftMlpConfig {
                 "token_mixing_type" if value == "ser_pm" => {}
                 "embedding_type" if value == "emb_cross_mlp" => {}
                 "shortcut" if value == false => {}
-                "dropout" | "drop_path_rate" => {}
+                "drop_path_rate" => {
+                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
+                }
+                "dropout" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -268,6 +276,7 @@ struct Block {
     tokens: Box<dyn TokenMixer>,
     norm: Norm,
     mlp: Mlp,
+    drop_path: DropPath,
 }
 
 #[derive(Debug)]
@@ -293,6 +302,8 @@ impl RaftMlp {
         let cl = MixerLayout::ChannelsLast;
         let mut cin = cfg.in_chans;
         let mut levels = Vec::new();
+        let total = cfg.layers.iter().map(|l| l.depth).sum();
+        let mut drop_paths = drop_path_rates(cfg.drop_path_rate, total).into_iter();
         for (i, (l, grid)) in cfg.layers.iter().zip(cfg.grids()).enumerate() {
             let f = vb.pp("levels").pp(i).pp("fn");
             let hidden = l.dim * cfg.channel_expansion_factor;
@@ -310,6 +321,7 @@ impl RaftMlp {
                             c.pp("fn").pp(0),
                             c.pp("fn").pp(3),
                         )?,
+                        drop_path: drop_paths.next().unwrap_or(DropPath::new(0.0)),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -339,7 +351,7 @@ impl ImageModel for RaftMlp {
     }
 
     /// Every level's output `(B, C_i, H_i, W_i)`.
-    fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut x = x.clone();
         let mut features = Vec::with_capacity(self.levels.len());
         for level in &self.levels {
@@ -355,7 +367,8 @@ impl ImageModel for RaftMlp {
                 .contiguous()?;
             for block in &level.blocks {
                 t = block.tokens.forward(&t)?;
-                t = (&t + block.mlp.forward(&block.norm.forward(&t)?)?)?;
+                let branch = block.mlp.forward(&block.norm.forward(&t)?)?;
+                t = (&t + block.drop_path.forward_t(&branch, train)?)?;
             }
             x = t.permute((0, 3, 1, 2))?.contiguous()?;
             features.push(x.clone());

@@ -1,0 +1,252 @@
+//! Training: every family learns a fixed batch with every parameter getting a gradient, a
+//! saved model reloads bit-exactly through the loader, resuming restores the run, and
+//! fine-tuning re-initialises only the classifier.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use tokenmix::train::data::ImageFolder;
+use tokenmix::train::mixup::{soft_targets, MixConfig};
+use tokenmix::train::{ModelSpec, TrainConfig, Trainer};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// One tiny configuration per family (the parity fixtures' configs), with three classes.
+fn family_specs() -> Vec<(&'static str, ModelSpec)> {
+    let names = [
+        "poolformer_s12",
+        "poolformerv2_s12",
+        "identityformer_s12",
+        "randformer_s12",
+        "convformer_s18",
+        "caformer_custom",
+        "mambaformer_s18",
+        "mambaout_custom",
+        "mixer_s16_224",
+        "resmlp_12_224",
+        "gmlp_s16_224",
+        "gfnet_ti",
+        "msmlp_custom",
+        "mambamixer_ti",
+        "raftmlp_s",
+        "affnet_et",
+    ];
+    names
+        .into_iter()
+        .map(|n| {
+            let mut spec = ModelSpec::read(&fixtures().join(n)).unwrap();
+            spec.label_names = vec!["a".into(), "b".into(), "c".into()];
+            (n, spec)
+        })
+        .collect()
+}
+
+fn input_for(spec: &ModelSpec, batch: usize, seed: u64) -> Tensor {
+    let arch = spec.arch().unwrap();
+    let (h, w) = arch.fixed_image_size().unwrap_or((32, 64));
+    let c = arch.in_chans();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data: Vec<f32> = (0..batch * c * h * w)
+        .map(|_| rng.random_range(-1.7..1.7))
+        .collect();
+    Tensor::from_vec(data, (batch, c, h, w), &Device::Cpu).unwrap()
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        epochs: 100,
+        batch_size: 4,
+        lr: 4e-3,
+        warmup_epochs: 0,
+        weight_decay: 0.0,
+        drop_path: Some(0.1),
+        mix: MixConfig {
+            label_smoothing: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn eval_loss(trainer: &Trainer, x: &Tensor, t: &Tensor) -> f32 {
+    let logits = trainer.model().forward(x).unwrap();
+    tokenmix::train::mixup::soft_cross_entropy(&logits, t)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn every_family_learns_a_fixed_batch_and_reloads_bit_exactly() {
+    let dev = Device::Cpu;
+    let labels = [0, 1, 2, 1];
+    let targets = Tensor::from_vec(soft_targets(&labels, 3, 1.0, 0.0), (4, 3), &dev).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, spec) in family_specs() {
+        let x = input_for(&spec, 4, 1);
+        let mut trainer = Trainer::from_scratch(spec, config(), 4, &dev).unwrap();
+        let missing = trainer.parameters_without_gradient(&x, &targets).unwrap();
+        assert!(missing.is_empty(), "{name}: no gradient for {missing:?}");
+        let before = eval_loss(&trainer, &x, &targets);
+        for _ in 0..60 {
+            trainer.step(&x, &targets).unwrap();
+        }
+        let after = eval_loss(&trainer, &x, &targets);
+        assert!(after < 0.5 * before, "{name}: loss {before} -> {after}");
+
+        let dir = tmp.path().join(name);
+        trainer.save_model(&dir).unwrap();
+        let loaded = tokenmix::models::load_model_dir(&dir, &dev).unwrap();
+        let ours = trainer.model().forward(&x).unwrap();
+        let again = trainer.model().forward(&x).unwrap();
+        assert_eq!(bits(&ours), bits(&again), "{name}: not deterministic");
+        let theirs = loaded.forward(&x).unwrap();
+        assert_eq!(bits(&ours), bits(&theirs), "{name}: reloaded model differs");
+        assert_eq!(loaded.class_name(2).as_deref(), Some("c"));
+    }
+}
+
+#[test]
+fn drop_path_is_random_in_training_and_off_in_evaluation() {
+    let dev = Device::Cpu;
+    let (_, spec) = family_specs().remove(1);
+    let x = input_for(&spec, 8, 2);
+    let cfg = TrainConfig {
+        drop_path: Some(0.9),
+        ..config()
+    };
+    let trainer = Trainer::from_scratch(spec, cfg, 8, &dev).unwrap();
+    let m = trainer.model();
+    assert_eq!(bits(&m.forward(&x).unwrap()), bits(&m.forward(&x).unwrap()));
+    let (a, b) = (
+        m.forward_t(&x, true).unwrap(),
+        m.forward_t(&x, true).unwrap(),
+    );
+    assert_ne!(bits(&a), bits(&b));
+}
+
+/// A folder dataset of `per_class` images per class: class `k`'s images are bright in band
+/// `k` of the image, so a tiny model can learn them.
+fn banded_dataset(root: &Path, per_class: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for k in 0..3u32 {
+        let dir = root.join(format!("class{k}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(24, 24, |_, y| {
+                let on = y / 8 == k;
+                let v = if on { 200 } else { 40 } + rng.random_range(0..40u8);
+                image::Rgb([v, v, v])
+            });
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn small_spec(classes: Vec<String>) -> ModelSpec {
+    let args = serde_json::json!({"depths": [1, 1], "dims": [8, 16]});
+    ModelSpec::new(
+        "convformer_s18",
+        args.as_object().unwrap().clone(),
+        classes,
+        Some((24, 24)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn fit_saves_resumes_and_fine_tunes() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    banded_dataset(&tmp.path().join("train"), 12, 1);
+    banded_dataset(&tmp.path().join("val"), 4, 2);
+    let train = ImageFolder::open(&tmp.path().join("train")).unwrap();
+    let val = ImageFolder::open_with_classes(&tmp.path().join("val"), &train.classes).unwrap();
+    assert_eq!(train.len(), 36);
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 8,
+        lr: 3e-3,
+        warmup_epochs: 1,
+        mix: MixConfig {
+            mixup_alpha: 0.8,
+            cutmix_alpha: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let out = tmp.path().join("run");
+    let spec = small_spec(train.classes.clone());
+    let mut trainer = Trainer::from_scratch(spec, cfg, train.len(), &dev).unwrap();
+    let mut steps = 0;
+    trainer
+        .fit(
+            &train,
+            Some(&val),
+            Some(&out),
+            &mut |_| steps += 1,
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(steps, 2 * 4);
+    assert_eq!(trainer.history().len(), 2);
+    assert!(out.join("best/model.safetensors").is_file());
+
+    let mut resumed = Trainer::resume(&out, &dev).unwrap();
+    assert_eq!(resumed.epochs_done(), 2);
+    assert_eq!(resumed.history(), trainer.history());
+    let x = input_for(resumed.spec(), 2, 3);
+    assert_eq!(
+        bits(&resumed.model().forward(&x).unwrap()),
+        bits(&trainer.model().forward(&x).unwrap())
+    );
+    resumed.set_epochs(3);
+    resumed
+        .fit(&train, Some(&val), None, &mut |_| {}, &mut |_| {})
+        .unwrap();
+    assert_eq!(resumed.history().len(), 3);
+
+    let two = vec!["x".to_string(), "y".to_string()];
+    let spec = ModelSpec {
+        label_names: two,
+        ..ModelSpec::read(&out).unwrap()
+    };
+    let (tuned, fresh) = Trainer::fine_tune(&out, spec, config(), 8, &dev).unwrap();
+    assert_eq!(fresh, vec!["head.fc.fc2.bias", "head.fc.fc2.weight"]);
+    assert_eq!(tuned.model().num_classes(), 2);
+    let features = tuned.model().forward_features(&x).unwrap();
+    let original = trainer.model().forward_features(&x).unwrap();
+    assert_eq!(bits(&features[1]), bits(&original[1]));
+}
+
+#[test]
+fn bad_datasets_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = ImageFolder::open(&tmp.path().join("missing")).unwrap_err();
+    assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+    let err = ImageFolder::open(tmp.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("no class sub-directories"),
+        "{err}"
+    );
+    std::fs::create_dir_all(tmp.path().join("cat")).unwrap();
+    std::fs::write(tmp.path().join("cat/notes.txt"), "x").unwrap();
+    let err = ImageFolder::open(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("no .jpg"), "{err}");
+    let classes = vec!["dog".to_string()];
+    let err = ImageFolder::open_with_classes(tmp.path(), &classes).unwrap_err();
+    assert!(err.to_string().contains("does not have"), "{err}");
+}
