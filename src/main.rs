@@ -1,5 +1,6 @@
 //! The `tokenmix` command line: list and inspect the zoo, run and classify with timm
-//! checkpoints, and benchmark the token mixers on this machine.
+//! checkpoints, train and fine-tune on image folders, and benchmark the token mixers on this
+//! machine.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,9 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokenmix::models::checkpoint::{expected_tensors, random_model};
-use tokenmix::models::hub::load_from_hub_cache;
 use tokenmix::models::preprocess::load_image;
 use tokenmix::models::{list_models, load_model_dir, load_weights, model_entry, LoadedModel};
+use tokenmix::plot;
+use tokenmix::train::{self, data::ImageFolder, ModelSpec, Trainer};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,9 @@ enum Command {
     /// Benchmark zoo models with random weights: params, GMACs, paper top-1, batch-1 latency and
     /// throughput at a larger batch.
     Bench(BenchArgs),
+    /// Train a zoo model (from scratch, from a checkpoint, or resuming a run) on an image-folder
+    /// dataset `DATA/{train,val}/<class>/*.png|jpg`.
+    Train(Box<TrainArgs>),
 }
 
 /// Where the model comes from: a hub-style directory, or a zoo name plus a weights file.
@@ -71,8 +76,9 @@ struct ModelSource {
     /// Directory with config.json and model.safetensors (as the hub serves `timm/<name>`).
     #[arg(long, conflicts_with_all = ["model", "weights", "hub"])]
     model_dir: Option<PathBuf>,
-    /// Hub model id (`timm/caformer_s18.sail_in1k[@revision]`) already in the local Hugging Face
-    /// cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub); nothing is downloaded.
+    /// Hub model id (`timm/caformer_s18.sail_in1k[@revision]`), read from the local Hugging Face
+    /// cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub) and downloaded into it
+    /// when missing (not with HF_HUB_OFFLINE=1, nor in builds without the `hub` feature).
     #[arg(long, conflicts_with_all = ["model", "weights"])]
     hub: Option<String>,
     /// Zoo model name (with --weights).
@@ -86,7 +92,7 @@ struct ModelSource {
 impl ModelSource {
     fn load(&self, device: &Device) -> Result<LoadedModel> {
         if let Some(repo) = &self.hub {
-            return Ok(load_from_hub_cache(repo, device)?);
+            return load_hub(repo, device);
         }
         Ok(match (&self.model_dir, &self.model, &self.weights) {
             (Some(dir), _, _) => load_model_dir(dir, device)?,
@@ -94,6 +100,14 @@ impl ModelSource {
             _ => bail!("give --model-dir DIR, --hub ORG/NAME or --model NAME --weights FILE"),
         })
     }
+}
+
+/// Loads hub model `repo`, downloading it when the `hub` feature is on.
+fn load_hub(repo: &str, device: &Device) -> Result<LoadedModel> {
+    #[cfg(feature = "hub")]
+    return Ok(tokenmix::models::load_from_hub(repo, device)?);
+    #[cfg(not(feature = "hub"))]
+    return Ok(tokenmix::models::hub::load_from_hub_cache(repo, device)?);
 }
 
 #[derive(Args)]
@@ -113,6 +127,80 @@ struct BenchArgs {
     /// Print JSON (one object per model) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also draw paper top-1 against measured images/s and against GMACs, one labelled point
+    /// per model, families coloured (.svg or .png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Dataset root with `train/<class>/` and (optionally) `val/<class>/` image folders.
+    data: PathBuf,
+    /// Zoo architecture to train from scratch, e.g. `convformer_s18`.
+    #[arg(long, conflicts_with_all = ["init_from", "resume"])]
+    model: Option<String>,
+    /// timm-style architecture overrides as JSON, e.g. '{"depths":[1,1,2,1],"dims":[16,32,64,128]}'.
+    #[arg(long)]
+    model_args: Option<String>,
+    /// Fine-tune from a hub-style directory (config.json + model.safetensors; timm's or one this
+    /// command wrote): every tensor is loaded but a classifier whose class count differs.
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
+    /// Fine-tune from a hub model id (downloaded or read from the Hugging Face cache).
+    #[arg(long, conflicts_with_all = ["init_from", "resume", "model"])]
+    init_from_hub: Option<String>,
+    /// Resume the run checkpointed in this directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Where checkpoints go: the latest epoch in OUT, the best validation top-1 in OUT/best.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Input height and width (default: the architecture's).
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Epochs (on --resume: the new total).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 1e-5)]
+    min_lr: f64,
+    /// Epochs of linear warmup.
+    #[arg(long, default_value_t = 2)]
+    warmup_epochs: usize,
+    /// AdamW weight decay (not applied to norms, biases, scales).
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// Stochastic depth of the last block (default: the architecture's, 0 for most).
+    #[arg(long)]
+    drop_path: Option<f64>,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.1)]
+    smoothing: f64,
+    /// Mixup alpha (0: off; timm's recipes use 0.8).
+    #[arg(long, default_value_t = 0.0)]
+    mixup: f64,
+    /// CutMix alpha (0: off; timm's recipes use 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    cutmix: f64,
+    /// Smallest random-resized-crop area fraction.
+    #[arg(long, default_value_t = 0.08)]
+    crop_scale: f64,
+    /// Horizontal flip probability (0 for data such as digits).
+    #[arg(long, default_value_t = 0.5)]
+    hflip: f64,
+    /// Seed of initialization, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Draw loss and accuracy curves to this file (.svg or .png) after every epoch.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 const DEFAULT_BENCH: [&str; 16] = [
@@ -156,6 +244,7 @@ fn run(cli: Cli) -> Result<()> {
             classify(&source.load(&device)?, &image, top, &device)
         }
         Command::Bench(args) => bench(&args, &device),
+        Command::Train(args) => train(&args, &device),
     }
 }
 
@@ -339,6 +428,10 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
         });
     }
     bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        bench_figure(&results, threads).save(path)?;
+        eprintln!("plot written to {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
@@ -365,4 +458,283 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Paper top-1 against measured throughput and against GMACs, one point per model.
+fn bench_figure(results: &[BenchResult], threads: usize) -> plot::Figure {
+    let points = |x: fn(&BenchResult) -> f64| -> Vec<plot::Point> {
+        results
+            .iter()
+            .filter_map(|r| {
+                r.top1.map(|top1| plot::Point {
+                    label: r.name.clone(),
+                    group: r.family.clone(),
+                    x: x(r),
+                    y: top1,
+                })
+            })
+            .collect()
+    };
+    let (s, b) = results
+        .first()
+        .map_or((224, 1), |r| (r.image_size, r.batch));
+    plot::Figure {
+        title: format!("ImageNet-1k top-1 (paper) vs this machine: {threads} threads, {s}x{s}"),
+        panels: vec![
+            plot::Panel {
+                title: format!("throughput at batch {b}"),
+                x_label: "images/s (measured, log scale)".into(),
+                y_label: "top-1 % (paper)".into(),
+                log_x: true,
+                kind: plot::PanelKind::Scatter(points(|r| r.images_per_s)),
+            },
+            plot::Panel {
+                title: "compute".into(),
+                x_label: "GMACs per image (log scale)".into(),
+                y_label: "top-1 % (paper)".into(),
+                log_x: true,
+                kind: plot::PanelKind::Scatter(points(|r| r.gmacs)),
+            },
+        ],
+    }
+}
+
+fn parse_model_args(text: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let Some(text) = text else {
+        return Ok(Default::default());
+    };
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => bail!("--model-args must be a JSON object such as '{{\"depths\":[1,1,2,1]}}'"),
+        Err(e) => bail!("--model-args is not valid JSON: {e}"),
+    }
+}
+
+fn train_config(args: &TrainArgs) -> train::TrainConfig {
+    let defaults = train::TrainConfig::default();
+    train::TrainConfig {
+        epochs: args.epochs.unwrap_or(defaults.epochs),
+        batch_size: args.batch_size,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_epochs: args.warmup_epochs,
+        weight_decay: args.weight_decay,
+        drop_path: args.drop_path,
+        mix: train::mixup::MixConfig {
+            mixup_alpha: args.mixup,
+            cutmix_alpha: args.cutmix,
+            label_smoothing: args.smoothing,
+            ..defaults.mix
+        },
+        augment: train::data::Augment {
+            scale: (args.crop_scale, 1.0),
+            hflip: args.hflip,
+            ..defaults.augment
+        },
+        seed: args.seed,
+        ..defaults
+    }
+}
+
+/// The trainer the arguments ask for: resumed, fine-tuned or fresh.
+fn make_trainer(args: &TrainArgs, train_set: &ImageFolder, device: &Device) -> Result<Trainer> {
+    if let Some(dir) = &args.resume {
+        let mut trainer = Trainer::resume(dir, device)?;
+        if trainer.spec().label_names != train_set.classes {
+            bail!(
+                "the classes of {} differ from those of the run in {}",
+                args.data.display(),
+                dir.display()
+            );
+        }
+        if let Some(e) = args.epochs {
+            trainer.set_epochs(e);
+        }
+        eprintln!(
+            "resuming {} after epoch {}",
+            dir.display(),
+            trainer.epochs_done()
+        );
+        return Ok(trainer);
+    }
+    let cfg = train_config(args);
+    let classes = train_set.classes.clone();
+    let size = args.img_size.map(|s| (s, s));
+    let init_dir = match (&args.init_from, &args.init_from_hub) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(repo)) => Some(hub_snapshot(repo)?),
+        _ => None,
+    };
+    if let Some(dir) = init_dir {
+        let mut spec = ModelSpec::read(&dir)?;
+        spec.label_names = classes;
+        spec.pretrained_cfg.num_classes = spec.label_names.len();
+        if let Some((h, w)) = size {
+            let c = spec.pretrained_cfg.input_size.first().copied().unwrap_or(3);
+            spec.pretrained_cfg.input_size = vec![c, h, w];
+        }
+        let (trainer, fresh) = Trainer::fine_tune(&dir, spec, cfg, train_set.len(), device)?;
+        if !fresh.is_empty() {
+            eprintln!(
+                "re-initialised for {} classes: {}",
+                train_set.classes.len(),
+                fresh.join(", ")
+            );
+        }
+        return Ok(trainer);
+    }
+    let Some(name) = &args.model else {
+        bail!("give --model NAME, --init-from DIR, --init-from-hub ORG/NAME or --resume DIR");
+    };
+    let spec = ModelSpec::new(
+        name,
+        parse_model_args(args.model_args.as_deref())?,
+        classes,
+        size,
+    )?;
+    Trainer::from_scratch(spec, cfg, train_set.len(), device)
+}
+
+/// The snapshot directory of hub model `repo`, downloaded when needed.
+fn hub_snapshot(repo: &str) -> Result<PathBuf> {
+    #[cfg(feature = "hub")]
+    return Ok(tokenmix::models::HubSource::from_env()?.snapshot(repo)?);
+    #[cfg(not(feature = "hub"))]
+    {
+        let cache = tokenmix::models::hub::hub_cache_dir()
+            .context("no Hugging Face cache directory (set HF_HOME)")?;
+        Ok(tokenmix::models::hub::resolve_in_hub_cache(&cache, repo)?)
+    }
+}
+
+fn train(args: &TrainArgs, device: &Device) -> Result<()> {
+    let train_set = ImageFolder::open(&args.data.join("train"))?;
+    let val_dir = args.data.join("val");
+    let val_set = if val_dir.is_dir() {
+        Some(ImageFolder::open_with_classes(
+            &val_dir,
+            &train_set.classes,
+        )?)
+    } else {
+        None
+    };
+    let mut trainer = make_trainer(args, &train_set, device)?;
+    let spec = trainer.spec();
+    eprintln!(
+        "{}: {} classes, {} training / {} validation images at {:?}, {} epochs",
+        spec.architecture,
+        spec.label_names.len(),
+        train_set.len(),
+        val_set.as_ref().map_or(0, |v| v.len()),
+        spec.pretrained_cfg.image_size(),
+        trainer.config().epochs
+    );
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let epochs = trainer.config().epochs;
+    let mut epoch = trainer.epochs_done();
+    let plot_path = args.plot.clone();
+    let mut history: Vec<train::EpochStats> = trainer.history().to_vec();
+    let mut on_step = |s: train::StepStats| {
+        if s.step == 1 {
+            epoch += 1;
+            bar.set_length(s.steps as u64);
+            bar.set_position(0);
+            bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+        }
+        bar.set_position(s.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}  lr {:.2e}  {:.0} img/s",
+            s.loss, s.lr, s.images_per_sec
+        ));
+    };
+    let mut on_epoch = |e: &train::EpochStats| {
+        let val = e.val.map_or_else(String::new, |v| {
+            format!(
+                "  val loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
+                v.loss, v.top1, v.top5
+            )
+        });
+        let line = format!(
+            "epoch {:>3}  train loss {:.4}{val}  {:.0} img/s",
+            e.epoch, e.train_loss, e.images_per_sec
+        );
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        history.push(*e);
+        if let Some(path) = &plot_path {
+            if let Err(err) = train_figure(&history).save(path) {
+                bar.println(format!("warning: cannot draw {}: {err:#}", path.display()));
+            }
+        }
+    };
+    trainer.fit(
+        &train_set,
+        val_set.as_ref(),
+        Some(&args.out),
+        &mut on_step,
+        &mut on_epoch,
+    )?;
+    bar.finish_and_clear();
+    if let Some(last) = trainer.history().last() {
+        let best = trainer
+            .history()
+            .iter()
+            .filter_map(|e| e.val.map(|v| v.top1))
+            .fold(f64::NAN, f64::max);
+        match last.val {
+            Some(v) => println!(
+                "done: validation top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; model in {}, best in {}",
+                v.top1,
+                best,
+                v.top5,
+                args.out.display(),
+                args.out.join("best").display()
+            ),
+            None => println!("done: model in {}", args.out.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Training loss and validation loss against epoch, and validation accuracy against epoch.
+fn train_figure(history: &[train::EpochStats]) -> plot::Figure {
+    let series = |name: &str, f: &dyn Fn(&train::EpochStats) -> Option<f64>| plot::Series {
+        name: name.to_string(),
+        points: history
+            .iter()
+            .filter_map(|e| f(e).map(|y| (e.epoch as f64, y)))
+            .collect(),
+    };
+    plot::Figure {
+        title: "training".into(),
+        panels: vec![
+            plot::Panel {
+                title: "loss".into(),
+                x_label: "epoch".into(),
+                y_label: "cross-entropy".into(),
+                log_x: false,
+                kind: plot::PanelKind::Lines(vec![
+                    series("train (mixed, smoothed targets)", &|e| Some(e.train_loss)),
+                    series("validation", &|e| e.val.map(|v| v.loss)),
+                ]),
+            },
+            plot::Panel {
+                title: "validation accuracy".into(),
+                x_label: "epoch".into(),
+                y_label: "accuracy %".into(),
+                log_x: false,
+                kind: plot::PanelKind::Lines(vec![
+                    series("top-1", &|e| e.val.map(|v| v.top1)),
+                    series("top-5", &|e| e.val.map(|v| v.top5)),
+                ]),
+            },
+        ],
+    }
 }

@@ -196,6 +196,8 @@ fn hub_models_resolve_through_the_local_cache() {
     let run = |id: &str| {
         Command::new(env!("CARGO_BIN_EXE_tokenmix"))
             .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .args([
                 "run",
                 "--hub",

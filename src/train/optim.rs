@@ -126,7 +126,9 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let g = g.to_dtype(DType::F32)?;
+            // Gradients carry the graph they were computed in; detached, the moments do not
+            // keep every step's activations alive.
+            let g = g.detach().to_dtype(DType::F32)?;
             slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?;
             slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let update = ((&slot.m / bias1)? / ((&slot.v / bias2)?.sqrt()? + eps)?)?;

@@ -60,6 +60,19 @@ pub enum Error {
         /// What the decoder said.
         msg: String,
     },
+    /// A hub model is not in the local Hugging Face cache and could not be downloaded (or
+    /// downloading is off).
+    #[error("{repo}{} is not in the Hugging Face cache at {} and {msg}", revision_note(revision), cache.display())]
+    Hub {
+        /// The hub model id, `org/name`.
+        repo: String,
+        /// The branch, tag or commit asked for.
+        revision: String,
+        /// The cache directory searched and downloaded into.
+        cache: PathBuf,
+        /// Why it was not downloaded, or what the download said ("downloading it failed: ...").
+        msg: String,
+    },
     /// An error from candle while computing.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -72,6 +85,15 @@ impl Error {
             context: context.into(),
             msg: msg.to_string(),
         }
+    }
+}
+
+/// " (revision R)" unless `revision` is the default branch.
+fn revision_note(revision: &str) -> String {
+    if revision == "main" {
+        String::new()
+    } else {
+        format!(" (revision {revision})")
     }
 }
 

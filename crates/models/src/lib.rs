@@ -36,6 +36,8 @@ pub use affnet::{AffNet, AffNetConfig};
 pub use error::{Error, Result};
 pub use gfnet::{Gfnet, GfnetConfig};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
+#[cfg(feature = "hub")]
+pub use hub::{load_from_hub, HubSource};
 pub use mamba_mixer::{MambaMixer, MambaMixerConfig};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};
