@@ -233,3 +233,107 @@ fn hub_models_resolve_through_the_local_cache() {
     assert_one_line_error(&run("timm/poolformer_s12.sail_in1k@v2"), "revision v2");
     assert_one_line_error(&run("../etc"), "is not a hub model id");
 }
+
+/// Two classes of 16x16 images (bright top half / bright bottom half) in `root/{train,val}`.
+fn halves_dataset(root: &Path) {
+    for split in ["train", "val"] {
+        for (k, class) in ["bottom", "top"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..6u32 {
+                let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                    let bright = (y < 8) == (k == 1);
+                    let v = if bright { 220 } else { 30 } + ((x * 7 + y * 3 + i * 11) % 20) as u8;
+                    image::Rgb([v, v, v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn train_writes_a_loadable_checkpoint_curves_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    halves_dataset(&data);
+    let out = tmp.path().join("run");
+    let plot = tmp.path().join("curves.svg");
+    let (d, o, p) = (
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        plot.to_str().unwrap(),
+    );
+    let common = [
+        "--img-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--hflip",
+        "0",
+        "--out",
+        o,
+    ];
+    let mut args = vec!["train", d, "--model", "poolformerv2_s12", "--epochs", "2"];
+    args.extend([
+        "--model-args",
+        r#"{"depths":[1,1],"dims":[8,16]}"#,
+        "--plot",
+        p,
+    ]);
+    args.extend(common);
+    let o1 = tokenmix(&args);
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    assert!(stdout(&o1).contains("validation top-1"), "{}", stdout(&o1));
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("top-1"));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let img = data.join("val/top/0.png");
+    let c = tokenmix(&[
+        "classify",
+        "--model-dir",
+        o,
+        "--image",
+        img.to_str().unwrap(),
+        "--top",
+        "1",
+    ]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(stdout(&c).contains("top") || stdout(&c).contains("bottom"));
+
+    let mut resume = vec!["train", d, "--resume", o, "--epochs", "3"];
+    resume.extend(common);
+    let r = tokenmix(&resume);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("after epoch 2"), "{}", stderr(&r));
+    assert!(stderr(&r).contains("epoch   3"), "{}", stderr(&r));
+
+    let missing = tmp.path().join("nope");
+    assert_one_line_error(
+        &tokenmix(&[
+            "train",
+            missing.to_str().unwrap(),
+            "--model",
+            "poolformer_s12",
+        ]),
+        "cannot read",
+    );
+    assert_one_line_error(
+        &tokenmix(&[
+            "train",
+            d,
+            "--model",
+            "poolformer_s12",
+            "--model-args",
+            "[1]",
+        ]),
+        "JSON object",
+    );
+    assert_one_line_error(&tokenmix(&["train", d]), "give --model");
+}
