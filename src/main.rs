@@ -131,6 +131,20 @@ struct BenchArgs {
     /// per model, families coloured (.svg or .png).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// `cpu`, or `cuda` for the first GPU (builds with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// The device named on the command line.
+fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).context(
+            "cannot use the CUDA GPU (is this a --features cuda build on a machine with one?)",
+        ),
+        other => bail!("unknown device '{other}': use cpu or cuda"),
+    }
 }
 
 #[derive(Args)]
@@ -243,7 +257,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify { source, image, top } => {
             classify(&source.load(&device)?, &image, top, &device)
         }
-        Command::Bench(args) => bench(&args, &device),
+        Command::Bench(args) => bench(&args, &parse_device(&args.device)?),
         Command::Train(args) => train(&args, &device),
     }
 }
@@ -356,12 +370,20 @@ struct BenchResult {
     peak_rss_mb: Option<f64>,
 }
 
-fn median_time(iters: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<Duration> {
+/// Median wall time of `f` over `iters` runs after one warm-up, waiting for the device to
+/// finish each run.
+fn median_time(
+    iters: usize,
+    device: &Device,
+    mut f: impl FnMut() -> Result<Tensor>,
+) -> Result<Duration> {
     f()?;
+    device.synchronize()?;
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let start = Instant::now();
         f()?;
+        device.synchronize()?;
         times.push(start.elapsed());
     }
     times.sort();
@@ -393,7 +415,10 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
     if args.batch == 0 || args.image_size < 32 {
         bail!("--batch must be positive and --image-size at least 32");
     }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = match device {
+        Device::Cpu => candle_core::utils::get_num_threads(),
+        _ => 0,
+    };
     let bar = ProgressBar::new(entries.len() as u64 * 2);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -407,11 +432,11 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
         let model = random_model(&cfg, device)?;
         bar.set_message(format!("{} batch 1", m.name));
         let x1 = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?;
-        let t1 = median_time(args.iters, || Ok(model.forward(&x1)?))?;
+        let t1 = median_time(args.iters, device, || Ok(model.forward(&x1)?))?;
         bar.inc(1);
         bar.set_message(format!("{} batch {}", m.name, args.batch));
         let xb = Tensor::randn(0f32, 1.0, (args.batch, 3, s, s), device)?;
-        let tb = median_time(args.iters.div_ceil(2), || Ok(model.forward(&xb)?))?;
+        let tb = median_time(args.iters.div_ceil(2), device, || Ok(model.forward(&xb)?))?;
         bar.inc(1);
         results.push(BenchResult {
             name: m.name.to_string(),
@@ -436,7 +461,7 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("{threads} threads, {s}x{s} input, random weights");
+    println!("{}, {s}x{s} input, random weights", machine_text(threads));
     println!(
         "{:<20} {:>9} {:>7} {:>6} {:>12} {:>12}",
         "model",
@@ -460,6 +485,14 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `2 threads` on the CPU, `CUDA GPU` (recorded as 0 threads) on a GPU.
+fn machine_text(threads: usize) -> String {
+    match threads {
+        0 => "CUDA GPU".to_string(),
+        n => format!("{n} threads"),
+    }
+}
+
 /// Paper top-1 against measured throughput and against GMACs, one point per model.
 fn bench_figure(results: &[BenchResult], threads: usize) -> plot::Figure {
     let points = |x: fn(&BenchResult) -> f64| -> Vec<plot::Point> {
@@ -479,7 +512,10 @@ fn bench_figure(results: &[BenchResult], threads: usize) -> plot::Figure {
         .first()
         .map_or((224, 1), |r| (r.image_size, r.batch));
     plot::Figure {
-        title: format!("ImageNet-1k top-1 (paper) vs this machine: {threads} threads, {s}x{s}"),
+        title: format!(
+            "ImageNet-1k top-1 (paper) vs this machine: {}, {s}x{s}",
+            machine_text(threads)
+        ),
         panels: vec![
             plot::Panel {
                 title: format!("throughput at batch {b}"),

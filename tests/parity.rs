@@ -17,8 +17,18 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The device under test: the CPU, or the first CUDA GPU with `TOKENMIX_DEVICE=cuda` (a build
+/// with `--features cuda`; the GPU bundle runs the parity tests this way).
+fn test_device() -> Device {
+    match std::env::var("TOKENMIX_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("TOKENMIX_DEVICE=cuda but no usable CUDA GPU"),
+        _ => Device::Cpu,
+    }
+}
+
 fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shape");
+    let want = &want.to_device(got.device()).unwrap();
     let diff = (got - want).unwrap().sqr().unwrap().sum_all().unwrap();
     let norm = want.sqr().unwrap().sum_all().unwrap();
     let d: f32 = diff.to_scalar().unwrap();
@@ -28,7 +38,7 @@ fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
 
 fn check(name: &str) {
     let dir = fixture(name);
-    let device = Device::Cpu;
+    let device = test_device();
     let model = load_model_dir(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
@@ -86,7 +96,7 @@ fn randformer_matches_sail_sg() {
 #[test]
 fn half_precision_checkpoints_load() {
     let src = fixture("convformer_s18");
-    let device = Device::Cpu;
+    let device = test_device();
     let reference =
         candle_core::safetensors::load(src.join("reference.safetensors"), &device).unwrap();
     let weights = candle_core::safetensors::load(src.join("model.safetensors"), &device).unwrap();

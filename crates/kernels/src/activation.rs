@@ -53,9 +53,77 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map1;
+        let slice = cuda_kernel("gelu_fwd", "gelu").map(&s.slice, &s.device, l)?;
+        Ok((crate::cuda::wrap(slice, s), l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if x.device().is_cuda() {
+            return Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?));
+        }
         let g = crate::grad::via_composition(&[x], grad, |t| t[0].gelu_erf())?;
         Ok(g.into_iter().next())
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_kernel(kernel: &'static str, op: &'static str) -> crate::cuda::Elementwise {
+    crate::cuda::Elementwise {
+        module: &crate::cuda::ACTIVATION,
+        kernel,
+        op,
+    }
+}
+
+/// `(x, grad) -> grad * gelu'(x)`: the input gradient of exact GELU in one pass (the GPU's
+/// backward; the CPU differentiates the composition).
+#[derive(Debug, Clone, Copy)]
+struct GeluGrad;
+
+impl candle_core::CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "tokenmix-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "gelu backward", "input")?;
+        let g = contiguous_f32(gs, gl, "gelu backward", "gradient")?;
+        let density = |v: f32| (-0.5 * v * v).exp() * 0.398_942_3;
+        let dx = x
+            .iter()
+            .zip(g)
+            .map(|(&v, &g)| {
+                g * (0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)) + v * density(v))
+            })
+            .collect();
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map2;
+        let slice = cuda_kernel("gelu_bwd", "gelu backward")
+            .map(&xs.slice, xl, &gs.slice, gl, &xs.device)?;
+        Ok((crate::cuda::wrap(slice, xs), xl.shape().clone()))
     }
 }
 
@@ -129,6 +197,31 @@ impl candle_core::CustomOp3 for StarRelu {
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ss: &candle_core::CudaStorage,
+        sl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map3;
+        if sl.shape().elem_count() != 1 || bl.shape().elem_count() != 1 {
+            return Err(KernelError::Shape {
+                op: "star_relu",
+                what: "scale and bias",
+                expected: "[1]".into(),
+                found: sl.shape().dims().to_vec(),
+            }
+            .into());
+        }
+        let k = cuda_kernel("star_relu_fwd", "star_relu");
+        let slice = k.map(&xs.slice, xl, &ss.slice, sl, &bs.slice, bl, &xs.device)?;
+        Ok((crate::cuda::wrap(slice, xs), xl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -137,9 +230,73 @@ impl candle_core::CustomOp3 for StarRelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if x.device().is_cuda() {
+            return star_relu_grads(x, scale, bias, &grad.contiguous()?);
+        }
         let g = crate::grad::via_composition(&[x, scale, bias], grad, |t| {
             crate::composed::star_relu(&t[0], &t[1], &t[2])
         })?;
         Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
+    }
+}
+
+/// StarReLU's gradients on the GPU: the input's in one kernel pass, the scalars' as sums.
+fn star_relu_grads(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let dx = x.apply_op3_no_bwd(grad, &scale.contiguous()?, &StarReluGrad)?;
+    let dscale = (grad * x.relu()?.sqr()?)?
+        .sum_all()?
+        .reshape(scale.shape())?;
+    let dbias = grad.sum_all()?.reshape(bias.shape())?;
+    Ok((Some(dx), Some(dscale), Some(dbias)))
+}
+
+/// `(x, grad, scale) -> grad * 2 scale relu(x)`: StarReLU's input gradient in one pass.
+#[derive(Debug, Clone, Copy)]
+struct StarReluGrad;
+
+impl candle_core::CustomOp3 for StarReluGrad {
+    fn name(&self) -> &'static str {
+        "tokenmix-star-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "star_relu backward", "input")?;
+        let g = contiguous_f32(gs, gl, "star_relu backward", "gradient")?;
+        let s2 = 2.0 * contiguous_f32(ss, sl, "star_relu backward", "scale")?[0];
+        let dx = x
+            .iter()
+            .zip(g)
+            .map(|(&v, &g)| g * s2 * v.max(0.0))
+            .collect();
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ss: &candle_core::CudaStorage,
+        sl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map3;
+        let k = cuda_kernel("star_relu_bwd", "star_relu backward");
+        let slice = k.map(&xs.slice, xl, &gs.slice, gl, &ss.slice, sl, &xs.device)?;
+        Ok((crate::cuda::wrap(slice, xs), xl.shape().clone()))
     }
 }

@@ -50,6 +50,48 @@ fn valid_outputs(
     (first.min(last), last)
 }
 
+impl DepthwiseConv2d {
+    /// `(B, C, H, W, k, Ho, Wo)` of a valid input and weight.
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        xl: &Layout,
+        wl: &Layout,
+    ) -> Result<(usize, usize, usize, usize, usize, usize, usize)> {
+        let (b, c, h, w) = xl.shape().dims4()?;
+        let (wc, one, k, k2) = wl.shape().dims4()?;
+        if wc != c || one != 1 || k != k2 {
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "weight",
+                expected: format!("[{c}, 1, k, k] to fit input {:?}", xl.shape().dims()),
+                found: wl.shape().dims().to_vec(),
+            }
+            .into());
+        }
+        if b * c * h * w == 0 {
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "input",
+                expected: "a non-empty (B, C, H, W) tensor".into(),
+                found: xl.shape().dims().to_vec(),
+            }
+            .into());
+        }
+        let (s, p) = (self.stride, self.padding);
+        let (Some(ho), Some(wo)) = (out_len(h, k, s, p), out_len(w, k, s, p)) else {
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "input",
+                expected: format!("at least the kernel size {k} after padding"),
+                found: xl.shape().dims().to_vec(),
+            }
+            .into());
+        };
+        Ok((b, c, h, w, k, ho, wo))
+    }
+}
+
 impl CustomOp2 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
         "tokenmix-depthwise-conv2d"
@@ -87,36 +129,8 @@ impl CustomOp2 for DepthwiseConv2d {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, w) = xl.shape().dims4()?;
-        let (wc, one, k, k2) = wl.shape().dims4()?;
-        if wc != c || one != 1 || k != k2 {
-            return Err(KernelError::Shape {
-                op: "depthwise_conv2d",
-                what: "weight",
-                expected: format!("[{c}, 1, k, k] to fit input {:?}", xl.shape().dims()),
-                found: wl.shape().dims().to_vec(),
-            }
-            .into());
-        }
-        if b * c * h * w == 0 {
-            return Err(KernelError::Shape {
-                op: "depthwise_conv2d",
-                what: "input",
-                expected: "a non-empty (B, C, H, W) tensor".into(),
-                found: xl.shape().dims().to_vec(),
-            }
-            .into());
-        }
+        let (b, c, h, w, k, ho, wo) = self.check(xl, wl)?;
         let (s, p) = (self.stride, self.padding);
-        let (Some(ho), Some(wo)) = (out_len(h, k, s, p), out_len(w, k, s, p)) else {
-            return Err(KernelError::Shape {
-                op: "depthwise_conv2d",
-                what: "input",
-                expected: format!("at least the kernel size {k} after padding"),
-                found: xl.shape().dims().to_vec(),
-            }
-            .into());
-        };
         let x = contiguous_f32(xs, xl, "depthwise_conv2d", "input")?;
         let wt = contiguous_f32(ws, wl, "depthwise_conv2d", "weight")?;
         let mut out = vec![0f32; b * c * ho * wo];
@@ -129,6 +143,20 @@ impl CustomOp2 for DepthwiseConv2d {
                 conv_plane(src, h, w, kern, k, s, p, dst, ho, wo);
             });
         Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, h, w, k, ho, wo) = self.check(xl, wl)?;
+        let geo = gpu::Geo::new([b, c, h, w, k, self.stride, self.padding, ho, wo])?;
+        let out = gpu::Launch::grid(geo, "dw_fwd", b * c * ho * wo).run(xs, xl, ws, wl)?;
+        Ok((out, Shape::from((b, c, ho, wo))))
     }
 }
 
@@ -235,6 +263,22 @@ impl CustomOp2 for InputGrad {
             });
         Ok((CpuStorage::F32(gx), Shape::from(self.input.clone())))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (planes, c, h, w, ho, wo) = geometry(&self.input, gl.shape().dims())?;
+        let k = wl.shape().dims4()?.3;
+        let (s, p) = (self.conv.stride, self.conv.padding);
+        let geo = gpu::Geo::new([planes / c, c, h, w, k, s, p, ho, wo])?;
+        let out = gpu::Launch::grid(geo, "dw_bwd_input", planes * h * w).run(ws, wl, gs, gl)?;
+        Ok((out, Shape::from(self.input.clone())))
+    }
 }
 
 /// Gradient of the weight: `(input (B, C, H, W), grad (B, C, Ho, Wo)) -> (C, 1, k, k)`.
@@ -281,5 +325,111 @@ impl CustomOp2 for WeightGrad {
             }
         });
         Ok((CpuStorage::F32(gw), Shape::from((c, 1, k, k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (planes, c, h, w, ho, wo) = geometry(xl.shape().dims(), gl.shape().dims())?;
+        let (k, s, p) = (self.kernel, self.conv.stride, self.conv.padding);
+        let geo = gpu::Geo::new([planes / c, c, h, w, k, s, p, ho, wo])?;
+        let launch = gpu::Launch {
+            per_block: true,
+            ..gpu::Launch::grid(geo, "dw_bwd_weight", c * k * k)
+        };
+        Ok((launch.run(xs, xl, gs, gl)?, Shape::from((c, 1, k, k))))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDevice, Map2, WrapErr};
+    use candle_core::{CudaStorage, Layout, Result, WithDType};
+
+    use crate::cuda::{blocks_of, func, grid, int, view, wrap, BLOCK, DEPTHWISE};
+
+    /// The kernels' `Conv` struct: `b, c, h, w, k, s, p, ho, wo`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Geo([i32; 9]);
+
+    // SAFETY: a plain array of i32, laid out as the kernels' struct of nine ints.
+    unsafe impl DeviceRepr for Geo {}
+
+    impl Geo {
+        pub(super) fn new(dims: [usize; 9]) -> Result<Self> {
+            let mut g = [0i32; 9];
+            for (d, v) in g.iter_mut().zip(dims) {
+                *d = int(v, "depthwise_conv2d")?;
+            }
+            Ok(Self(g))
+        }
+    }
+
+    /// Kernel `kernel(Conv, a, b, out)` writing `out_len` elements: grid-stride over them, or
+    /// one block per element (`per_block`).
+    pub(super) struct Launch {
+        pub(super) geo: Geo,
+        pub(super) kernel: &'static str,
+        pub(super) out_len: usize,
+        pub(super) per_block: bool,
+    }
+
+    impl Launch {
+        pub(super) fn grid(geo: Geo, kernel: &'static str, out_len: usize) -> Self {
+            Self {
+                geo,
+                kernel,
+                out_len,
+                per_block: false,
+            }
+        }
+
+        pub(super) fn run(
+            &self,
+            a: &CudaStorage,
+            al: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<CudaStorage> {
+            Ok(wrap(self.map(&a.slice, al, &b.slice, bl, &a.device)?, a))
+        }
+    }
+
+    impl Map2 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            a: &CudaSlice<T>,
+            al: &Layout,
+            b: &CudaSlice<T>,
+            bl: &Layout,
+            dev: &CudaDevice,
+        ) -> Result<CudaSlice<T>> {
+            let (a, b) = (
+                view(a, al, "depthwise_conv2d", "operand")?,
+                view(b, bl, "depthwise_conv2d", "operand")?,
+            );
+            let f = func::<T>(dev, &DEPTHWISE, self.kernel)?;
+            // SAFETY: every kernel writes all out_len elements.
+            let out = unsafe { dev.alloc::<T>(self.out_len) }?;
+            let stream = dev.cuda_stream();
+            let mut builder = stream.launch_builder(&f);
+            builder.arg(&self.geo).arg(&a).arg(&b).arg(&out);
+            let cfg = match self.per_block {
+                true => blocks_of(self.out_len, BLOCK),
+                false => grid(self.out_len),
+            };
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(out)
+        }
     }
 }

@@ -4,8 +4,10 @@
 //! composition of candle ops it must agree with. Every fused op has a backward pass, so models
 //! train on the fused path (channel norms analytically, the others by differentiating their
 //! composition). The public functions pick the fused path for
-//! contiguous-able f32 CPU tensors and the composed one otherwise; setting the environment
-//! variable `TOKENMIX_FUSED=0` forces the composed path everywhere (for debugging).
+//! contiguous-able f32 CPU tensors and, with the `cuda` feature, for f32 / f16 / bf16 CUDA
+//! tensors (kernels in `src/cuda/*.cu`, compiled to PTX by `build.rs`), and the composed one
+//! otherwise; setting the environment variable `TOKENMIX_FUSED=0` forces the composed path
+//! everywhere (for debugging).
 //!
 //! Ops:
 //! * [`depthwise_conv2d`]: per-channel `k x k` convolution with stride and zero padding.
@@ -20,6 +22,8 @@
 
 mod activation;
 pub mod composed;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod depthwise;
 mod error;
 mod grad;
@@ -53,8 +57,21 @@ pub fn fused_enabled() -> bool {
     })
 }
 
+/// Whether `x` takes the fused path: f32 on the CPU; f32, f16 or bf16 on a CUDA device.
 fn use_fused(x: &Tensor) -> bool {
-    fused_enabled() && x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu)
+    fused_enabled()
+        && match x.device() {
+            Device::Cpu => x.dtype() == DType::F32,
+            Device::Cuda(_) => {
+                cfg!(feature = "cuda") && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+            }
+            _ => false,
+        }
+}
+
+/// Whether every operand has `x`'s dtype (the fused ops take one dtype).
+fn same_dtype(x: &Tensor, others: &[&Tensor]) -> bool {
+    others.iter().all(|t| t.dtype() == x.dtype())
 }
 
 /// Depthwise 2-D convolution of `x` `(B, C, H, W)` with `weight` `(C, 1, k, k)` and optional
@@ -66,7 +83,7 @@ pub fn depthwise_conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let y = if use_fused(x) && weight.dtype() == DType::F32 {
+    let y = if use_fused(x) && same_dtype(x, &[weight]) {
         let op = DepthwiseConv2d::new(stride, padding)?;
         x.contiguous()?.apply_op2(&weight.contiguous()?, op)?
     } else {
@@ -101,7 +118,8 @@ pub fn channel_norm(
     channel_axis: usize,
 ) -> Result<Tensor> {
     let fusable = use_fused(x)
-        && weight.dtype() == DType::F32
+        && same_dtype(x, &[weight])
+        && bias.is_none_or(|b| b.dtype() == x.dtype())
         && (axes == NormAxes::Channels || channel_axis == 1);
     if !fusable {
         return composed::channel_norm(x, weight, bias, axes, eps, channel_axis);
@@ -118,7 +136,7 @@ pub fn channel_norm(
 /// `(H, W/2 + 1, C, 2)`: `irfft2(rfft2(x, norm="ortho") * weight, s=(H, W), norm="ortho")`
 /// over `(H, W)`, computed in f32.
 pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if use_fused(x) && weight.dtype() == DType::F32 {
+    if use_fused(x) && same_dtype(x, &[weight]) && spectral::fits_device(x, true, None) {
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, SpectralFilter)
     } else {
@@ -139,7 +157,8 @@ pub fn selective_scan(
     b: &Tensor,
     c: &Tensor,
 ) -> Result<Tensor> {
-    if use_fused(u) && [delta, a, b, c].iter().all(|t| t.dtype() == DType::F32) {
+    let state_fits = u.device().is_cpu() || a.dim(1)? <= scan::MAX_STATE_GPU;
+    if use_fused(u) && same_dtype(u, &[delta, a, b, c]) && state_fits {
         let ud = Tensor::stack(&[u, delta], 0)?;
         let bc = Tensor::stack(&[&b.transpose(1, 2)?, &c.transpose(1, 2)?], 0)?;
         ud.apply_op3(&a.contiguous()?, &bc.contiguous()?, SelectiveScan)
@@ -151,7 +170,7 @@ pub fn selective_scan(
 /// `rfft2(x, norm="ortho")` over the last two axes of `x` `(..., H, W)`: real and imaginary
 /// parts, each `(..., H, W/2 + 1)`, in f32.
 pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    if use_fused(x) {
+    if use_fused(x) && x.dtype() == DType::F32 && spectral::fits_device(x, false, None) {
         let spec = x.contiguous()?.apply_op1(Rfft2)?;
         Ok((spec.get(0)?, spec.get(1)?))
     } else {
@@ -162,7 +181,8 @@ pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// `irfft2(re + i im, s=(H, width), norm="ortho")` over the last two axes: the inverse of
 /// [`rfft2_ortho`] for a real signal of width `width`.
 pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
-    if use_fused(re) && im.dtype() == DType::F32 {
+    let f32s = re.dtype() == DType::F32 && im.dtype() == DType::F32;
+    if use_fused(re) && f32s && spectral::fits_device(re, false, Some(width)) {
         Tensor::stack(&[re, im], 0)?.apply_op1(Irfft2 { width })
     } else {
         composed::irfft2_ortho(re, im, width)
@@ -180,7 +200,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// StarReLU, `scale * relu(x)^2 + bias`, with learned scalars `scale` and `bias` (`[1]`).
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if use_fused(x) && scale.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+    if use_fused(x) && same_dtype(x, &[scale, bias]) {
         x.contiguous()?.apply_op3(scale, bias, StarRelu)
     } else {
         composed::star_relu(x, scale, bias)
@@ -191,7 +211,7 @@ pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// `weights` `(2, C, k, k)`, biases `(2, C)`) of the map rolled by `shifts[c]` along the width
 /// plus that of the map rolled along the height (`torch.roll` semantics, zero padding `k/2`).
 pub fn mix_shift(x: &Tensor, weights: &Tensor, biases: &Tensor, shifts: &[i32]) -> Result<Tensor> {
-    if use_fused(x) && weights.dtype() == DType::F32 && biases.dtype() == DType::F32 {
+    if use_fused(x) && same_dtype(x, &[weights, biases]) {
         let op = MixShiftOp {
             shifts: shifts.to_vec(),
         };

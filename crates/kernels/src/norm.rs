@@ -232,6 +232,36 @@ impl CustomOp3 for ChannelNorm {
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map3;
+        let dims = self.split(xl.shape())?;
+        if wl.shape().elem_count() != dims.1 || bl.shape().elem_count() != dims.1 {
+            return Err(KernelError::Shape {
+                op: "channel_norm",
+                what: "weight and bias",
+                expected: format!("[{}]", dims.1),
+                found: wl.shape().dims().to_vec(),
+            }
+            .into());
+        }
+        let launch = gpu::Launch {
+            axes: self.axes,
+            eps: self.eps,
+            dims,
+        };
+        let y = launch.map(&xs.slice, xl, &ws.slice, wl, &bs.slice, bl, &xs.device)?;
+        Ok((crate::cuda::wrap(y, xs), xl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -258,5 +288,134 @@ impl CustomOp3 for ChannelNorm {
         let dw = (&g3 * &xhat)?.sum(2)?.sum(0)?.reshape(w.shape())?;
         let db = g3.sum(2)?.sum(0)?.reshape(w.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
+    use candle_core::{Layout, Result, WithDType};
+
+    use super::NormAxes;
+    use crate::cuda::{blocks_of, func, grid, int, view, BLOCK, NORM};
+
+    /// The channel-norm launch for `x` viewed as `dims = (outer, C, inner)`.
+    pub(super) struct Launch {
+        pub(super) axes: NormAxes,
+        pub(super) eps: f32,
+        pub(super) dims: (usize, usize, usize),
+    }
+
+    /// `x`, `weight`, `bias` and the output of one launch.
+    struct Operands<'a, T> {
+        x: CudaView<'a, T>,
+        w: CudaView<'a, T>,
+        b: CudaView<'a, T>,
+        y: CudaSlice<T>,
+    }
+
+    impl Launch {
+        fn ints(&self) -> Result<(i32, i32, i32)> {
+            let (o, c, i) = self.dims;
+            Ok((
+                int(o, "channel_norm")?,
+                int(c, "channel_norm")?,
+                int(i, "channel_norm")?,
+            ))
+        }
+
+        fn layer_norm<T: DeviceRepr + WithDType>(
+            &self,
+            dev: &CudaDevice,
+            ops: &Operands<'_, T>,
+        ) -> Result<()> {
+            let (outer, c, inner) = self.ints()?;
+            let rows = inner == 1;
+            let kernel = if rows { "ln_rows" } else { "ln_strided" };
+            let f = func::<T>(dev, &NORM, kernel)?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&outer).arg(&c);
+            if !rows {
+                b.arg(&inner);
+            }
+            b.arg(&self.eps)
+                .arg(&ops.x)
+                .arg(&ops.w)
+                .arg(&ops.b)
+                .arg(&ops.y);
+            let cfg = match rows {
+                true => blocks_of(self.dims.0.div_ceil(BLOCK as usize / 32), BLOCK),
+                false => grid(self.dims.0 * self.dims.2),
+            };
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
+        }
+
+        fn group_norm<T: DeviceRepr + WithDType>(
+            &self,
+            dev: &CudaDevice,
+            ops: &Operands<'_, T>,
+        ) -> Result<()> {
+            let (outer, c, inner) = self.ints()?;
+            let per = self.dims.1 * self.dims.2;
+            let acc = dev.alloc_zeros::<f64>(2 * self.dims.0)?;
+            let stream = dev.cuda_stream();
+            let stats = func::<T>(dev, &NORM, "gn_stats")?;
+            let mut b = stream.launch_builder(&stats);
+            b.arg(&per).arg(&ops.x).arg(&acc);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    per.div_ceil(BLOCK as usize * 8).clamp(1, 256) as u32,
+                    outer as u32,
+                    1,
+                ),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+            let apply = func::<T>(dev, &NORM, "gn_apply")?;
+            let mut b = stream.launch_builder(&apply);
+            b.arg(&outer).arg(&c).arg(&inner).arg(&self.eps).arg(&acc);
+            b.arg(&ops.x).arg(&ops.w).arg(&ops.b).arg(&ops.y);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(grid(self.dims.0 * per)) }.w()?;
+            Ok(())
+        }
+    }
+
+    impl Map3 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            xs: &CudaSlice<T>,
+            xl: &Layout,
+            ws: &CudaSlice<T>,
+            wl: &Layout,
+            bs: &CudaSlice<T>,
+            bl: &Layout,
+            dev: &CudaDevice,
+        ) -> Result<CudaSlice<T>> {
+            let x = view(xs, xl, "channel_norm", "x")?;
+            // SAFETY: both kernels write every element.
+            let y = unsafe { dev.alloc::<T>(x.len()) }?;
+            let ops = Operands {
+                x,
+                w: view(ws, wl, "channel_norm", "weight")?,
+                b: view(bs, bl, "channel_norm", "bias")?,
+                y,
+            };
+            if !ops.x.is_empty() {
+                match self.axes {
+                    NormAxes::Channels => self.layer_norm(dev, &ops)?,
+                    NormAxes::AllButBatch => self.group_norm(dev, &ops)?,
+                }
+            }
+            Ok(ops.y)
+        }
     }
 }

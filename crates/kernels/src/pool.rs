@@ -34,6 +34,12 @@ impl CustomOp1 for PoolMixer {
     /// The window average is symmetric, so its adjoint spreads `grad / count` over the same
     /// windows: `dx = box_sum(grad / count) - grad`, with `box_sum(v) = (mixer(v) + v) * count`.
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if grad.device().is_cuda() {
+            let adjoint = PoolMixerGrad {
+                pool_size: self.pool_size,
+            };
+            return Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&adjoint)?));
+        }
         let (_, _, h, w) = x.dims4()?;
         let counts = crate::composed::window_count_map(h, w, self.pool_size, grad)?;
         let v = grad.broadcast_div(&counts)?;
@@ -53,6 +59,122 @@ impl CustomOp1 for PoolMixer {
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| pool_plane(src, h, w, half, dst));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::run("pool_fwd", self.pool_size, s, l)
+    }
+}
+
+/// The adjoint of [`PoolMixer`] applied to a gradient `(B, C, H, W)`:
+/// `dx[i] = sum over the window around i of grad[j] / count(j) - grad[i]` (windows are
+/// symmetric). One kernel pass on the GPU; the CPU differentiates through [`PoolMixer`] itself.
+#[derive(Debug, Clone, Copy)]
+struct PoolMixerGrad {
+    pool_size: usize,
+}
+
+impl CustomOp1 for PoolMixerGrad {
+    fn name(&self) -> &'static str {
+        "tokenmix-pool-mixer-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, _, h, w) = layout.shape().dims4()?;
+        let g = crate::error::contiguous_f32(storage, layout, "pool_mixer backward", "gradient")?;
+        let half = self.pool_size / 2;
+        let count =
+            |i: usize, n: usize| ((i + half).min(n - 1) + 1 - i.saturating_sub(half)) as f32;
+        let mut dx = vec![0f32; g.len()];
+        for (i, d) in dx.iter_mut().enumerate() {
+            let (x, y, base) = (i % w, (i / w) % h, i - i % (h * w));
+            let mut acc = 0f32;
+            for yy in y.saturating_sub(half)..=(y + half).min(h - 1) {
+                for xx in x.saturating_sub(half)..=(x + half).min(w - 1) {
+                    acc += g[base + yy * w + xx] / (count(yy, h) * count(xx, w));
+                }
+            }
+            *d = acc - g[i];
+        }
+        Ok((CpuStorage::F32(dx), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::run("pool_bwd", self.pool_size, s, l)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDevice, Map1, WrapErr};
+    use candle_core::{CudaStorage, Layout, Result, Shape, WithDType};
+
+    use crate::cuda::{func, grid, int, view, wrap, POOL};
+
+    /// Kernel `kernel(size_t n, int h, int w, int half, const T* in, T* out)` on `(B, C, H, W)`.
+    struct Launch {
+        kernel: &'static str,
+        h: i32,
+        w: i32,
+        half: i32,
+    }
+
+    pub(super) fn run(
+        kernel: &'static str,
+        pool_size: usize,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (_, _, h, w) = l.shape().dims4()?;
+        let (h, w, half) = (
+            int(h, "pool_mixer")?,
+            int(w, "pool_mixer")?,
+            int(pool_size / 2, "pool_mixer")?,
+        );
+        let launch = Launch { kernel, h, w, half };
+        Ok((
+            wrap(launch.map(&s.slice, &s.device, l)?, s),
+            l.shape().clone(),
+        ))
+    }
+
+    impl Map1 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            s: &CudaSlice<T>,
+            dev: &CudaDevice,
+            l: &Layout,
+        ) -> Result<CudaSlice<T>> {
+            let x = view(s, l, "pool_mixer", "input")?;
+            let n = x.len();
+            let f = func::<T>(dev, &POOL, self.kernel)?;
+            // SAFETY: the kernel writes all n elements.
+            let out = unsafe { dev.alloc::<T>(n) }?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&n)
+                .arg(&self.h)
+                .arg(&self.w)
+                .arg(&self.half)
+                .arg(&x)
+                .arg(&out);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(out)
+        }
     }
 }
 

@@ -6,6 +6,9 @@ use rayon::prelude::*;
 
 use crate::KernelError;
 
+/// Largest state size `N` the GPU kernel takes (larger ones run the composed path).
+pub(crate) const MAX_STATE_GPU: usize = 64;
+
 /// Candle custom op `(ud, a, bc) -> y` for the selective scan
 /// `s_l = exp(delta_l * A) * s_{l-1} + delta_l * B_l * u_l`, `y_l = <s_l, C_l>` with state
 /// `s` of size `N` per `(batch, channel)`:
@@ -20,6 +23,35 @@ pub struct SelectiveScan;
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
     crate::error::contiguous_f32(s, l, "selective_scan", what)
+}
+
+/// `(B, D, L, N)` of valid operands.
+fn check(udl: &Layout, al: &Layout, bcl: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let dims = udl.shape().dims();
+    let (two, b, d, l) = match dims {
+        [two, b, d, l] => (*two, *b, *d, *l),
+        _ => (0, 0, 0, 0),
+    };
+    let (ad, n) = al.shape().dims2()?;
+    let shape_err = |what: &'static str, expected: String, found: &[usize]| {
+        Err(KernelError::Shape {
+            op: "selective_scan",
+            what,
+            expected,
+            found: found.to_vec(),
+        }
+        .into())
+    };
+    if two != 2 {
+        return shape_err("ud", "(2, B, D, L)".into(), dims);
+    }
+    if ad != d {
+        return shape_err("a", format!("({d}, N)"), al.shape().dims());
+    }
+    if bcl.shape().dims() != [2, b, l, n] {
+        return shape_err("bc", format!("(2, {b}, {l}, {n})"), bcl.shape().dims());
+    }
+    Ok((b, d, l, n))
 }
 
 impl CustomOp3 for SelectiveScan {
@@ -51,30 +83,7 @@ impl CustomOp3 for SelectiveScan {
         bcs: &CpuStorage,
         bcl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = udl.shape().dims();
-        let (two, b, d, l) = match dims {
-            [two, b, d, l] => (*two, *b, *d, *l),
-            _ => (0, 0, 0, 0),
-        };
-        let (ad, n) = al.shape().dims2()?;
-        let shape_err = |what: &'static str, expected: String, found: &[usize]| {
-            Err(KernelError::Shape {
-                op: "selective_scan",
-                what,
-                expected,
-                found: found.to_vec(),
-            }
-            .into())
-        };
-        if two != 2 {
-            return shape_err("ud", "(2, B, D, L)".into(), dims);
-        }
-        if ad != d {
-            return shape_err("a", format!("({d}, N)"), al.shape().dims());
-        }
-        if bcl.shape().dims() != [2, b, l, n] {
-            return shape_err("bc", format!("(2, {b}, {l}, {n})"), bcl.shape().dims());
-        }
+        let (b, d, l, n) = check(udl, al, bcl)?;
         let ud = contiguous(uds, udl, "ud")?;
         let a = contiguous(as_, al, "a")?;
         let bc = contiguous(bcs, bcl, "bc")?;
@@ -103,5 +112,105 @@ impl CustomOp3 for SelectiveScan {
                 }
             });
         Ok((CpuStorage::F32(y), Shape::from((b, d, l))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        uds: &candle_core::CudaStorage,
+        udl: &Layout,
+        as_: &candle_core::CudaStorage,
+        al: &Layout,
+        bcs: &candle_core::CudaStorage,
+        bcl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map3;
+        let (b, d, l, n) = check(udl, al, bcl)?;
+        let launch = gpu::Launch::new([b, d, l, n])?;
+        let y = launch.map(
+            &uds.slice,
+            udl,
+            &as_.slice,
+            al,
+            &bcs.slice,
+            bcl,
+            &uds.device,
+        )?;
+        Ok((crate::cuda::wrap(y, uds), Shape::from((b, d, l))))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
+    use candle_core::{Layout, Result, WithDType};
+
+    use super::MAX_STATE_GPU;
+    use crate::cuda::{blocks_of, func, int, view, SCAN};
+    use crate::KernelError;
+
+    /// The kernel's `Scan` struct: `b, d, l, n`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Launch([i32; 4]);
+
+    // SAFETY: a plain array of i32, laid out as the kernel's struct of four ints.
+    unsafe impl DeviceRepr for Launch {}
+
+    const THREADS: u32 = 128;
+
+    impl Launch {
+        pub(super) fn new(dims: [usize; 4]) -> Result<Self> {
+            let mut g = [0i32; 4];
+            for (d, v) in g.iter_mut().zip(dims) {
+                *d = int(v, "selective_scan")?;
+            }
+            Ok(Self(g))
+        }
+
+        /// The kernel instance whose register state holds `n`.
+        fn kernel(&self) -> Result<&'static str> {
+            match self.0[3] as usize {
+                0..=16 => Ok("scan_fwd_n16"),
+                17..=32 => Ok("scan_fwd_n32"),
+                33..=MAX_STATE_GPU => Ok("scan_fwd_n64"),
+                n => Err(KernelError::Param {
+                    op: "selective_scan",
+                    msg: format!("state size {n} exceeds the GPU kernel's {MAX_STATE_GPU}"),
+                }
+                .into()),
+            }
+        }
+    }
+
+    impl Map3 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            uds: &CudaSlice<T>,
+            udl: &Layout,
+            as_: &CudaSlice<T>,
+            al: &Layout,
+            bcs: &CudaSlice<T>,
+            bcl: &Layout,
+            dev: &CudaDevice,
+        ) -> Result<CudaSlice<T>> {
+            let ud = view(uds, udl, "selective_scan", "ud")?;
+            let a = view(as_, al, "selective_scan", "a")?;
+            let bc = view(bcs, bcl, "selective_scan", "bc")?;
+            let rows = (self.0[0] * self.0[1]) as usize;
+            let f = func::<T>(dev, &SCAN, self.kernel()?)?;
+            // SAFETY: the kernel writes all B * D * L elements.
+            let y = unsafe { dev.alloc::<T>(rows * self.0[2] as usize) }?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(self).arg(&ud).arg(&a).arg(&bc).arg(&y);
+            let cfg = blocks_of(rows.div_ceil(THREADS as usize), THREADS);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(y)
+        }
     }
 }

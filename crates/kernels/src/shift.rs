@@ -68,20 +68,14 @@ fn add_tap(
     }
 }
 
-impl CustomOp3 for MixShiftOp {
-    fn name(&self) -> &'static str {
-        "tokenmix-mix-shift"
-    }
-
-    fn cpu_fwd(
+impl MixShiftOp {
+    /// `(B, C, H, W, k)` of valid operands.
+    fn check(
         &self,
-        xs: &CpuStorage,
         xl: &Layout,
-        ws: &CpuStorage,
         wl: &Layout,
-        bs: &CpuStorage,
         bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    ) -> Result<(usize, usize, usize, usize, usize)> {
         let (b, c, h, w) = xl.shape().dims4()?;
         let (two, wc, k, k2) = wl.shape().dims4()?;
         if two != 2
@@ -99,6 +93,25 @@ impl CustomOp3 for MixShiftOp {
             }
             .into());
         }
+        Ok((b, c, h, w, k))
+    }
+}
+
+impl CustomOp3 for MixShiftOp {
+    fn name(&self) -> &'static str {
+        "tokenmix-mix-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w, k) = self.check(xl, wl, bl)?;
         let slice = |s, l, what| crate::error::contiguous_f32(s, l, "mix_shift", what);
         let (x, wt, bias) = (
             slice(xs, xl, "input")?,
@@ -129,6 +142,24 @@ impl CustomOp3 for MixShiftOp {
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::{Map3, WrapErr};
+        let (b, c, h, w, k) = self.check(xl, wl, bl)?;
+        let shifts = xs.device.cuda_stream().clone_htod(&self.shifts).w()?;
+        let launch = gpu::Launch::new([b, c, h, w, k], shifts)?;
+        let y = launch.map(&xs.slice, xl, &ws.slice, wl, &bs.slice, bl, &xs.device)?;
+        Ok((crate::cuda::wrap(y, xs), xl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -142,5 +173,75 @@ impl CustomOp3 for MixShiftOp {
             crate::composed::mix_shift(&t[0], &t[1], &t[2], &shifts)
         })?;
         Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
+    use candle_core::{Layout, Result, WithDType};
+
+    use crate::cuda::{func, grid, int, view, SHIFT};
+
+    /// The kernel's `Shift` struct: `b, c, h, w, k`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    struct Geo([i32; 5]);
+
+    // SAFETY: a plain array of i32, laid out as the kernel's struct of five ints.
+    unsafe impl DeviceRepr for Geo {}
+
+    /// One mix-shift launch: the geometry and the per-channel shifts on the device.
+    pub(super) struct Launch {
+        geo: Geo,
+        shifts: CudaSlice<i32>,
+    }
+
+    impl Launch {
+        pub(super) fn new(dims: [usize; 5], shifts: CudaSlice<i32>) -> Result<Self> {
+            let mut g = [0i32; 5];
+            for (d, v) in g.iter_mut().zip(dims) {
+                *d = int(v, "mix_shift")?;
+            }
+            Ok(Self {
+                geo: Geo(g),
+                shifts,
+            })
+        }
+    }
+
+    impl Map3 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            xs: &CudaSlice<T>,
+            xl: &Layout,
+            ws: &CudaSlice<T>,
+            wl: &Layout,
+            bs: &CudaSlice<T>,
+            bl: &Layout,
+            dev: &CudaDevice,
+        ) -> Result<CudaSlice<T>> {
+            let x = view(xs, xl, "mix_shift", "input")?;
+            let w = view(ws, wl, "mix_shift", "weights")?;
+            let bias = view(bs, bl, "mix_shift", "biases")?;
+            let n = x.len();
+            let f = func::<T>(dev, &SHIFT, "mix_shift_fwd")?;
+            // SAFETY: the kernel writes all n elements.
+            let y = unsafe { dev.alloc::<T>(n) }?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&self.geo)
+                .arg(&self.shifts)
+                .arg(&x)
+                .arg(&w)
+                .arg(&bias)
+                .arg(&y);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(y)
+        }
     }
 }

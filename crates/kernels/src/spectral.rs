@@ -12,6 +12,32 @@ use rustfft::{Fft, FftPlanner};
 use crate::error::contiguous_f32;
 use crate::KernelError;
 
+/// Largest dynamic shared memory of the GPU kernels (Hopper allows 227 KiB per block); larger
+/// planes run the composed path.
+const MAX_SMEM_GPU: usize = 200 * 1024;
+
+/// Dynamic shared memory of the GPU kernels for an `(H, W)` plane: the plane in f32 (rounded up
+/// to an even count) and two `H x (W/2 + 1)` complex buffers.
+fn smem_bytes(h: usize, w: usize) -> usize {
+    (h * w).next_multiple_of(2) * 4 + 2 * h * (w / 2 + 1) * 8
+}
+
+/// Whether `x`'s planes fit the GPU kernels (always true on the CPU): `x` is `(B, H, W, C)`
+/// when `channel_last`, `(..., H, W)` otherwise; `width` overrides `W` (for spectra).
+pub(crate) fn fits_device(x: &Tensor, channel_last: bool, width: Option<usize>) -> bool {
+    if x.device().is_cpu() {
+        return true;
+    }
+    let dims = x.dims();
+    let n = dims.len();
+    let (h, w) = match (channel_last, n) {
+        (true, 4) => (dims[1], dims[2]),
+        (false, 2..) => (dims[n - 2], dims[n - 1]),
+        _ => return false,
+    };
+    smem_bytes(h, width.unwrap_or(w)) <= MAX_SMEM_GPU
+}
+
 /// Candle custom op `(x, weight) -> y` on a contiguous f32 channel-last map `x` `(B, H, W, C)`
 /// and `weight` `(H, W/2 + 1, C, 2)` (complex numbers as real pairs):
 /// `y = irfft2(rfft2(x, norm="ortho") * weight, s=(H, W), norm="ortho")` per channel, the FFTs
@@ -177,6 +203,24 @@ impl CustomOp1 for Rfft2 {
             );
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map1;
+        let (planes, h, w) = last_two(l.shape())?;
+        let mut dims = vec![2];
+        dims.extend_from_slice(l.shape().dims());
+        if let Some(last) = dims.last_mut() {
+            *last = w / 2 + 1;
+        }
+        let launch = gpu::Launch::new("rfft2", planes, h, w, 2 * planes * h * (w / 2 + 1))?;
+        let out = launch.map(&s.slice, &s.device, l)?;
+        Ok((crate::cuda::wrap(out, s), Shape::from(dims)))
+    }
 }
 
 /// Candle custom op: `irfft2(re + i im, s=(H, width), norm="ortho")` over the last two axes of
@@ -188,21 +232,10 @@ pub struct Irfft2 {
     pub width: usize,
 }
 
-impl CustomOp1 for Irfft2 {
-    fn name(&self) -> &'static str {
-        "tokenmix-irfft2"
-    }
-
-    fn bwd(&self, spec: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let w = self.width;
-        let g = crate::grad::via_composition(&[spec], grad, |t| {
-            crate::composed::irfft2_ortho(&t[0].get(0)?, &t[0].get(1)?, w)
-        })?;
-        Ok(g.into_iter().next())
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = l.shape().dims();
+impl Irfft2 {
+    /// `(H, planes, output dims)` of a valid `(2, ..., H, width/2 + 1)` spectrum.
+    fn check(&self, shape: &Shape) -> Result<(usize, usize, Vec<usize>)> {
+        let dims = shape.dims();
         let (w, k) = (self.width, self.width / 2 + 1);
         if dims.len() < 3 || dims[0] != 2 || dims[dims.len() - 1] != k {
             return Err(KernelError::Shape {
@@ -219,6 +252,26 @@ impl CustomOp1 for Irfft2 {
         if let Some(last) = out_dims.last_mut() {
             *last = w;
         }
+        Ok((h, planes, out_dims))
+    }
+}
+
+impl CustomOp1 for Irfft2 {
+    fn name(&self) -> &'static str {
+        "tokenmix-irfft2"
+    }
+
+    fn bwd(&self, spec: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = self.width;
+        let g = crate::grad::via_composition(&[spec], grad, |t| {
+            crate::composed::irfft2_ortho(&t[0].get(0)?, &t[0].get(1)?, w)
+        })?;
+        Ok(g.into_iter().next())
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (h, planes, out_dims) = self.check(l.shape())?;
+        let (w, k) = (self.width, self.width / 2 + 1);
         let x = contiguous_f32(s, l, "irfft2", "spectrum")?;
         let mut out = vec![0f32; planes * h * w];
         if out.is_empty() {
@@ -248,6 +301,35 @@ impl CustomOp1 for Irfft2 {
             );
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map1;
+        let (h, planes, out_dims) = self.check(l.shape())?;
+        let launch = gpu::Launch::new("irfft2", planes, h, self.width, planes * h * self.width)?;
+        let out = launch.map(&s.slice, &s.device, l)?;
+        Ok((crate::cuda::wrap(out, s), Shape::from(out_dims)))
+    }
+}
+
+/// `(B, H, W, C)` of a valid input and weight of [`SpectralFilter`].
+fn check_filter(xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (b, h, w, c) = xl.shape().dims4()?;
+    let k = w / 2 + 1;
+    if wl.shape().dims() != [h, k, c, 2] {
+        return Err(KernelError::Shape {
+            op: "spectral_filter",
+            what: "weight",
+            expected: format!("[{h}, {k}, {c}, 2] for input {:?}", xl.shape().dims()),
+            found: wl.shape().dims().to_vec(),
+        }
+        .into());
+    }
+    Ok((b, h, w, c))
 }
 
 impl CustomOp2 for SpectralFilter {
@@ -268,6 +350,22 @@ impl CustomOp2 for SpectralFilter {
         Ok((Some(g[0].clone()), Some(g[1].clone())))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map2;
+        let (b, h, w, c) = check_filter(xl, wl)?;
+        let launch =
+            gpu::Launch::new("spectral_filter", b * c, h, w, b * h * w * c)?.with_channels(c);
+        let y = launch.map(&xs.slice, xl, &ws.slice, wl, &xs.device)?;
+        Ok((crate::cuda::wrap(y, xs), xl.shape().clone()))
+    }
+
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -275,17 +373,8 @@ impl CustomOp2 for SpectralFilter {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, h, w, c) = xl.shape().dims4()?;
+        let (_, h, w, c) = check_filter(xl, wl)?;
         let k = w / 2 + 1;
-        if wl.shape().dims() != [h, k, c, 2] {
-            return Err(KernelError::Shape {
-                op: "spectral_filter",
-                what: "weight",
-                expected: format!("[{h}, {k}, {c}, 2] for input {:?}", xl.shape().dims()),
-                found: wl.shape().dims().to_vec(),
-            }
-            .into());
-        }
         let x = contiguous_f32(xs, xl, "spectral_filter", "input")?;
         let wt = contiguous_f32(ws, wl, "spectral_filter", "weight")?;
         if x.is_empty() {
@@ -325,5 +414,140 @@ impl CustomOp2 for SpectralFilter {
                 }
             });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaDevice, Map1, Map2, WrapErr};
+    use candle_core::{Layout, Result, WithDType};
+
+    use super::{smem_bytes, MAX_SMEM_GPU};
+    use crate::cuda::{func, int, view, BLOCK, SPECTRAL};
+    use crate::KernelError;
+
+    /// The kernels' `Plane` struct: `h, w, k = w/2 + 1`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    struct Plane([i32; 3]);
+
+    // SAFETY: a plain array of i32, laid out as the kernels' struct of three ints.
+    unsafe impl DeviceRepr for Plane {}
+
+    /// One block per plane of `(h, w)`, writing `out_len` elements; `channels` is the channel
+    /// count of a channel-last input (the spectral filter).
+    pub(super) struct Launch {
+        kernel: &'static str,
+        planes: usize,
+        plane: Plane,
+        smem: usize,
+        out_len: usize,
+        channels: usize,
+    }
+
+    impl Launch {
+        pub(super) fn new(
+            kernel: &'static str,
+            planes: usize,
+            h: usize,
+            w: usize,
+            out_len: usize,
+        ) -> Result<Self> {
+            let smem = smem_bytes(h, w);
+            if smem > MAX_SMEM_GPU {
+                return Err(KernelError::Param {
+                    op: "spectral",
+                    msg: format!("a {h} x {w} plane exceeds the GPU kernels' shared memory"),
+                }
+                .into());
+            }
+            let plane = Plane([
+                int(h, "spectral")?,
+                int(w, "spectral")?,
+                int(w / 2 + 1, "spectral")?,
+            ]);
+            Ok(Self {
+                kernel,
+                planes,
+                plane,
+                smem,
+                out_len,
+                channels: 1,
+            })
+        }
+
+        /// The launch for a channel-last input of `channels` channels.
+        pub(super) fn with_channels(self, channels: usize) -> Self {
+            Self { channels, ..self }
+        }
+
+        fn run<T: DeviceRepr + WithDType>(
+            &self,
+            dev: &CudaDevice,
+            inputs: &[CudaView<'_, T>],
+        ) -> Result<CudaSlice<T>> {
+            let f = func::<T>(dev, &SPECTRAL, self.kernel)?;
+            if self.smem > 48 * 1024 {
+                let attr =
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                f.set_attribute(attr, self.smem as i32).w()?;
+            }
+            // SAFETY: the kernels write all out_len elements.
+            let out = unsafe { dev.alloc::<T>(self.out_len) }?;
+            if self.planes * self.out_len == 0 {
+                return Ok(out);
+            }
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            let channels = int(self.channels, "spectral")?;
+            b.arg(&self.plane);
+            if self.kernel == "spectral_filter" {
+                b.arg(&channels);
+            }
+            for v in inputs {
+                b.arg(v);
+            }
+            b.arg(&out);
+            let cfg = LaunchConfig {
+                grid_dim: (self.planes as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: self.smem as u32,
+            };
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl Map1 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            s: &CudaSlice<T>,
+            dev: &CudaDevice,
+            l: &Layout,
+        ) -> Result<CudaSlice<T>> {
+            self.run(dev, &[view(s, l, self.kernel, "input")?])
+        }
+    }
+
+    impl Map2 for Launch {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            s1: &CudaSlice<T>,
+            l1: &Layout,
+            s2: &CudaSlice<T>,
+            l2: &Layout,
+            dev: &CudaDevice,
+        ) -> Result<CudaSlice<T>> {
+            let ins = [
+                view(s1, l1, self.kernel, "input")?,
+                view(s2, l2, self.kernel, "weight")?,
+            ];
+            self.run(dev, &ins)
+        }
     }
 }
