@@ -155,7 +155,7 @@ struct TrainArgs {
     #[arg(long, conflicts_with_all = ["init_from", "resume"])]
     model: Option<String>,
     /// timm-style architecture overrides as JSON, e.g. '{"depths":[1,1,2,1],"dims":[16,32,64,128]}'.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     model_args: Option<String>,
     /// Fine-tune from a hub-style directory (config.json + model.safetensors; timm's or one this
     /// command wrote): every tensor is loaded but a classifier whose class count differs.
@@ -171,50 +171,53 @@ struct TrainArgs {
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
     /// Input height and width (default: the architecture's).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     img_size: Option<usize>,
     /// Epochs (on --resume: the new total).
     #[arg(long)]
     epochs: Option<usize>,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, conflicts_with = "resume")]
     batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, conflicts_with = "resume")]
     lr: f64,
     /// Final learning rate of the cosine decay.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, conflicts_with = "resume")]
     min_lr: f64,
     /// Epochs of linear warmup.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "resume")]
     warmup_epochs: usize,
     /// AdamW weight decay (not applied to norms, biases, scales).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, conflicts_with = "resume")]
     weight_decay: f64,
     /// Stochastic depth of the last block (default: the architecture's, 0 for most).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     drop_path: Option<f64>,
     /// Label smoothing.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, conflicts_with = "resume")]
     smoothing: f64,
     /// Mixup alpha (0: off; timm's recipes use 0.8).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "resume")]
     mixup: f64,
     /// CutMix alpha (0: off; timm's recipes use 1.0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "resume")]
     cutmix: f64,
     /// Smallest random-resized-crop area fraction.
-    #[arg(long, default_value_t = 0.08)]
+    #[arg(long, default_value_t = 0.08, conflicts_with = "resume")]
     crop_scale: f64,
     /// Horizontal flip probability (0 for data such as digits).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, conflicts_with = "resume")]
     hflip: f64,
     /// Seed of initialization, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
     /// Draw loss and accuracy curves to this file (.svg or .png) after every epoch.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// `cpu`, or `cuda` for the first GPU (builds with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 const DEFAULT_BENCH: [&str; 16] = [
@@ -258,7 +261,7 @@ fn run(cli: Cli) -> Result<()> {
             classify(&source.load(&device)?, &image, top, &device)
         }
         Command::Bench(args) => bench(&args, &parse_device(&args.device)?),
-        Command::Train(args) => train(&args, &device),
+        Command::Train(args) => train(&args, &parse_device(&args.device)?),
     }
 }
 
@@ -724,14 +727,19 @@ fn train(args: &TrainArgs, device: &Device) -> Result<()> {
             .iter()
             .filter_map(|e| e.val.map(|v| v.top1))
             .fold(f64::NAN, f64::max);
+        let best_dir = args.out.join("best");
+        let best_text = if best_dir.join("model.safetensors").is_file() {
+            format!(", best in {}", best_dir.display())
+        } else {
+            String::new()
+        };
         match last.val {
             Some(v) => println!(
-                "done: validation top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; model in {}, best in {}",
+                "done: validation top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; model in {}{best_text}",
                 v.top1,
                 best,
                 v.top5,
                 args.out.display(),
-                args.out.join("best").display()
             ),
             None => println!("done: model in {}", args.out.display()),
         }

@@ -307,12 +307,17 @@ fn train_writes_a_loadable_checkpoint_curves_and_resumes() {
     assert!(c.status.success(), "{}", stderr(&c));
     assert!(stdout(&c).contains("top") || stdout(&c).contains("bottom"));
 
-    let mut resume = vec!["train", d, "--resume", o, "--epochs", "3"];
-    resume.extend(common);
-    let r = tokenmix(&resume);
+    let r = tokenmix(&["train", d, "--resume", o, "--epochs", "3", "--out", o]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stderr(&r).contains("after epoch 2"), "{}", stderr(&r));
     assert!(stderr(&r).contains("epoch   3"), "{}", stderr(&r));
+    let clash = tokenmix(&["train", d, "--resume", o, "--lr", "0.1"]);
+    assert!(!clash.status.success());
+    assert!(
+        stderr(&clash).contains("cannot be used with"),
+        "{}",
+        stderr(&clash)
+    );
 
     let missing = tmp.path().join("nope");
     assert_one_line_error(
@@ -336,4 +341,19 @@ fn train_writes_a_loadable_checkpoint_curves_and_resumes() {
         "JSON object",
     );
     assert_one_line_error(&tokenmix(&["train", d]), "give --model");
+    assert_one_line_error(
+        &tokenmix(&[
+            "train",
+            d,
+            "--model",
+            "poolformer_s12",
+            "--crop-scale",
+            "1.5",
+        ]),
+        "crop scale",
+    );
+    assert_one_line_error(
+        &tokenmix(&["train", d, "--model", "poolformer_s12", "--epochs", "0"]),
+        "epochs must be at least 1",
+    );
 }

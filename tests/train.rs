@@ -250,3 +250,43 @@ fn bad_datasets_are_refused_with_the_reason() {
     let err = ImageFolder::open_with_classes(tmp.path(), &classes).unwrap_err();
     assert!(err.to_string().contains("does not have"), "{err}");
 }
+
+#[test]
+fn fine_tuning_refuses_a_mis_shaped_backbone_tensor_and_one_class() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("convformer_s18");
+    let dir = tmp.path().join("ckpt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut weights = candle_core::safetensors::load(src.join("model.safetensors"), &dev).unwrap();
+    let name = "stages.0.blocks.0.mlp.fc1.weight";
+    let bad = Tensor::zeros((3, 16), candle_core::DType::F32, &dev).unwrap();
+    weights.insert(name.to_string(), bad);
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let spec = ModelSpec {
+        label_names: three,
+        ..ModelSpec::read(&dir).unwrap()
+    };
+    let err = Trainer::fine_tune(&dir, spec, config(), 8, &dev).unwrap_err();
+    assert!(err.to_string().contains(name), "{err}");
+
+    let one = vec!["only".to_string()];
+    let err = ModelSpec::new("poolformer_s12", Default::default(), one, None).unwrap_err();
+    assert!(err.to_string().contains("at least 2 classes"), "{err}");
+}
+
+#[test]
+fn fixed_size_models_take_their_input_size_from_model_args() {
+    let args = serde_json::json!({"img_size": [32, 48], "num_blocks": 1, "embed_dim": 16});
+    let classes: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    let spec = ModelSpec::new(
+        "mixer_s16_224",
+        args.as_object().unwrap().clone(),
+        classes,
+        None,
+    )
+    .unwrap();
+    assert_eq!(spec.pretrained_cfg.image_size(), (32, 48));
+}

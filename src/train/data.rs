@@ -217,19 +217,36 @@ impl Batch {
     }
 }
 
+/// Fails unless images can be fed to a model with `cfg`: 1 (grayscale) or 3 (RGB) channels,
+/// each with a mean and a std.
+pub fn check_channels(cfg: &PretrainedCfg) -> Result<()> {
+    let c = cfg.input_size.first().copied().unwrap_or(0);
+    if !(c == 1 || c == 3) || cfg.mean.len() != c || cfg.std.len() != c {
+        bail!(
+            "images are fed as 1 or 3 channels with a mean and std each; this model has {c} channels, {} means, {} stds",
+            cfg.mean.len(),
+            cfg.std.len()
+        );
+    }
+    Ok(())
+}
+
 /// Loads `samples` augmented for training; sample `i` draws its augmentation from a generator
-/// seeded with `seed + i`, so a batch is reproducible.
+/// seeded from `(seed, i)`, so a batch is reproducible.
 pub fn train_batch(
     samples: &[(PathBuf, usize)],
     augment: &Augment,
     cfg: &PretrainedCfg,
     seed: u64,
 ) -> Result<Batch> {
+    check_channels(cfg)?;
     let pixels = samples
         .par_iter()
         .enumerate()
         .map(|(i, (path, _))| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
             Ok(augment.apply(&read_image(path)?, cfg, &mut rng))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -238,6 +255,7 @@ pub fn train_batch(
 
 /// Loads `samples` with timm's eval preprocessing (resize, center crop, normalize).
 pub fn eval_batch(samples: &[(PathBuf, usize)], cfg: &PretrainedCfg) -> Result<Batch> {
+    check_channels(cfg)?;
     let pixels = samples
         .par_iter()
         .map(|(path, _)| {

@@ -73,14 +73,15 @@ fn uniform(n: usize, lo: f32, hi: f32, rng: &mut impl Rng) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(lo..hi)).collect()
 }
 
-/// Normal(0, std) redrawn outside two standard deviations (timm's `trunc_normal_`).
+/// Normal(0, std) redrawn outside [-2, 2] (timm's `trunc_normal_(std=std)`, whose bounds are
+/// absolute).
 fn trunc_normal(shape: &[usize], std: f32, rng: &mut impl Rng, dev: &Device) -> Result<Tensor> {
     let normal = Normal::new(0.0f32, std).map_err(candle_core::Error::wrap)?;
     let n = shape.iter().product();
     let values = (0..n)
         .map(|_| loop {
             let v = normal.sample(rng);
-            if v.abs() <= 2.0 * std {
+            if v.abs() <= 2.0 {
                 break v;
             }
         })
@@ -139,9 +140,9 @@ mod tests {
         let fc = value("head.fc.weight", &[64, 32])
             .flatten_all()?
             .to_vec1::<f32>()?;
-        assert!(fc.iter().all(|x| x.abs() <= 0.04));
+        assert!(fc.iter().all(|x| x.abs() <= 0.15));
         let std = (fc.iter().map(|x| x * x).sum::<f32>() / fc.len() as f32).sqrt();
-        assert!((0.012..0.025).contains(&std), "std {std}");
+        assert!((0.018..0.022).contains(&std), "std {std}");
         Ok(())
     }
 

@@ -58,6 +58,62 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+impl TrainConfig {
+    /// Checks every setting is in its range, naming the first one that is not.
+    pub fn validate(&self) -> Result<()> {
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        let (lo, hi) = self.augment.scale;
+        let checks = [
+            (self.epochs > 0, "epochs must be at least 1"),
+            (self.batch_size > 0, "the batch size must be at least 1"),
+            (
+                self.lr > 0.0 && self.lr.is_finite(),
+                "the learning rate must be positive",
+            ),
+            (
+                self.min_lr >= 0.0 && self.warmup_lr >= 0.0,
+                "learning rates must not be negative",
+            ),
+            (
+                self.weight_decay >= 0.0,
+                "weight decay must not be negative",
+            ),
+            (
+                self.drop_path.is_none_or(|d| (0.0..1.0).contains(&d)),
+                "drop path must be in [0, 1)",
+            ),
+            (
+                unit(self.mix.label_smoothing),
+                "label smoothing must be in [0, 1]",
+            ),
+            (
+                unit(self.mix.prob) && unit(self.mix.switch_prob),
+                "mix probabilities must be in [0, 1]",
+            ),
+            (
+                self.mix.mixup_alpha >= 0.0 && self.mix.cutmix_alpha >= 0.0,
+                "mixup and cutmix alphas must not be negative",
+            ),
+            (
+                lo > 0.0 && lo <= hi && hi <= 1.0,
+                "the crop scale range must lie in (0, 1] with min <= max",
+            ),
+            (
+                self.augment.ratio.0 > 0.0 && self.augment.ratio.0 <= self.augment.ratio.1,
+                "the crop ratio range must be positive with min <= max",
+            ),
+            (
+                unit(self.augment.hflip),
+                "the flip probability must be in [0, 1]",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => bail!("{msg}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -113,12 +169,34 @@ impl ModelSpec {
             }
         }
         pretrained_cfg.num_classes = classes.len();
-        Ok(Self {
+        let mut spec = Self {
             architecture: entry.name.to_string(),
             model_args,
             pretrained_cfg,
             label_names: classes,
-        })
+        };
+        if let Some((h, w)) = spec.arch()?.fixed_image_size() {
+            let c = spec.pretrained_cfg.input_size.first().copied().unwrap_or(3);
+            spec.pretrained_cfg.input_size = vec![c, h, w];
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what training needs: at least two classes and a positive input size (image
+    /// folders further need 1 or 3 channels, checked when images are loaded).
+    pub fn validate(&self) -> Result<()> {
+        if self.label_names.len() < 2 {
+            bail!(
+                "training needs at least 2 classes, got {}",
+                self.label_names.len()
+            );
+        }
+        let (h, w) = self.pretrained_cfg.image_size();
+        if h == 0 || w == 0 {
+            bail!("the input size must be positive, got {h}x{w}");
+        }
+        Ok(())
     }
 
     /// Reads the spec of a hub-style model directory's `config.json`.
@@ -291,14 +369,17 @@ impl Trainer {
         let (arch, varmap) = build(&spec, &cfg, device)?;
         initialise(&arch, &varmap, cfg.seed, device)?;
         let weights = read_weights(dir, device)?;
-        let classes = spec.label_names.len();
+        let classifier = classifier_tensors(&arch)?;
         let mut fresh = Vec::new();
         for (name, var) in sorted_vars(&varmap) {
             match weights.get(&name) {
                 Some(t) if t.dims() == var.dims() => var.set(&t.to_dtype(DType::F32)?)?,
-                Some(t) if var.dims().first() == Some(&classes) && t.rank() == var.rank() => {
-                    fresh.push(name)
+                Some(t) if arch.can_resize(&name, t.dims(), var.dims()) => {
+                    let resized =
+                        arch.resize_tensor(&name, &t.to_dtype(DType::F32)?, var.dims())?;
+                    var.set(&resized)?
                 }
+                Some(_) if classifier.contains(&name) => fresh.push(name),
                 Some(t) => bail!(
                     "{name} in {} has shape {:?}, the model needs {:?}",
                     dir.display(),
@@ -362,9 +443,8 @@ impl Trainer {
         train_len: usize,
         device: &Device,
     ) -> Result<Self> {
-        if cfg.batch_size == 0 {
-            bail!("the batch size must be at least 1");
-        }
+        spec.validate()?;
+        cfg.validate()?;
         let opt = AdamW::new(trainable(&varmap), adamw_config(&cfg))?;
         Ok(Self {
             steps_per_epoch: steps_per_epoch(train_len, cfg.batch_size),
@@ -451,6 +531,12 @@ impl Trainer {
         let mut order: Vec<usize> = (0..data.len()).collect();
         order.shuffle(&mut rng);
         let steps = steps_per_epoch(data.len(), self.cfg.batch_size);
+        if steps != self.steps_per_epoch {
+            bail!(
+                "this dataset gives {steps} steps per epoch, the run's schedule was made for {} (a different training split or batch size)",
+                self.steps_per_epoch
+            );
+        }
         let per = self.cfg.batch_size.min(data.len());
         let start = std::time::Instant::now();
         let mut total = 0.0;
@@ -459,7 +545,7 @@ impl Trainer {
                 .iter()
                 .map(|&i| data.samples[i].clone())
                 .collect();
-            let aug_seed = seed.wrapping_add((s * per) as u64);
+            let aug_seed = splitmix64(seed ^ splitmix64(s as u64 + 1));
             let mut batch = train_batch(
                 &samples,
                 &self.cfg.augment,
@@ -621,7 +707,7 @@ pub fn evaluate(
         let t = Tensor::from_vec(targets, (batch.labels.len(), classes), device)?;
         loss += soft_cross_entropy(&logits, &t)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         for (row, &label) in logits.to_vec2::<f32>()?.iter().zip(&batch.labels) {
-            let rank = row.iter().filter(|&&v| v > row[label]).count();
+            let rank = label_rank(row, label);
             top1 += usize::from(rank == 0);
             top5 += usize::from(rank < 5);
         }
@@ -632,6 +718,27 @@ pub fn evaluate(
         top1: 100.0 * top1 as f64 / n,
         top5: 100.0 * top5 as f64 / n,
     })
+}
+
+/// Position of the true label among the logits (0: top-1); ties go against the label (a class
+/// with an equal logit and a lower index ranks first) and a non-finite row ranks it last.
+fn label_rank(row: &[f32], label: usize) -> usize {
+    let x = row[label];
+    if row.iter().any(|v| !v.is_finite()) {
+        return row.len();
+    }
+    row.iter()
+        .enumerate()
+        .filter(|&(j, &v)| v > x || (v == x && j < label))
+        .count()
+}
+
+/// SplitMix64's output function: decorrelates seeds derived from small counters.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn steps_per_epoch(len: usize, batch: usize) -> usize {
@@ -662,6 +769,18 @@ fn build(spec: &ModelSpec, cfg: &TrainConfig, device: &Device) -> Result<(ArchCo
 /// rebuilt whenever the variables change.
 fn model_from(arch: &ArchConfig, varmap: &VarMap, device: &Device) -> Result<Box<dyn ImageModel>> {
     Ok(arch.build(VarBuilder::from_varmap(varmap, DType::F32, device))?)
+}
+
+/// Names of the tensors whose shape depends on the class count: the classifier's.
+fn classifier_tensors(arch: &ArchConfig) -> Result<Vec<String>> {
+    let mut other = arch.clone();
+    other.set_num_classes(arch.num_classes() + 1);
+    let a = tokenmix_models::checkpoint::expected_tensors(arch)?;
+    let b = tokenmix_models::checkpoint::expected_tensors(&other)?;
+    Ok(a.into_iter()
+        .filter(|(name, shape)| !b.iter().any(|(n, s)| n == name && s == shape))
+        .map(|(name, _)| name)
+        .collect())
 }
 
 fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {

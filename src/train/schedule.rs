@@ -1,5 +1,5 @@
-//! Learning-rate schedule: linear warmup, then cosine decay (timm's `CosineLRScheduler` with
-//! `t_in_epochs=False`, one cycle).
+//! Learning-rate schedule per optimizer step: linear warmup, then one cosine decay over the
+//! remaining steps (timm's `CosineLRScheduler` with `warmup_prefix=True`, `t_in_epochs=False`).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! Fused exact GELU with a vectorizable erf.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::contiguous_f32;
@@ -248,10 +248,16 @@ fn star_relu_grads(
     grad: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let dx = x.apply_op3_no_bwd(grad, &scale.contiguous()?, &StarReluGrad)?;
-    let dscale = (grad * x.relu()?.sqr()?)?
+    // Half-precision sums over a whole tensor lose the result; accumulate in f32.
+    let (g32, x32) = (grad.to_dtype(DType::F32)?, x.to_dtype(DType::F32)?);
+    let dscale = (&g32 * x32.relu()?.sqr()?)?
         .sum_all()?
+        .to_dtype(scale.dtype())?
         .reshape(scale.shape())?;
-    let dbias = grad.sum_all()?.reshape(bias.shape())?;
+    let dbias = g32
+        .sum_all()?
+        .to_dtype(bias.dtype())?
+        .reshape(bias.shape())?;
     Ok((Some(dx), Some(dscale), Some(dbias)))
 }
 

@@ -271,9 +271,10 @@ impl CustomOp3 for ChannelNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (outer, c, inner) = self.split(x.shape())?;
+        let f32 = candle_core::DType::F32;
         let x3 = x.reshape((outer, c, inner))?;
-        let g3 = grad.reshape((outer, c, inner))?;
-        let w3 = w.reshape((1, c, 1))?;
+        let g3 = grad.to_dtype(f32)?.reshape((outer, c, inner))?;
+        let w3 = w.to_dtype(f32)?.reshape((1, c, 1))?;
         let (xhat, inv) = crate::composed::normalize(&x3, self.axes, self.eps as f64)?;
         let gw = g3.broadcast_mul(&w3)?;
         let mean = |t: &Tensor| match self.axes {
@@ -284,10 +285,15 @@ impl CustomOp3 for ChannelNorm {
             .broadcast_sub(&mean(&gw)?)?
             .sub(&xhat.broadcast_mul(&mean(&(&gw * &xhat)?)?)?)?
             .broadcast_mul(&inv)?
-            .reshape(x.shape())?;
+            .reshape(x.shape())?
+            .to_dtype(x.dtype())?;
         let dw = (&g3 * &xhat)?.sum(2)?.sum(0)?.reshape(w.shape())?;
         let db = g3.sum(2)?.sum(0)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((
+            Some(dx),
+            Some(dw.to_dtype(w.dtype())?),
+            Some(db.to_dtype(w.dtype())?),
+        ))
     }
 }
 

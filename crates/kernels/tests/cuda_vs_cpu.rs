@@ -63,9 +63,10 @@ fn tolerance(dtype: DType) -> f32 {
 /// `grad_factor` for the gradients. `args` are f32 CPU tensors, possibly non-contiguous.
 fn check(name: &str, args: &[Tensor], grad_factor: f32, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
     let Some(dev) = gpu() else { return };
-    let (cpu_out, cpu_grads) = run(args, &Device::Cpu, DType::F32, &f);
     for dtype in DTYPES {
-        let (out, grads) = run(args, &dev, dtype, &f);
+        // The reference sees the same rounded inputs and probe as the GPU, computed in f32.
+        let (cpu_out, cpu_grads) = run(args, &Device::Cpu, DType::F32, dtype, &f);
+        let (out, grads) = run(args, &dev, dtype, dtype, &f);
         let tol = tolerance(dtype);
         let d = rel_diff(&out, &cpu_out);
         assert!(d < tol, "{name} {dtype:?} forward: relative diff {d}");
@@ -79,17 +80,27 @@ fn check(name: &str, args: &[Tensor], grad_factor: f32, f: impl Fn(&[Tensor]) ->
     }
 }
 
-/// Output and gradients of `f` on `dev` in `dtype`, the probe gradient fixed by a seedless
-/// deterministic pattern so both devices see the same one.
+/// Output and gradients of `f` on `dev` in `dtype`, with inputs and probe first rounded to
+/// `round`; the probe gradient is fixed by a seedless deterministic pattern so both devices see
+/// the same one.
 fn run(
     args: &[Tensor],
     dev: &Device,
     dtype: DType,
+    round: DType,
     f: &impl Fn(&[Tensor]) -> Result<Tensor>,
 ) -> (Tensor, Vec<Tensor>) {
+    let cast = |t: &Tensor| {
+        t.to_dtype(round)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .to_device(dev)
+            .unwrap()
+    };
     let vars: Vec<Var> = args
         .iter()
-        .map(|a| Var::from_tensor(&a.to_dtype(dtype).unwrap().to_device(dev).unwrap()).unwrap())
+        .map(|a| Var::from_tensor(&cast(a)).unwrap())
         .collect();
     let inputs: Vec<Tensor> = args
         .iter()
@@ -108,7 +119,7 @@ fn run(
         .unwrap()
         .reshape(out.dims())
         .unwrap();
-    let probe = probe.to_dtype(dtype).unwrap().to_device(dev).unwrap();
+    let probe = cast(&probe);
     let grads = (&out * probe)
         .unwrap()
         .sum_all()

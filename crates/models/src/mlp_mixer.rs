@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm, NormConfig};
+use tokenmix_mixers::layers::{ActKind, DropPath, Mlp, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, img_size_arg};
@@ -51,7 +51,8 @@ pub struct MlpMixerConfig {
     pub glu: bool,
     /// Whether the patch embedding is followed by a norm (`stem.norm`).
     pub stem_norm: bool,
-    /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
+    /// Stochastic depth of every block in training (timm gives the MLP-Mixer family one rate
+    /// for all blocks); 0 for inference.
     #[serde(default)]
     pub drop_path_rate: f64,
 }
@@ -492,7 +493,7 @@ impl MlpMixer {
             stem,
             stem_norm,
             blocks,
-            drop_paths: drop_path_rates(cfg.drop_path_rate, cfg.num_blocks),
+            drop_paths: vec![DropPath::new(cfg.drop_path_rate); cfg.num_blocks],
             norm: token_norm(cfg, d, vb.pp("norm"))?,
             head: crate::optional_linear(d, cfg.num_classes, vb.pp("head"))?,
         })
