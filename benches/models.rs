@@ -8,9 +8,17 @@ use tokenmix::models::checkpoint::random_model;
 use tokenmix::models::model_entry;
 
 fn models(c: &mut Criterion) {
+    tokenmix::park_idle_threads();
     let mut group = c.benchmark_group("models_224");
     group.sample_size(10);
-    for name in ["poolformer_s12", "convformer_s18", "caformer_s18"] {
+    let names = [
+        "poolformer_s12",
+        "convformer_s18",
+        "caformer_s18",
+        "mambaout_femto",
+        "mixer_s16_224",
+    ];
+    for name in names {
         let model = random_model(&model_entry(name).unwrap().config(), &Device::Cpu).unwrap();
         for batch in [1, 8] {
             let x = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &Device::Cpu).unwrap();

@@ -31,6 +31,20 @@ pub use tokenmix_models as models;
 pub mod plot;
 pub mod train;
 
+/// Makes candle's element-wise worker threads park as soon as they run out of work instead of
+/// spinning 25,000 times first (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`), unless the variable is
+/// already set. On few cores the spinning worker takes time from the threads that run the next
+/// op (tokenmix's kernels and gemm use rayon's pool); parking measured 5-30% lower batch-1
+/// latency on 2 cores (docs/BENCHMARKS.md). Call it at the start of `main`, before any tensor
+/// work and before other threads exist: candle reads the variable once, and changing the
+/// environment is only sound while the program is single-threaded.
+pub fn park_idle_threads() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, "0");
+    }
+}
+
 /// The names most programs need.
 pub mod prelude {
     pub use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
