@@ -60,6 +60,7 @@ pub fn fused_enabled() -> bool {
 /// Whether `x` takes the fused path: f32 on the CPU; f32, f16 or bf16 on a CUDA device.
 fn use_fused(x: &Tensor) -> bool {
     fused_enabled()
+        && x.elem_count() > 0
         && match x.device() {
             Device::Cpu => x.dtype() == DType::F32,
             Device::Cuda(_) => {
