@@ -8,7 +8,7 @@ use tokenmix::models::checkpoint::random_model;
 use tokenmix::models::model_entry;
 
 fn models(c: &mut Criterion) {
-    tokenmix::park_idle_threads();
+    tokenmix::configure_cpu();
     let mut group = c.benchmark_group("models_224");
     group.sample_size(10);
     let names = [

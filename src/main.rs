@@ -240,7 +240,7 @@ const DEFAULT_BENCH: [&str; 16] = [
 ];
 
 fn main() {
-    tokenmix::park_idle_threads();
+    tokenmix::configure_cpu();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -73,6 +73,110 @@ impl CustomOp1 for Gelu {
     }
 }
 
+/// Candle custom op: `gelu(x + bias)` on a contiguous f32 `x` whose channel axis has
+/// `channels` entries, each followed by `inner` contiguous elements, and `bias` `[channels]`:
+/// a linear layer's bias add folded into its activation (CPU only).
+#[derive(Debug, Clone, Copy)]
+pub struct BiasGelu {
+    /// Length of the channel axis.
+    pub channels: usize,
+    /// Elements after the channel axis (1 for channel-last tensors).
+    pub inner: usize,
+    /// Index of the channel axis (for the backward's composition).
+    pub axis: usize,
+}
+
+#[inline(always)]
+fn gelu_of(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+impl BiasGelu {
+    /// Channel-last: every row of `channels` values gets the whole bias vector.
+    fn rows_of_channels(&self, x: &[f32], b: &[f32], out: &mut [f32]) {
+        let c = self.channels;
+        let task = (CHUNK / c).max(1) * c;
+        out.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for ((o, &v), &bias) in o.iter_mut().zip(x).zip(b) {
+                        *o = gelu_of(v + bias);
+                    }
+                }
+            });
+    }
+
+    /// Channel-first: every run of `inner` values shares one channel's bias.
+    fn runs_per_channel(&self, x: &[f32], b: &[f32], out: &mut [f32]) {
+        let (c, inner) = (self.channels, self.inner);
+        let runs = (CHUNK / inner).max(1);
+        out.par_chunks_mut(runs * inner)
+            .zip(x.par_chunks(runs * inner))
+            .enumerate()
+            .for_each(|(task, (o, x))| {
+                let first = task * runs;
+                for (r, (o, x)) in o
+                    .chunks_exact_mut(inner)
+                    .zip(x.chunks_exact(inner))
+                    .enumerate()
+                {
+                    let bias = b[(first + r) % c];
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = gelu_of(v + bias);
+                    }
+                }
+            });
+    }
+}
+
+impl candle_core::CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "tokenmix-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, "bias_gelu", "input")?;
+        let b = contiguous_f32(bs, bl, "bias_gelu", "bias")?;
+        let (c, inner) = (self.channels, self.inner);
+        if b.len() != c || c == 0 || inner == 0 || x.len() % (c * inner) != 0 {
+            return Err(KernelError::Param {
+                op: "bias_gelu",
+                msg: format!("a bias of {} for {c} channels of {inner}", b.len()),
+            }
+            .into());
+        }
+        let mut out = vec![0f32; x.len()];
+        if inner == 1 {
+            self.rows_of_channels(x, b, &mut out);
+        } else {
+            self.runs_per_channel(x, b, &mut out);
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let axis = self.axis;
+        let g = crate::grad::via_composition(&[x, bias], grad, |t| {
+            crate::composed::bias_gelu(&t[0], &t[1], axis)
+        })?;
+        let mut g = g.into_iter();
+        Ok((g.next(), g.next()))
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_kernel(kernel: &'static str, op: &'static str) -> crate::cuda::Elementwise {
     crate::cuda::Elementwise {

@@ -229,6 +229,14 @@ pub fn selective_scan(
 }
 
 /// StarReLU `scale * relu(x)^2 + bias` with scalar (`[1]`) `scale` and `bias`.
+/// `gelu(x + bias)` with `bias` `[C]` broadcast along axis `channel_axis` of `x`, as candle ops.
+pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[channel_axis] = bias.elem_count();
+    x.broadcast_add(&bias.reshape(shape)?)?.gelu_erf()
+}
+
+/// StarReLU as candle ops: `scale * relu(x)^2 + bias`.
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.relu()?.sqr()?.broadcast_mul(scale)?.broadcast_add(bias)
 }

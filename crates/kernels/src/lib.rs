@@ -16,7 +16,8 @@
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
 //! * [`mix_shift`]: MS-MLP's channel-group shifts with their depthwise convolutions.
-//! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`star_relu`]: StarReLU in one pass.
+//! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`bias_gelu`]: a bias add and GELU in one
+//!   pass; [`star_relu`]: StarReLU in one pass.
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 #![deny(missing_docs)]
 
@@ -196,6 +197,33 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(Gelu)
     } else {
         x.gelu_erf()
+    }
+}
+
+/// Exact GELU of `x` plus a per-channel `bias` `[C]` broadcast along axis `channel_axis`:
+/// `gelu(x + bias)` in one pass on the CPU (a linear layer's bias add folded into its
+/// activation); other devices and dtypes take the composition.
+pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tensor> {
+    let c = x.dim(channel_axis)?;
+    if bias.dims() != [c] {
+        return Err(KernelError::Shape {
+            op: "bias_gelu",
+            what: "bias",
+            expected: format!("[{c}]"),
+            found: bias.dims().to_vec(),
+        }
+        .into());
+    }
+    if use_fused(x) && x.device().is_cpu() && same_dtype(x, &[bias]) {
+        let inner = x.dims()[channel_axis + 1..].iter().product();
+        let op = activation::BiasGelu {
+            channels: c,
+            inner,
+            axis: channel_axis,
+        };
+        x.contiguous()?.apply_op2(&bias.contiguous()?, op)
+    } else {
+        composed::bias_gelu(x, bias, channel_axis)
     }
 }
 

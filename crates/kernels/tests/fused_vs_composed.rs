@@ -474,6 +474,42 @@ fn gelu_matches_candle_exact_gelu() {
 }
 
 #[test]
+fn bias_gelu_matches_its_composition() {
+    let cases = [
+        (randn(&[2, 5, 3, 7]), 1),
+        (randn(&[1, 6, 20, 20]), 1),
+        (randn(&[3, 4, 9]), 2),
+        (randn(&[5, 3000]), 1),
+        (
+            (randn(&[2, 9, 4]) * 4.0).unwrap().transpose(1, 2).unwrap(),
+            1,
+        ),
+        (randn(&[7, 3]), 0),
+    ];
+    for (x, axis) in cases {
+        let bias = randn(&[x.dim(axis).unwrap()]);
+        let fused = tokenmix_kernels::bias_gelu(&x, &bias, axis).unwrap();
+        let reference = composed::bias_gelu(&x, &bias, axis).unwrap();
+        assert!(
+            max_abs_diff(&fused, &reference) < 1e-5,
+            "{:?} axis {axis}",
+            x.dims()
+        );
+    }
+    check_grads(
+        "bias_gelu",
+        &[randn(&[2, 3, 5, 4]), randn(&[3])],
+        |t| tokenmix_kernels::bias_gelu(&t[0], &t[1], 1),
+        |t| composed::bias_gelu(&t[0], &t[1], 1),
+    );
+    let err = tokenmix_kernels::bias_gelu(&randn(&[2, 3]), &randn(&[2]), 1).unwrap_err();
+    assert!(
+        err.to_string().contains("bias has shape [2], expected [3]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn star_relu_matches_its_composition() {
     let (scale, bias) = (randn(&[1]), randn(&[1]));
     for x in [randn(&[2, 3, 5, 7]), randn(&[4, 6]).t().unwrap()] {

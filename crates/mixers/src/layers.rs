@@ -316,8 +316,9 @@ impl Pointwise {
     }
 }
 
-impl Module for Pointwise {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Pointwise {
+    /// The linear map without its bias.
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let weight = self.weight.reshape((self.out_dim, self.in_dim))?;
         let y = if is_spatial(self.layout) {
             let (b, c, h, w) = x.dims4()?;
@@ -334,6 +335,24 @@ impl Module for Pointwise {
                 .matmul(&weight.t()?)?
                 .reshape(out_shape)?
         };
+        Ok(y)
+    }
+
+    /// `act(self(x))`, with the bias add folded into exact GELU's pass.
+    fn forward_act(&self, x: &Tensor, act: &Act) -> Result<Tensor> {
+        match (&self.bias, act) {
+            (Some(bias), Act::Gelu) => {
+                let y = self.matmul(x)?;
+                tokenmix_kernels::bias_gelu(&y, bias, channel_axis(&y, self.layout))
+            }
+            _ => act.forward(&self.forward(x)?),
+        }
+    }
+}
+
+impl Module for Pointwise {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.matmul(x)?;
         match &self.bias {
             Some(bias) => y.broadcast_add(&per_channel(bias, self.layout)?),
             None => Ok(y),
@@ -388,7 +407,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_act(x, &self.act)?)
     }
 }
 
