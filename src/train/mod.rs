@@ -237,15 +237,12 @@ impl ModelSpec {
 
     /// The architecture, resolved as the loader resolves `config.json`.
     pub fn arch(&self) -> Result<ArchConfig> {
-        let mut arch = model_entry(&self.architecture)?.config();
-        if let Some(&c) = self.pretrained_cfg.input_size.first() {
-            arch.set_in_chans(c);
-        }
-        let (h, w) = self.pretrained_cfg.image_size();
-        arch.set_image_size(h, w);
-        arch.apply_model_args(&self.model_args_without_classes())?;
-        arch.set_num_classes(self.label_names.len());
-        Ok(arch)
+        Ok(tokenmix_models::hub::resolve_arch(
+            model_entry(&self.architecture)?,
+            Some(&self.pretrained_cfg),
+            Some(self.label_names.len()),
+            &self.model_args_without_classes(),
+        )?)
     }
 
     /// `model_args` but `num_classes`, which `label_names` decides.

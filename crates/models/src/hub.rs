@@ -76,21 +76,38 @@ fn resolve_config(
     let context = path.display().to_string();
     let hub: HubConfig = serde_json::from_str(text).map_err(|e| Error::config(&context, e))?;
     let entry = model_entry(&hub.architecture)?;
+    let config = resolve_arch(
+        entry,
+        hub.pretrained_cfg.as_ref(),
+        hub.num_classes,
+        &hub.model_args,
+    )
+    .map_err(|e| Error::config(&context, e))?;
+    Ok((hub, entry, config))
+}
+
+/// The architecture a `config.json` describes: `entry`'s, with the input channels and size of
+/// `pretrained_cfg`, then `num_classes`, then `model_args` applied (in that order, so
+/// `model_args` win).
+pub fn resolve_arch(
+    entry: &crate::ModelEntry,
+    pretrained_cfg: Option<&PretrainedCfg>,
+    num_classes: Option<usize>,
+    model_args: &Map<String, Value>,
+) -> Result<ArchConfig> {
     let mut config = entry.config();
-    if let Some(cfg) = &hub.pretrained_cfg {
+    if let Some(cfg) = pretrained_cfg {
         if let Some(&c) = cfg.input_size.first() {
             config.set_in_chans(c);
         }
         let (h, w) = cfg.image_size();
         config.set_image_size(h, w);
     }
-    if let Some(n) = hub.num_classes {
+    if let Some(n) = num_classes {
         config.set_num_classes(n);
     }
-    config
-        .apply_model_args(&hub.model_args)
-        .map_err(|e| Error::config(&context, e))?;
-    Ok((hub, entry, config))
+    config.apply_model_args(model_args)?;
+    Ok(config)
 }
 
 /// The preprocessing config: the checkpoint's, with the input size of fixed-size models set to
