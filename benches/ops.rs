@@ -21,6 +21,10 @@ fn depthwise(c: &mut Criterion) {
         group.bench_function(format!("composed/{ch}x{hw}x{hw}"), |b| {
             b.iter(|| composed::depthwise_conv2d(&x, &w, 1, 3).unwrap())
         });
+        let x_last = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        group.bench_function(format!("fused_channel_last/{hw}x{hw}x{ch}"), |b| {
+            b.iter(|| tokenmix_kernels::depthwise_conv2d_nhwc(&x_last, &w, None, 1, 3).unwrap())
+        });
     }
     group.finish();
 }

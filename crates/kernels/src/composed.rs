@@ -16,6 +16,23 @@ pub fn depthwise_conv2d(
     x.conv2d(weight, padding, stride, 1, channels)
 }
 
+/// Channel-last depthwise convolution `(B, H, W, C) -> (B, Ho, Wo, C)`: the input permuted to
+/// `(B, C, H, W)`, convolved by `conv` (the fused op or [`depthwise_conv2d`]), the bias added,
+/// the result permuted back.
+pub fn depthwise_conv2d_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    conv: impl Fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let x = x.permute((0, 3, 1, 2))?;
+    conv(&x, weight, bias, stride, padding)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()
+}
+
 /// Number of in-image pixels in the window of size `k` centred on each of `n` positions.
 fn window_counts(n: usize, k: usize) -> Vec<f32> {
     let half = k / 2;

@@ -1,6 +1,6 @@
 //! Fused depthwise 2-D convolution.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::contiguous_f32;
@@ -51,7 +51,7 @@ fn valid_outputs(
 }
 
 impl DepthwiseConv2d {
-    /// `(B, C, H, W, k, Ho, Wo)` of a valid input and weight.
+    /// `(B, C, H, W, k, Ho, Wo)` of a valid `(B, C, H, W)` input and weight.
     #[allow(clippy::type_complexity)]
     fn check(
         &self,
@@ -59,13 +59,28 @@ impl DepthwiseConv2d {
         wl: &Layout,
     ) -> Result<(usize, usize, usize, usize, usize, usize, usize)> {
         let (b, c, h, w) = xl.shape().dims4()?;
-        let (wc, one, k, k2) = wl.shape().dims4()?;
+        self.check_dims([b, c, h, w], xl.shape().dims(), wl.shape().dims())
+    }
+
+    /// `(B, C, H, W, k, Ho, Wo)` of an input with sizes `[b, c, h, w]` (shaped `found`, in
+    /// whichever layout) and a weight shaped `weight`.
+    #[allow(clippy::type_complexity)]
+    fn check_dims(
+        &self,
+        [b, c, h, w]: [usize; 4],
+        found: &[usize],
+        weight: &[usize],
+    ) -> Result<(usize, usize, usize, usize, usize, usize, usize)> {
+        let (wc, one, k, k2) = match weight {
+            &[wc, one, k, k2] => (wc, one, k, k2),
+            _ => (0, 0, 0, 1),
+        };
         if wc != c || one != 1 || k != k2 {
             return Err(KernelError::Shape {
                 op: "depthwise_conv2d",
                 what: "weight",
-                expected: format!("[{c}, 1, k, k] to fit input {:?}", xl.shape().dims()),
-                found: wl.shape().dims().to_vec(),
+                expected: format!("[{c}, 1, k, k] to fit input {found:?}"),
+                found: weight.to_vec(),
             }
             .into());
         }
@@ -73,8 +88,8 @@ impl DepthwiseConv2d {
             return Err(KernelError::Shape {
                 op: "depthwise_conv2d",
                 what: "input",
-                expected: "a non-empty (B, C, H, W) tensor".into(),
-                found: xl.shape().dims().to_vec(),
+                expected: "a non-empty 4-D tensor".into(),
+                found: found.to_vec(),
             }
             .into());
         }
@@ -84,26 +99,16 @@ impl DepthwiseConv2d {
                 op: "depthwise_conv2d",
                 what: "input",
                 expected: format!("at least the kernel size {k} after padding"),
-                found: xl.shape().dims().to_vec(),
+                found: found.to_vec(),
             }
             .into());
         };
         Ok((b, c, h, w, k, ho, wo))
     }
-}
 
-impl CustomOp2 for DepthwiseConv2d {
-    fn name(&self) -> &'static str {
-        "tokenmix-depthwise-conv2d"
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// Gradients `(d input, d weight)` for a contiguous `(B, C, H, W)` input `x`, weight `w`
+    /// and output gradient `grad`.
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
         let g = grad.contiguous()?;
         let gx = w.contiguous()?.apply_op2_no_bwd(
             &g,
@@ -119,6 +124,23 @@ impl CustomOp2 for DepthwiseConv2d {
                 kernel: w.dim(3)?,
             },
         )?;
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp2 for DepthwiseConv2d {
+    fn name(&self) -> &'static str {
+        "tokenmix-depthwise-conv2d"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, grad)?;
         Ok((Some(gx), Some(gw)))
     }
 
@@ -197,6 +219,215 @@ fn conv_plane(
                 }
             }
         }
+    }
+}
+
+/// Candle custom op: depthwise convolution of a contiguous f32 channel-last `(B, H, W, C)`
+/// input with a `(C, 1, k, k)` kernel and a `(C)` bias, stride and zero padding; output
+/// `(B, Ho, Wo, C)`. The inner loops run along the channels, so they vectorize at any image
+/// size (the `(B, C, H, W)` op's run along a row, which is short in late stages).
+#[derive(Debug, Clone, Copy)]
+pub struct DepthwiseConv2dNhwc {
+    conv: DepthwiseConv2d,
+}
+
+impl DepthwiseConv2dNhwc {
+    /// The op for `stride >= 1` and any padding.
+    pub fn new(stride: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            conv: DepthwiseConv2d::new(stride, padding)?,
+        })
+    }
+}
+
+/// Channels a register block of the channel-last kernel covers.
+const LANES: usize = 16;
+/// Output columns a register block of the channel-last kernel covers.
+const COLUMNS: usize = 4;
+
+/// Sizes one output row of the channel-last kernel needs: input height, padded input width,
+/// padded channel stride of the input, taps and bias, channels of the output, kernel, stride,
+/// padding, output width.
+#[derive(Debug, Clone, Copy)]
+struct RowGeo {
+    h: usize,
+    wp: usize,
+    c: usize,
+    out_c: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    wo: usize,
+}
+
+impl RowGeo {
+    /// The kernel rows `ky` whose input row `oy * s + ky - p` lies in the image.
+    fn taps_in_image(&self, oy: usize) -> std::ops::Range<usize> {
+        let first = self.p.saturating_sub(oy * self.s);
+        let last = (self.h + self.p).saturating_sub(oy * self.s).min(self.k);
+        first..last.max(first)
+    }
+}
+
+/// Output columns `ox..ox + N`, channels `c0..c0 + LANES` of output row `oy`, accumulated in
+/// registers over the taps. `src` is one image `(H, Wp, C)` padded horizontally; `taps` is the
+/// kernel as `(k * k, C)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn nhwc_block<const N: usize>(
+    src: &[f32],
+    taps: &[f32],
+    bias: &[f32],
+    dst: &mut [f32],
+    g: RowGeo,
+    oy: usize,
+    ox: usize,
+    c0: usize,
+) {
+    let c = g.c;
+    let mut acc = [[0f32; LANES]; N];
+    for a in acc.iter_mut() {
+        a.copy_from_slice(&bias[c0..c0 + LANES]);
+    }
+    let (first_col, last_col) = (ox * g.s, (ox + N - 1) * g.s + g.k);
+    assert!(last_col <= g.wp && c0 + LANES <= c && taps.len() == g.k * g.k * c);
+    for ky in g.taps_in_image(oy) {
+        let iy = oy * g.s + ky - g.p;
+        let cols = &src[(iy * g.wp + first_col) * c..(iy * g.wp + last_col) * c];
+        let row_taps = &taps[ky * g.k * c..(ky + 1) * g.k * c];
+        for kx in 0..g.k {
+            // SAFETY: `cols` holds input columns first_col..last_col of row iy, so column
+            // (ox + o) * s + kx for o < N and kx < k lies in it, and channels c0..c0 + LANES
+            // lie in each column; `row_taps` holds k taps of c channels.
+            let wv = unsafe { row_taps.as_ptr().add(kx * c + c0) };
+            for (o, a) in acc.iter_mut().enumerate() {
+                let xv = unsafe { cols.as_ptr().add((o * g.s + kx) * c + c0) };
+                for (l, a) in a.iter_mut().enumerate() {
+                    *a += unsafe { *wv.add(l) * *xv.add(l) };
+                }
+            }
+        }
+    }
+    let n = LANES.min(g.out_c - c0);
+    for (o, a) in acc.iter().enumerate() {
+        dst[(ox + o) * g.out_c + c0..][..n].copy_from_slice(&a[..n]);
+    }
+}
+
+/// Output row `oy` `(Wo, C)` of one image in register blocks of `COLUMNS x LANES` (the last
+/// block of a row overlaps its neighbour rather than running short).
+#[inline(always)]
+fn nhwc_row_body(src: &[f32], taps: &[f32], bias: &[f32], dst: &mut [f32], g: RowGeo, oy: usize) {
+    if g.wo < COLUMNS {
+        for ox in 0..g.wo {
+            for c0 in (0..g.out_c).step_by(LANES) {
+                nhwc_block::<1>(src, taps, bias, dst, g, oy, ox, c0);
+            }
+        }
+        return;
+    }
+    for ox in (0..g.wo).step_by(COLUMNS) {
+        let ox = ox.min(g.wo - COLUMNS);
+        for c0 in (0..g.out_c).step_by(LANES) {
+            nhwc_block::<COLUMNS>(src, taps, bias, dst, g, oy, ox, c0);
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`nhwc_row_body`], on wide vectors where the CPU has them.
+    fn nhwc_row(src: &[f32], taps: &[f32], bias: &[f32], dst: &mut [f32], g: RowGeo, oy: usize)
+        => nhwc_row_body
+}
+
+impl CustomOp3 for DepthwiseConv2dNhwc {
+    fn name(&self) -> &'static str {
+        "tokenmix-depthwise-conv2d-nhwc"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let to_nchw = |t: &Tensor| t.permute((0, 3, 1, 2))?.contiguous();
+        let (gx, gw) = self.conv.grads(&to_nchw(x)?, w, &to_nchw(grad)?)?;
+        let gx = gx.permute((0, 2, 3, 1))?.contiguous()?;
+        let gb = grad.sum((0, 1, 2))?;
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = xl.shape().dims4()?;
+        let found = xl.shape().dims();
+        let (_, _, _, _, k, ho, wo) =
+            self.conv
+                .check_dims([b, c, h, w], found, wl.shape().dims())?;
+        if bl.shape().dims() != [c] {
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "bias",
+                expected: format!("[{c}]"),
+                found: bl.shape().dims().to_vec(),
+            }
+            .into());
+        }
+        let op = "depthwise_conv2d";
+        let x = contiguous_f32(xs, xl, op, "input")?;
+        let wt = contiguous_f32(ws, wl, op, "weight")?;
+        let bias = contiguous_f32(bs, bl, op, "bias")?;
+        // Channels padded to whole register blocks plus one more, so that neither a tail nor
+        // a power-of-two channel stride (4 KiB at 1024 channels) lands every tap of a block
+        // in the same L1 cache set.
+        let cp = c.div_ceil(LANES) * LANES + LANES;
+        let mut taps = vec![0f32; k * k * cp];
+        for (ch, kern) in wt.chunks_exact(k * k).enumerate() {
+            for (t, &v) in kern.iter().enumerate() {
+                taps[t * cp + ch] = v;
+            }
+        }
+        let mut padded_bias = vec![0f32; cp];
+        padded_bias[..c].copy_from_slice(bias);
+        let (s, p) = (self.conv.stride, self.conv.padding);
+        let wp = w + 2 * p;
+        let mut src = vec![0f32; b * h * wp * cp];
+        src.par_chunks_mut(wp * cp)
+            .zip(x.par_chunks(w * c))
+            .for_each(|(dst, row)| {
+                for (d, col) in dst[p * cp..].chunks_mut(cp).zip(row.chunks_exact(c)) {
+                    d[..c].copy_from_slice(col);
+                }
+            });
+        let g = RowGeo {
+            h,
+            wp,
+            c: cp,
+            out_c: c,
+            k,
+            s,
+            p,
+            wo,
+        };
+        let image_len = h * wp * cp;
+        let mut out = vec![0f32; b * ho * wo * c];
+        out.par_chunks_mut(wo * c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let image = &src[(row / ho) * image_len..(row / ho + 1) * image_len];
+                nhwc_row(image, &taps, &padded_bias, dst, g, row % ho);
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, ho, wo, c))))
     }
 }
 

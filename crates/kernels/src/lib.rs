@@ -10,7 +10,8 @@
 //! everywhere (for debugging).
 //!
 //! Ops:
-//! * [`depthwise_conv2d`]: per-channel `k x k` convolution with stride and zero padding.
+//! * [`depthwise_conv2d`]: per-channel `k x k` convolution with stride and zero padding;
+//!   [`depthwise_conv2d_nhwc`] the same on channel-last tensors.
 //! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`.
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
@@ -33,13 +34,14 @@ mod pool;
 pub mod resize;
 mod scan;
 mod shift;
+mod simd;
 mod spectral;
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
 pub use activation::{Gelu, StarRelu};
-pub use depthwise::DepthwiseConv2d;
+pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::PoolMixer;
@@ -95,6 +97,28 @@ pub fn depthwise_conv2d(
         Some(b) => y.broadcast_add(&b.reshape((b.elem_count(), 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// Depthwise 2-D convolution of a channel-last `x` `(B, H, W, C)` with `weight` `(C, 1, k, k)`
+/// and optional `bias` `(C)`: output `(B, Ho, Wo, C)`, the values of [`depthwise_conv2d`] on
+/// `x` permuted to `(B, C, H, W)`, permuted back. On the CPU the fused kernel reads the
+/// channel-last layout directly; elsewhere the input is permuted around [`depthwise_conv2d`].
+pub fn depthwise_conv2d_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && use_fused(x) && same_dtype(x, &[weight]) {
+        let op = DepthwiseConv2dNhwc::new(stride, padding)?;
+        let bias = match bias {
+            Some(b) => b.contiguous()?,
+            None => Tensor::zeros(weight.dim(0)?, x.dtype(), x.device())?,
+        };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, op);
+    }
+    composed::depthwise_conv2d_nhwc(x, weight, bias, stride, padding, depthwise_conv2d)
 }
 
 /// PoolFormer's pooling mixer on `(B, C, H, W)`: the average over the `k x k` window around each

@@ -59,6 +59,65 @@ fn depthwise_conv_matches_grouped_conv() {
     }
 }
 
+/// The channel-last reference: permute to `(B, C, H, W)`, candle's grouped conv, add the bias,
+/// permute back.
+fn composed_nhwc(x: &Tensor, w: &Tensor, b: &Tensor, s: usize, p: usize) -> Tensor {
+    composed::depthwise_conv2d_nhwc(x, w, Some(b), s, p, |x, w, b, s, p| {
+        let c = w.dim(0)?;
+        composed::depthwise_conv2d(x, w, s, p)?.broadcast_add(&b.unwrap().reshape((c, 1, 1))?)
+    })
+    .unwrap()
+}
+
+#[test]
+fn channel_last_depthwise_conv_matches_grouped_conv() {
+    let cases = [
+        // (batch, channels, h, w, k, stride, padding): channel counts below, at and between
+        // whole 16-channel blocks, widths below and between 4-column blocks.
+        (1, 3, 7, 9, 3, 1, 1),
+        (2, 16, 13, 11, 7, 1, 3),
+        (3, 21, 10, 15, 5, 2, 2),
+        (2, 33, 9, 8, 3, 2, 1),
+        (1, 48, 8, 7, 7, 1, 0),
+        (2, 7, 5, 7, 4, 1, 2),
+        (1, 64, 7, 7, 7, 1, 3),
+        (2, 19, 3, 2, 3, 1, 1),
+        (1, 8, 17, 19, 11, 1, 5),
+    ];
+    for (b, c, h, w, k, s, p) in cases {
+        let weight = randn(&[c, 1, k, k]);
+        let bias = randn(&[c]);
+        let transposed = randn(&[b, w, h, c]).transpose(1, 2).unwrap();
+        assert!(h == 1 || w == 1 || !transposed.is_contiguous());
+        for x in [randn(&[b, h, w, c]), transposed] {
+            let reference = composed_nhwc(&x, &weight, &bias, s, p);
+            let fused =
+                tokenmix_kernels::depthwise_conv2d_nhwc(&x, &weight, Some(&bias), s, p).unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-4, "c={c} k={k} s={s} p={p} {h}x{w}: max diff {d}");
+            let no_bias = tokenmix_kernels::depthwise_conv2d_nhwc(&x, &weight, None, s, p)
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
+            assert!(max_abs_diff(&no_bias, &reference) < 1e-4);
+        }
+    }
+    let x = randn(&[1, 5, 5, 3]);
+    let err = tokenmix_kernels::depthwise_conv2d_nhwc(&x, &randn(&[4, 1, 3, 3]), None, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("weight has shape [4, 1, 3, 3], expected [3, 1, k, k]"),
+        "{err}"
+    );
+    let bad_bias = randn(&[4]);
+    let err =
+        tokenmix_kernels::depthwise_conv2d_nhwc(&x, &randn(&[3, 1, 3, 3]), Some(&bad_bias), 1, 1)
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("bias has shape [4], expected [3]"), "{err}");
+}
+
 #[test]
 fn depthwise_conv_adds_bias_and_rejects_bad_weights() {
     let x = randn(&[2, 3, 6, 7]);
@@ -377,6 +436,15 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
             &[x, w],
             |t| tokenmix_kernels::depthwise_conv2d(&t[0], &t[1], None, s, p),
             |t| composed::depthwise_conv2d(&t[0], &t[1], s, p),
+        );
+    }
+    for (c, k, s, p) in [(5, 3, 1, 1), (18, 7, 1, 3), (4, 3, 2, 1)] {
+        let (h, w) = if s == 2 { (8, 6) } else { (7, 6) };
+        check_grads(
+            &format!("channel-last depthwise c{c} k{k} s{s}"),
+            &[randn(&[2, h, w, c]), randn(&[c, 1, k, k]), randn(&[c])],
+            |t| tokenmix_kernels::depthwise_conv2d_nhwc(&t[0], &t[1], Some(&t[2]), s, p),
+            |t| Ok(composed_nhwc(&t[0], &t[1], &t[2], s, p)),
         );
     }
     // candle cannot differentiate avg_pool2d with stride 1, so the reference for the pooling

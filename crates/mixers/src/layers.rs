@@ -288,7 +288,28 @@ impl Pointwise {
         })
     }
 
-    /// Loads `weight` (and `bias` if `bias`) mapping `in_dim` to `out_dim` channels.
+    /// Loads a 1x1 convolution's weight `[out, in, 1, 1]` (and `bias` if `bias`) and applies
+    /// it in `layout`: timm's NCHW checkpoints run channel-last, where the map is one matrix
+    /// product over all positions of the batch.
+    pub fn conv1x1(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim, 1, 1), "weight")?,
+            bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
+            layout,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// Loads `weight` (and `bias` if `bias`) mapping `in_dim` to `out_dim` channels: a 1x1
+    /// convolution's `[out, in, 1, 1]` in the `(B, C, H, W)` layout, a `Linear`'s `[out, in]`
+    /// otherwise.
     pub fn new(
         in_dim: usize,
         out_dim: usize,
@@ -387,6 +408,23 @@ impl Mlp {
 }
 
 impl Mlp {
+    /// Like [`Mlp::new`], but `fc1` and `fc2` are stored as 1x1 convolutions (`[out, in, 1,
+    /// 1]`) whatever the layout they run in (see [`Pointwise::conv1x1`]).
+    pub fn conv1x1(
+        dim: usize,
+        hidden: usize,
+        act: ActKind,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: Pointwise::conv1x1(dim, hidden, bias, layout, vb.pp("fc1"))?,
+            act: Act::new(act, vb.pp("act"))?,
+            fc2: Pointwise::conv1x1(hidden, dim, bias, layout, vb.pp("fc2"))?,
+        })
+    }
+
     /// A channel-last MLP with biases whose two linear layers live at `fc1` and `fc2` (for
     /// checkpoints that index them inside a `Sequential`, e.g. `fn.0` and `fn.3`).
     pub fn from_parts(

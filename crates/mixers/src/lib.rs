@@ -235,7 +235,6 @@ impl MixerConfig {
             Self::Identity => MixerLayout::Any,
             Self::Pooling { .. }
             | Self::RandomMixing { .. }
-            | Self::SepConv { .. }
             | Self::MixShift { .. }
             | Self::AdaptiveFrequencyFilter { .. } => MixerLayout::Spatial,
             Self::Attention { .. }
@@ -243,9 +242,10 @@ impl MixerConfig {
             | Self::TokenMlp { .. }
             | Self::LinearTokens { .. }
             | Self::SpatialGating { .. } => MixerLayout::Tokens,
-            Self::GatedConv { .. } | Self::GlobalFilter { .. } | Self::RaftTokenMixing { .. } => {
-                MixerLayout::ChannelsLast
-            }
+            Self::SepConv { .. }
+            | Self::GatedConv { .. }
+            | Self::GlobalFilter { .. }
+            | Self::RaftTokenMixing { .. } => MixerLayout::ChannelsLast,
         }
     }
 
@@ -598,6 +598,7 @@ mod tests {
         for mixer in mixers(c) {
             let shape: Vec<usize> = match mixer.layout() {
                 MixerLayout::Tokens => vec![b, h * w, c],
+                MixerLayout::ChannelsLast => vec![b, h, w, c],
                 _ => vec![b, c, h, w],
             };
             let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu).unwrap();

@@ -11,8 +11,10 @@ pub fn hidden_channels(dim: usize, expansion_ratio: f64) -> usize {
     (expansion_ratio * dim as f64) as usize
 }
 
-/// `pwconv2(dwconv(StarReLU(pwconv1(x))))` on `(B, C, H, W)`: a 1x1 conv to `2C` channels,
-/// StarReLU (`act1`), a `k x k` depthwise conv with padding `k/2`, a 1x1 conv back to `C`.
+/// `pwconv2(dwconv(StarReLU(pwconv1(x))))` on channel-last `(B, H, W, C)`: a 1x1 conv to `2C`
+/// channels, StarReLU (`act1`), a `k x k` depthwise conv with padding `k/2`, a 1x1 conv back
+/// to `C`. Channel-last makes the 1x1 convs one matrix product over the whole batch and lets
+/// the depthwise kernel vectorize along channels.
 /// Checkpoint names: `pwconv1.weight [2C, C, 1, 1]`, `act1.{scale,bias}`,
 /// `dwconv.weight [2C, 1, k, k]`, `pwconv2.weight [C, 2C, 1, 1]` (biases only if configured).
 #[derive(Debug, Clone)]
@@ -34,10 +36,10 @@ impl SepConv {
         vb: VarBuilder,
     ) -> Result<Self> {
         let mid = hidden_channels(dim, expansion_ratio);
-        let spatial = MixerLayout::Spatial;
+        let layout = MixerLayout::ChannelsLast;
         let dw = vb.pp("dwconv");
         Ok(Self {
-            pwconv1: Pointwise::new(dim, mid, bias, spatial, vb.pp("pwconv1"))?,
+            pwconv1: Pointwise::conv1x1(dim, mid, bias, layout, vb.pp("pwconv1"))?,
             act1: StarRelu::new(vb.pp("act1"))?,
             dw_weight: dw.get((mid, 1, kernel_size, kernel_size), "weight")?,
             dw_bias: if bias {
@@ -45,7 +47,7 @@ impl SepConv {
             } else {
                 None
             },
-            pwconv2: Pointwise::new(mid, dim, bias, spatial, vb.pp("pwconv2"))?,
+            pwconv2: Pointwise::conv1x1(mid, dim, bias, layout, vb.pp("pwconv2"))?,
         })
     }
 }
@@ -56,14 +58,19 @@ impl TokenMixer for SepConv {
     }
 
     fn layout(&self) -> MixerLayout {
-        MixerLayout::Spatial
+        MixerLayout::ChannelsLast
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.act1.forward(&self.pwconv1.forward(x)?)?;
         let pad = self.dw_weight.dim(3)? / 2;
-        let h =
-            tokenmix_kernels::depthwise_conv2d(&h, &self.dw_weight, self.dw_bias.as_ref(), 1, pad)?;
+        let h = tokenmix_kernels::depthwise_conv2d_nhwc(
+            &h,
+            &self.dw_weight,
+            self.dw_bias.as_ref(),
+            1,
+            pad,
+        )?;
         self.pwconv2.forward(&h)
     }
 }

@@ -455,6 +455,22 @@ struct Block {
     drop_path: DropPath,
 }
 
+/// A block's MLP as timm stores it: `Linear` weights in token (attention) stages, 1x1
+/// convolutions in every other stage, whichever layout the stage runs in.
+fn mlp(
+    dim: usize,
+    hidden: usize,
+    act: ActKind,
+    bias: bool,
+    layout: MixerLayout,
+    vb: VarBuilder,
+) -> Result<Mlp> {
+    match layout {
+        MixerLayout::Tokens => Mlp::new(dim, hidden, act, bias, layout, vb),
+        _ => Mlp::conv1x1(dim, hidden, act, bias, layout, vb),
+    }
+}
+
 fn apply_opt(scale: &Option<Scale>, x: &Tensor) -> Result<Tensor> {
     match scale {
         Some(s) => s.forward(x),
@@ -484,7 +500,7 @@ impl Block {
             layer_scale1: scale(ls, "layer_scale1")?,
             res_scale1: scale(rs, "res_scale1")?,
             norm2: norm.build(dim, layout, vb.pp("norm2"))?,
-            mlp: Mlp::new(dim, hidden, cfg.mlp_act, cfg.mlp_bias, layout, vb.pp("mlp"))?,
+            mlp: mlp(dim, hidden, cfg.mlp_act, cfg.mlp_bias, layout, vb.pp("mlp"))?,
             layer_scale2: scale(ls, "layer_scale2")?,
             res_scale2: scale(rs, "res_scale2")?,
             drop_path,
