@@ -45,11 +45,7 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(o, x)| gelu_slice(x, 0.0, o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -91,6 +87,35 @@ fn gelu_of(v: f32) -> f32 {
     0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `out[i] = gelu(x[i] + bias)`.
+#[inline(always)]
+fn gelu_slice_body(x: &[f32], bias: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = gelu_of(v + bias);
+    }
+}
+
+/// `out[i] = gelu(x[i] + bias[i % C])` over rows of `C = bias.len()` channels.
+#[inline(always)]
+fn gelu_rows_body(x: &[f32], bias: &[f32], out: &mut [f32]) {
+    let c = bias.len();
+    for (o, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for ((o, &v), &b) in o.iter_mut().zip(x).zip(bias) {
+            *o = gelu_of(v + b);
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`gelu_slice_body`] on wide vectors where the CPU has them.
+    fn gelu_slice(x: &[f32], bias: f32, out: &mut [f32]) => gelu_slice_body
+}
+
+crate::simd::dispatch! {
+    /// [`gelu_rows_body`] on wide vectors where the CPU has them.
+    fn gelu_rows(x: &[f32], bias: &[f32], out: &mut [f32]) => gelu_rows_body
+}
+
 impl BiasGelu {
     /// Channel-last: every row of `channels` values gets the whole bias vector.
     fn rows_of_channels(&self, x: &[f32], b: &[f32], out: &mut [f32]) {
@@ -98,13 +123,7 @@ impl BiasGelu {
         let task = (CHUNK / c).max(1) * c;
         out.par_chunks_mut(task)
             .zip(x.par_chunks(task))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    for ((o, &v), &bias) in o.iter_mut().zip(x).zip(b) {
-                        *o = gelu_of(v + bias);
-                    }
-                }
-            });
+            .for_each(|(o, x)| gelu_rows(x, &b[..c], o));
     }
 
     /// Channel-first: every run of `inner` values shares one channel's bias.
@@ -121,10 +140,7 @@ impl BiasGelu {
                     .zip(x.chunks_exact(inner))
                     .enumerate()
                 {
-                    let bias = b[(first + r) % c];
-                    for (o, &v) in o.iter_mut().zip(x) {
-                        *o = gelu_of(v + bias);
-                    }
+                    gelu_slice(x, b[(first + r) % c], o);
                 }
             });
     }

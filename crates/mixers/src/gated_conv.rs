@@ -119,18 +119,15 @@ impl TokenMixer for GatedConv {
         let (b, h, w, c) = x.dims4()?;
         let tokens = x.reshape((b * h * w, c))?;
         let k = self.conv_bias.dim(0)?;
-        let conv_in = affine(&tokens, &self.conv_in)?
-            .reshape((b, h, w, k))?
-            .permute((0, 3, 1, 2))?;
+        let conv_in = affine(&tokens, &self.conv_in)?.reshape((b, h, w, k))?;
         let pad = self.conv_weight.dim(3)? / 2;
-        let conv = tokenmix_kernels::depthwise_conv2d(
+        let conv = tokenmix_kernels::depthwise_conv2d_nhwc(
             &conv_in,
             &self.conv_weight,
             Some(&self.conv_bias),
             1,
             pad,
         )?
-        .permute((0, 2, 3, 1))?
         .reshape((b * h * w, k))?;
         let gated_conv = (tokenmix_kernels::gelu(&affine(&tokens, &self.gate_conv)?)? * conv)?;
         let mut y = gated_conv.matmul(&self.out_conv)?;
