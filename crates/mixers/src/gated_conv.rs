@@ -106,6 +106,11 @@ fn affine(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
     x.matmul(w)?.broadcast_add(b)
 }
 
+/// `gelu(x @ w + b)` for `x` `(N, C)`, the bias added inside GELU's pass.
+fn gate(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+    tokenmix_kernels::bias_gelu(&x.matmul(w)?, b, 1)
+}
+
 impl TokenMixer for GatedConv {
     fn name(&self) -> &'static str {
         "gated_conv"
@@ -129,10 +134,10 @@ impl TokenMixer for GatedConv {
             pad,
         )?
         .reshape((b * h * w, k))?;
-        let gated_conv = (tokenmix_kernels::gelu(&affine(&tokens, &self.gate_conv)?)? * conv)?;
+        let gated_conv = (gate(&tokens, &self.gate_conv)? * conv)?;
         let mut y = gated_conv.matmul(&self.out_conv)?;
         if self.out_identity.dim(0)? > 0 {
-            let gate = tokenmix_kernels::gelu(&affine(&tokens, &self.gate_identity)?)?;
+            let gate = gate(&tokens, &self.gate_identity)?;
             let gated = (gate * affine(&tokens, &self.identity)?)?;
             y = (y + gated.matmul(&self.out_identity)?)?;
         }
