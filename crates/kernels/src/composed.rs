@@ -52,7 +52,7 @@ pub fn window_count_map(h: usize, w: usize, k: usize, like: &Tensor) -> Result<T
 /// Pooling mixer by zero padding, `avg_pool2d`, rescaling by the in-image pixel counts and
 /// subtracting the input.
 pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
-    if pool_size % 2 == 0 {
+    if pool_size.is_multiple_of(2) {
         return Err(KernelError::Param {
             op: "pool_mixer",
             msg: format!("pool_size must be odd, got {pool_size}"),
@@ -174,7 +174,7 @@ pub fn irfft2_ortho(re: &Tensor, im: &Tensor, w: usize) -> Result<Tensor> {
     let r = (cos_h.broadcast_matmul(re)? - sin_h.broadcast_matmul(im)?)?;
     let i = (cos_h.broadcast_matmul(im)? + sin_h.broadcast_matmul(re)?)?;
     let hermitian = |j: usize| {
-        if j == 0 || (w % 2 == 0 && j == w / 2) {
+        if j == 0 || (w.is_multiple_of(2) && j == w / 2) {
             1.0
         } else {
             2.0

@@ -15,7 +15,7 @@ pub struct PoolMixer {
 impl PoolMixer {
     /// The op for an odd window `pool_size`.
     pub fn new(pool_size: usize) -> Result<Self> {
-        if pool_size % 2 == 0 {
+        if pool_size.is_multiple_of(2) {
             return Err(KernelError::Param {
                 op: "pool_mixer",
                 msg: format!("pool_size must be odd, got {pool_size}"),

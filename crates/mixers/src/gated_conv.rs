@@ -20,7 +20,7 @@ pub fn validate(
     kernel_size: usize,
     conv_ratio: f64,
 ) -> std::result::Result<(), String> {
-    if kernel_size % 2 == 0 {
+    if kernel_size.is_multiple_of(2) {
         return Err(format!("kernel_size must be odd, got {kernel_size}"));
     }
     if !(expansion_ratio > 0.0 && expansion_ratio <= 64.0) {

@@ -312,7 +312,7 @@ impl MixerConfig {
                 )
             }
             Self::AdaptiveFrequencyFilter { num_blocks, .. }
-                if *num_blocks == 0 || dim % num_blocks != 0 =>
+                if *num_blocks == 0 || !dim.is_multiple_of(*num_blocks) =>
             {
                 bad(
                     "adaptive_frequency_filter",
@@ -325,7 +325,7 @@ impl MixerConfig {
                 width,
                 expansion,
             } if *raft_size == 0
-                || dim % raft_size != 0
+                || !dim.is_multiple_of(*raft_size)
                 || *height == 0
                 || *width == 0
                 || height * width > 1 << 16
