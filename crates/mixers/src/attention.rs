@@ -1,9 +1,9 @@
 //! Multi-head self-attention, the token mixer of CAFormer's last stages.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::softmax_last_dim;
+use crate::layers::{softmax_last_dim, Pointwise};
 use crate::{MixerLayout, TokenMixer};
 
 /// Number of heads for `dim` channels of `head_dim` each (`dim / head_dim`, at least one).
@@ -17,8 +17,8 @@ pub fn num_heads(dim: usize, head_dim: usize) -> usize {
 /// scale `head_dim^-0.5`, softmax over keys, `proj: Linear(A, C)`.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: Pointwise,
+    proj: Pointwise,
     num_heads: usize,
     head_dim: usize,
     scale: f64,
@@ -35,10 +35,8 @@ impl Attention {
     ) -> Result<Self> {
         let heads = num_heads(dim, head_dim);
         let attn_dim = heads * head_dim;
-        let linear = |i, o, bias, vb: VarBuilder| -> Result<Linear> {
-            let w = vb.get((o, i), "weight")?;
-            let b = if bias { Some(vb.get(o, "bias")?) } else { None };
-            Ok(Linear::new(w, b))
+        let linear = |i, o, bias, vb: VarBuilder| {
+            Pointwise::from_linear(i, o, bias, MixerLayout::Tokens, vb)
         };
         Ok(Self {
             qkv: linear(dim, 3 * attn_dim, qkv_bias, vb.pp("qkv"))?,
