@@ -267,7 +267,8 @@ pub struct Pointwise {
     /// The matrix in the orientation the layout multiplies by, made on first use: `[out, in]`
     /// for `(B, C, H, W)` (`W · x` per image), `[in, out]` contiguous for channel-last tensors
     /// (`x · Wᵀ` over all rows; a transposed view makes gemm repack it on every call, up to
-    /// 2.7x slower). Not at load time, so that describing a model allocates nothing.
+    /// 2.7x slower). Not at load time, so that describing a model allocates nothing; never for
+    /// a trainable variable, which an optimizer may update in place.
     matrix: std::sync::OnceLock<Tensor>,
     bias: Option<Tensor>,
     layout: MixerLayout,
@@ -325,24 +326,11 @@ impl Pointwise {
         layout: MixerLayout,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let weight = if is_spatial(layout) {
-            vb.get((out_dim, in_dim, 1, 1), "weight")?
+        if is_spatial(layout) {
+            Self::conv1x1(in_dim, out_dim, bias, layout, vb)
         } else {
-            vb.get((out_dim, in_dim), "weight")?
-        };
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight,
-            matrix: Default::default(),
-            bias,
-            layout,
-            out_dim,
-            in_dim,
-        })
+            Self::from_linear(in_dim, out_dim, bias, layout, vb)
+        }
     }
 }
 
@@ -358,6 +346,11 @@ impl Pointwise {
         } else {
             w.t()?.contiguous()?
         };
+        // A trainable weight may be updated in place between calls; a cached copy would miss
+        // the update, so variables are re-arranged on every call.
+        if self.weight.is_variable() {
+            return Ok(m);
+        }
         Ok(self.matrix.get_or_init(|| m).clone())
     }
 
@@ -534,4 +527,27 @@ pub fn drop_path_rates(max_rate: f64, blocks: usize) -> Vec<DropPath> {
             DropPath::new(max_rate * t)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn pointwise_sees_in_place_updates_of_its_variables() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let layer = Pointwise::new(3, 2, false, MixerLayout::Tokens, vb).unwrap();
+        let x = Tensor::ones((4, 3), DType::F32, &Device::Cpu).unwrap();
+        let before = layer.forward(&x).unwrap();
+        let weight = &varmap.all_vars()[0];
+        weight
+            .set(&Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let after: Vec<Vec<f32>> = layer.forward(&x).unwrap().to_vec2().unwrap();
+        assert_eq!(after, vec![vec![3f32; 2]; 4]);
+        assert_ne!(before.to_vec2::<f32>().unwrap(), after);
+    }
 }
