@@ -33,6 +33,59 @@ pub fn depthwise_conv2d_nhwc(
         .contiguous()
 }
 
+/// Checks the operands of [`crate::conv2d_nhwc`] (`x` `(B, H, W, Cin)`, `matrix`
+/// `(k * k * Cin, Cout)`, `bias` `(Cout)`) and returns `Cout`.
+pub fn check_conv_nhwc(
+    x: &Tensor,
+    matrix: &Tensor,
+    bias: Option<&Tensor>,
+    k: usize,
+) -> Result<usize> {
+    let (_, _, _, cin) = x.dims4()?;
+    let shape_error = |what: &'static str, expected: String, t: &Tensor| {
+        Err(KernelError::Shape {
+            op: "conv2d_nhwc",
+            what,
+            expected,
+            found: t.dims().to_vec(),
+        }
+        .into())
+    };
+    let cout = match matrix.dims() {
+        [rows, cout] if *rows == k * k * cin => *cout,
+        _ => return shape_error("weight matrix", format!("[{}, Cout]", k * k * cin), matrix),
+    };
+    match bias {
+        Some(b) if b.dims() != [cout] => shape_error("bias", format!("[{cout}]"), b),
+        _ => Ok(cout),
+    }
+}
+
+/// [`crate::conv2d_nhwc`] as candle ops: `x` permuted to `(B, Cin, H, W)`, candle's `conv2d`
+/// with the weight `(Cout, Cin, k, k)` rebuilt from `matrix`, bias added, permuted back.
+pub fn conv2d_nhwc(
+    x: &Tensor,
+    matrix: &Tensor,
+    bias: Option<&Tensor>,
+    window: crate::Window,
+) -> Result<Tensor> {
+    let (_, _, _, cin) = x.dims4()?;
+    let k = window.kernel;
+    let cout = check_conv_nhwc(x, matrix, bias, k)?;
+    let weight = matrix
+        .reshape((k, k, cin, cout))?
+        .permute((3, 2, 0, 1))?
+        .contiguous()?;
+    let y = x
+        .permute((0, 3, 1, 2))?
+        .conv2d(&weight, window.padding, window.stride, 1, 1)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((cout, 1, 1))?)?,
+        None => y,
+    };
+    y.permute((0, 2, 3, 1))?.contiguous()
+}
+
 /// Number of in-image pixels in the window of size `k` centred on each of `n` positions.
 fn window_counts(n: usize, k: usize) -> Vec<f32> {
     let half = k / 2;
@@ -67,6 +120,19 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     sums.broadcast_div(&counts)? - x
 }
 
+/// The pooling mixer on a channel-last `x` `(B, H, W, C)`: `mixer` (the fused or the composed
+/// channel-first one) applied to `x` permuted to `(B, C, H, W)`, permuted back.
+pub fn pool_mixer_nhwc(
+    x: &Tensor,
+    pool_size: usize,
+    mixer: impl Fn(&Tensor, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    x.dims4()?;
+    mixer(&x.permute((0, 3, 1, 2))?, pool_size)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()
+}
+
 /// Normalized `x` and `1 / sqrt(var + eps)` for `x` viewed as `(outer, C, inner)`: statistics
 /// over `C` (LayerNorm) or over `(C, inner)` (GroupNorm with one group), in f32.
 pub fn normalize(x: &Tensor, axes: NormAxes, eps: f64) -> Result<(Tensor, Tensor)> {
@@ -81,7 +147,7 @@ pub fn normalize(x: &Tensor, axes: NormAxes, eps: f64) -> Result<(Tensor, Tensor
 }
 
 /// Channel LayerNorm / GroupNorm1 as plain candle ops: `x` has its channels at `channel_axis`,
-/// `weight` and `bias` are `[C]`.
+/// `weight` and `bias` are `[C]`; GroupNorm1 takes its statistics over all axes but the first.
 pub fn channel_norm(
     x: &Tensor,
     weight: &Tensor,
@@ -103,8 +169,13 @@ pub fn channel_norm(
     let outer: usize = dims[..channel_axis].iter().product();
     let inner: usize = dims[channel_axis + 1..].iter().product();
     let c = dims[channel_axis];
-    let (xhat, _) = normalize(&x.reshape((outer, c, inner))?, axes, eps)?;
+    let stats_view = match axes {
+        NormAxes::Channels => x.reshape((outer, c, inner))?,
+        NormAxes::AllButBatch => x.reshape((dims[0], 1, ()))?,
+    };
+    let (xhat, _) = normalize(&stats_view, axes, eps)?;
     let y = xhat
+        .reshape((outer, c, inner))?
         .to_dtype(x.dtype())?
         .broadcast_mul(&weight.reshape((1, c, 1))?)?;
     let y = match bias {

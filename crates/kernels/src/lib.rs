@@ -12,7 +12,10 @@
 //! Ops:
 //! * [`depthwise_conv2d`]: per-channel `k x k` convolution with stride and zero padding;
 //!   [`depthwise_conv2d_nhwc`] the same on channel-last tensors.
-//! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`.
+//! * [`conv2d_nhwc`]: dense convolution of channel-last maps (stems and downsamplers) as
+//!   patches times one weight matrix ([`conv_weight_matrix`]).
+//! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`;
+//!   [`pool_mixer_nhwc`] the same on channel-last tensors.
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
@@ -24,6 +27,7 @@
 
 mod activation;
 pub mod composed;
+mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod depthwise;
@@ -41,10 +45,11 @@ use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
 pub use activation::{Gelu, StarRelu};
+pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
 pub use norm::{ChannelNorm, NormAxes};
-pub use pool::PoolMixer;
+pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
 pub use shift::MixShiftOp;
 pub use spectral::{Irfft2, Rfft2, SpectralFilter};
@@ -121,6 +126,58 @@ pub fn depthwise_conv2d_nhwc(
     composed::depthwise_conv2d_nhwc(x, weight, bias, stride, padding, depthwise_conv2d)
 }
 
+/// The `(k * k * Cin, Cout)` matrix [`conv2d_nhwc`] multiplies patches by, from a convolution
+/// weight `(Cout, Cin, k, k)`: rows ordered `(ky, kx, cin)`, contiguous.
+pub fn conv_weight_matrix(weight: &Tensor) -> Result<Tensor> {
+    let (cout, cin, kh, kw) = weight.dims4()?;
+    if kh != kw {
+        return Err(KernelError::Shape {
+            op: "conv_weight_matrix",
+            what: "weight",
+            expected: "a square kernel (Cout, Cin, k, k)".into(),
+            found: weight.dims().to_vec(),
+        }
+        .into());
+    }
+    weight
+        .permute((2, 3, 1, 0))?
+        .contiguous()?
+        .reshape((kh * kw * cin, cout))
+}
+
+/// Convolution of a channel-last `x` `(B, H, W, Cin)` by `matrix` `(k * k * Cin, Cout)` (see
+/// [`conv_weight_matrix`]) over `window`, plus an optional `bias` `(Cout)`: output
+/// `(B, Ho, Wo, Cout)`, the values of a `(Cout, Cin, k, k)` convolution of `x` permuted to
+/// `(B, Cin, H, W)`, permuted back. On the CPU the patches of all images are gathered into rows
+/// and multiplied by `matrix` in one product; elsewhere the input is permuted around candle's
+/// `conv2d`.
+pub fn conv2d_nhwc(
+    x: &Tensor,
+    matrix: &Tensor,
+    bias: Option<&Tensor>,
+    window: Window,
+) -> Result<Tensor> {
+    let (b, h, w, cin) = x.dims4()?;
+    let k = window.kernel;
+    let cout = composed::check_conv_nhwc(x, matrix, bias, k)?;
+    window.output(h, w)?;
+    if !(x.device().is_cpu() && use_fused(x) && same_dtype(x, &[matrix])) {
+        return composed::conv2d_nhwc(x, matrix, bias, window);
+    }
+    let (ho, wo) = window.output(h, w)?;
+    let rows = if (k, window.stride, window.padding) == (1, 1, 0) {
+        x.reshape((b * h * w, cin))?
+    } else {
+        x.contiguous()?.apply_op1(Im2ColNhwc::new(window))?
+    };
+    let y = rows.matmul(matrix)?;
+    let y = match bias {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y,
+    };
+    y.reshape((b, ho, wo, cout))
+}
+
 /// PoolFormer's pooling mixer on `(B, C, H, W)`: the average over the `k x k` window around each
 /// position (stride 1, only in-image pixels counted), minus the input. `k` must be odd.
 pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
@@ -131,10 +188,22 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     }
 }
 
+/// [`pool_mixer`] on a channel-last `x` `(B, H, W, C)`: the values of [`pool_mixer`] on `x`
+/// permuted to `(B, C, H, W)`, permuted back. The fused CPU kernel reads the channel-last
+/// layout directly; elsewhere the input is permuted around [`pool_mixer`].
+pub fn pool_mixer_nhwc(x: &Tensor, pool_size: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && use_fused(x) {
+        x.contiguous()?.apply_op1(PoolMixerNhwc::new(pool_size)?)
+    } else {
+        composed::pool_mixer_nhwc(x, pool_size, pool_mixer)
+    }
+}
+
 /// Normalizes `x` with channels at `channel_axis` (1 for `(B, C, H, W)`, the last axis for
-/// `(B, N, C)` tokens) over the channels ([`NormAxes::Channels`], LayerNorm) or over all but
-/// the batch axis ([`NormAxes::AllButBatch`], GroupNorm with one group; channel-first only),
-/// then applies the per-channel `weight` and optional `bias` (`[C]`).
+/// `(B, N, C)` tokens or `(B, H, W, C)` maps) over the channels ([`NormAxes::Channels`],
+/// LayerNorm) or over all but the batch axis ([`NormAxes::AllButBatch`], GroupNorm with one
+/// group), then applies the per-channel `weight` and optional `bias` (`[C]`). On CUDA a
+/// GroupNorm with channels after axis 1 takes the composed path.
 pub fn channel_norm(
     x: &Tensor,
     weight: &Tensor,
@@ -146,7 +215,9 @@ pub fn channel_norm(
     let fusable = use_fused(x)
         && same_dtype(x, &[weight])
         && bias.is_none_or(|b| b.dtype() == x.dtype())
-        && (axes == NormAxes::Channels || channel_axis == 1);
+        && (axes == NormAxes::Channels
+            || channel_axis == 1
+            || (x.device().is_cpu() && channel_axis >= 1));
     if !fusable {
         return composed::channel_norm(x, weight, bias, axes, eps, channel_axis);
     }

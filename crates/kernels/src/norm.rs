@@ -1,7 +1,7 @@
 //! Fused normalization over channels: LayerNorm over `C` at every position, or GroupNorm with
 //! one group over all of `(C, H, W)`, with a per-channel weight and bias.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::KernelError;
@@ -16,9 +16,10 @@ pub enum NormAxes {
 }
 
 /// Candle custom op `(x, weight, bias) -> y`: `x` contiguous f32 viewed as `(outer, C, inner)`
-/// (`(B, C, H*W)` for NCHW maps, `(B*N, C, 1)` for tokens), `weight` and `bias` `[C]`;
-/// `y = (x - mean) / sqrt(var + eps) * weight + bias` with the biased variance taken over the
-/// axes of [`NormAxes`].
+/// (`(B, C, H*W)` for NCHW maps, `(B*N, C, 1)` for tokens or channel-last maps), `weight` and
+/// `bias` `[C]`; `y = (x - mean) / sqrt(var + eps) * weight + bias` with the biased variance
+/// taken over the axes of [`NormAxes`] (for GroupNorm, everything but the first axis; on CUDA
+/// the channels must then be axis 1).
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelNorm {
     axes: NormAxes,
@@ -50,6 +51,21 @@ impl ChannelNorm {
         let outer = dims[..self.channel_axis].iter().product();
         let inner = dims[self.channel_axis + 1..].iter().product();
         Ok((outer, dims[self.channel_axis], inner))
+    }
+
+    /// How many slabs share one mean for [`NormAxes::AllButBatch`]: the batch size, with the
+    /// channels on any axis after the batch axis.
+    fn samples(&self, shape: &Shape) -> Result<usize> {
+        match shape.dims() {
+            [b, ..] if self.channel_axis >= 1 => Ok(*b),
+            dims => Err(KernelError::Shape {
+                op: "channel_norm",
+                what: "x",
+                expected: "a batch axis before the channel axis".into(),
+                found: dims.to_vec(),
+            }
+            .into()),
+        }
     }
 }
 
@@ -150,42 +166,68 @@ fn layer_norm(
     out
 }
 
+/// GroupNorm with one group over each of the `samples` equal slabs of `x`; the channel of an
+/// element is that of its run of `inner` consecutive values, runs cycling through the `c`
+/// channels (`inner = H * W` channel-first, `inner = 1` channel-last).
 fn group_norm1(
     x: &[f32],
-    (outer, c, inner): (usize, usize, usize),
+    samples: usize,
+    (c, inner): (usize, usize),
     w: &[f32],
     b: &[f32],
     eps: f32,
 ) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    let per = c * inner;
-    for o in 0..outer {
-        let slab = &x[o * per..(o + 1) * per];
+    let per = x.len() / samples;
+    let run = if inner == 1 { c } else { inner };
+    for (slab, dst) in x.chunks(per).zip(out.chunks_mut(per)) {
         let n = per as f64;
         let mean = slab
-            .par_chunks(inner.max(1024))
+            .par_chunks(run.max(1024))
             .map(|r| r.iter().map(|&v| v as f64).sum::<f64>())
             .sum::<f64>()
             / n;
         let m = mean as f32;
         let var = slab
-            .par_chunks(inner.max(1024))
+            .par_chunks(run.max(1024))
             .map(|r| r.iter().map(|&v| ((v - m) * (v - m)) as f64).sum::<f64>())
             .sum::<f64>()
             / n;
         let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
-        out[o * per..(o + 1) * per]
-            .par_chunks_mut(inner)
-            .zip(slab.par_chunks(inner))
-            .enumerate()
-            .for_each(|(ch, (dst, src))| {
-                let (scale, shift) = (inv * w[ch], b[ch] - m * inv * w[ch]);
-                for (d, v) in dst.iter_mut().zip(src) {
-                    *d = v * scale + shift;
+        let scale: Vec<f32> = w.iter().map(|wc| inv * wc).collect();
+        let shift: Vec<f32> = b.iter().zip(&scale).map(|(bc, s)| bc - m * s).collect();
+        if inner == 1 {
+            let task = (CHUNK * 16 / c).max(1) * c;
+            dst.par_chunks_mut(task)
+                .zip(slab.par_chunks(task))
+                .for_each(|(d, src)| affine_rows(src, &scale, &shift, d));
+        } else {
+            let runs = dst.par_chunks_mut(run).zip(slab.par_chunks(run));
+            runs.enumerate().for_each(|(j, (d, src))| {
+                let ch = j % c;
+                for (o, v) in d.iter_mut().zip(src) {
+                    *o = v * scale[ch] + shift[ch];
                 }
             });
+        }
     }
     out
+}
+
+crate::simd::dispatch! {
+    /// [`affine_rows_body`] on wide vectors where the CPU has them.
+    fn affine_rows(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) => affine_rows_body
+}
+
+/// `dst = src * scale + shift` on channel-last rows, `scale` and `shift` per channel.
+#[inline(always)]
+fn affine_rows_body(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
+    let c = scale.len();
+    for (d, row) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+        for (((o, v), s), t) in d.iter_mut().zip(row).zip(scale).zip(shift) {
+            *o = v * s + t;
+        }
+    }
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
@@ -227,7 +269,10 @@ impl CustomOp3 for ChannelNorm {
         }
         let y = match self.axes {
             NormAxes::Channels => layer_norm(x, dims, w, b, self.eps),
-            NormAxes::AllButBatch => group_norm1(x, dims, w, b, self.eps),
+            NormAxes::AllButBatch => {
+                let samples = self.samples(xl.shape())?;
+                group_norm1(x, samples, (dims.1, dims.2), w, b, self.eps)
+            }
         };
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -253,6 +298,15 @@ impl CustomOp3 for ChannelNorm {
             }
             .into());
         }
+        if self.axes == NormAxes::AllButBatch && self.samples(xl.shape())? != dims.0 {
+            return Err(KernelError::Shape {
+                op: "channel_norm",
+                what: "x (GroupNorm on CUDA)",
+                expected: "channels at axis 1".into(),
+                found: xl.shape().dims().to_vec(),
+            }
+            .into());
+        }
         let launch = gpu::Launch {
             axes: self.axes,
             eps: self.eps,
@@ -272,14 +326,32 @@ impl CustomOp3 for ChannelNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (outer, c, inner) = self.split(x.shape())?;
         let f32 = candle_core::DType::F32;
-        let x3 = x.reshape((outer, c, inner))?;
-        let g3 = grad.to_dtype(f32)?.reshape((outer, c, inner))?;
-        let w3 = w.to_dtype(f32)?.reshape((1, c, 1))?;
-        let (xhat, inv) = crate::composed::normalize(&x3, self.axes, self.eps as f64)?;
-        let gw = g3.broadcast_mul(&w3)?;
+        // (slabs sharing a mean, runs before the channel axis, C, inner)
+        let (slabs, pre) = match self.axes {
+            NormAxes::Channels => (outer, 1),
+            NormAxes::AllButBatch => {
+                let samples = self.samples(x.shape())?;
+                (samples, outer / samples)
+            }
+        };
+        let dims4 = (slabs, pre, c, inner);
+        let g4 = grad.to_dtype(f32)?.reshape(dims4)?;
+        let w4 = w.to_dtype(f32)?.reshape((1, 1, c, 1))?;
+        let (xhat, inv) = match self.axes {
+            NormAxes::Channels => crate::composed::normalize(
+                &x.reshape((outer, c, inner))?,
+                self.axes,
+                self.eps as f64,
+            )?,
+            NormAxes::AllButBatch => {
+                crate::composed::normalize(&x.reshape((slabs, 1, ()))?, self.axes, self.eps as f64)?
+            }
+        };
+        let (xhat, inv) = (xhat.reshape(dims4)?, inv.unsqueeze(1)?);
+        let gw = g4.broadcast_mul(&w4)?;
         let mean = |t: &Tensor| match self.axes {
-            NormAxes::Channels => t.mean_keepdim(1),
-            NormAxes::AllButBatch => t.mean_keepdim(D::Minus1)?.mean_keepdim(1),
+            NormAxes::Channels => t.mean_keepdim(2),
+            NormAxes::AllButBatch => t.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(1),
         };
         let dx = gw
             .broadcast_sub(&mean(&gw)?)?
@@ -287,8 +359,9 @@ impl CustomOp3 for ChannelNorm {
             .broadcast_mul(&inv)?
             .reshape(x.shape())?
             .to_dtype(x.dtype())?;
-        let dw = (&g3 * &xhat)?.sum(2)?.sum(0)?.reshape(w.shape())?;
-        let db = g3.sum(2)?.sum(0)?.reshape(w.shape())?;
+        let per_channel = |t: Tensor| t.sum(3)?.sum(1)?.sum(0)?.reshape(w.shape());
+        let dw = per_channel((&g4 * &xhat)?)?;
+        let db = per_channel(g4)?;
         Ok((
             Some(dx),
             Some(dw.to_dtype(w.dtype())?),

@@ -202,3 +202,104 @@ fn pool_plane(src: &[f32], h: usize, w: usize, half: usize, dst: &mut [f32]) {
         }
     }
 }
+
+/// Candle custom op: the pooling mixer of [`PoolMixer`] on a contiguous f32 channel-last
+/// `(B, H, W, C)` input (CPU only), computed one output row at a time: the window's rows summed
+/// into a `(W, C)` buffer, then its columns, channels innermost.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolMixerNhwc {
+    pool_size: usize,
+}
+
+impl PoolMixerNhwc {
+    /// The op for an odd window `pool_size`.
+    pub fn new(pool_size: usize) -> Result<Self> {
+        PoolMixer::new(pool_size).map(|_| Self { pool_size })
+    }
+}
+
+impl CustomOp1 for PoolMixerNhwc {
+    fn name(&self) -> &'static str {
+        "tokenmix-pool-mixer-nhwc"
+    }
+
+    /// As [`PoolMixer`]'s: `dx = box_sum(grad / count) - grad`, counts broadcast over channels.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, h, w, _) = x.dims4()?;
+        let counts = crate::composed::window_count_map(h, w, self.pool_size, grad)?.unsqueeze(2)?;
+        let v = grad.broadcast_div(&counts)?;
+        let mixed = crate::pool_mixer_nhwc(&v, self.pool_size)?;
+        Ok(Some(((mixed + &v)?.broadcast_mul(&counts)? - grad)?))
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, h, w, c) = layout.shape().dims4()?;
+        let x = crate::error::contiguous_f32(storage, layout, "pool_mixer_nhwc", "input")?;
+        if x.is_empty() {
+            return Ok((CpuStorage::F32(vec![]), layout.shape().clone()));
+        }
+        let half = self.pool_size / 2;
+        let row = w * c;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(row).enumerate().for_each_init(
+            || vec![0f32; row],
+            |sums, (r, dst)| {
+                let (image, y) = (r / h, r % h);
+                let plane = &x[image * h * row..(image + 1) * h * row];
+                let (a, b) = (y.saturating_sub(half), (y + half).min(h - 1));
+                column_sums(plane, row, a, b, sums);
+                let src = &plane[y * row..(y + 1) * row];
+                pool_row_nhwc(sums, src, c, half, 1.0 / (b + 1 - a) as f32, dst);
+            },
+        );
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`column_sums_body`] on wide vectors where the CPU has them.
+    fn column_sums(plane: &[f32], row: usize, a: usize, b: usize, sums: &mut [f32]) => column_sums_body
+}
+
+/// `sums = plane rows a..=b` added element-wise (rows of `row` values).
+#[inline(always)]
+fn column_sums_body(plane: &[f32], row: usize, a: usize, b: usize, sums: &mut [f32]) {
+    sums.copy_from_slice(&plane[a * row..(a + 1) * row]);
+    for r in a + 1..=b {
+        for (s, v) in sums.iter_mut().zip(&plane[r * row..(r + 1) * row]) {
+            *s += v;
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`pool_row_nhwc_body`] on wide vectors where the CPU has them.
+    fn pool_row_nhwc(sums: &[f32], src: &[f32], c: usize, half: usize, inv_rows: f32, dst: &mut [f32]) => pool_row_nhwc_body
+}
+
+/// One output row `(W, C)`: the window's column sums `sums` added over the `2 * half + 1`
+/// columns around each position, divided by the in-image count, minus the input row `src`.
+#[inline(always)]
+fn pool_row_nhwc_body(
+    sums: &[f32],
+    src: &[f32],
+    c: usize,
+    half: usize,
+    inv_rows: f32,
+    dst: &mut [f32],
+) {
+    let w = src.len() / c;
+    for (x, out) in dst.chunks_exact_mut(c).enumerate() {
+        let (a, b) = (x.saturating_sub(half), (x + half).min(w - 1));
+        let inv = inv_rows / (b + 1 - a) as f32;
+        out.copy_from_slice(&sums[a * c..(a + 1) * c]);
+        for col in a + 1..=b {
+            for (o, s) in out.iter_mut().zip(&sums[col * c..(col + 1) * c]) {
+                *o += s;
+            }
+        }
+        for (o, v) in out.iter_mut().zip(&src[x * c..(x + 1) * c]) {
+            *o = *o * inv - v;
+        }
+    }
+}

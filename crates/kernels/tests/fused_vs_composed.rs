@@ -2,7 +2,7 @@
 //! and > 1, non-contiguous inputs.
 
 use candle_core::{Device, Tensor};
-use tokenmix_kernels::{composed, DepthwiseConv2d, PoolMixer};
+use tokenmix_kernels::{composed, DepthwiseConv2d, PoolMixer, PoolMixerNhwc, Window};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -166,6 +166,34 @@ fn pool_mixer_matches_padded_avg_pool() {
 }
 
 #[test]
+fn channel_last_pool_mixer_matches_the_permuted_composition() {
+    for (b, c, h, w, k) in [
+        (1, 1, 1, 1, 3),
+        (2, 3, 5, 7, 3),
+        (1, 20, 9, 6, 5),
+        (3, 2, 14, 11, 3),
+        (2, 17, 4, 3, 7),
+    ] {
+        let permuted = non_contiguous([b, c, h, w]).permute((0, 2, 3, 1)).unwrap();
+        for x in [randn(&[b, h, w, c]), permuted] {
+            let reference = composed::pool_mixer_nhwc(&x, k, composed::pool_mixer).unwrap();
+            let fused = x
+                .contiguous()
+                .unwrap()
+                .apply_op1(PoolMixerNhwc::new(k).unwrap())
+                .unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-5, "k={k} {h}x{w}x{c}: max diff {d}");
+            let public = tokenmix_kernels::pool_mixer_nhwc(&x, k).unwrap();
+            assert!(max_abs_diff(&public, &reference) < 1e-5);
+        }
+    }
+    assert!(PoolMixerNhwc::new(2).is_err());
+    let not_a_map = randn(&[2, 3, 4]);
+    assert!(tokenmix_kernels::pool_mixer_nhwc(&not_a_map, 3).is_err());
+}
+
+#[test]
 fn pool_mixer_excludes_padding_from_the_average() {
     // A constant map pools to itself everywhere, corners included, so the mixer returns zeros.
     let x = Tensor::full(3f32, (1, 2, 4, 5), &Device::Cpu).unwrap();
@@ -253,16 +281,73 @@ fn channel_norm_matches_composition_forward_and_backward() {
             }
         }
     }
+    for (b, h, w, c) in [(1, 5, 7, 3), (2, 9, 6, 20), (3, 1, 1, 5)] {
+        let permuted = non_contiguous([b, c, h, w]).permute((0, 2, 3, 1)).unwrap();
+        for x in [randn(&[b, h, w, c]), permuted] {
+            for with_bias in [true, false] {
+                check_norm(&x, NormAxes::Channels, 3, with_bias);
+                check_norm(&x, NormAxes::AllButBatch, 3, with_bias);
+            }
+        }
+    }
+    check_norm(&randn(&[2, 3, 4, 5]), NormAxes::AllButBatch, 2, true);
     for (b, n, c) in [(1, 7, 5), (2, 49, 64), (3, 1, 9)] {
         let tokens = randn(&[b, n, c]);
         check_norm(&tokens, NormAxes::Channels, 2, true);
         check_norm(&tokens, NormAxes::Channels, 2, false);
+        check_norm(&tokens, NormAxes::AllButBatch, 2, true);
         check_norm(
             &tokens.transpose(0, 1).unwrap(),
             NormAxes::Channels,
             2,
             true,
         );
+    }
+}
+
+#[test]
+fn group_norm_is_the_same_in_every_layout() {
+    let x = randn(&[2, 6, 5, 7]);
+    let (w, b) = (randn(&[6]), randn(&[6]));
+    let nchw = |x: &Tensor| {
+        tokenmix_kernels::channel_norm(x, &w, Some(&b), NormAxes::AllButBatch, 1e-5, 1).unwrap()
+    };
+    let reference = nchw(&x);
+    let nhwc = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+    let tokens = nhwc.reshape((2, 35, 6)).unwrap();
+    for (what, y, axis) in [("channel-last", &nhwc, 3), ("tokens", &tokens, 2)] {
+        for fused in [true, false] {
+            let norm = if fused {
+                tokenmix_kernels::channel_norm
+            } else {
+                composed::channel_norm
+            };
+            let got = norm(y, &w, Some(&b), NormAxes::AllButBatch, 1e-5, axis)
+                .unwrap()
+                .reshape((2, 5, 7, 6))
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap();
+            let d = max_abs_diff(&got, &reference);
+            assert!(d < 1e-5, "{what} (fused {fused}): max diff {d}");
+        }
+    }
+    // The reference itself: per sample, mean 0 and variance 1 before the affine.
+    let plain = composed::channel_norm(
+        &x,
+        &randn(&[6]).ones_like().unwrap(),
+        None,
+        NormAxes::AllButBatch,
+        1e-5,
+        1,
+    )
+    .unwrap();
+    let per_sample = plain.flatten_from(1).unwrap();
+    let mean = per_sample.mean(1).unwrap().abs().unwrap().max(0).unwrap();
+    let var = per_sample.sqr().unwrap().mean(1).unwrap();
+    assert!(mean.to_scalar::<f32>().unwrap() < 1e-5);
+    for v in var.to_vec1::<f32>().unwrap() {
+        assert!((v - 1.0).abs() < 1e-3, "variance {v}");
     }
 }
 
@@ -312,6 +397,118 @@ fn spectral_filter_with_unit_weight_is_the_identity() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected [6, 3, 3, 2]"), "{err}");
+}
+
+/// candle's `conv2d` of the channel-first `x` by the checkpoint-shaped `weight`, plus `bias`,
+/// back to channel-last: the reference for [`tokenmix_kernels::conv2d_nhwc`].
+fn reference_conv_nhwc(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize, p: usize) -> Tensor {
+    let y = x
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .conv2d(w, p, s, 1, 1)
+        .unwrap();
+    let y = match b {
+        Some(b) => y
+            .broadcast_add(&b.reshape((b.elem_count(), 1, 1)).unwrap())
+            .unwrap(),
+        None => y,
+    };
+    y.permute((0, 2, 3, 1)).unwrap()
+}
+
+fn fused_conv_nhwc(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    s: usize,
+    p: usize,
+) -> candle_core::Result<Tensor> {
+    let window = Window {
+        kernel: w.dim(2)?,
+        stride: s,
+        padding: p,
+    };
+    tokenmix_kernels::conv2d_nhwc(x, &tokenmix_kernels::conv_weight_matrix(w)?, b, window)
+}
+
+#[test]
+fn channel_last_conv_matches_candle_conv2d() {
+    for (b, h, w, cin, cout, k, s, p) in [
+        (1, 7, 5, 3, 4, 3, 1, 1),
+        (2, 9, 11, 5, 6, 3, 2, 1),
+        (2, 13, 10, 3, 8, 7, 4, 2),
+        (1, 4, 4, 16, 5, 1, 1, 0),
+        (3, 6, 5, 2, 3, 2, 2, 0),
+        (1, 1, 1, 3, 2, 3, 1, 1),
+        (1, 3, 3, 4, 2, 3, 1, 0),
+    ] {
+        let weight = randn(&[cout, cin, k, k]);
+        let bias = randn(&[cout]);
+        let permuted = non_contiguous([b, cin, h, w])
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        for x in [randn(&[b, h, w, cin]), permuted] {
+            for bias in [None, Some(&bias)] {
+                let want = reference_conv_nhwc(&x, &weight, bias, s, p);
+                let got = fused_conv_nhwc(&x, &weight, bias, s, p).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let d = max_abs_diff(&got, &want);
+                assert!(
+                    d < 1e-4,
+                    "{h}x{w} {cin}->{cout} k{k} s{s} p{p}: max diff {d}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn channel_last_conv_rejects_bad_operands() {
+    let x = randn(&[1, 5, 5, 3]);
+    let m = tokenmix_kernels::conv_weight_matrix(&randn(&[4, 3, 3, 3])).unwrap();
+    let window = Window {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    let e = err(tokenmix_kernels::conv2d_nhwc(
+        &x,
+        &m.narrow(0, 0, 26).unwrap(),
+        None,
+        window,
+    ));
+    assert!(
+        e.contains("weight matrix") && e.contains("[27, Cout]"),
+        "{e}"
+    );
+    let e = err(tokenmix_kernels::conv2d_nhwc(
+        &x,
+        &m,
+        Some(&randn(&[5])),
+        window,
+    ));
+    assert!(e.contains("bias") && e.contains("[4]"), "{e}");
+    let big = Window {
+        kernel: 9,
+        stride: 1,
+        padding: 1,
+    };
+    let m9 = tokenmix_kernels::conv_weight_matrix(&randn(&[4, 3, 9, 9])).unwrap();
+    let e = err(tokenmix_kernels::conv2d_nhwc(&x, &m9, None, big));
+    assert!(e.contains("smaller than the 9x9 kernel"), "{e}");
+    let e = err(tokenmix_kernels::conv2d_nhwc(
+        &x,
+        &m,
+        None,
+        Window {
+            stride: 0,
+            ..window
+        },
+    ));
+    assert!(e.contains("stride must be positive"), "{e}");
+    let e = err(tokenmix_kernels::conv_weight_matrix(&randn(&[4, 3, 3, 2])));
+    assert!(e.contains("square kernel"), "{e}");
 }
 
 /// The whole-sequence fused scan against the step-by-step recurrence.
@@ -419,6 +616,56 @@ fn check_grads(
     }
 }
 
+/// The gradient of `sum(f(x) * probe)` with respect to `x`, for a random `probe`; returns
+/// `(gradient, probe)`.
+fn input_gradient(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> (Tensor, Tensor) {
+    let xv = Var::from_tensor(x).unwrap();
+    let out = f(xv.as_tensor()).unwrap();
+    let probe = randn(out.dims());
+    let g = (out * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    (g.get(xv.as_tensor()).unwrap().clone(), probe)
+}
+
+/// The pooling mixer's adjoint applied to `probe` `(B, C, H, W)`, written out: every pixel
+/// receives `probe / count` from each window containing it, minus its own `probe` (candle cannot
+/// differentiate `avg_pool2d` with stride 1, so this is the reference for the gradient).
+fn pool_mixer_adjoint(probe: &Tensor, k: usize) -> Tensor {
+    let (_, _, h, w) = probe.dims4().unwrap();
+    let counts = composed::window_count_map(h, w, k, probe).unwrap();
+    let scaled: Vec<f32> = probe
+        .broadcast_div(&counts)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let p: Vec<f32> = probe.flatten_all().unwrap().to_vec1().unwrap();
+    let half = k / 2;
+    let mut want = vec![0f32; p.len()];
+    for plane in 0..p.len() / (h * w) {
+        for i in 0..h {
+            for j in 0..w {
+                let at = plane * h * w + i * w + j;
+                want[at] -= p[at];
+                for oi in i.saturating_sub(half)..(i + half + 1).min(h) {
+                    for oj in j.saturating_sub(half)..(j + half + 1).min(w) {
+                        want[at] += scaled[plane * h * w + oi * w + oj];
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(want, probe.dims(), &Device::Cpu).unwrap()
+}
+
 #[test]
 fn fused_ops_have_the_gradients_of_their_compositions() {
     let x = randn(&[2, 3, 7, 6]);
@@ -447,47 +694,34 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
             |t| Ok(composed_nhwc(&t[0], &t[1], &t[2], s, p)),
         );
     }
-    // candle cannot differentiate avg_pool2d with stride 1, so the reference for the pooling
-    // mixer's gradient is the explicit adjoint: every input pixel receives grad / count from
-    // each window containing it.
+    for (h, w, cin, cout, k, s, p) in [
+        (5, 4, 3, 4, 3, 1, 1),
+        (8, 6, 5, 3, 3, 2, 1),
+        (8, 12, 3, 6, 7, 4, 2),
+    ] {
+        check_grads(
+            &format!("channel-last conv k{k} s{s} p{p}"),
+            &[
+                randn(&[2, h, w, cin]),
+                randn(&[cout, cin, k, k]),
+                randn(&[cout]),
+            ],
+            |t| fused_conv_nhwc(&t[0], &t[1], Some(&t[2]), s, p),
+            |t| Ok(reference_conv_nhwc(&t[0], &t[1], Some(&t[2]), s, p)),
+        );
+    }
     for k in [3, 5] {
-        let xv = Var::from_tensor(&x).unwrap();
-        let out = tokenmix_kernels::pool_mixer(xv.as_tensor(), k).unwrap();
-        let probe = randn(out.dims());
-        let g = (out * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let got = g.get(xv.as_tensor()).unwrap().clone();
-        let (_, _, h, w) = x.dims4().unwrap();
-        let counts = composed::window_count_map(h, w, k, &x).unwrap();
-        let scaled: Vec<f32> = probe
-            .broadcast_div(&counts)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let p: Vec<f32> = probe.flatten_all().unwrap().to_vec1().unwrap();
-        let half = k / 2;
-        let mut want = vec![0f32; p.len()];
-        for plane in 0..p.len() / (h * w) {
-            for i in 0..h {
-                for j in 0..w {
-                    let at = plane * h * w + i * w + j;
-                    want[at] -= p[at];
-                    for oi in i.saturating_sub(half)..(i + half + 1).min(h) {
-                        for oj in j.saturating_sub(half)..(j + half + 1).min(w) {
-                            want[at] += scaled[plane * h * w + oi * w + oj];
-                        }
-                    }
-                }
-            }
-        }
-        let want = Tensor::from_vec(want, x.dims(), &Device::Cpu).unwrap();
+        let (got, probe) = input_gradient(&x, |x| tokenmix_kernels::pool_mixer(x, k));
+        let want = pool_mixer_adjoint(&probe, k);
         assert!(max_abs_diff(&got, &want) < 1e-4, "pool mixer k{k} gradient");
+        let nhwc = randn(&[2, 5, 4, 3]);
+        let (got, probe) = input_gradient(&nhwc, |x| tokenmix_kernels::pool_mixer_nhwc(x, k));
+        let want = pool_mixer_adjoint(&probe.permute((0, 3, 1, 2)).unwrap(), k);
+        let want = want.permute((0, 2, 3, 1)).unwrap();
+        assert!(
+            max_abs_diff(&got, &want) < 1e-4,
+            "channel-last pool mixer k{k} gradient"
+        );
     }
     let xc = randn(&[2, 5, 6, 4]);
     let filt = randn(&[5, 4, 4, 2]);

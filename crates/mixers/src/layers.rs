@@ -465,6 +465,57 @@ impl Module for Mlp {
     }
 }
 
+/// A dense `k x k` convolution (stride, zero padding, optional bias) of channel-last maps
+/// `(B, H, W, Cin) -> (B, Ho, Wo, Cout)`, loaded from a checkpoint's `weight`
+/// `[Cout, Cin, k, k]` and `bias` `[Cout]` (timm's NCHW `Conv2d`): the stems and downsamplers
+/// of the channel-last backbones, run by [`tokenmix_kernels::conv2d_nhwc`].
+#[derive(Debug, Clone)]
+pub struct ConvNhwc {
+    weight: Tensor,
+    /// `[k * k * Cin, Cout]` ([`tokenmix_kernels::conv_weight_matrix`]), made on first use and
+    /// never for a trainable variable (as [`Pointwise`]'s matrix).
+    matrix: std::sync::OnceLock<Tensor>,
+    bias: Option<Tensor>,
+    window: tokenmix_kernels::Window,
+}
+
+impl ConvNhwc {
+    /// Loads `weight` (and `bias` if `bias`) of a `kernel x kernel` convolution from `in_dim`
+    /// to `out_dim` channels with `stride` and `padding`.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        window: tokenmix_kernels::Window,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let k = window.kernel;
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim, k, k), "weight")?,
+            matrix: Default::default(),
+            bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
+            window,
+        })
+    }
+
+    fn matrix(&self) -> Result<Tensor> {
+        if let Some(m) = self.matrix.get() {
+            return Ok(m.clone());
+        }
+        let m = tokenmix_kernels::conv_weight_matrix(&self.weight)?;
+        if self.weight.is_variable() {
+            return Ok(m);
+        }
+        Ok(self.matrix.get_or_init(|| m).clone())
+    }
+}
+
+impl Module for ConvNhwc {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        tokenmix_kernels::conv2d_nhwc(x, &self.matrix()?, self.bias.as_ref(), self.window)
+    }
+}
+
 /// Softmax over the last axis, computed in f32.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();

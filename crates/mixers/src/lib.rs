@@ -7,7 +7,8 @@
 //! * [`MixerLayout::Spatial`]: a channel-first feature map `(B, C, H, W)`;
 //! * [`MixerLayout::Tokens`]: a token sequence `(B, N, C)` (a 2-D map is flattened row-major,
 //!   `n = h * W + w`), which is also how 1-D sequence models feed a mixer;
-//! * [`MixerLayout::ChannelsLast`]: a channel-last feature map `(B, H, W, C)` (MambaOut);
+//! * [`MixerLayout::ChannelsLast`]: a channel-last feature map `(B, H, W, C)` (pooling,
+//!   separable and gated convolutions, global filters);
 //! * [`MixerLayout::Any`]: any of these (element-wise or identity mixers).
 //!
 //! Mixers are chosen at run time through the serde-friendly [`MixerConfig`], whose
@@ -233,8 +234,7 @@ impl MixerConfig {
     pub fn layout(&self) -> MixerLayout {
         match self {
             Self::Identity => MixerLayout::Any,
-            Self::Pooling { .. }
-            | Self::RandomMixing { .. }
+            Self::RandomMixing { .. }
             | Self::MixShift { .. }
             | Self::AdaptiveFrequencyFilter { .. } => MixerLayout::Spatial,
             Self::Attention { .. }
@@ -242,7 +242,8 @@ impl MixerConfig {
             | Self::TokenMlp { .. }
             | Self::LinearTokens { .. }
             | Self::SpatialGating { .. } => MixerLayout::Tokens,
-            Self::SepConv { .. }
+            Self::Pooling { .. }
+            | Self::SepConv { .. }
             | Self::GatedConv { .. }
             | Self::GlobalFilter { .. }
             | Self::RaftTokenMixing { .. } => MixerLayout::ChannelsLast,

@@ -4,7 +4,8 @@ use candle_core::{Result, Tensor};
 
 use crate::{MixerLayout, TokenMixer};
 
-/// `AvgPool2d(k, stride 1, padding k/2, count_include_pad=False)(x) - x` on `(B, C, H, W)`.
+/// `AvgPool2d(k, stride 1, padding k/2, count_include_pad=False)(x) - x` on a channel-last map
+/// `(B, H, W, C)`.
 ///
 /// The average at a border position counts only in-image pixels (4 at a 3x3 corner, 6 on an
 /// edge, 9 inside), as in timm's `Pooling`. Has no parameters.
@@ -26,10 +27,10 @@ impl TokenMixer for Pooling {
     }
 
     fn layout(&self) -> MixerLayout {
-        MixerLayout::Spatial
+        MixerLayout::ChannelsLast
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        tokenmix_kernels::pool_mixer(x, self.pool_size)
+        tokenmix_kernels::pool_mixer_nhwc(x, self.pool_size)
     }
 }

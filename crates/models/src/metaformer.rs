@@ -8,11 +8,12 @@
 //! Baselines for Vision" (arXiv 2210.13452).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokenmix_kernels::Window;
 use tokenmix_mixers::layers::{
-    drop_path_rates, global_avg_pool, ActKind, DropPath, Mlp, Norm, NormConfig, Scale,
+    drop_path_rates, global_avg_pool, ActKind, ConvNhwc, DropPath, Mlp, Norm, NormConfig, Scale,
 };
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
@@ -368,26 +369,27 @@ impl MetaFormerConfig {
     }
 }
 
-/// Post-norm stem: `conv 7x7 / 4, padding 2` then an optional norm.
+/// Post-norm stem on the image `(B, Cin, H, W)`: `conv 7x7 / 4, padding 2` then an optional
+/// norm, returning a channel-last map `(B, H/4, W/4, C)`.
 #[derive(Debug, Clone)]
 struct Stem {
-    conv: Conv2d,
+    conv: ConvNhwc,
     norm: Option<Norm>,
 }
 
 impl Stem {
     fn new(cfg: &MetaFormerConfig, vb: VarBuilder) -> Result<Self> {
-        let conv_cfg = Conv2dConfig {
-            padding: 2,
+        let window = Window {
+            kernel: 7,
             stride: 4,
-            ..Default::default()
+            padding: 2,
         };
         let dim = cfg.dims[0];
         Ok(Self {
-            conv: candle_nn::conv2d(cfg.in_chans, dim, 7, conv_cfg, vb.pp("conv"))?,
+            conv: ConvNhwc::new(cfg.in_chans, dim, window, true, vb.pp("conv"))?,
             norm: cfg
                 .downsample_norm
-                .map(|n| n.build(dim, MixerLayout::Spatial, vb.pp("norm")))
+                .map(|n| n.build(dim, MixerLayout::ChannelsLast, vb.pp("norm")))
                 .transpose()?,
         })
     }
@@ -395,7 +397,7 @@ impl Stem {
 
 impl Module for Stem {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv.forward(x)?;
+        let x = self.conv.forward(&x.permute((0, 2, 3, 1))?)?;
         match &self.norm {
             Some(n) => n.forward(&x),
             None => Ok(x),
@@ -403,11 +405,11 @@ impl Module for Stem {
     }
 }
 
-/// Pre-norm downsampler: optional norm then `conv 3x3 / 2, padding 1`.
+/// Pre-norm downsampler on channel-last maps: optional norm then `conv 3x3 / 2, padding 1`.
 #[derive(Debug, Clone)]
 struct Downsample {
     norm: Option<Norm>,
-    conv: Conv2d,
+    conv: ConvNhwc,
 }
 
 impl Downsample {
@@ -417,16 +419,16 @@ impl Downsample {
         out_dim: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let conv_cfg = Conv2dConfig {
-            padding: 1,
+        let window = Window {
+            kernel: 3,
             stride: 2,
-            ..Default::default()
+            padding: 1,
         };
         Ok(Self {
             norm: norm
-                .map(|n| n.build(in_dim, MixerLayout::Spatial, vb.pp("norm")))
+                .map(|n| n.build(in_dim, MixerLayout::ChannelsLast, vb.pp("norm")))
                 .transpose()?,
-            conv: candle_nn::conv2d(in_dim, out_dim, 3, conv_cfg, vb.pp("conv"))?,
+            conv: ConvNhwc::new(in_dim, out_dim, window, true, vb.pp("conv"))?,
         })
     }
 }
@@ -541,7 +543,7 @@ impl Stage {
     ) -> Result<Self> {
         let dim = cfg.dims[i];
         let layout = match cfg.token_mixers[i].layout() {
-            MixerLayout::Any => MixerLayout::Spatial,
+            MixerLayout::Any => MixerLayout::ChannelsLast,
             other => other,
         };
         let downsample = (prev_dim != dim)
@@ -559,23 +561,25 @@ impl Stage {
 }
 
 impl Stage {
+    /// Runs the stage on a channel-last map `(B, H, W, C)` and returns one, whatever layout its
+    /// blocks work in.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = match &self.downsample {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
-        let (b, c, h, w) = x.dims4()?;
+        let (b, h, w, c) = x.dims4()?;
         let mut x = match self.layout {
-            MixerLayout::Tokens => x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?,
-            MixerLayout::ChannelsLast => x.permute((0, 2, 3, 1))?.contiguous()?,
+            MixerLayout::Tokens => x.reshape((b, h * w, c))?,
+            MixerLayout::Spatial => x.permute((0, 3, 1, 2))?.contiguous()?,
             _ => x,
         };
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }
         match self.layout {
-            MixerLayout::Tokens => x.transpose(1, 2)?.reshape((b, c, h, w)),
-            MixerLayout::ChannelsLast => x.permute((0, 3, 1, 2))?.contiguous(),
+            MixerLayout::Tokens => x.reshape((b, h, w, c)),
+            MixerLayout::Spatial => x.permute((0, 2, 3, 1))?.contiguous(),
             _ => Ok(x),
         }
     }
@@ -678,7 +682,7 @@ impl ImageModel for MetaFormer {
         let mut features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             x = stage.forward_t(&x, train)?;
-            features.push(x.clone());
+            features.push(x.permute((0, 3, 1, 2))?);
         }
         Ok(features)
     }
