@@ -6,10 +6,11 @@
 //! other model.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig, Scale};
+use tokenmix_kernels::Window;
+use tokenmix_mixers::layers::{drop_path_rates, ConvNhwc, DropPath, Norm, NormConfig, Scale};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, usize_list};
@@ -182,29 +183,23 @@ impl MambaOutConfig {
     }
 }
 
-fn conv3x3_s2(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
+/// A channel-last `conv 3x3 / 2, padding 1` with bias.
+fn conv3x3_s2(cin: usize, cout: usize, vb: VarBuilder) -> Result<ConvNhwc> {
+    let window = Window {
+        kernel: 3,
         stride: 2,
-        ..Default::default()
+        padding: 1,
     };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+    ConvNhwc::new(cin, cout, window, true, vb)
 }
 
-fn to_channels_last(x: &Tensor) -> Result<Tensor> {
-    x.permute((0, 2, 3, 1))?.contiguous()
-}
-
-fn to_channels_first(x: &Tensor) -> Result<Tensor> {
-    x.permute((0, 3, 1, 2))?.contiguous()
-}
-
-/// conv 3x3/2 -> [LN] -> GELU -> conv 3x3/2 -> LN, ending channel-last.
+/// conv 3x3/2 -> [LN] -> GELU -> conv 3x3/2 -> LN on the image `(B, Cin, H, W)`, computed
+/// channel-last and returning `(B, H/4, W/4, C)`.
 #[derive(Debug)]
 struct Stem {
-    conv1: Conv2d,
+    conv1: ConvNhwc,
     norm1: Option<Norm>,
-    conv2: Conv2d,
+    conv2: ConvNhwc,
     norm2: Norm,
 }
 
@@ -212,33 +207,34 @@ impl Stem {
     fn new(cfg: &MambaOutConfig, vb: VarBuilder) -> Result<Self> {
         let (dim, half) = (cfg.dims[0], cfg.dims[0] / 2);
         let ln = NormConfig::LAYER_NORM;
+        let cl = MixerLayout::ChannelsLast;
         Ok(Self {
             conv1: conv3x3_s2(cfg.in_chans, half, vb.pp("conv1"))?,
             norm1: cfg
                 .stem_mid_norm
-                .then(|| ln.build(half, MixerLayout::Spatial, vb.pp("norm1")))
+                .then(|| ln.build(half, cl, vb.pp("norm1")))
                 .transpose()?,
             conv2: conv3x3_s2(half, dim, vb.pp("conv2"))?,
-            norm2: ln.build(dim, MixerLayout::Spatial, vb.pp("norm2"))?,
+            norm2: ln.build(dim, cl, vb.pp("norm2"))?,
         })
     }
 }
 
 impl Module for Stem {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.conv1.forward(x)?;
+        let mut x = self.conv1.forward(&x.permute((0, 2, 3, 1))?)?;
         if let Some(n) = &self.norm1 {
             x = n.forward(&x)?;
         }
         let x = self.conv2.forward(&tokenmix_kernels::gelu(&x)?)?;
-        to_channels_last(&self.norm2.forward(&x)?)
+        self.norm2.forward(&x)
     }
 }
 
 /// Channel-last in and out: conv 3x3/2 with the norm after (`conv`) or before (`conv_nf`).
 #[derive(Debug)]
 struct Downsample {
-    conv: Conv2d,
+    conv: ConvNhwc,
     norm: Norm,
     norm_first: bool,
 }
@@ -246,12 +242,9 @@ struct Downsample {
 impl Module for Downsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.norm_first {
-            self.conv
-                .forward(&to_channels_first(&self.norm.forward(x)?)?)
-                .and_then(|y| to_channels_last(&y))
+            self.conv.forward(&self.norm.forward(x)?)
         } else {
-            let y = self.conv.forward(&to_channels_first(x)?)?;
-            self.norm.forward(&to_channels_last(&y)?)
+            self.norm.forward(&self.conv.forward(x)?)
         }
     }
 }
@@ -377,7 +370,7 @@ impl ImageModel for MambaOut {
             for block in &stage.blocks {
                 x = block.forward_t(&x, train)?;
             }
-            features.push(to_channels_first(&x)?);
+            features.push(x.permute((0, 3, 1, 2))?);
         }
         Ok(features)
     }
