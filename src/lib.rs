@@ -33,7 +33,7 @@ pub mod train;
 
 /// Tunes the process for CPU inference and training; call it first thing in `main`, before any
 /// tensor work and before other threads exist (it changes the environment, which is only sound
-/// while the program is single-threaded). Two measured effects on 2 cores (docs/BENCHMARKS.md):
+/// while the program is single-threaded). Measured effects on 2 cores (docs/BENCHMARKS.md):
 ///
 /// * candle's element-wise worker threads park as soon as they run out of work instead of
 ///   spinning 25,000 times first (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`, unless already set): the
@@ -43,11 +43,21 @@ pub mod train;
 ///   to the kernel (`mallopt` mmap threshold 256 MiB, trim threshold 512 MiB): every fresh
 ///   buffer otherwise costs a page fault per 4 KiB (8-18% more batch-8 throughput; far fewer
 ///   page faults). Environment settings `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`
-///   still win.
+///   still win;
+/// * the thread count is fixed once (`RAYON_NUM_THREADS`, unless already set, to candle's
+///   default: the physical cores): without it candle re-counts the cores by reading and parsing
+///   `/proc/cpuinfo` before every matrix product (800 reads for three MambaOut inferences;
+///   mambaout_femto batch-1 latency 33 -> 25 ms). On machines with SMT this also sizes
+///   rayon's pool, which runs tokenmix's kernels, to the physical cores.
 pub fn configure_cpu() {
     const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
     if std::env::var_os(SPIN).is_none() {
         std::env::set_var(SPIN, "0");
+    }
+    const THREADS: &str = "RAYON_NUM_THREADS";
+    if std::env::var_os(THREADS).is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var(THREADS, threads.to_string());
     }
     keep_freed_buffers();
 }
