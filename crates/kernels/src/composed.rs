@@ -86,6 +86,29 @@ pub fn conv2d_nhwc(
     y.permute((0, 2, 3, 1))?.contiguous()
 }
 
+/// [`crate::self_attention`] as candle ops: q, k, v split out of `qkv` `(B, N, 3, H, D)` as
+/// contiguous `(B, H, N, D)`, `softmax(scale · q kᵀ)` by batched matmul, times v, heads
+/// concatenated into `(B, N, H * D)`.
+pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, n, h, d) = crate::attention::qkv_dims(qkv.shape())?;
+    let heads = qkv.permute((2, 0, 3, 1, 4))?;
+    let q = (heads.get(0)?.contiguous()? * scale)?;
+    let k = heads.get(1)?.contiguous()?;
+    let v = heads.get(2)?.contiguous()?;
+    let dtype = q.dtype();
+    let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    let attn = softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * d))
+}
+
+/// `exp(x - max) / sum(exp(x - max))` over the last axis.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let e = x
+        .broadcast_sub(&x.max_keepdim(candle_core::D::Minus1)?)?
+        .exp()?;
+    e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)
+}
+
 /// Number of in-image pixels in the window of size `k` centred on each of `n` positions.
 fn window_counts(n: usize, k: usize) -> Vec<f32> {
     let half = k / 2;

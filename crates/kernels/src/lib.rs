@@ -14,6 +14,8 @@
 //!   [`depthwise_conv2d_nhwc`] the same on channel-last tensors.
 //! * [`conv2d_nhwc`]: dense convolution of channel-last maps (stems and downsamplers) as
 //!   patches times one weight matrix ([`conv_weight_matrix`]).
+//! * [`self_attention`]: the multi-head attention core `softmax(scale · q kᵀ) v` on a packed
+//!   `qkv` projection.
 //! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`;
 //!   [`pool_mixer_nhwc`] the same on channel-last tensors.
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
@@ -26,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod activation;
+mod attention;
 pub mod composed;
 mod conv;
 #[cfg(feature = "cuda")]
@@ -45,6 +48,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
 pub use activation::{Gelu, StarRelu};
+pub use attention::SelfAttention;
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
@@ -176,6 +180,20 @@ pub fn conv2d_nhwc(
         None => y,
     };
     y.reshape((b, ho, wo, cout))
+}
+
+/// Multi-head self-attention on the packed projection `qkv` `(B, N, 3, H, D)` (a
+/// `Linear(C, 3 * H * D)` output reshaped; q, k, v each `(B, N, H, D)`): per sample and head
+/// `softmax(scale · q kᵀ) v`, softmax over the keys, returned as `(B, N, H * D)` with the heads
+/// concatenated. The fused CPU kernel runs one single-threaded product pair per head, in
+/// parallel over heads; other devices and dtypes take candle's batched matmuls and softmax.
+pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
+    attention::qkv_dims(qkv.shape())?;
+    if qkv.device().is_cpu() && use_fused(qkv) {
+        qkv.contiguous()?.apply_op1(SelfAttention::new(scale))
+    } else {
+        composed::self_attention(qkv, scale)
+    }
 }
 
 /// PoolFormer's pooling mixer on `(B, C, H, W)`: the average over the `k x k` window around each

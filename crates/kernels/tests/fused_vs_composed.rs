@@ -511,6 +511,62 @@ fn channel_last_conv_rejects_bad_operands() {
     assert!(e.contains("square kernel"), "{e}");
 }
 
+#[test]
+fn self_attention_matches_batched_matmuls() {
+    // (batch, tokens, heads, head_dim): one token, a token count above the kernel's 128-row
+    // score block, odd sizes.
+    for (b, n, h, d) in [
+        (1, 1, 1, 1),
+        (2, 7, 3, 5),
+        (1, 49, 16, 32),
+        (3, 131, 2, 8),
+        (2, 200, 1, 3),
+    ] {
+        let qkv = randn(&[b, n, 3, h, d]);
+        // The same values through a non-contiguous view (tokens and the q/k/v axis swapped).
+        let strided = qkv
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        assert!(n == 1 || !strided.is_contiguous());
+        let scale = (d as f64).powf(-0.5);
+        let reference = composed::self_attention(&qkv, scale).unwrap();
+        assert_eq!(reference.dims(), [b, n, h * d]);
+        for x in [&qkv, &strided] {
+            let fused = tokenmix_kernels::self_attention(x, scale).unwrap();
+            let diff = max_abs_diff(&fused, &reference);
+            assert!(diff < 1e-5, "{b}x{n}x{h}x{d}: max diff {diff}");
+        }
+    }
+    let bad = randn(&[2, 7, 2, 3, 5]);
+    let err = tokenmix_kernels::self_attention(&bad, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("(B, N, 3, heads, head_dim)"), "{err}");
+}
+
+#[test]
+fn self_attention_softmax_survives_large_scores() {
+    // Scores of +-400 overflow a naive exp; the max-subtracted softmax picks the largest key.
+    let (n, d) = (5, 4);
+    let q = Tensor::ones((1, n, 1, 1, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let keys: Vec<f32> = (0..n * d)
+        .map(|i| if i / d == 3 { 100.0 } else { -100.0 })
+        .collect();
+    let k = Tensor::from_vec(keys, (1, n, 1, 1, d), &Device::Cpu).unwrap();
+    let v = randn(&[1, n, 1, 1, d]);
+    let qkv = Tensor::cat(&[&q, &k, &v], 2).unwrap();
+    let out = tokenmix_kernels::self_attention(&qkv, 1.0).unwrap();
+    let want = v.get_on_dim(1, 3).unwrap().flatten_all().unwrap();
+    for row in 0..n {
+        let got = out.get_on_dim(1, row).unwrap().flatten_all().unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-6);
+    }
+}
+
 /// The whole-sequence fused scan against the step-by-step recurrence.
 #[test]
 fn selective_scan_matches_the_step_recurrence() {
@@ -708,6 +764,14 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
             ],
             |t| fused_conv_nhwc(&t[0], &t[1], Some(&t[2]), s, p),
             |t| Ok(reference_conv_nhwc(&t[0], &t[1], Some(&t[2]), s, p)),
+        );
+    }
+    for (b, n, h, d) in [(2, 7, 3, 4), (1, 130, 2, 3)] {
+        check_grads(
+            &format!("self attention {b}x{n}x{h}x{d}"),
+            &[randn(&[b, n, 3, h, d])],
+            |t| tokenmix_kernels::self_attention(&t[0], 0.5),
+            |t| composed::self_attention(&t[0], 0.5),
         );
     }
     for k in [3, 5] {

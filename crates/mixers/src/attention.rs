@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{softmax_last_dim, Pointwise};
+use crate::layers::Pointwise;
 use crate::{MixerLayout, TokenMixer};
 
 /// Number of heads for `dim` channels of `head_dim` each (`dim / head_dim`, at least one).
@@ -59,20 +59,11 @@ impl TokenMixer for Attention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        let (heads, hd) = (self.num_heads, self.head_dim);
         let qkv = self
             .qkv
             .forward(x)?
-            .reshape((b, n, 3, heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let y = attn
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, n, heads * hd))?;
-        self.proj.forward(&y)
+            .reshape((b, n, 3, self.num_heads, self.head_dim))?;
+        self.proj
+            .forward(&tokenmix_kernels::self_attention(&qkv, self.scale)?)
     }
 }
