@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use tokenmix::kernels::{composed, DepthwiseConv2d, Gelu, PoolMixer};
+use tokenmix::kernels::{composed, DepthwiseConv2d, Gelu, PoolMixer, PoolMixerNhwc, Window};
 
 fn depthwise(c: &mut Criterion) {
     let mut group = c.benchmark_group("depthwise_conv2d_7x7");
@@ -39,7 +39,48 @@ fn pooling(c: &mut Criterion) {
         group.bench_function(format!("composed/8x{ch}x{hw}x{hw}"), |b| {
             b.iter(|| composed::pool_mixer(&x, 3).unwrap())
         });
+        let x_last = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        group.bench_function(format!("fused_channel_last/8x{hw}x{hw}x{ch}"), |b| {
+            b.iter(|| x_last.apply_op1(PoolMixerNhwc::new(3).unwrap()).unwrap())
+        });
     }
+    group.finish();
+}
+
+/// The stem (7x7 / 4 from 3 channels) and the first downsampler (3x3 / 2, 64 -> 128).
+fn conv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d_channel_last");
+    for (cin, hw, cout, k, s, p) in [(3, 224, 64, 7, 4, 2), (64, 56, 128, 3, 2, 1)] {
+        let x = Tensor::randn(0f32, 1.0, (1, hw, hw, cin), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &Device::Cpu).unwrap();
+        let m = tokenmix::kernels::conv_weight_matrix(&w).unwrap();
+        let window = Window {
+            kernel: k,
+            stride: s,
+            padding: p,
+        };
+        let name = format!("{hw}x{hw}x{cin}_k{k}s{s}_to_{cout}");
+        group.bench_function(format!("im2col_matmul/{name}"), |b| {
+            b.iter(|| tokenmix::kernels::conv2d_nhwc(&x, &m, None, window).unwrap())
+        });
+        group.bench_function(format!("candle_conv2d/{name}"), |b| {
+            b.iter(|| composed::conv2d_nhwc(&x, &m, None, window).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// CAFormer's stage-3 attention at batch 1: 196 tokens, 10 heads of 32.
+fn attention(c: &mut Criterion) {
+    let mut group = c.benchmark_group("self_attention");
+    let qkv = Tensor::randn(0f32, 1.0, (1, 196, 3, 10, 32), &Device::Cpu).unwrap();
+    let scale = 32f64.powf(-0.5);
+    group.bench_function("fused/1x196x10x32", |b| {
+        b.iter(|| tokenmix::kernels::self_attention(&qkv, scale).unwrap())
+    });
+    group.bench_function("composed/1x196x10x32", |b| {
+        b.iter(|| composed::self_attention(&qkv, scale).unwrap())
+    });
     group.finish();
 }
 
@@ -58,6 +99,6 @@ fn gelu(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = depthwise, pooling, gelu
+    targets = depthwise, pooling, conv, attention, gelu
 }
 criterion_main!(benches);
