@@ -132,6 +132,43 @@ fn layer_norm_chunk(
     }
 }
 
+crate::simd::dispatch! {
+    /// [`layer_norm_row_body`] on wide vectors where the CPU has them.
+    fn layer_norm_row(row: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) => layer_norm_row_body
+}
+
+/// LayerNorm of one channel-last row: `dst = (row - mean) / sqrt(var + eps) * w + b`, the sums
+/// kept in eight lanes so the loops vectorize.
+#[inline(always)]
+fn layer_norm_row_body(row: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) {
+    let c = row.len() as f32;
+    let mut lanes = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for ch in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(ch) {
+            *l += v;
+        }
+    }
+    let mean = (lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / c;
+    let mut lanes = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for ch in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(ch) {
+            *l += (v - mean) * (v - mean);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    let var = (lanes.iter().sum::<f32>() + tail) / c;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, v), wc), bc) in dst.iter_mut().zip(row).zip(w).zip(b) {
+        *o = (v - mean) * inv * wc + bc;
+    }
+}
+
 fn layer_norm(
     x: &[f32],
     (outer, c, inner): (usize, usize, usize),
@@ -143,14 +180,7 @@ fn layer_norm(
     if inner == 1 {
         out.par_chunks_mut(c)
             .zip(x.par_chunks(c))
-            .for_each(|(dst, row)| {
-                let mean = row.iter().sum::<f32>() / c as f32;
-                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (((o, v), wc), bc) in dst.iter_mut().zip(row).zip(w).zip(b) {
-                    *o = (v - mean) * inv * wc + bc;
-                }
-            });
+            .for_each(|(dst, row)| layer_norm_row(row, w, b, eps, dst));
         return out;
     }
     let ptr = SyncPtr(out.as_mut_ptr());
