@@ -23,7 +23,7 @@
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
 //! * [`mix_shift`]: MS-MLP's channel-group shifts with their depthwise convolutions.
 //! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`bias_gelu`]: a bias add and GELU in one
-//!   pass; [`star_relu`]: StarReLU in one pass.
+//!   pass; [`star_relu`]: StarReLU in one pass; [`squared_relu`]: SquaredReLU in one pass.
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 #![deny(missing_docs)]
 
@@ -346,6 +346,18 @@ pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op3(scale, bias, StarRelu)
     } else {
         composed::star_relu(x, scale, bias)
+    }
+}
+
+/// SquaredReLU, `relu(x)^2`, in one pass: the [`StarRelu`] kernel with scale 1 and bias 0
+/// (gradient `2 relu(x) · grad`).
+pub fn squared_relu(x: &Tensor) -> Result<Tensor> {
+    if use_fused(x) {
+        let one = Tensor::ones(1, x.dtype(), x.device())?;
+        x.contiguous()?
+            .apply_op3(&one, &one.zeros_like()?, StarRelu)
+    } else {
+        x.relu()?.sqr()
     }
 }
 

@@ -876,6 +876,21 @@ fn bias_gelu_matches_its_composition() {
 }
 
 #[test]
+fn squared_relu_matches_relu_then_square() {
+    for x in [randn(&[3, 17, 5]), non_contiguous([2, 3, 5, 7])] {
+        let fused = tokenmix_kernels::squared_relu(&x).unwrap();
+        let reference = x.relu().unwrap().sqr().unwrap();
+        assert!(max_abs_diff(&fused, &reference) < 1e-6);
+    }
+    check_grads(
+        "squared relu",
+        &[randn(&[4, 9, 3])],
+        |t| tokenmix_kernels::squared_relu(&t[0]),
+        |t| t[0].relu()?.sqr(),
+    );
+}
+
+#[test]
 fn star_relu_matches_its_composition() {
     let (scale, bias) = (randn(&[1]), randn(&[1]));
     for x in [randn(&[2, 3, 5, 7]), randn(&[4, 6]).t().unwrap()] {

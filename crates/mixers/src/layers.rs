@@ -250,7 +250,7 @@ impl Module for Act {
         match self {
             Self::Gelu => tokenmix_kernels::gelu(x),
             Self::StarRelu(a) => a.forward(x),
-            Self::SquaredRelu => x.relu()?.sqr(),
+            Self::SquaredRelu => tokenmix_kernels::squared_relu(x),
             Self::Silu => x.silu(),
             Self::Relu => x.relu(),
         }

@@ -606,7 +606,7 @@ impl MlpHead {
 
 impl Module for MlpHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(x)?.relu()?.sqr()?;
+        let h = tokenmix_kernels::squared_relu(&self.fc1.forward(x)?)?;
         self.fc2.forward(&self.norm.forward(&h)?)
     }
 }
