@@ -164,11 +164,10 @@ pub fn conv2d_nhwc(
     let (b, h, w, cin) = x.dims4()?;
     let k = window.kernel;
     let cout = composed::check_conv_nhwc(x, matrix, bias, k)?;
-    window.output(h, w)?;
+    let (ho, wo) = window.output(h, w)?;
     if !(x.device().is_cpu() && use_fused(x) && same_dtype(x, &[matrix])) {
         return composed::conv2d_nhwc(x, matrix, bias, window);
     }
-    let (ho, wo) = window.output(h, w)?;
     let rows = if (k, window.stride, window.padding) == (1, 1, 0) {
         x.reshape((b * h * w, cin))?
     } else {
