@@ -1,4 +1,5 @@
-//! Fused exact GELU with a vectorizable erf.
+//! Fused activations: exact GELU with a vectorizable erf (alone or after a bias add) and
+//! StarReLU (also SquaredReLU).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -288,22 +289,9 @@ impl candle_core::CustomOp3 for StarRelu {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let scalar = |s: &CpuStorage, l: &Layout, what: &'static str| -> Result<f32> {
-            match (
-                l.shape().elem_count(),
-                s.as_slice::<f32>()?.get(l.start_offset()),
-            ) {
-                (1, Some(&v)) => Ok(v),
-                _ => Err(KernelError::Shape {
-                    op: "star_relu",
-                    what,
-                    expected: "[1]".into(),
-                    found: l.shape().dims().to_vec(),
-                }
-                .into()),
-            }
-        };
-        let (scale, bias) = (scalar(ss, sl, "scale")?, scalar(bs, bl, "bias")?);
+        check_scalars(sl, bl)?;
+        let scale = contiguous_f32(ss, sl, "star_relu", "scale")?[0];
+        let bias = contiguous_f32(bs, bl, "star_relu", "bias")?[0];
         let x = contiguous_f32(xs, xl, "star_relu", "input")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
@@ -328,15 +316,7 @@ impl candle_core::CustomOp3 for StarRelu {
         bl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::Map3;
-        if sl.shape().elem_count() != 1 || bl.shape().elem_count() != 1 {
-            return Err(KernelError::Shape {
-                op: "star_relu",
-                what: "scale and bias",
-                expected: "[1]".into(),
-                found: sl.shape().dims().to_vec(),
-            }
-            .into());
-        }
+        check_scalars(sl, bl)?;
         let k = cuda_kernel("star_relu_fwd", "star_relu");
         let slice = k.map(&xs.slice, xl, &ss.slice, sl, &bs.slice, bl, &xs.device)?;
         Ok((crate::cuda::wrap(slice, xs), xl.shape().clone()))
@@ -358,6 +338,23 @@ impl candle_core::CustomOp3 for StarRelu {
         })?;
         Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
     }
+}
+
+/// Checks that StarReLU's `scale` and `bias` (their layouts) are single values, naming the
+/// first that is not.
+fn check_scalars(scale: &Layout, bias: &Layout) -> Result<()> {
+    for (l, what) in [(scale, "scale"), (bias, "bias")] {
+        if l.shape().elem_count() != 1 {
+            return Err(KernelError::Shape {
+                op: "star_relu",
+                what,
+                expected: "[1]".into(),
+                found: l.shape().dims().to_vec(),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// StarReLU's gradients on the GPU: the input's in one kernel pass, the scalars' as sums.

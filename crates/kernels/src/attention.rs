@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ptr::SyncPtr;
 use crate::KernelError;
 
 /// Query rows per score block: bounds the scratch at `ROWS x N` scores per task.
@@ -42,19 +43,6 @@ pub(crate) fn qkv_dims(shape: &Shape) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
-/// A raw pointer shared by tasks writing disjoint elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `offset` elements further (computed without dereferencing).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 impl CustomOp1 for SelfAttention {
     fn name(&self) -> &'static str {
         "tokenmix-self-attention"
@@ -68,15 +56,18 @@ impl CustomOp1 for SelfAttention {
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), shape));
         }
-        let dst = OutPtr(out.as_mut_ptr());
+        let dst = SyncPtr(out.as_mut_ptr());
         (0..b * h).into_par_iter().for_each_init(
             || vec![0f32; ROWS.min(n) * n],
             |scores, task| {
                 let (sample, head) = (task / h, task % h);
                 let base = sample * n * 3 * h * d + head * d;
-                let out = dst.at(sample * n * h * d + head * d);
-                // SAFETY: the head's output columns of this sample are written by this task only.
-                unsafe { self.head(&qkv[base..], (n, h, d), scores, out) };
+                // SAFETY: the offset is inside `out`, and this head's output columns of this
+                // sample are written by this task only.
+                unsafe {
+                    let out = dst.add(sample * n * h * d + head * d);
+                    self.head(&qkv[base..], (n, h, d), scores, out.0)
+                };
             },
         );
         Ok((CpuStorage::F32(out), shape))
@@ -87,12 +78,7 @@ impl CustomOp1 for SelfAttention {
     /// `dk = scale · dsᵀ q`, packed back as `(B, N, 3, H, D)`.
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (b, n, h, d) = qkv_dims(qkv.shape())?;
-        let heads = qkv.permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (
-            heads.get(0)?.contiguous()?,
-            heads.get(1)?.contiguous()?,
-            heads.get(2)?.contiguous()?,
-        );
+        let (q, k, v) = crate::composed::qkv_heads(qkv)?;
         let scale = self.scale as f64;
         let p = crate::composed::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
         let dout = grad.reshape((b, n, h, d))?.transpose(1, 2)?.contiguous()?;

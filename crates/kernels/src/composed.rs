@@ -27,8 +27,14 @@ pub fn depthwise_conv2d_nhwc(
     padding: usize,
     conv: impl Fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let x = x.permute((0, 3, 1, 2))?;
-    conv(&x, weight, bias, stride, padding)?
+    via_channels_first(x, |x| conv(x, weight, bias, stride, padding))
+}
+
+/// `f` applied to a channel-last `x` `(B, H, W, C)` viewed as `(B, C, H, W)`, its result
+/// permuted back to a contiguous channel-last tensor.
+pub fn via_channels_first(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    x.dims4()?;
+    f(&x.permute((0, 3, 1, 2))?)?
         .permute((0, 2, 3, 1))?
         .contiguous()
 }
@@ -76,14 +82,13 @@ pub fn conv2d_nhwc(
         .reshape((k, k, cin, cout))?
         .permute((3, 2, 0, 1))?
         .contiguous()?;
-    let y = x
-        .permute((0, 3, 1, 2))?
-        .conv2d(&weight, window.padding, window.stride, 1, 1)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(&b.reshape((cout, 1, 1))?)?,
-        None => y,
-    };
-    y.permute((0, 2, 3, 1))?.contiguous()
+    via_channels_first(x, |x| {
+        let y = x.conv2d(&weight, window.padding, window.stride, 1, 1)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((cout, 1, 1))?),
+            None => Ok(y),
+        }
+    })
 }
 
 /// [`crate::self_attention`] as candle ops: q, k, v split out of `qkv` `(B, N, 3, H, D)` as
@@ -91,14 +96,22 @@ pub fn conv2d_nhwc(
 /// concatenated into `(B, N, H * D)`.
 pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, n, h, d) = crate::attention::qkv_dims(qkv.shape())?;
-    let heads = qkv.permute((2, 0, 3, 1, 4))?;
-    let q = (heads.get(0)?.contiguous()? * scale)?;
-    let k = heads.get(1)?.contiguous()?;
-    let v = heads.get(2)?.contiguous()?;
+    let (q, k, v) = qkv_heads(qkv)?;
+    let q = (q * scale)?;
     let dtype = q.dtype();
     let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
     let attn = softmax_last_dim(&scores)?.to_dtype(dtype)?;
     attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * d))
+}
+
+/// q, k and v of a packed `qkv` `(B, N, 3, H, D)`, each as a contiguous `(B, H, N, D)`.
+pub fn qkv_heads(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let heads = qkv.permute((2, 0, 3, 1, 4))?;
+    Ok((
+        heads.get(0)?.contiguous()?,
+        heads.get(1)?.contiguous()?,
+        heads.get(2)?.contiguous()?,
+    ))
 }
 
 /// `exp(x - max) / sum(exp(x - max))` over the last axis.
@@ -150,10 +163,7 @@ pub fn pool_mixer_nhwc(
     pool_size: usize,
     mixer: impl Fn(&Tensor, usize) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    x.dims4()?;
-    mixer(&x.permute((0, 3, 1, 2))?, pool_size)?
-        .permute((0, 2, 3, 1))?
-        .contiguous()
+    via_channels_first(x, |x| mixer(x, pool_size))
 }
 
 /// Normalized `x` and `1 / sqrt(var + eps)` for `x` viewed as `(outer, C, inner)`: statistics
@@ -167,6 +177,22 @@ pub fn normalize(x: &Tensor, axes: NormAxes, eps: f64) -> Result<(Tensor, Tensor
     let centered = x.broadcast_sub(&mean(&x)?)?;
     let inv = (mean(&centered.sqr()?)? + eps)?.sqrt()?.recip()?;
     Ok((centered.broadcast_mul(&inv)?, inv))
+}
+
+/// [`normalize`] of `x` with channels split as `(outer, C, inner)`: LayerNorm statistics over
+/// the channels of that view, GroupNorm statistics over everything but the first axis of `x`
+/// (viewed as `(B, 1, rest)`). The normalized tensor keeps the view's shape.
+pub fn normalize_over(
+    x: &Tensor,
+    axes: NormAxes,
+    eps: f64,
+    (outer, c, inner): (usize, usize, usize),
+) -> Result<(Tensor, Tensor)> {
+    let view = match axes {
+        NormAxes::Channels => x.reshape((outer, c, inner))?,
+        NormAxes::AllButBatch => x.reshape((x.dim(0)?, 1, ()))?,
+    };
+    normalize(&view, axes, eps)
 }
 
 /// Channel LayerNorm / GroupNorm1 as plain candle ops: `x` has its channels at `channel_axis`,
@@ -192,11 +218,7 @@ pub fn channel_norm(
     let outer: usize = dims[..channel_axis].iter().product();
     let inner: usize = dims[channel_axis + 1..].iter().product();
     let c = dims[channel_axis];
-    let stats_view = match axes {
-        NormAxes::Channels => x.reshape((outer, c, inner))?,
-        NormAxes::AllButBatch => x.reshape((dims[0], 1, ()))?,
-    };
-    let (xhat, _) = normalize(&stats_view, axes, eps)?;
+    let (xhat, _) = normalize_over(x, axes, eps, (outer, c, inner))?;
     let y = xhat
         .reshape((outer, c, inner))?
         .to_dtype(x.dtype())?
@@ -339,7 +361,6 @@ pub fn selective_scan(
     Tensor::stack(&ys, 2)
 }
 
-/// StarReLU `scale * relu(x)^2 + bias` with scalar (`[1]`) `scale` and `bias`.
 /// `gelu(x + bias)` with `bias` `[C]` broadcast along axis `channel_axis` of `x`, as candle ops.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tensor> {
     let mut shape = vec![1; x.rank()];

@@ -33,15 +33,15 @@ impl Window {
                 self.kernel, self.stride
             ));
         }
-        if h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
-            return bad(format!(
+        let out = |n| crate::depthwise::out_len(n, self.kernel, self.stride, self.padding);
+        match (out(h), out(w)) {
+            (Some(ho), Some(wo)) => Ok((ho, wo)),
+            _ => bad(format!(
                 "a {h}x{w} input padded by {} is smaller than the {k}x{k} kernel",
                 self.padding,
                 k = self.kernel
-            ));
+            )),
         }
-        let out = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
-        Ok((out(h), out(w)))
     }
 
     /// Copies the `k` taps of output column `ox` from one input row `src_row` `(W, C)` into

@@ -29,7 +29,7 @@ impl DepthwiseConv2d {
 }
 
 /// Output length of a convolution over `n` inputs.
-fn out_len(n: usize, k: usize, stride: usize, padding: usize) -> Option<usize> {
+pub(crate) fn out_len(n: usize, k: usize, stride: usize, padding: usize) -> Option<usize> {
     (n + 2 * padding).checked_sub(k).map(|v| v / stride + 1)
 }
 

@@ -38,6 +38,7 @@ mod error;
 mod grad;
 mod norm;
 mod pool;
+mod ptr;
 pub mod resize;
 mod scan;
 mod shift;

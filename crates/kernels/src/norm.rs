@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ptr::SyncPtr;
 use crate::KernelError;
 
 /// Which elements share one mean and variance.
@@ -66,22 +67,6 @@ impl ChannelNorm {
             }
             .into()),
         }
-    }
-}
-
-/// A raw pointer that may be shared across rayon tasks writing disjoint elements.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer `offset` elements further.
-    ///
-    /// # Safety
-    /// `offset` must stay inside the allocation.
-    unsafe fn add(self, offset: usize) -> Self {
-        Self(self.0.add(offset))
     }
 }
 
@@ -260,6 +245,24 @@ fn affine_rows_body(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) 
     }
 }
 
+/// Checks that `weight` and `bias` (their layouts) hold one value per channel of `c`, naming
+/// the first that does not.
+fn check_affine(c: usize, weight: &Layout, bias: &Layout) -> Result<()> {
+    match [weight, bias]
+        .into_iter()
+        .find(|l| l.shape().elem_count() != c)
+    {
+        None => Ok(()),
+        Some(bad) => Err(KernelError::Shape {
+            op: "channel_norm",
+            what: "weight and bias",
+            expected: format!("[{c}]"),
+            found: bad.shape().dims().to_vec(),
+        }
+        .into()),
+    }
+}
+
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
     crate::error::contiguous_f32(s, l, "channel_norm", what)
 }
@@ -284,16 +287,7 @@ impl CustomOp3 for ChannelNorm {
             contiguous(ws, wl, "weight")?,
             contiguous(bs, bl, "bias")?,
         );
-        if w.len() != dims.1 || b.len() != dims.1 {
-            let bad = if w.len() != dims.1 { wl } else { bl };
-            return Err(KernelError::Shape {
-                op: "channel_norm",
-                what: "weight and bias",
-                expected: format!("[{}]", dims.1),
-                found: bad.shape().dims().to_vec(),
-            }
-            .into());
-        }
+        check_affine(dims.1, wl, bl)?;
         if x.is_empty() {
             return Ok((CpuStorage::F32(vec![]), xl.shape().clone()));
         }
@@ -319,15 +313,7 @@ impl CustomOp3 for ChannelNorm {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::Map3;
         let dims = self.split(xl.shape())?;
-        if wl.shape().elem_count() != dims.1 || bl.shape().elem_count() != dims.1 {
-            return Err(KernelError::Shape {
-                op: "channel_norm",
-                what: "weight and bias",
-                expected: format!("[{}]", dims.1),
-                found: wl.shape().dims().to_vec(),
-            }
-            .into());
-        }
+        check_affine(dims.1, wl, bl)?;
         if self.axes == NormAxes::AllButBatch && self.samples(xl.shape())? != dims.0 {
             return Err(KernelError::Shape {
                 op: "channel_norm",
@@ -367,16 +353,8 @@ impl CustomOp3 for ChannelNorm {
         let dims4 = (slabs, pre, c, inner);
         let g4 = grad.to_dtype(f32)?.reshape(dims4)?;
         let w4 = w.to_dtype(f32)?.reshape((1, 1, c, 1))?;
-        let (xhat, inv) = match self.axes {
-            NormAxes::Channels => crate::composed::normalize(
-                &x.reshape((outer, c, inner))?,
-                self.axes,
-                self.eps as f64,
-            )?,
-            NormAxes::AllButBatch => {
-                crate::composed::normalize(&x.reshape((slabs, 1, ()))?, self.axes, self.eps as f64)?
-            }
-        };
+        let (xhat, inv) =
+            crate::composed::normalize_over(x, self.axes, self.eps as f64, (outer, c, inner))?;
         let (xhat, inv) = (xhat.reshape(dims4)?, inv.unsqueeze(1)?);
         let gw = g4.broadcast_mul(&w4)?;
         let mean = |t: &Tensor| match self.axes {

@@ -42,9 +42,7 @@ impl CustomOp1 for PoolMixer {
         }
         let (_, _, h, w) = x.dims4()?;
         let counts = crate::composed::window_count_map(h, w, self.pool_size, grad)?;
-        let v = grad.broadcast_div(&counts)?;
-        let mixed = crate::pool_mixer(&v, self.pool_size)?;
-        Ok(Some(((mixed + &v)?.broadcast_mul(&counts)? - grad)?))
+        adjoint_via_mixer(grad, &counts, |v| crate::pool_mixer(v, self.pool_size)).map(Some)
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -69,6 +67,18 @@ impl CustomOp1 for PoolMixer {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         gpu::run("pool_fwd", self.pool_size, s, l)
     }
+}
+
+/// The pooling mixer's adjoint through the mixer itself: `box_sum(grad / count) - grad` with
+/// `box_sum(v) = (mixer(v) + v) * count`, `counts` (in-image pixels per window) broadcasting
+/// against `grad` in its layout.
+fn adjoint_via_mixer(
+    grad: &Tensor,
+    counts: &Tensor,
+    mixer: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let v = grad.broadcast_div(counts)?;
+    (mixer(&v)? + &v)?.broadcast_mul(counts)? - grad
 }
 
 /// The adjoint of [`PoolMixer`] applied to a gradient `(B, C, H, W)`:
@@ -223,13 +233,11 @@ impl CustomOp1 for PoolMixerNhwc {
         "tokenmix-pool-mixer-nhwc"
     }
 
-    /// As [`PoolMixer`]'s: `dx = box_sum(grad / count) - grad`, counts broadcast over channels.
+    /// As [`PoolMixer`]'s, the counts broadcast over the channels.
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, h, w, _) = x.dims4()?;
         let counts = crate::composed::window_count_map(h, w, self.pool_size, grad)?.unsqueeze(2)?;
-        let v = grad.broadcast_div(&counts)?;
-        let mixed = crate::pool_mixer_nhwc(&v, self.pool_size)?;
-        Ok(Some(((mixed + &v)?.broadcast_mul(&counts)? - grad)?))
+        adjoint_via_mixer(grad, &counts, |v| crate::pool_mixer_nhwc(v, self.pool_size)).map(Some)
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
