@@ -1,6 +1,6 @@
 //! Bicubic resizing as PyTorch's `F.interpolate(mode="bicubic")` does it (cubic convolution with
-//! A = -0.75, border pixels repeated), for weight grids and small feature maps. Computed on the
-//! CPU in f64.
+//! A = -0.75, border pixels repeated), for weight grids and small feature maps: [`bicubic`] on
+//! CPU slices in f64, [`interpolate_bicubic`] as two f32 matrix products on the tensor's device.
 
 use candle_core::{DType, Result, Tensor};
 

@@ -149,6 +149,19 @@ fn last_two(shape: &Shape) -> Result<(usize, usize, usize)> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rfft2;
 
+impl Rfft2 {
+    /// `(planes, H, W)` of an input `(..., H, W)` and the output dims `(2, ..., H, W/2 + 1)`.
+    fn check(shape: &Shape) -> Result<(usize, usize, usize, Vec<usize>)> {
+        let (planes, h, w) = last_two(shape)?;
+        let mut dims = vec![2];
+        dims.extend_from_slice(shape.dims());
+        if let Some(last) = dims.last_mut() {
+            *last = w / 2 + 1;
+        }
+        Ok((planes, h, w, dims))
+    }
+}
+
 impl CustomOp1 for Rfft2 {
     fn name(&self) -> &'static str {
         "tokenmix-rfft2"
@@ -163,13 +176,8 @@ impl CustomOp1 for Rfft2 {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (planes, h, w) = last_two(l.shape())?;
+        let (planes, h, w, dims) = Rfft2::check(l.shape())?;
         let k = w / 2 + 1;
-        let mut dims = vec![2];
-        dims.extend_from_slice(l.shape().dims());
-        if let Some(last) = dims.last_mut() {
-            *last = k;
-        }
         let x = contiguous_f32(s, l, "rfft2", "input")?;
         let mut out = vec![0f32; 2 * planes * h * k];
         if planes * h * w == 0 {
@@ -211,12 +219,7 @@ impl CustomOp1 for Rfft2 {
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::Map1;
-        let (planes, h, w) = last_two(l.shape())?;
-        let mut dims = vec![2];
-        dims.extend_from_slice(l.shape().dims());
-        if let Some(last) = dims.last_mut() {
-            *last = w / 2 + 1;
-        }
+        let (planes, h, w, dims) = Rfft2::check(l.shape())?;
         let launch = gpu::Launch::new("rfft2", planes, h, w, 2 * planes * h * (w / 2 + 1))?;
         let out = launch.map(&s.slice, &s.device, l)?;
         Ok((crate::cuda::wrap(out, s), Shape::from(dims)))

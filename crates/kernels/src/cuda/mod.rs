@@ -94,7 +94,7 @@ pub(crate) fn int(v: usize, op: &'static str) -> Result<i32> {
     })
 }
 
-/// `storage`'s device holding `slice`.
+/// A storage on `like`'s device holding `slice`.
 pub(crate) fn wrap(slice: S, like: &CudaStorage) -> CudaStorage {
     CudaStorage {
         slice,
