@@ -4,7 +4,7 @@
 //! Every layer that can sit in both kinds of stage is told its [`MixerLayout`] at construction:
 //! `Spatial` tensors are `(B, C, H, W)`, `Tokens` tensors are `(B, N, C)`.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -257,6 +257,33 @@ impl Module for Act {
     }
 }
 
+/// A value computed from a layer's weights (a re-arranged matrix, folded statistics), made on
+/// first use and kept: not at load time, so that describing a model allocates nothing. When the
+/// weights are trainable variables, which an optimizer may update in place, it is recomputed on
+/// every call instead, so it never goes stale.
+#[derive(Debug, Clone)]
+pub struct Derived<T>(std::sync::OnceLock<T>);
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Self(std::sync::OnceLock::new())
+    }
+}
+
+impl<T: Clone> Derived<T> {
+    /// The kept value, or `make()` (kept unless `trainable`).
+    pub fn get(&self, trainable: bool, make: impl FnOnce() -> Result<T>) -> Result<T> {
+        if let Some(v) = self.0.get() {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        if trainable {
+            return Ok(v);
+        }
+        Ok(self.0.get_or_init(|| v).clone())
+    }
+}
+
 /// A per-position linear map of the channels: a 1x1 convolution on `(B, C, H, W)` (checkpoint
 /// weight `[out, in, 1, 1]`) or a `Linear` on channel-last tensors `(..., C)` (weight
 /// `[out, in]`), bias optional.
@@ -264,12 +291,10 @@ impl Module for Act {
 pub struct Pointwise {
     /// The weight as the checkpoint stores it (`[out, in]` or `[out, in, 1, 1]`).
     weight: Tensor,
-    /// The matrix in the orientation the layout multiplies by, made on first use: `[out, in]`
-    /// for `(B, C, H, W)` (`W · x` per image), `[in, out]` contiguous for channel-last tensors
-    /// (`x · Wᵀ` over all rows; a transposed view makes gemm repack it on every call, up to
-    /// 2.7x slower). Not at load time, so that describing a model allocates nothing; never for
-    /// a trainable variable, which an optimizer may update in place.
-    matrix: std::sync::OnceLock<Tensor>,
+    /// The matrix in the orientation the layout multiplies by: `[out, in]` for `(B, C, H, W)`
+    /// (`W · x` per image), `[in, out]` contiguous for channel-last tensors (`x · Wᵀ` over all
+    /// rows; a transposed view makes gemm repack it on every call, up to 2.7x slower).
+    matrix: Derived<Tensor>,
     bias: Option<Tensor>,
     layout: MixerLayout,
     out_dim: usize,
@@ -286,14 +311,8 @@ impl Pointwise {
         layout: MixerLayout,
         vb: VarBuilder,
     ) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
-            matrix: Default::default(),
-            bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
-            layout,
-            out_dim,
-            in_dim,
-        })
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        Self::with_weight(weight, bias, layout, vb)
     }
 
     /// Loads a 1x1 convolution's weight `[out, in, 1, 1]` (and `bias` if `bias`) and applies
@@ -306,10 +325,22 @@ impl Pointwise {
         layout: MixerLayout,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim, 1, 1), "weight")?;
+        Self::with_weight(weight, bias, layout, vb)
+    }
+
+    /// The layer around a loaded `weight` (`[out, in, ...]`), with `bias` from `vb` if `bias`.
+    fn with_weight(
+        weight: Tensor,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (out_dim, in_dim) = (weight.dim(0)?, weight.dim(1)?);
         Ok(Self {
-            weight: vb.get((out_dim, in_dim, 1, 1), "weight")?,
-            matrix: Default::default(),
             bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
+            weight,
+            matrix: Derived::default(),
             layout,
             out_dim,
             in_dim,
@@ -337,21 +368,14 @@ impl Pointwise {
 impl Pointwise {
     /// The weight as the layout multiplies by it (see the `matrix` field).
     fn matrix(&self) -> Result<Tensor> {
-        if let Some(m) = self.matrix.get() {
-            return Ok(m.clone());
-        }
-        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
-        let m = if is_spatial(self.layout) {
-            w
-        } else {
-            w.t()?.contiguous()?
-        };
-        // A trainable weight may be updated in place between calls; a cached copy would miss
-        // the update, so variables are re-arranged on every call.
-        if self.weight.is_variable() {
-            return Ok(m);
-        }
-        Ok(self.matrix.get_or_init(|| m).clone())
+        self.matrix.get(self.weight.is_variable(), || {
+            let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+            if is_spatial(self.layout) {
+                Ok(w)
+            } else {
+                w.t()?.contiguous()
+            }
+        })
     }
 
     /// The linear map without its bias.
@@ -415,10 +439,23 @@ impl Mlp {
         layout: MixerLayout,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::with_layers(dim, hidden, act, bias, layout, vb, Pointwise::new)
+    }
+
+    /// `fc1`, `act` and `fc2` from `vb`, the two linear layers loaded by `pointwise`.
+    fn with_layers(
+        dim: usize,
+        hidden: usize,
+        act: ActKind,
+        bias: bool,
+        layout: MixerLayout,
+        vb: VarBuilder,
+        pointwise: fn(usize, usize, bool, MixerLayout, VarBuilder) -> Result<Pointwise>,
+    ) -> Result<Self> {
         Ok(Self {
-            fc1: Pointwise::new(dim, hidden, bias, layout, vb.pp("fc1"))?,
+            fc1: pointwise(dim, hidden, bias, layout, vb.pp("fc1"))?,
             act: Act::new(act, vb.pp("act"))?,
-            fc2: Pointwise::new(hidden, dim, bias, layout, vb.pp("fc2"))?,
+            fc2: pointwise(hidden, dim, bias, layout, vb.pp("fc2"))?,
         })
     }
 }
@@ -434,11 +471,7 @@ impl Mlp {
         layout: MixerLayout,
         vb: VarBuilder,
     ) -> Result<Self> {
-        Ok(Self {
-            fc1: Pointwise::conv1x1(dim, hidden, bias, layout, vb.pp("fc1"))?,
-            act: Act::new(act, vb.pp("act"))?,
-            fc2: Pointwise::conv1x1(hidden, dim, bias, layout, vb.pp("fc2"))?,
-        })
+        Self::with_layers(dim, hidden, act, bias, layout, vb, Pointwise::conv1x1)
     }
 
     /// A channel-last MLP with biases whose two linear layers live at `fc1` and `fc2` (for
@@ -472,9 +505,8 @@ impl Module for Mlp {
 #[derive(Debug, Clone)]
 pub struct ConvNhwc {
     weight: Tensor,
-    /// `[k * k * Cin, Cout]` ([`tokenmix_kernels::conv_weight_matrix`]), made on first use and
-    /// never for a trainable variable (as [`Pointwise`]'s matrix).
-    matrix: std::sync::OnceLock<Tensor>,
+    /// `[k * k * Cin, Cout]` ([`tokenmix_kernels::conv_weight_matrix`]).
+    matrix: Derived<Tensor>,
     bias: Option<Tensor>,
     window: tokenmix_kernels::Window,
 }
@@ -492,21 +524,16 @@ impl ConvNhwc {
         let k = window.kernel;
         Ok(Self {
             weight: vb.get((out_dim, in_dim, k, k), "weight")?,
-            matrix: Default::default(),
+            matrix: Derived::default(),
             bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
             window,
         })
     }
 
     fn matrix(&self) -> Result<Tensor> {
-        if let Some(m) = self.matrix.get() {
-            return Ok(m.clone());
-        }
-        let m = tokenmix_kernels::conv_weight_matrix(&self.weight)?;
-        if self.weight.is_variable() {
-            return Ok(m);
-        }
-        Ok(self.matrix.get_or_init(|| m).clone())
+        self.matrix.get(self.weight.is_variable(), || {
+            tokenmix_kernels::conv_weight_matrix(&self.weight)
+        })
     }
 }
 
@@ -514,12 +541,6 @@ impl Module for ConvNhwc {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         tokenmix_kernels::conv2d_nhwc(x, &self.matrix()?, self.bias.as_ref(), self.window)
     }
-}
-
-/// Softmax over the last axis, computed in f32.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
 
 /// Mean over the spatial axes of `(B, C, H, W)`, giving `(B, C)`.
@@ -583,7 +604,7 @@ pub fn drop_path_rates(max_rate: f64, blocks: usize) -> Vec<DropPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
     #[test]

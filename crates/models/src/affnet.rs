@@ -7,13 +7,14 @@
 //! open; tokenmix makes them configuration fields: the activation (`swish`, the cvnets MobileViT
 //! default) and the block norm (`layer_norm_2d`, i.e. GroupNorm with one group, eps 1e-5, the
 //! code's default for AFF blocks). Batch norms apply their running statistics as a per-channel
-//! scale and shift (in training too: they are not updated, the affine parameters are); their `num_batches_tracked` counters are ignored.
+//! scale and shift (in training too: they are not updated, the affine parameters are); their
+//! `num_batches_tracked` counters are ignored.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{Act, ActKind, Norm, NormConfig};
+use tokenmix_mixers::layers::{Act, ActKind, Derived, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, usize_list};
@@ -237,6 +238,8 @@ struct ConvBn {
     bn_bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
+    /// The batch norm folded into `(scale, shift)`, each `(C, 1, 1)`.
+    folded: Derived<(Tensor, Tensor)>,
     stride: usize,
     groups: usize,
     act: Option<Act>,
@@ -261,9 +264,29 @@ impl ConvBn {
             bn_bias: n.get(cout, "bias")?,
             running_mean: n.get(cout, "running_mean")?,
             running_var: n.get(cout, "running_var")?,
+            folded: Derived::default(),
             stride,
             groups,
             act: act.map(|a| Act::new(a, b.pp("act"))).transpose()?,
+        })
+    }
+}
+
+impl ConvBn {
+    /// `scale = weight / sqrt(running_var + eps)`, `shift = bias - running_mean * scale`.
+    fn folded(&self) -> Result<(Tensor, Tensor)> {
+        let stats = [
+            &self.bn_weight,
+            &self.bn_bias,
+            &self.running_mean,
+            &self.running_var,
+        ];
+        let trainable = stats.iter().any(|t| t.is_variable());
+        self.folded.get(trainable, || {
+            let c = self.bn_weight.dim(0)?;
+            let scale = (&self.bn_weight / (&self.running_var + 1e-5)?.sqrt()?)?;
+            let shift = (&self.bn_bias - (&self.running_mean * &scale)?)?;
+            Ok((scale.reshape((c, 1, 1))?, shift.reshape((c, 1, 1))?))
         })
     }
 }
@@ -276,12 +299,8 @@ impl Module for ConvBn {
         } else {
             x.conv2d(&self.weight, k / 2, self.stride, 1, 1)?
         };
-        let c = self.bn_weight.dim(0)?;
-        let scale = (&self.bn_weight / (&self.running_var + 1e-5)?.sqrt()?)?;
-        let shift = (&self.bn_bias - (&self.running_mean * &scale)?)?;
-        let y = y
-            .broadcast_mul(&scale.reshape((c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((c, 1, 1))?)?;
+        let (scale, shift) = self.folded()?;
+        let y = y.broadcast_mul(&scale)?.broadcast_add(&shift)?;
         match &self.act {
             Some(a) => a.forward(&y),
             None => Ok(y),

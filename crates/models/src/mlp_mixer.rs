@@ -460,7 +460,8 @@ pub struct MlpMixer {
     stem: Conv2d,
     stem_norm: Option<TokenNorm>,
     blocks: Vec<Block>,
-    drop_paths: Vec<DropPath>,
+    /// Every block's stochastic depth (uniform, as timm's `MlpMixer`).
+    drop_path: DropPath,
     norm: TokenNorm,
     head: Option<Linear>,
 }
@@ -493,7 +494,7 @@ impl MlpMixer {
             stem,
             stem_norm,
             blocks,
-            drop_paths: vec![DropPath::new(cfg.drop_path_rate); cfg.num_blocks],
+            drop_path: DropPath::new(cfg.drop_path_rate),
             norm: token_norm(cfg, d, vb.pp("norm"))?,
             head: crate::optional_linear(d, cfg.num_classes, vb.pp("head"))?,
         })
@@ -520,8 +521,8 @@ impl ImageModel for MlpMixer {
         if let Some(n) = &self.stem_norm {
             x = n.forward(&x)?;
         }
-        for (block, &dp) in self.blocks.iter().zip(&self.drop_paths) {
-            x = block.forward_t(&x, dp, train)?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, self.drop_path, train)?;
         }
         Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, grid)?])
     }
