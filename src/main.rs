@@ -104,10 +104,10 @@ impl ModelSource {
 
 /// Loads hub model `repo`, downloading it when the `hub` feature is on.
 fn load_hub(repo: &str, device: &Device) -> Result<LoadedModel> {
-    #[cfg(feature = "hub")]
-    return Ok(tokenmix::models::load_from_hub(repo, device)?);
-    #[cfg(not(feature = "hub"))]
-    return Ok(tokenmix::models::hub::load_from_hub_cache(repo, device)?);
+    Ok(tokenmix::models::load_model_dir(
+        &hub_snapshot(repo)?,
+        device,
+    )?)
 }
 
 #[derive(Args)]
@@ -154,8 +154,9 @@ struct TrainArgs {
     /// Zoo architecture to train from scratch, e.g. `convformer_s18`.
     #[arg(long, conflicts_with_all = ["init_from", "resume"])]
     model: Option<String>,
-    /// timm-style architecture overrides as JSON, e.g. '{"depths":[1,1,2,1],"dims":[16,32,64,128]}'.
-    #[arg(long, conflicts_with = "resume")]
+    /// timm-style architecture overrides as JSON, e.g. '{"depths":[1,1,2,1],"dims":[16,32,64,128]}'
+    /// (with `--model`: a fine-tuned checkpoint keeps the architecture it was saved with).
+    #[arg(long, conflicts_with_all = ["resume", "init_from", "init_from_hub"])]
     model_args: Option<String>,
     /// Fine-tune from a hub-style directory (config.json + model.safetensors; timm's or one this
     /// command wrote): every tensor is loaded but a classifier whose class count differs.
@@ -609,9 +610,9 @@ fn make_trainer(args: &TrainArgs, train_set: &ImageFolder, device: &Device) -> R
         let mut spec = ModelSpec::read(&dir)?;
         spec.label_names = classes;
         spec.pretrained_cfg.num_classes = spec.label_names.len();
-        if let Some((h, w)) = size {
-            let c = spec.pretrained_cfg.input_size.first().copied().unwrap_or(3);
-            spec.pretrained_cfg.input_size = vec![c, h, w];
+        if let Some(size) = size {
+            spec.pretrained_cfg.set_image_size(size);
+            spec.fit_fixed_size()?;
         }
         let (trainer, fresh) = Trainer::fine_tune(&dir, spec, cfg, train_set.len(), device)?;
         if !fresh.is_empty() {
@@ -640,11 +641,7 @@ fn hub_snapshot(repo: &str) -> Result<PathBuf> {
     #[cfg(feature = "hub")]
     return Ok(tokenmix::models::HubSource::from_env()?.snapshot(repo)?);
     #[cfg(not(feature = "hub"))]
-    {
-        let cache = tokenmix::models::hub::hub_cache_dir()
-            .context("no Hugging Face cache directory (set HF_HOME)")?;
-        Ok(tokenmix::models::hub::resolve_in_hub_cache(&cache, repo)?)
-    }
+    return Ok(tokenmix::models::hub::snapshot_in_hub_cache(repo)?);
 }
 
 fn train(args: &TrainArgs, device: &Device) -> Result<()> {

@@ -318,6 +318,21 @@ fn train_writes_a_loadable_checkpoint_curves_and_resumes() {
         "{}",
         stderr(&clash)
     );
+    // A fine-tuned checkpoint keeps its architecture: overrides are refused, not ignored.
+    let ignored = tokenmix(&[
+        "train",
+        d,
+        "--init-from",
+        o,
+        "--model-args",
+        "{\"dims\": [8]}",
+    ]);
+    assert!(!ignored.status.success());
+    assert!(
+        stderr(&ignored).contains("cannot be used with"),
+        "{}",
+        stderr(&ignored)
+    );
 
     let missing = tmp.path().join("nope");
     assert_one_line_error(

@@ -290,3 +290,14 @@ fn fixed_size_models_take_their_input_size_from_model_args() {
     .unwrap();
     assert_eq!(spec.pretrained_cfg.image_size(), (32, 48));
 }
+
+#[test]
+fn a_fixed_size_checkpoint_trains_at_the_size_it_was_built_for() {
+    // The checkpoint's pretrained_cfg says 224x224, its model_args build the model for 32x64:
+    // images must be loaded at 32x64, as the loader does.
+    for name in ["mixer_s16_224", "gfnet_ti"] {
+        let spec = ModelSpec::read(&fixtures().join(name)).unwrap();
+        let built_for = spec.arch().unwrap().fixed_image_size().unwrap();
+        assert_eq!(spec.pretrained_cfg.image_size(), built_for, "{name}");
+    }
+}

@@ -156,9 +156,8 @@ impl ModelSpec {
     ) -> Result<Self> {
         let entry = model_entry(architecture)?;
         let mut pretrained_cfg = entry.pretrained_cfg();
-        if let Some((h, w)) = img_size {
-            let c = pretrained_cfg.input_size.first().copied().unwrap_or(3);
-            pretrained_cfg.input_size = vec![c, h, w];
+        if let Some(size) = img_size {
+            pretrained_cfg.set_image_size(size);
         }
         if let Some(c) = model_args.get("in_chans").and_then(Value::as_u64) {
             let (h, w) = pretrained_cfg.image_size();
@@ -175,12 +174,18 @@ impl ModelSpec {
             pretrained_cfg,
             label_names: classes,
         };
-        if let Some((h, w)) = spec.arch()?.fixed_image_size() {
-            let c = spec.pretrained_cfg.input_size.first().copied().unwrap_or(3);
-            spec.pretrained_cfg.input_size = vec![c, h, w];
-        }
+        spec.fit_fixed_size()?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Sets the input size of a model built for one size (its `model_args`' `img_size`) to that
+    /// size, as the loader does: images of any other size would not fit it.
+    pub fn fit_fixed_size(&mut self) -> Result<()> {
+        if let Some(size) = self.arch()?.fixed_image_size() {
+            self.pretrained_cfg.set_image_size(size);
+        }
+        Ok(())
     }
 
     /// Checks what training needs: at least two classes and a positive input size (image
@@ -227,12 +232,14 @@ impl ModelSpec {
                 .collect(),
         };
         let model_args = v["model_args"].as_object().cloned().unwrap_or_default();
-        Ok(Self {
+        let mut spec = Self {
             architecture: entry.name.to_string(),
             model_args,
             pretrained_cfg,
             label_names,
-        })
+        };
+        spec.fit_fixed_size()?;
+        Ok(spec)
     }
 
     /// The architecture, resolved as the loader resolves `config.json`.

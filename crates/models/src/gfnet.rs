@@ -37,6 +37,10 @@ pub struct GfnetConfig {
     /// Stochastic depth of the last block in training (linear from 0); 0 for inference.
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// Every block drops with `drop_path_rate` instead of the linear ramp (the reference's
+    /// `uniform_drop`).
+    #[serde(default)]
+    pub uniform_drop: bool,
 }
 
 impl GfnetConfig {
@@ -51,6 +55,17 @@ impl GfnetConfig {
             depth,
             mlp_ratio: 4.0,
             drop_path_rate: 0.0,
+            uniform_drop: false,
+        }
+    }
+
+    /// Each block's stochastic depth: `drop_path_rate` everywhere with `uniform_drop`, rising
+    /// linearly from 0 otherwise.
+    pub fn drop_paths(&self) -> Vec<DropPath> {
+        if self.uniform_drop {
+            vec![DropPath::new(self.drop_path_rate); self.depth]
+        } else {
+            drop_path_rates(self.drop_path_rate, self.depth)
         }
     }
 
@@ -121,7 +136,10 @@ impl GfnetConfig {
                 "drop_path_rate" => {
                     self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
                 }
-                "drop_rate" | "dropcls" | "uniform_drop" => {}
+                "uniform_drop" => {
+                    self.uniform_drop = value.as_bool().ok_or_else(|| bad("true or false"))?
+                }
+                "drop_rate" | "dropcls" => {}
                 _ => {
                     return Err(Error::config(
                         ctx,
@@ -223,7 +241,7 @@ impl Gfnet {
             ..Default::default()
         };
         let hidden = (cfg.mlp_ratio * d as f64) as usize;
-        let drop_paths = drop_path_rates(cfg.drop_path_rate, cfg.depth);
+        let drop_paths = cfg.drop_paths();
         let blocks = (0..cfg.depth)
             .map(|i| {
                 let b = vb.pp("blocks").pp(i);
@@ -282,5 +300,26 @@ impl ImageModel for Gfnet {
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
         crate::pool_and_classify(last, self.head.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_drop_gives_every_block_the_same_rate() {
+        let mut cfg = GfnetConfig::new(64, 4);
+        let args = serde_json::json!({"drop_path_rate": 0.3, "uniform_drop": true});
+        cfg.apply_model_args(args.as_object().unwrap()).unwrap();
+        let rates: Vec<f64> = cfg.drop_paths().iter().map(|d| d.rate()).collect();
+        assert_eq!(rates, vec![0.3; 4]);
+        cfg.uniform_drop = false;
+        let rates: Vec<f64> = cfg.drop_paths().iter().map(|d| d.rate()).collect();
+        assert_eq!(rates[0], 0.0);
+        assert!((rates[3] - 0.3).abs() < 1e-12);
+        let bad = serde_json::json!({"uniform_drop": "yes"});
+        let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
     }
 }

@@ -118,9 +118,8 @@ fn preprocessing(
     config: &ArchConfig,
 ) -> PretrainedCfg {
     let mut cfg = hub_cfg.unwrap_or_else(|| entry.pretrained_cfg());
-    if let Some((h, w)) = config.fixed_image_size() {
-        let c = cfg.input_size.first().copied().unwrap_or(3);
-        cfg.input_size = vec![c, h, w];
+    if let Some(size) = config.fixed_image_size() {
+        cfg.set_image_size(size);
     }
     cfg
 }
@@ -203,13 +202,30 @@ pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<Loade
 /// The Hugging Face hub cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 /// `~/.cache/huggingface/hub` (where `huggingface_hub` and the `hf-hub` crate store downloads).
 pub fn hub_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
-        return Some(PathBuf::from(dir));
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => hf_home().map(|home| home.join("hub")),
     }
-    if let Some(home) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(home).join("hub"));
+}
+
+/// `$HF_HOME`, else `~/.cache/huggingface`.
+fn hf_home() -> Option<PathBuf> {
+    match std::env::var_os("HF_HOME") {
+        Some(home) => Some(PathBuf::from(home)),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")),
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+}
+
+/// [`hub_cache_dir`], or an error saying that none is set.
+fn cache_dir() -> Result<PathBuf> {
+    hub_cache_dir()
+        .ok_or_else(|| Error::config("hub", "no HF_HUB_CACHE, HF_HOME or HOME to find the cache"))
+}
+
+/// The directory of hub model `repo` in the local Hugging Face cache ([`hub_cache_dir`],
+/// [`resolve_in_hub_cache`]); nothing is downloaded.
+pub fn snapshot_in_hub_cache(repo: &str) -> Result<PathBuf> {
+    resolve_in_hub_cache(&cache_dir()?, repo)
 }
 
 /// Splits `ORG/NAME[@revision]` into the id and the revision (`main` when none is given), after
@@ -299,10 +315,7 @@ pub fn resolve_in_hub_cache(cache: &Path, repo: &str) -> Result<PathBuf> {
 /// Loads hub model `repo` from the local Hugging Face cache ([`hub_cache_dir`]) only; nothing is
 /// downloaded. With the `hub` feature, `load_from_hub` also downloads what is missing.
 pub fn load_from_hub_cache(repo: &str, device: &Device) -> Result<LoadedModel> {
-    let cache = hub_cache_dir().ok_or_else(|| {
-        Error::config("hub", "no HF_HUB_CACHE, HF_HOME or HOME to find the cache")
-    })?;
-    load_model_dir(&resolve_in_hub_cache(&cache, repo)?, device)
+    load_model_dir(&snapshot_in_hub_cache(repo)?, device)
 }
 
 /// Whether an environment variable is set to a true value as `huggingface_hub` reads it
@@ -328,12 +341,9 @@ fn hf_token() -> Option<String> {
     if let Some(token) = std::env::var("HF_TOKEN").ok().and_then(nonempty) {
         return Some(token);
     }
-    let path = if let Some(p) = std::env::var_os("HF_TOKEN_PATH") {
-        PathBuf::from(p)
-    } else if let Some(home) = std::env::var_os("HF_HOME") {
-        PathBuf::from(home).join("token")
-    } else {
-        PathBuf::from(std::env::var_os("HOME")?).join(".cache/huggingface/token")
+    let path = match std::env::var_os("HF_TOKEN_PATH") {
+        Some(p) => PathBuf::from(p),
+        None => hf_home()?.join("token"),
     };
     std::fs::read_to_string(path).ok().and_then(nonempty)
 }
@@ -377,10 +387,7 @@ impl HubSource {
     /// `$HF_HOME/hub`, `~/.cache/huggingface/hub`), endpoint `$HF_ENDPOINT`, offline when
     /// `$HF_HUB_OFFLINE` is true, token `$HF_TOKEN` or the saved login, with a progress bar.
     pub fn from_env() -> Result<Self> {
-        let cache = hub_cache_dir().ok_or_else(|| {
-            Error::config("hub", "no HF_HUB_CACHE, HF_HOME or HOME to find the cache")
-        })?;
-        let mut source = Self::new(cache);
+        let mut source = Self::new(cache_dir()?);
         if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
             source.endpoint = endpoint.trim_end_matches('/').to_string();
         }

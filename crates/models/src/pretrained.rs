@@ -75,4 +75,10 @@ impl PretrainedCfg {
             _ => (224, 224),
         }
     }
+
+    /// Sets the input's `(height, width)`, keeping its channel count (3 when unset).
+    pub fn set_image_size(&mut self, (h, w): (usize, usize)) {
+        let c = self.input_size.first().copied().unwrap_or(3);
+        self.input_size = vec![c, h, w];
+    }
 }
