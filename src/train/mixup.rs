@@ -123,6 +123,9 @@ fn cutmix_box(h: usize, w: usize, lam: f64, rng: &mut impl Rng) -> Mix {
 }
 
 fn mix_images(images: &mut [f32], (b, c, h, w): (usize, usize, usize, usize), mix: Mix) {
+    if matches!(mix, Mix::None) {
+        return;
+    }
     let plane = h * w;
     let sample = c * plane;
     let original = images.to_vec();

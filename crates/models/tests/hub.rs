@@ -89,12 +89,6 @@ mod online {
         }
     }
 
-    /// `http://127.0.0.1:PORT` with nothing listening on PORT.
-    fn closed_endpoint() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    }
-
     #[test]
     fn cached_models_load_without_the_network() {
         let cache = fake_cache();

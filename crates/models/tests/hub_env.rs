@@ -14,10 +14,7 @@ use common::*;
 #[test]
 fn the_environment_chooses_the_cache_and_the_network() {
     let cache = fake_cache();
-    // Nothing listens here, so a download attempt fails at once rather than going out.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let endpoint = closed_endpoint();
     for var in ["HF_HOME", "HF_TOKEN", "HF_TOKEN_PATH"] {
         std::env::remove_var(var);
     }

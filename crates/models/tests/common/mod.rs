@@ -69,3 +69,10 @@ fn content_hash(bytes: &[u8]) -> String {
         })
         .collect()
 }
+
+/// `http://127.0.0.1:PORT` with nothing listening on PORT, so a download attempt fails at once
+/// rather than going out.
+pub fn closed_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
