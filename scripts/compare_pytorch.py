@@ -4,8 +4,12 @@ to ONNX; when onnxruntime is installed) on this machine, side by side, same thre
 
 For each model, one fresh process per framework builds the model with random weights, measures
 batch-1 latency and images/s at --batch (median of --iters timed runs after a warm-up) at 224²,
-and reports its peak resident memory. Prints a markdown table (and --json FILE writes the raw
-numbers).
+and reports its peak resident memory. The frameworks take turns: --rounds rounds, each running
+every framework once, in an order that rotates from round to round, so a slow spell of the machine
+(seen to swing throughput 1.5x within minutes) hits all of them alike. The table reports each
+framework's best round (the fastest latency and the highest images/s of its rounds; noise only ever
+slows a run down, as timeit's docs argue) and, per ratio, the range over the rounds' own ratios.
+Prints a markdown table (and --json FILE writes every round's raw numbers).
 
 Run through scripts/compare_pytorch.sh, which sets up torch + timm in a venv outside the repo.
 """
@@ -14,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 TIMM_WORKER = r"""
 import json, resource, statistics, sys, time
@@ -36,16 +41,16 @@ print(json.dumps(dict(latency_ms=t1 * 1e3, images_per_s=batch / tb, peak_rss_mb=
 
 
 ORT_WORKER = r"""
-import json, os, resource, statistics, sys, tempfile, time
+import json, os, resource, statistics, sys, time
 import numpy as np, torch, timm, onnxruntime as ort
-name, batch, iters, threads, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+name, batch, iters, threads, size, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
-model = timm.create_model(name).eval()
-path = os.path.join(tempfile.mkdtemp(), name + ".onnx")
-with torch.no_grad():
-    torch.onnx.export(model, torch.randn(1, 3, size, size), path, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
-del model
+if not os.path.exists(path):
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        torch.onnx.export(model, torch.randn(1, 3, size, size), path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    del model
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = threads
 opts.inter_op_num_threads = 1
@@ -63,15 +68,19 @@ print(json.dumps(dict(latency_ms=t1 * 1e3, images_per_s=batch / tb, peak_rss_mb=
 """
 
 
-def run_ort(python, name, batch, iters, threads, size):
-    """ONNX Runtime's CPU provider on the timm model exported to ONNX (None if onnxruntime is not
-    installed)."""
+def have_ort():
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return None
+        return False
+    return True
+
+
+def run_ort(python, name, batch, iters, threads, size, onnx_path):
+    """ONNX Runtime's CPU provider on the timm model exported to `onnx_path` (exported there by the
+    first call; None if the export or the run fails)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([python, "-c", ORT_WORKER, name, str(batch), str(iters), str(threads), str(size)],
+    proc = subprocess.run([python, "-c", ORT_WORKER, name, str(batch), str(iters), str(threads), str(size), onnx_path],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"{name}: ONNX export/run failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -95,51 +104,89 @@ def run_tokenmix(binary, name, batch, iters, threads, size):
     return dict(latency_ms=r["latency_ms"], images_per_s=r["images_per_s"], peak_rss_mb=r["peak_rss_mb"])
 
 
+def best_of(rounds):
+    """One framework's best round: the lowest latency, the highest images/s, the highest peak RSS
+    (memory is not noise, so the worst is reported). None if every round failed."""
+    rounds = [r for r in rounds if r]
+    if not rounds:
+        return None
+    return dict(latency_ms=min(r["latency_ms"] for r in rounds),
+                images_per_s=max(r["images_per_s"] for r in rounds),
+                peak_rss_mb=max(r["peak_rss_mb"] for r in rounds))
+
+
+def round_ratios(rounds, other):
+    """(b1 speed-ups, b-batch speed-ups) of tokenmix over `other`, one per round where both ran."""
+    pairs = [(r["tokenmix"], r[other]) for r in rounds if r.get(other)]
+    return ([o["latency_ms"] / m["latency_ms"] for m, o in pairs],
+            [m["images_per_s"] / o["images_per_s"] for m, o in pairs])
+
+
+def spread(values):
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
+
+
+def print_table(rows, other, label, b):
+    print(f"| model | b1 latency ms ({label} / tokenmix) | tokenmix/{label} b1 speed | per-round | "
+          f"b{b} img/s ({label} / tokenmix) | tokenmix/{label} b{b} speed | per-round | peak RSS MB ({label} / tokenmix) |")
+    print("|---|---|---:|---|---|---:|---|---|")
+    for r in rows:
+        o, m = r["best"][other], r["best"]["tokenmix"]
+        if not o:
+            print(f"| {r['model']} | failed | | | | | | |")
+            continue
+        lat, ips = round_ratios(r["rounds"], other)
+        print(f"| {r['model']} | {o['latency_ms']:.1f} / {m['latency_ms']:.1f} | {o['latency_ms'] / m['latency_ms']:.2f}x "
+              f"| {spread(lat)} | {o['images_per_s']:.1f} / {m['images_per_s']:.1f} "
+              f"| {m['images_per_s'] / o['images_per_s']:.2f}x | {spread(ips)} "
+              f"| {o['peak_rss_mb']:.0f} / {m['peak_rss_mb']:.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="poolformer_s12,convformer_s18,caformer_s18")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="times each framework runs, taking turns")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--tokenmix", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "tokenmix"))
-    ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--json", help="write every round's raw results here")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     import torch
     print(f"threads {args.threads}, {args.image_size}x{args.image_size}, batch 1 and {args.batch}, "
-          f"torch {torch.__version__} ({'MKL' if torch.backends.mkl.is_available() else 'no MKL'})", file=sys.stderr)
+          f"{args.rounds} rounds, torch {torch.__version__} "
+          f"({'MKL' if torch.backends.mkl.is_available() else 'no MKL'})", file=sys.stderr)
+    py, b, n, th, size = sys.executable, args.batch, args.iters, args.threads, args.image_size
+    onnx_dir = tempfile.mkdtemp(prefix="tokenmix-onnx-")
+    runners = {
+        "timm": lambda name: run_timm(py, name, b, n, th, size),
+        "tokenmix": lambda name: run_tokenmix(args.tokenmix, name, b, n, th, size),
+    }
+    if have_ort():
+        runners["ort"] = lambda name: run_ort(py, name, b, n, th, size, os.path.join(onnx_dir, name + ".onnx"))
+    order = list(runners)
     rows = []
     for name in args.models.split(","):
-        t = run_timm(sys.executable, name, args.batch, args.iters, args.threads, args.image_size)
-        m = run_tokenmix(args.tokenmix, name, args.batch, args.iters, args.threads, args.image_size)
-        o = run_ort(sys.executable, name, args.batch, args.iters, args.threads, args.image_size)
-        rows.append(dict(model=name, timm=t, tokenmix=m, ort=o))
-        print(f"{name}: timm {t}, tokenmix {m}, onnxruntime {o}", file=sys.stderr)
-    b = args.batch
-    print(f"| model | b1 latency ms (timm / tokenmix) | tokenmix/timm b1 speed | b{b} img/s (timm / tokenmix) "
-          f"| tokenmix/timm b{b} speed | peak RSS MB (timm / tokenmix) |")
-    print("|---|---|---:|---|---:|---|")
-    for r in rows:
-        t, m = r["timm"], r["tokenmix"]
-        print(f"| {r['model']} | {t['latency_ms']:.1f} / {m['latency_ms']:.1f} | {t['latency_ms'] / m['latency_ms']:.2f}x "
-              f"| {t['images_per_s']:.1f} / {m['images_per_s']:.1f} | {m['images_per_s'] / t['images_per_s']:.2f}x "
-              f"| {t['peak_rss_mb']:.0f} / {m['peak_rss_mb']:.0f} |")
-    if any(r["ort"] for r in rows):
+        if "ort" in runners:
+            runners["ort"](name)  # export (and warm the file cache) outside the timed rounds
+        rounds = []
+        for k in range(args.rounds):
+            turn = order[k % len(order):] + order[:k % len(order)]
+            result = {fw: runners[fw](name) for fw in turn}
+            rounds.append(result)
+            print(f"{name} round {k + 1} ({', '.join(turn)}): {result}", file=sys.stderr)
+        best = {fw: best_of([r.get(fw) for r in rounds]) for fw in order}
+        rows.append(dict(model=name, best=best, rounds=rounds))
+    print_table(rows, "timm", "timm", b)
+    if "ort" in runners:
         print()
-        print(f"| model | b1 latency ms (ORT / tokenmix) | tokenmix/ORT b1 speed | b{b} img/s (ORT / tokenmix) "
-              f"| tokenmix/ORT b{b} speed | peak RSS MB (ORT / tokenmix) |")
-        print("|---|---|---:|---|---:|---|")
-        for r in rows:
-            o, m = r["ort"], r["tokenmix"]
-            if not o:
-                print(f"| {r['model']} | export failed | | | | |")
-                continue
-            print(f"| {r['model']} | {o['latency_ms']:.1f} / {m['latency_ms']:.1f} | {o['latency_ms'] / m['latency_ms']:.2f}x "
-                  f"| {o['images_per_s']:.1f} / {m['images_per_s']:.1f} | {m['images_per_s'] / o['images_per_s']:.2f}x "
-                  f"| {o['peak_rss_mb']:.0f} / {m['peak_rss_mb']:.0f} |")
+        print_table(rows, "ort", "ORT", b)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(threads=args.threads, batch=b, rows=rows), f, indent=2)
+            json.dump(dict(threads=th, batch=b, rounds=args.rounds, rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":
