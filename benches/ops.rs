@@ -84,6 +84,38 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
+/// A block's MLP (GELU, biases) and residual add: rows x C -> 4C -> C at PoolFormer-S12's
+/// stage 1 (batch 1 and 8), stage 3 and stage 4 sizes, and MLP-Mixer-S/16's channel MLP at
+/// batch 8. `fused` is one [`tokenmix::kernels::residual_mlp`]; `separate` the ops models ran
+/// before it: product, fused bias + GELU, product, bias add, residual add.
+fn residual_mlp(c: &mut Criterion) {
+    let mut group = c.benchmark_group("residual_mlp");
+    for (rows, ch) in [(3136, 64), (25088, 64), (196, 320), (49, 512), (1568, 512)] {
+        let hidden = 4 * ch;
+        let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+        let w = tokenmix::kernels::MlpWeights {
+            fc1: randn(&[ch, hidden]),
+            fc1_bias: Some(randn(&[hidden])),
+            act: tokenmix::kernels::MlpActivation::Gelu,
+            fc2: randn(&[hidden, ch]),
+            fc2_bias: Some(randn(&[ch])),
+        };
+        let (x, base) = (randn(&[rows, ch]), randn(&[rows, ch]));
+        group.bench_function(format!("fused/{rows}x{ch}x{hidden}"), |b| {
+            b.iter(|| tokenmix::kernels::residual_mlp(&x, &base, &w).unwrap())
+        });
+        group.bench_function(format!("separate/{rows}x{ch}x{hidden}"), |b| {
+            b.iter(|| {
+                let h = x.matmul(&w.fc1).unwrap();
+                let h = tokenmix::kernels::bias_gelu(&h, w.fc1_bias.as_ref().unwrap(), 1).unwrap();
+                let y = h.matmul(&w.fc2).unwrap();
+                (&base + y.broadcast_add(w.fc2_bias.as_ref().unwrap()).unwrap()).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn gelu(c: &mut Criterion) {
     let mut group = c.benchmark_group("gelu");
     let x = Tensor::randn(0f32, 1.0, (8, 256, 56, 56), &Device::Cpu).unwrap();
@@ -99,6 +131,6 @@ fn gelu(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = depthwise, pooling, conv, attention, gelu
+    targets = depthwise, pooling, conv, attention, residual_mlp, gelu
 }
 criterion_main!(benches);

@@ -107,6 +107,21 @@ fn gelu_rows_body(x: &[f32], bias: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `x[i] = gelu(x[i] + bias[i % C])` in place over rows of `C = bias.len()` channels.
+#[inline(always)]
+fn gelu_rows_in_place_body(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v = gelu_of(*v + b);
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`gelu_rows_in_place_body`] on wide vectors where the CPU has them.
+    pub(crate) fn gelu_rows_in_place(x: &mut [f32], bias: &[f32]) => gelu_rows_in_place_body
+}
+
 crate::simd::dispatch! {
     /// [`gelu_slice_body`] on wide vectors where the CPU has them.
     fn gelu_slice(x: &[f32], bias: f32, out: &mut [f32]) => gelu_slice_body

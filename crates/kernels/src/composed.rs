@@ -368,6 +368,12 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tenso
     x.broadcast_add(&bias.reshape(shape)?)?.gelu_erf()
 }
 
+/// A channel MLP and residual add as candle ops: `base + act(x fc1 + b1) fc2 + b2` for `x`
+/// `(rows, C)` and `base` `(rows, N)`.
+pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &crate::MlpWeights) -> Result<Tensor> {
+    base.add(&mlp.compose(x)?)
+}
+
 /// StarReLU as candle ops: `scale * relu(x)^2 + bias`.
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.relu()?.sqr()?.broadcast_mul(scale)?.broadcast_add(bias)

@@ -14,6 +14,9 @@
 //!   [`depthwise_conv2d_nhwc`] the same on channel-last tensors.
 //! * [`conv2d_nhwc`]: dense convolution of channel-last maps (stems and downsamplers) as
 //!   patches times one weight matrix ([`conv_weight_matrix`]).
+//! * [`residual_mlp`]: a block's channel MLP and the residual add after it,
+//!   `base + act(x W1 + b1) W2 + b2`, a block of rows at a time (inference: the weights are
+//!   constants).
 //! * [`self_attention`]: the multi-head attention core `softmax(scale · q kᵀ) v` on a packed
 //!   `qkv` projection.
 //! * [`pool_mixer`]: PoolFormer's `avg_pool(k, 1, k/2, count_include_pad=False)(x) - x`;
@@ -36,6 +39,7 @@ mod cuda;
 mod depthwise;
 mod error;
 mod grad;
+mod mlp;
 mod norm;
 mod pool;
 mod ptr;
@@ -53,6 +57,7 @@ pub use attention::SelfAttention;
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
+pub use mlp::{MlpActivation, MlpWeights, ResidualMlp};
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
@@ -180,6 +185,55 @@ pub fn conv2d_nhwc(
         None => y,
     };
     y.reshape((b, ho, wo, cout))
+}
+
+/// A block's channel MLP and residual add: `base + act(x fc1 + b1) fc2 + b2` for `x`
+/// `(..., C)` and `base` `(..., N)` (same leading axes), with the weights of `mlp` (see
+/// [`MlpWeights`]). On the CPU in f32 one op computes it a block of rows at a time, never
+/// materializing the hidden `(..., H)` tensor; elsewhere it is candle's matmuls and element-wise
+/// ops. The weights are treated as constants: gradients reach `x` and `base` only, so a layer
+/// whose weights train must compose the MLP itself.
+pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tensor> {
+    let (c, _, n) = mlp.dims()?;
+    let lead = x
+        .dims()
+        .split_last()
+        .map(|(_, lead)| lead)
+        .unwrap_or_default();
+    let rows: usize = lead.iter().product();
+    let mut out_dims = lead.to_vec();
+    out_dims.push(n);
+    if x.dims().last() != Some(&c) || base.dims() != out_dims {
+        return Err(KernelError::Shape {
+            op: "residual_mlp",
+            what: if x.dims().last() != Some(&c) {
+                "input"
+            } else {
+                "base"
+            },
+            expected: if x.dims().last() != Some(&c) {
+                format!("(..., {c})")
+            } else {
+                format!("{out_dims:?}")
+            },
+            found: if x.dims().last() != Some(&c) {
+                x.dims().to_vec()
+            } else {
+                base.dims().to_vec()
+            },
+        }
+        .into());
+    }
+    let x2 = x.reshape((rows, c))?;
+    let base2 = base.reshape((rows, n))?;
+    let y = if x.device().is_cpu() && use_fused(x) && base.dtype() == x.dtype() && mlp.all_cpu_f32()
+    {
+        x2.contiguous()?
+            .apply_op2(&base2.contiguous()?, ResidualMlp::new(mlp)?)?
+    } else {
+        composed::residual_mlp(&x2, &base2, mlp)?
+    };
+    y.reshape(out_dims)
 }
 
 /// Multi-head self-attention on the packed projection `qkv` `(B, N, 3, H, D)` (a

@@ -2,7 +2,9 @@
 //! and > 1, non-contiguous inputs.
 
 use candle_core::{Device, Tensor};
-use tokenmix_kernels::{composed, DepthwiseConv2d, PoolMixer, PoolMixerNhwc, Window};
+use tokenmix_kernels::{
+    composed, DepthwiseConv2d, MlpActivation, MlpWeights, PoolMixer, PoolMixerNhwc, Window,
+};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -936,5 +938,145 @@ fn mix_shift_matches_roll_and_conv() {
         &[randn(&[2, 3, 5, 4]), randn(&[2, 3, 3, 3]), randn(&[2, 3])],
         |t| tokenmix_kernels::mix_shift(&t[0], &t[1], &t[2], &shifts),
         |t| composed::mix_shift(&t[0], &t[1], &t[2], &shifts),
+    );
+}
+
+/// `base + act(x fc1 + b1) fc2 + b2` written out with candle ops.
+fn reference_mlp(x: &Tensor, base: &Tensor, w: &MlpWeights) -> candle_core::Result<Tensor> {
+    let c = w.dims()?.0;
+    let rows = x.elem_count() / c;
+    let mut h = x.reshape((rows, c))?.matmul(&w.fc1)?;
+    if let Some(b) = &w.fc1_bias {
+        h = h.broadcast_add(b)?;
+    }
+    let h = match w.act {
+        MlpActivation::Gelu => h.gelu_erf()?,
+        MlpActivation::StarRelu { scale, bias } => {
+            ((h.relu()?.sqr()? * scale as f64)? + bias as f64)?
+        }
+    };
+    let mut y = h.matmul(&w.fc2)?;
+    if let Some(b) = &w.fc2_bias {
+        y = y.broadcast_add(b)?;
+    }
+    base + y.reshape(base.dims())?
+}
+
+fn mlp_weights(
+    c: usize,
+    h: usize,
+    n: usize,
+    act: MlpActivation,
+    biases: (bool, bool),
+) -> MlpWeights {
+    MlpWeights {
+        fc1: (randn(&[c, h]) / (c as f64).sqrt()).unwrap(),
+        fc1_bias: biases.0.then(|| randn(&[h])),
+        act,
+        fc2: (randn(&[h, n]) / (h as f64).sqrt()).unwrap(),
+        fc2_bias: biases.1.then(|| randn(&[n])),
+    }
+}
+
+#[test]
+fn residual_mlp_matches_its_composition() {
+    let star = MlpActivation::StarRelu {
+        scale: 0.8,
+        bias: -0.3,
+    };
+    // (leading axes, C, H, N, activation, biases): one row; a few rows (one block across the
+    // threads); 1221 rows of a narrow MLP (blocks per thread); 700 rows of a wide one (128-row
+    // blocks and a partial last block); N != C.
+    let cases = [
+        (vec![1, 1], 1, 1, 1, MlpActivation::Gelu, (false, false)),
+        (vec![2, 7], 5, 20, 5, MlpActivation::Gelu, (true, true)),
+        (vec![3, 37, 11], 16, 64, 16, star, (true, true)),
+        (
+            vec![2, 350],
+            33,
+            1030,
+            17,
+            MlpActivation::Gelu,
+            (true, false),
+        ),
+        (vec![1, 300], 24, 96, 24, star, (false, true)),
+    ];
+    for (lead, c, h, n, act, biases) in cases {
+        let w = mlp_weights(c, h, n, act, biases);
+        let rows: usize = lead.iter().product();
+        let x = randn(&[lead.clone(), vec![c]].concat());
+        let base = randn(&[lead.clone(), vec![n]].concat());
+        // The same values as `(rows, C)` through a transposed (non-contiguous) view.
+        let strided = x
+            .reshape((rows, c))
+            .unwrap()
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .t()
+            .unwrap();
+        assert!(rows == 1 || c == 1 || !strided.is_contiguous());
+        let flat_base = base.reshape((rows, n)).unwrap();
+        for (x, base) in [(&x, &base), (&strided, &flat_base)] {
+            let fused = tokenmix_kernels::residual_mlp(x, base, &w).unwrap();
+            let reference = reference_mlp(x, base, &w).unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-4, "{lead:?}x{c} -> {h} -> {n}: max diff {d}");
+            let composed = composed::residual_mlp(&x.reshape((rows, c)).unwrap(), &flat_base, &w)
+                .unwrap()
+                .reshape(base.dims())
+                .unwrap();
+            assert!(max_abs_diff(&composed, &reference) < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn residual_mlp_has_the_gradients_of_its_composition() {
+    for (rows, c, h, n) in [(5, 3, 7, 3), (600, 8, 1100, 6)] {
+        let w = mlp_weights(c, h, n, MlpActivation::Gelu, (true, true));
+        check_grads(
+            "residual_mlp",
+            &[randn(&[rows, c]), randn(&[rows, n])],
+            |t| tokenmix_kernels::residual_mlp(&t[0], &t[1], &w),
+            |t| reference_mlp(&t[0], &t[1], &w),
+        );
+    }
+}
+
+#[test]
+fn residual_mlp_rejects_mismatched_operands() {
+    let w = mlp_weights(4, 8, 4, MlpActivation::Gelu, (true, true));
+    let err = |x: &Tensor, base: &Tensor, w: &MlpWeights| {
+        tokenmix_kernels::residual_mlp(x, base, w)
+            .unwrap_err()
+            .to_string()
+    };
+    let (x, base) = (randn(&[2, 3, 4]), randn(&[2, 3, 4]));
+    let e = err(&randn(&[2, 3, 5]), &base, &w);
+    assert!(
+        e.contains("residual_mlp: input has shape [2, 3, 5], expected (..., 4)"),
+        "{e}"
+    );
+    let e = err(&x, &randn(&[2, 4, 4]), &w);
+    assert!(
+        e.contains("residual_mlp: base has shape [2, 4, 4], expected [2, 3, 4]"),
+        "{e}"
+    );
+    let mut bad = w.clone();
+    bad.fc2 = randn(&[7, 4]);
+    let e = err(&x, &base, &bad);
+    assert!(e.contains("fc2 has shape [7, 4], expected (8, N)"), "{e}");
+    let mut bad = w.clone();
+    bad.fc1_bias = Some(randn(&[4]));
+    let e = err(&x, &base, &bad);
+    assert!(e.contains("fc1 bias has shape [4], expected [8]"), "{e}");
+    let mut bad = w;
+    bad.fc1 = randn(&[4, 8, 1]);
+    let e = err(&x, &base, &bad);
+    assert!(
+        e.contains("fc1 has shape [4, 8, 1], expected a matrix (C, H)"),
+        "{e}"
     );
 }

@@ -368,14 +368,22 @@ impl Pointwise {
 impl Pointwise {
     /// The weight as the layout multiplies by it (see the `matrix` field).
     fn matrix(&self) -> Result<Tensor> {
-        self.matrix.get(self.weight.is_variable(), || {
-            let w = self.weight.reshape((self.out_dim, self.in_dim))?;
-            if is_spatial(self.layout) {
-                Ok(w)
-            } else {
-                w.t()?.contiguous()
-            }
-        })
+        self.matrix
+            .get(self.weight.is_variable(), || self.make_matrix())
+    }
+
+    fn make_matrix(&self) -> Result<Tensor> {
+        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+        if is_spatial(self.layout) {
+            Ok(w)
+        } else {
+            w.t()?.contiguous()
+        }
+    }
+
+    /// Whether the weight or the bias is a trainable variable.
+    fn trainable(&self) -> bool {
+        self.weight.is_variable() || self.bias.as_ref().is_some_and(|b| b.is_variable())
     }
 
     /// The linear map without its bias.
@@ -421,12 +429,17 @@ impl Module for Pointwise {
     }
 }
 
-/// The channel MLP of a block: `fc2(act(fc1(x)))` with `fc1: dim -> hidden`, `fc2: hidden -> dim`.
+/// The channel MLP of a block: `fc2(act(fc1(x)))` with `fc1: dim -> hidden`, `fc2: hidden -> dim`,
+/// times a per-channel layer scale if it has one ([`Mlp::with_output_scale`]).
 #[derive(Debug, Clone)]
 pub struct Mlp {
     fc1: Pointwise,
     act: Act,
     fc2: Pointwise,
+    output_scale: Option<Scale>,
+    /// The weights [`tokenmix_kernels::residual_mlp`] takes (layer scale folded into `fc2`), or
+    /// `None` where it cannot run this MLP: kept unless trainable, like [`Pointwise`]'s matrix.
+    fused: Derived<Option<tokenmix_kernels::MlpWeights>>,
 }
 
 impl Mlp {
@@ -456,7 +469,95 @@ impl Mlp {
             fc1: pointwise(dim, hidden, bias, layout, vb.pp("fc1"))?,
             act: Act::new(act, vb.pp("act"))?,
             fc2: pointwise(hidden, dim, bias, layout, vb.pp("fc2"))?,
+            output_scale: None,
+            fused: Derived::default(),
         })
+    }
+
+    /// This MLP with its output multiplied by `scale` (a block's `layer_scale2` / `ls2`).
+    pub fn with_output_scale(self, scale: Option<Scale>) -> Self {
+        Self {
+            output_scale: scale,
+            fused: Derived::default(),
+            ..self
+        }
+    }
+
+    /// `shortcut + self(x)` (with `drop_path` on the branch when `train`): a block's MLP
+    /// branch and residual add. Channel-last and token inputs on the CPU, with GELU, StarReLU
+    /// or SquaredReLU and no trainable weight, run as one
+    /// [`tokenmix_kernels::residual_mlp`] that never materializes the hidden activations.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        shortcut: &Tensor,
+        drop_path: DropPath,
+        train: bool,
+    ) -> Result<Tensor> {
+        let dropping = train && drop_path.rate() > 0.0;
+        if !dropping && x.device().is_cpu() {
+            if let Some(weights) = self.fused_weights()? {
+                return tokenmix_kernels::residual_mlp(x, shortcut, &weights);
+            }
+        }
+        shortcut + drop_path.forward_t(&self.forward(x)?, train)?
+    }
+
+    /// Whether any weight (the activation's and the output scale's included) trains.
+    fn trainable(&self) -> bool {
+        let act = match &self.act {
+            Act::StarRelu(a) => a.scale.is_variable() || a.bias.is_variable(),
+            _ => false,
+        };
+        act || self.fc1.trainable()
+            || self.fc2.trainable()
+            || self
+                .output_scale
+                .as_ref()
+                .is_some_and(|s| s.scale.is_variable())
+    }
+
+    fn fused_weights(&self) -> Result<Option<tokenmix_kernels::MlpWeights>> {
+        if self.trainable() || is_spatial(self.fc1.layout) {
+            return Ok(None);
+        }
+        self.fused.get(false, || self.make_fused_weights())
+    }
+
+    fn make_fused_weights(&self) -> Result<Option<tokenmix_kernels::MlpWeights>> {
+        use tokenmix_kernels::MlpActivation;
+        let scalar = |t: &Tensor| -> Result<f32> {
+            t.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .get(0)?
+                .to_scalar()
+        };
+        let act = match &self.act {
+            Act::Gelu => MlpActivation::Gelu,
+            Act::StarRelu(a) => MlpActivation::StarRelu {
+                scale: scalar(&a.scale)?,
+                bias: scalar(&a.bias)?,
+            },
+            Act::SquaredRelu => MlpActivation::StarRelu {
+                scale: 1.0,
+                bias: 0.0,
+            },
+            Act::Silu | Act::Relu => return Ok(None),
+        };
+        let (fc2, fc2_bias) = match &self.output_scale {
+            Some(s) => (
+                self.fc2.make_matrix()?.broadcast_mul(&s.scale)?,
+                self.fc2.bias.as_ref().map(|b| b * &s.scale).transpose()?,
+            ),
+            None => (self.fc2.matrix()?, self.fc2.bias.clone()),
+        };
+        Ok(Some(tokenmix_kernels::MlpWeights {
+            fc1: self.fc1.matrix()?,
+            fc1_bias: self.fc1.bias.clone(),
+            act,
+            fc2,
+            fc2_bias,
+        }))
     }
 }
 
@@ -488,13 +589,19 @@ impl Mlp {
             act: Act::new(act, fc1.pp("act"))?,
             fc1: Pointwise::new(dim, hidden, true, layout, fc1)?,
             fc2: Pointwise::new(hidden, dim, true, layout, fc2)?,
+            output_scale: None,
+            fused: Derived::default(),
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward_act(x, &self.act)?)
+        let y = self.fc2.forward(&self.fc1.forward_act(x, &self.act)?)?;
+        match &self.output_scale {
+            Some(s) => s.forward(&y),
+            None => Ok(y),
+        }
     }
 }
 

@@ -451,8 +451,8 @@ struct Block {
     layer_scale1: Option<Scale>,
     res_scale1: Option<Scale>,
     norm2: Norm,
+    /// The MLP with `layer_scale2` as its output scale.
     mlp: Mlp,
-    layer_scale2: Option<Scale>,
     res_scale2: Option<Scale>,
     drop_path: DropPath,
 }
@@ -502,8 +502,8 @@ impl Block {
             layer_scale1: scale(ls, "layer_scale1")?,
             res_scale1: scale(rs, "res_scale1")?,
             norm2: norm.build(dim, layout, vb.pp("norm2"))?,
-            mlp: mlp(dim, hidden, cfg.mlp_act, cfg.mlp_bias, layout, vb.pp("mlp"))?,
-            layer_scale2: scale(ls, "layer_scale2")?,
+            mlp: mlp(dim, hidden, cfg.mlp_act, cfg.mlp_bias, layout, vb.pp("mlp"))?
+                .with_output_scale(scale(ls, "layer_scale2")?),
             res_scale2: scale(rs, "res_scale2")?,
             drop_path,
         })
@@ -515,11 +515,12 @@ impl Block {
             .drop_path
             .forward_t(&apply_opt(&self.layer_scale1, &mixed)?, train)?;
         let x = (apply_opt(&self.res_scale1, x)? + mixed)?;
-        let mlp = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        let mlp = self
-            .drop_path
-            .forward_t(&apply_opt(&self.layer_scale2, &mlp)?, train)?;
-        apply_opt(&self.res_scale2, &x)? + mlp
+        self.mlp.forward_residual(
+            &self.norm2.forward(&x)?,
+            &apply_opt(&self.res_scale2, &x)?,
+            self.drop_path,
+            train,
+        )
     }
 }
 

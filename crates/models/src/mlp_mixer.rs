@@ -9,7 +9,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokenmix_mixers::layers::{ActKind, DropPath, Mlp, Norm, NormConfig};
+use tokenmix_mixers::layers::{ActKind, DropPath, Mlp, Norm, NormConfig, Scale};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, img_size_arg};
@@ -310,31 +310,48 @@ fn token_norm(cfg: &MlpMixerConfig, dim: usize, vb: VarBuilder) -> Result<TokenN
     })
 }
 
-/// A channel MLP: `fc2(act(fc1(x)))`, or the GLU form `fc2(a * silu(g))` (gMixer).
+/// A channel MLP: `fc2(act(fc1(x)))`, or the GLU form `fc2(a * silu(g))` (gMixer); times a
+/// per-channel scale (ResMLP's `ls2`) if it has one.
 #[derive(Debug, Clone)]
 enum ChannelMlp {
     Plain(Mlp),
-    Glu { fc1: Linear, fc2: Linear },
+    Glu {
+        fc1: Linear,
+        fc2: Linear,
+        scale: Option<Scale>,
+    },
 }
 
 impl ChannelMlp {
-    fn new(cfg: &MlpMixerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &MlpMixerConfig, scale: Option<Scale>, vb: VarBuilder) -> Result<Self> {
         let (d, (_, hidden)) = (cfg.embed_dim, cfg.widths());
         Ok(if cfg.glu {
             Self::Glu {
                 fc1: candle_nn::linear(d, hidden, vb.pp("fc1"))?,
                 fc2: candle_nn::linear(hidden / 2, d, vb.pp("fc2"))?,
+                scale,
             }
         } else {
-            Self::Plain(Mlp::new(
-                d,
-                hidden,
-                ActKind::Gelu,
-                true,
-                MixerLayout::Tokens,
-                vb,
-            )?)
+            Self::Plain(
+                Mlp::new(d, hidden, ActKind::Gelu, true, MixerLayout::Tokens, vb)?
+                    .with_output_scale(scale),
+            )
         })
+    }
+
+    /// `x + mlp(norm(x))`, the MLP branch under `drop_path` (one fused op for plain MLPs at
+    /// inference, see [`Mlp::forward_residual`]).
+    fn residual(
+        &self,
+        normed: &Tensor,
+        x: &Tensor,
+        drop_path: DropPath,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Plain(m) => m.forward_residual(normed, x, drop_path, train),
+            Self::Glu { .. } => x + drop_path.forward_t(&self.forward(normed)?, train)?,
+        }
     }
 }
 
@@ -342,12 +359,16 @@ impl Module for ChannelMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Plain(m) => m.forward(x),
-            Self::Glu { fc1, fc2 } => {
+            Self::Glu { fc1, fc2, scale } => {
                 let h = fc1.forward(x)?;
                 let half = h.dim(D::Minus1)? / 2;
                 let gated =
                     (h.narrow(D::Minus1, 0, half)? * h.narrow(D::Minus1, half, half)?.silu()?)?;
-                fc2.forward(&gated)
+                let y = fc2.forward(&gated)?;
+                match scale {
+                    Some(s) => s.forward(&y),
+                    None => Ok(y),
+                }
             }
         }
     }
@@ -366,8 +387,8 @@ enum Block {
         mixer: Box<dyn TokenMixer>,
         ls1: Tensor,
         norm2: TokenNorm,
+        /// Scaled by `ls2`.
         mlp: ChannelMlp,
-        ls2: Tensor,
     },
     Gating {
         norm: TokenNorm,
@@ -386,15 +407,18 @@ impl Block {
                 norm1: token_norm(cfg, d, vb.pp("norm1"))?,
                 mixer: mixer_cfg.build(d, vb.pp("mlp_tokens"))?,
                 norm2: token_norm(cfg, d, vb.pp("norm2"))?,
-                mlp: ChannelMlp::new(cfg, vb.pp("mlp_channels"))?,
+                mlp: ChannelMlp::new(cfg, None, vb.pp("mlp_channels"))?,
             },
             MixerBlockKind::Res => Self::Res {
                 norm1: token_norm(cfg, d, vb.pp("norm1"))?,
                 mixer: mixer_cfg.build(d, vb.pp("linear_tokens"))?,
                 ls1: vb.get(d, "ls1")?,
                 norm2: token_norm(cfg, d, vb.pp("norm2"))?,
-                mlp: ChannelMlp::new(cfg, vb.pp("mlp_channels"))?,
-                ls2: vb.get(d, "ls2")?,
+                mlp: ChannelMlp::new(
+                    cfg,
+                    Some(Scale::new_named(d, MixerLayout::Tokens, "ls2", vb.clone())?),
+                    vb.pp("mlp_channels"),
+                )?,
             },
             MixerBlockKind::SpatialGating => {
                 let hidden = cfg.widths().1;
@@ -421,7 +445,7 @@ impl Block {
                 mlp,
             } => {
                 let x = (x + dp(mixer.forward(&norm1.forward(x)?)?)?)?;
-                &x + dp(mlp.forward(&norm2.forward(&x)?)?)?
+                mlp.residual(&norm2.forward(&x)?, &x, drop_path, train)
             }
             Self::Res {
                 norm1,
@@ -429,10 +453,9 @@ impl Block {
                 ls1,
                 norm2,
                 mlp,
-                ls2,
             } => {
                 let x = (x + dp(mixer.forward(&norm1.forward(x)?)?.broadcast_mul(ls1)?)?)?;
-                &x + dp(mlp.forward(&norm2.forward(&x)?)?.broadcast_mul(ls2)?)?
+                mlp.residual(&norm2.forward(&x)?, &x, drop_path, train)
             }
             Self::Gating {
                 norm,
