@@ -438,3 +438,112 @@ impl candle_core::CustomOp3 for StarReluGrad {
         Ok((crate::cuda::wrap(slice, xs), xl.shape().clone()))
     }
 }
+
+/// Candle custom op on `(h, conv)`: MambaOut's gate. `h` `(rows, 2 * hidden)` is a gated
+/// block's first projection, split along the channels as `[g (hidden), i (hidden - k),
+/// c (k)]`, and `conv` `(rows, k)` the depthwise convolution of `c`; the output `(rows, hidden)`
+/// is `gelu(g) * concat(i, conv)` in one pass, without slicing or concatenating tensors.
+/// Both operands contiguous f32; differentiable in both.
+#[derive(Debug, Clone, Copy)]
+pub struct GeluGate {
+    hidden: usize,
+}
+
+impl GeluGate {
+    /// The gate for `hidden` gated channels.
+    pub fn new(hidden: usize) -> Self {
+        Self { hidden }
+    }
+
+    /// `(rows, k)` after checking that `h` is `(rows, 2 * hidden)` and `conv` `(rows, k)`
+    /// with `1 <= k <= hidden`.
+    pub(crate) fn dims(&self, h: &Shape, conv: &Shape) -> Result<(usize, usize)> {
+        let hidden = self.hidden;
+        let err = |what, expected: String, found: &Shape| -> candle_core::Error {
+            KernelError::Shape {
+                op: "gelu_gate",
+                what,
+                expected,
+                found: found.dims().to_vec(),
+            }
+            .into()
+        };
+        let rows = match *h.dims() {
+            [rows, w] if w == 2 * hidden && hidden > 0 => rows,
+            _ => return Err(err("h", format!("(rows, {})", 2 * hidden), h)),
+        };
+        match *conv.dims() {
+            [r, k] if r == rows && (1..=hidden).contains(&k) => Ok((rows, k)),
+            _ => Err(err("conv", format!("({rows}, 1..={hidden})"), conv)),
+        }
+    }
+}
+
+impl candle_core::CustomOp2 for GeluGate {
+    fn name(&self) -> &'static str {
+        "tokenmix-gelu-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &CpuStorage,
+        hl: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, k) = self.dims(hl.shape(), cl.shape())?;
+        let h = contiguous_f32(hs, hl, "gelu_gate", "h")?;
+        let conv = contiguous_f32(cs, cl, "gelu_gate", "conv")?;
+        let hidden = self.hidden;
+        let mut out = vec![0f32; rows * hidden];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from((rows, hidden))));
+        }
+        let task = (CHUNK / hidden).max(1);
+        out.par_chunks_mut(task * hidden)
+            .zip(h.par_chunks(task * 2 * hidden))
+            .zip(conv.par_chunks(task * k))
+            .for_each(|((o, h), c)| gelu_gate_rows(h, c, hidden, k, o));
+        Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        conv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let hidden = self.hidden;
+        let g = crate::grad::via_composition(&[h, conv], grad, |t| {
+            crate::composed::gelu_gate(&t[0], &t[1], hidden)
+        })?;
+        let mut g = g.into_iter();
+        Ok((g.next(), g.next()))
+    }
+}
+
+/// Rows of [`GeluGate`]: `out` `(r, hidden)` from `h` `(r, 2 * hidden)` and `conv` `(r, k)`.
+#[inline(always)]
+fn gelu_gate_rows_body(h: &[f32], conv: &[f32], hidden: usize, k: usize, out: &mut [f32]) {
+    let identity = hidden - k;
+    for ((o, h), c) in out
+        .chunks_exact_mut(hidden)
+        .zip(h.chunks_exact(2 * hidden))
+        .zip(conv.chunks_exact(k))
+    {
+        let (g, rest) = h.split_at(hidden);
+        let (o_id, o_conv) = o.split_at_mut(identity);
+        for ((o, &g), &i) in o_id.iter_mut().zip(g).zip(&rest[..identity]) {
+            *o = gelu_of(g) * i;
+        }
+        for ((o, &g), &c) in o_conv.iter_mut().zip(&g[identity..]).zip(c) {
+            *o = gelu_of(g) * c;
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`gelu_gate_rows_body`] on wide vectors where the CPU has them.
+    fn gelu_gate_rows(h: &[f32], conv: &[f32], hidden: usize, k: usize, out: &mut [f32]) => gelu_gate_rows_body
+}

@@ -374,6 +374,19 @@ pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &crate::MlpWeights) -> Resul
     base.add(&mlp.compose(x)?)
 }
 
+/// MambaOut's gate as candle ops: `gelu(g) * concat(i, conv)` for `h = [g, i, c]` `(rows,
+/// 2 * hidden)` split at `hidden` and `2 * hidden - k`, `conv` `(rows, k)`.
+pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
+    let k = conv.dim(1)?;
+    let gate = h.narrow(1, 0, hidden)?.gelu_erf()?;
+    let values = if k == hidden {
+        conv.clone()
+    } else {
+        Tensor::cat(&[&h.narrow(1, hidden, hidden - k)?, conv], 1)?
+    };
+    gate * values
+}
+
 /// StarReLU as candle ops: `scale * relu(x)^2 + bias`.
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.relu()?.sqr()?.broadcast_mul(scale)?.broadcast_add(bias)

@@ -14,6 +14,8 @@
 //!   [`depthwise_conv2d_nhwc`] the same on channel-last tensors.
 //! * [`conv2d_nhwc`]: dense convolution of channel-last maps (stems and downsamplers) as
 //!   patches times one weight matrix ([`conv_weight_matrix`]).
+//! * [`gelu_gate`]: MambaOut's `gelu(g) * concat(i, conv)` in one pass.
+//! * [`linear`]: `x w + b`, the output starting as the bias (no zero fill, no bias pass).
 //! * [`residual_mlp`]: a block's channel MLP and the residual add after it,
 //!   `base + act(x W1 + b1) W2 + b2`, a block of rows at a time (inference: the weights are
 //!   constants).
@@ -52,12 +54,12 @@ mod spectral;
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
 
-pub use activation::{Gelu, StarRelu};
+pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
-pub use mlp::{MlpActivation, MlpWeights, ResidualMlp};
+pub use mlp::{Linear, MlpActivation, MlpWeights, ResidualMlp};
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
@@ -179,12 +181,45 @@ pub fn conv2d_nhwc(
     } else {
         x.contiguous()?.apply_op1(Im2ColNhwc::new(window))?
     };
-    let y = rows.matmul(matrix)?;
     let y = match bias {
-        Some(bias) => y.broadcast_add(bias)?,
-        None => y,
+        Some(bias) => linear(&rows, matrix, bias)?,
+        None => rows.matmul(matrix)?,
     };
     y.reshape((b, ho, wo, cout))
+}
+
+/// A linear layer on the last axis: `x w + bias` for `x` `(..., K)`, `w` `(K, N)` (a `Linear`
+/// weight transposed) and `bias` `(N)`, giving `(..., N)`. On the CPU in f32 the output starts
+/// as the bias and gemm adds the product to it (one op, no zero fill or bias pass);
+/// elsewhere it is candle's matmul and broadcast add. Differentiable in all three operands.
+pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    let x2 = x.reshape((rows, k))?;
+    let y = if x.device().is_cpu() && use_fused(x) && same_dtype(x, &[w, bias]) {
+        x2.contiguous()?
+            .apply_op3(&w.contiguous()?, &bias.contiguous()?, Linear)?
+    } else {
+        x2.matmul(w)?.broadcast_add(bias)?
+    };
+    y.reshape(out_dims)
+}
+
+/// MambaOut's gate `gelu(g) * concat(i, conv)` from a gated block's projection `h`
+/// `(rows, 2 * hidden)` = `[g (hidden), i (hidden - k), c (k)]` and the depthwise convolution
+/// `conv` `(rows, k)` of `c`: output `(rows, hidden)`. One pass on the CPU in f32 (no slices
+/// or concatenation); candle ops elsewhere.
+pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
+    let op = GeluGate::new(hidden);
+    op.dims(h.shape(), conv.shape())?;
+    if h.device().is_cpu() && use_fused(h) && same_dtype(h, &[conv]) {
+        h.contiguous()?.apply_op2(&conv.contiguous()?, op)
+    } else {
+        composed::gelu_gate(h, conv, hidden)
+    }
 }
 
 /// A block's channel MLP and residual add: `base + act(x fc1 + b1) fc2 + b2` for `x`

@@ -485,3 +485,106 @@ mod tests {
         assert_eq!(block_rows(49, 2048, 2), 49);
     }
 }
+
+/// Candle custom op on `(x, w, bias)`, `x` `(rows, K)`, `w` `(K, N)`, `bias` `(N)`, all
+/// contiguous f32: `x w + bias`, the output rows starting as the bias and the product added
+/// to them by gemm (no zero fill and no separate bias pass). Differentiable in all three.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Linear;
+
+impl candle_core::CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "tokenmix-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        const OP: &str = "linear";
+        let (rows, k, n) = linear_dims(xl.shape(), wl.shape(), bl.shape())?;
+        if xl.dims().len() != 2 {
+            return Err(KernelError::Shape {
+                op: OP,
+                what: "input",
+                expected: format!("(rows, {k})"),
+                found: xl.dims().to_vec(),
+            }
+            .into());
+        }
+        let x = contiguous_f32(xs, xl, OP, "input")?;
+        let w = contiguous_f32(ws, wl, OP, "weight")?;
+        let b = contiguous_f32(bs, bl, OP, "bias")?;
+        let mut out: Vec<f32> = Vec::with_capacity(rows * n);
+        out.spare_capacity_mut()
+            .par_chunks_mut(PASS_ROWS * n.max(1))
+            .for_each(|o| {
+                for row in o.chunks_exact_mut(n.max(1)) {
+                    for (o, &v) in row.iter_mut().zip(b) {
+                        o.write(v);
+                    }
+                }
+            });
+        // SAFETY: every element was written above; the product adds to them.
+        unsafe {
+            out.set_len(rows * n);
+            let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+            matmul(
+                rows,
+                n,
+                k,
+                out.as_mut_ptr(),
+                x.as_ptr(),
+                w.as_ptr(),
+                true,
+                par,
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = crate::grad::via_composition(&[x, w, bias], grad, |t| {
+            t[0].matmul(&t[1])?.broadcast_add(&t[2])
+        })?;
+        let mut g = g.into_iter();
+        Ok((g.next(), g.next(), g.next()))
+    }
+}
+
+/// `(rows, K, N)` of a linear layer's input `(..., K)` (`rows` the product of the leading
+/// axes), weight `(K, N)` and bias `(N)`, or an error naming the operand that does not fit.
+pub(crate) fn linear_dims(x: &Shape, w: &Shape, b: &Shape) -> Result<(usize, usize, usize)> {
+    let err = |what: &'static str, expected: String, found: &Shape| -> candle_core::Error {
+        KernelError::Shape {
+            op: "linear",
+            what,
+            expected,
+            found: found.dims().to_vec(),
+        }
+        .into()
+    };
+    let &[k, n] = w.dims() else {
+        return Err(err("weight", "a matrix (K, N)".into(), w));
+    };
+    let Some((_, lead)) = x.dims().split_last().filter(|(&xk, _)| xk == k) else {
+        return Err(err("input", format!("(..., {k})"), x));
+    };
+    let rows = lead.iter().product();
+    if b.dims() != [n] {
+        return Err(err("bias", format!("[{n}]"), b));
+    }
+    Ok((rows, k, n))
+}

@@ -1080,3 +1080,106 @@ fn residual_mlp_rejects_mismatched_operands() {
         "{e}"
     );
 }
+
+#[test]
+fn linear_matches_matmul_plus_bias() {
+    // (leading axes, K, N): one element, odd sizes, more rows than one pass task.
+    for (lead, k, n) in [
+        (vec![1], 1, 1),
+        (vec![2, 7], 5, 3),
+        (vec![3, 37], 64, 19),
+        (vec![1000], 17, 130),
+    ] {
+        let rows: usize = lead.iter().product();
+        let (w, b) = (randn(&[k, n]), randn(&[n]));
+        let x = randn(&[lead.clone(), vec![k]].concat());
+        let strided = x
+            .reshape((rows, k))
+            .unwrap()
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .t()
+            .unwrap();
+        assert!(rows == 1 || k == 1 || !strided.is_contiguous());
+        for x in [x, strided] {
+            let fused = tokenmix_kernels::linear(&x, &w, &b).unwrap();
+            let reference = x
+                .reshape((rows, k))
+                .unwrap()
+                .matmul(&w)
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap()
+                .reshape([&x.dims()[..x.rank() - 1], &[n]].concat())
+                .unwrap();
+            let d = max_abs_diff(&fused, &reference);
+            assert!(d < 1e-4, "{lead:?}x{k} -> {n}: max diff {d}");
+        }
+    }
+    check_grads(
+        "linear",
+        &[randn(&[2, 9, 7]), randn(&[7, 5]), randn(&[5])],
+        |t| tokenmix_kernels::linear(&t[0], &t[1], &t[2]),
+        |t| t[0].broadcast_matmul(&t[1])?.broadcast_add(&t[2]),
+    );
+    let err = |x: &[usize], w: &[usize], b: &[usize]| {
+        tokenmix_kernels::linear(&randn(x), &randn(w), &randn(b))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&[2, 4], &[3, 5], &[5]);
+    assert!(
+        e.contains("linear: input has shape [2, 4], expected (..., 3)"),
+        "{e}"
+    );
+    let e = err(&[2, 3], &[3, 5], &[4]);
+    assert!(
+        e.contains("linear: bias has shape [4], expected [5]"),
+        "{e}"
+    );
+    let e = err(&[2, 3], &[3, 5, 1], &[5]);
+    assert!(
+        e.contains("linear: weight has shape [3, 5, 1], expected a matrix (K, N)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gelu_gate_matches_split_and_concatenate() {
+    // (rows, hidden, conv channels): every channel convolved, a few, one; odd sizes.
+    for (rows, hidden, k) in [(1, 1, 1), (5, 8, 8), (37, 13, 5), (300, 128, 48), (4, 9, 1)] {
+        let h = randn(&[rows, 2 * hidden]);
+        let conv = randn(&[rows, k]);
+        let strided = conv.t().unwrap().contiguous().unwrap().t().unwrap();
+        for conv in [&conv, &strided] {
+            let fused = tokenmix_kernels::gelu_gate(&h, conv, hidden).unwrap();
+            let g = h.narrow(1, 0, hidden).unwrap().gelu_erf().unwrap();
+            let values =
+                Tensor::cat(&[&h.narrow(1, hidden, hidden - k).unwrap(), conv], 1).unwrap();
+            let d = max_abs_diff(&fused, &(g * values).unwrap());
+            assert!(d < 1e-5, "{rows}x{hidden} k={k}: max diff {d}");
+        }
+    }
+    check_grads(
+        "gelu_gate",
+        &[randn(&[6, 14]), randn(&[6, 3])],
+        |t| tokenmix_kernels::gelu_gate(&t[0], &t[1], 7),
+        |t| composed::gelu_gate(&t[0], &t[1], 7),
+    );
+    let e = tokenmix_kernels::gelu_gate(&randn(&[6, 14]), &randn(&[6, 8]), 7)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gelu_gate: conv has shape [6, 8], expected (6, 1..=7)"),
+        "{e}"
+    );
+    let e = tokenmix_kernels::gelu_gate(&randn(&[6, 13]), &randn(&[6, 3]), 7)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gelu_gate: h has shape [6, 13], expected (rows, 14)"),
+        "{e}"
+    );
+}

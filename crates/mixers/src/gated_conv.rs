@@ -3,7 +3,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::layers::Derived;
 use crate::{MixerLayout, TokenMixer};
+use tokenmix_kernels::linear;
 
 /// Hidden channels and depthwise-conv channels for `dim` (`int(ratio * dim)` each, as timm).
 pub fn widths(dim: usize, expansion_ratio: f64, conv_ratio: f64) -> (usize, usize) {
@@ -43,33 +45,20 @@ pub fn validate(
 /// (timm `GatedConvBlock` without its norm, layer scale and shortcut).
 #[derive(Debug, Clone)]
 pub struct GatedConv {
-    /// `fc1` split by output rows into the gate halves for the identity and conv channels, the
-    /// identity channels and the conv channels, each `(weight^T [C, n], bias [n])`.
-    gate_identity: (Tensor, Tensor),
-    gate_conv: (Tensor, Tensor),
-    identity: (Tensor, Tensor),
-    conv_in: (Tensor, Tensor),
+    /// `fc1.weight` `[2 * hidden, C]` and `fc1.bias`.
+    fc1: (Tensor, Tensor),
     conv_weight: Tensor,
     conv_bias: Tensor,
-    /// `fc2` split by input columns: identity part, conv part (`[n, C]` each) and the bias.
-    out_identity: Tensor,
-    out_conv: Tensor,
-    out_bias: Tensor,
+    /// `fc2.weight` `[C, hidden]` and `fc2.bias`.
+    fc2: (Tensor, Tensor),
+    /// `fc1` and `fc2` weights transposed to the `[in, out]` matrices the products multiply by.
+    matrices: Derived<(Tensor, Tensor)>,
+    hidden: usize,
     dim: usize,
 }
 
-/// Rows `start..start + len` of a `[out, in]` weight (transposed to `[in, len]`) and its bias.
-fn rows(w: &Tensor, b: &Tensor, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
-    Ok((
-        w.narrow(0, start, len)?.t()?.contiguous()?,
-        b.narrow(0, start, len)?.contiguous()?,
-    ))
-}
-
 impl GatedConv {
-    /// Loads `fc1`, `conv` and `fc2` from `vb` (the block's prefix in timm's names). The linear
-    /// layers are split at load time so that the forward pass needs no slicing or
-    /// concatenation of activations.
+    /// Loads `fc1`, `conv` and `fc2` from `vb` (the block's prefix in timm's names).
     pub fn new(
         dim: usize,
         expansion_ratio: f64,
@@ -78,37 +67,27 @@ impl GatedConv {
         vb: VarBuilder,
     ) -> Result<Self> {
         let (hidden, k) = widths(dim, expansion_ratio, conv_ratio);
-        let fc1 = vb.pp("fc1");
-        let (w1, b1) = (
-            fc1.get((2 * hidden, dim), "weight")?,
-            fc1.get(2 * hidden, "bias")?,
-        );
-        let fc2 = vb.pp("fc2");
-        let w2 = fc2.get((dim, hidden), "weight")?;
-        let conv = vb.pp("conv");
+        let (fc1, fc2, conv) = (vb.pp("fc1"), vb.pp("fc2"), vb.pp("conv"));
         Ok(Self {
-            gate_identity: rows(&w1, &b1, 0, hidden - k)?,
-            gate_conv: rows(&w1, &b1, hidden - k, k)?,
-            identity: rows(&w1, &b1, hidden, hidden - k)?,
-            conv_in: rows(&w1, &b1, 2 * hidden - k, k)?,
+            fc1: (
+                fc1.get((2 * hidden, dim), "weight")?,
+                fc1.get(2 * hidden, "bias")?,
+            ),
             conv_weight: conv.get((k, 1, kernel_size, kernel_size), "weight")?,
             conv_bias: conv.get(k, "bias")?,
-            out_identity: w2.narrow(1, 0, hidden - k)?.t()?.contiguous()?,
-            out_conv: w2.narrow(1, hidden - k, k)?.t()?.contiguous()?,
-            out_bias: fc2.get(dim, "bias")?,
+            fc2: (fc2.get((dim, hidden), "weight")?, fc2.get(dim, "bias")?),
+            matrices: Derived::default(),
+            hidden,
             dim,
         })
     }
-}
 
-/// `x @ w + b` for `x` `(N, C)`.
-fn affine(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
-    x.matmul(w)?.broadcast_add(b)
-}
-
-/// `gelu(x @ w + b)` for `x` `(N, C)`, the bias added inside GELU's pass.
-fn gate(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
-    tokenmix_kernels::bias_gelu(&x.matmul(w)?, b, 1)
+    fn matrices(&self) -> Result<(Tensor, Tensor)> {
+        let trainable = self.fc1.0.is_variable() || self.fc2.0.is_variable();
+        self.matrices.get(trainable, || {
+            Ok((self.fc1.0.t()?.contiguous()?, self.fc2.0.t()?.contiguous()?))
+        })
+    }
 }
 
 impl TokenMixer for GatedConv {
@@ -122,9 +101,13 @@ impl TokenMixer for GatedConv {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
-        let tokens = x.reshape((b * h * w, c))?;
+        let (w1, w2) = self.matrices()?;
         let k = self.conv_bias.dim(0)?;
-        let conv_in = affine(&tokens, &self.conv_in)?.reshape((b, h, w, k))?;
+        let projected = linear(&x.reshape((b * h * w, c))?, &w1, &self.fc1.1)?;
+        let conv_in = projected
+            .narrow(1, 2 * self.hidden - k, k)?
+            .contiguous()?
+            .reshape((b, h, w, k))?;
         let pad = self.conv_weight.dim(3)? / 2;
         let conv = tokenmix_kernels::depthwise_conv2d_nhwc(
             &conv_in,
@@ -134,14 +117,44 @@ impl TokenMixer for GatedConv {
             pad,
         )?
         .reshape((b * h * w, k))?;
-        let gated_conv = (gate(&tokens, &self.gate_conv)? * conv)?;
-        let mut y = gated_conv.matmul(&self.out_conv)?;
-        if self.out_identity.dim(0)? > 0 {
-            let gate = gate(&tokens, &self.gate_identity)?;
-            let gated = (gate * affine(&tokens, &self.identity)?)?;
-            y = (y + gated.matmul(&self.out_identity)?)?;
-        }
-        y.broadcast_add(&self.out_bias)?
-            .reshape((b, h, w, self.dim))
+        let gated = tokenmix_kernels::gelu_gate(&projected, &conv, self.hidden)?;
+        linear(&gated, &w2, &self.fc2.1)?.reshape((b, h, w, self.dim))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn gated_conv_sees_in_place_updates_of_its_variables() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mixer = GatedConv::new(4, 2.0, 3, 0.5, vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &Device::Cpu).unwrap();
+        let before = mixer.forward(&x).unwrap();
+        let vars = varmap.data().lock().unwrap().clone();
+        vars["fc2.weight"]
+            .set(&Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        vars["fc2.bias"]
+            .set(&Tensor::ones(4, DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let after = mixer.forward(&x).unwrap();
+        let ones = Tensor::ones((2, 3, 5, 4), DType::F32, &Device::Cpu).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert_eq!(diff(&after, &ones), 0.0);
+        assert!(diff(&before, &ones) > 0.0);
     }
 }
