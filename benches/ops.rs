@@ -90,7 +90,14 @@ fn attention(c: &mut Criterion) {
 /// before it: product, fused bias + GELU, product, bias add, residual add.
 fn residual_mlp(c: &mut Criterion) {
     let mut group = c.benchmark_group("residual_mlp");
-    for (rows, ch) in [(3136, 64), (25088, 64), (196, 320), (49, 512), (1568, 512)] {
+    for (rows, ch) in [
+        (3136, 64),
+        (25088, 64),
+        (196, 320),
+        (1568, 320),
+        (49, 512),
+        (1568, 512),
+    ] {
         let hidden = 4 * ch;
         let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
         let w = tokenmix::kernels::MlpWeights {

@@ -22,6 +22,11 @@ const HIDDEN_BLOCK_BYTES: usize = 512 * 1024;
 /// many rows, the whole input is one block whose products and passes are split across threads.
 const MIN_BLOCK_ROWS: usize = 128;
 
+/// Largest weights (both matrices) worth working in row blocks: each block streams them
+/// through gemm's packing again, which pays off while they stay in a core's L2 cache; larger
+/// ones run as one block over all rows, each product split across the threads.
+const MAX_BLOCKED_WEIGHT_BYTES: usize = 1024 * 1024;
+
 /// Rows per task of the element-wise passes when one block spans the threads.
 const PASS_ROWS: usize = 16;
 
@@ -276,7 +281,11 @@ impl Slices<'_> {
         let (c, h, n) = self.dims;
         let mut out: Vec<f32> = Vec::with_capacity(rows * n);
         let threads = rayon::current_num_threads().max(1);
-        let block = block_rows(rows, h, threads);
+        let block = if (c + n) * h * 4 > MAX_BLOCKED_WEIGHT_BYTES {
+            rows
+        } else {
+            block_rows(rows, h, threads)
+        };
         let dst = SyncPtr(out.as_mut_ptr());
         if block >= rows {
             let mut hidden = vec![0f32; rows * h];
