@@ -459,14 +459,8 @@ impl GeluGate {
     /// with `1 <= k <= hidden`.
     pub(crate) fn dims(&self, h: &Shape, conv: &Shape) -> Result<(usize, usize)> {
         let hidden = self.hidden;
-        let err = |what, expected: String, found: &Shape| -> candle_core::Error {
-            KernelError::Shape {
-                op: "gelu_gate",
-                what,
-                expected,
-                found: found.dims().to_vec(),
-            }
-            .into()
+        let err = |what, expected, found: &Shape| {
+            crate::error::shape_error_of("gelu_gate", what, expected, found.dims())
         };
         let rows = match *h.dims() {
             [rows, w] if w == 2 * hidden && hidden > 0 => rows,

@@ -54,3 +54,19 @@ impl From<KernelError> for candle_core::Error {
         candle_core::Error::wrap(e)
     }
 }
+
+/// [`KernelError::Shape`] for operand `what` of `op`, whose shape `found` is not `expected`.
+pub(crate) fn shape_error_of(
+    op: &'static str,
+    what: &'static str,
+    expected: String,
+    found: &[usize],
+) -> candle_core::Error {
+    KernelError::Shape {
+        op,
+        what,
+        expected,
+        found: found.to_vec(),
+    }
+    .into()
+}

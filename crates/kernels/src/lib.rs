@@ -229,36 +229,7 @@ pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
 /// ops. The weights are treated as constants: gradients reach `x` and `base` only, so a layer
 /// whose weights train must compose the MLP itself.
 pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tensor> {
-    let (c, _, n) = mlp.dims()?;
-    let lead = x
-        .dims()
-        .split_last()
-        .map(|(_, lead)| lead)
-        .unwrap_or_default();
-    let rows: usize = lead.iter().product();
-    let mut out_dims = lead.to_vec();
-    out_dims.push(n);
-    if x.dims().last() != Some(&c) || base.dims() != out_dims {
-        return Err(KernelError::Shape {
-            op: "residual_mlp",
-            what: if x.dims().last() != Some(&c) {
-                "input"
-            } else {
-                "base"
-            },
-            expected: if x.dims().last() != Some(&c) {
-                format!("(..., {c})")
-            } else {
-                format!("{out_dims:?}")
-            },
-            found: if x.dims().last() != Some(&c) {
-                x.dims().to_vec()
-            } else {
-                base.dims().to_vec()
-            },
-        }
-        .into());
-    }
+    let (rows, c, _, n) = mlp.operand_dims(x.dims(), base.dims())?;
     let x2 = x.reshape((rows, c))?;
     let base2 = base.reshape((rows, n))?;
     let y = if x.device().is_cpu() && use_fused(x) && base.dtype() == x.dtype() && mlp.all_cpu_f32()
@@ -268,7 +239,7 @@ pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tenso
     } else {
         composed::residual_mlp(&x2, &base2, mlp)?
     };
-    y.reshape(out_dims)
+    y.reshape(base.dims())
 }
 
 /// Multi-head self-attention on the packed projection `qkv` `(B, N, 3, H, D)` (a

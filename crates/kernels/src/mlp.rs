@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor}
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::error::contiguous_f32;
+use crate::error::{contiguous_f32, shape_error_of};
 use crate::ptr::SyncPtr;
 use crate::KernelError;
 
@@ -75,7 +75,8 @@ impl MlpWeights {
     /// `(C, H, N)` after checking that the matrices chain and the biases fit them.
     pub fn dims(&self) -> Result<(usize, usize, usize)> {
         let matrix = |t: &Tensor, what: &'static str, expected: &str| {
-            t.dims2().map_err(|_| shape_error(what, expected.into(), t))
+            t.dims2()
+                .map_err(|_| shape_error(what, expected.into(), t.dims()))
         };
         let (c, h) = matrix(&self.fc1, "fc1", "a matrix (C, H)")?;
         let (h2, n) = matrix(&self.fc2, "fc2", "a matrix (H, N)")?;
@@ -83,7 +84,7 @@ impl MlpWeights {
             return Err(shape_error(
                 "fc2",
                 format!("({h}, N) after fc1 ({c}, {h})"),
-                &self.fc2,
+                self.fc2.dims(),
             ));
         }
         for (bias, what, len) in [
@@ -92,11 +93,29 @@ impl MlpWeights {
         ] {
             if let Some(b) = bias {
                 if b.dims() != [len] {
-                    return Err(shape_error(what, format!("[{len}]"), b));
+                    return Err(shape_error(what, format!("[{len}]"), b.dims()));
                 }
             }
         }
         Ok((c, h, n))
+    }
+
+    /// `(rows, C, H, N)` after checking the weights and that the input is `(..., C)` and the
+    /// base `(..., N)` with the input's leading axes (`rows` their product).
+    pub(crate) fn operand_dims(
+        &self,
+        x: &[usize],
+        base: &[usize],
+    ) -> Result<(usize, usize, usize, usize)> {
+        let (c, h, n) = self.dims()?;
+        let Some((_, lead)) = x.split_last().filter(|(&xc, _)| xc == c) else {
+            return Err(shape_error("input", format!("(..., {c})"), x));
+        };
+        let want: Vec<usize> = lead.iter().copied().chain([n]).collect();
+        if base != want {
+            return Err(shape_error("base", format!("{want:?}"), base));
+        }
+        Ok((lead.iter().product(), c, h, n))
     }
 
     /// Every weight tensor, biases included.
@@ -143,18 +162,12 @@ impl MlpWeights {
     }
 }
 
-fn shape_error(what: &'static str, expected: String, found: &Tensor) -> candle_core::Error {
-    KernelError::Shape {
-        op: OP,
-        what,
-        expected,
-        found: found.dims().to_vec(),
-    }
-    .into()
+fn shape_error(what: &'static str, expected: String, found: &[usize]) -> candle_core::Error {
+    shape_error_of(OP, what, expected, found)
 }
 
-/// Candle custom op on `(x, base)`, `x` `(rows, C)` and `base` `(rows, N)` contiguous f32:
-/// `base + act(x fc1 + b1) fc2 + b2`. The weights are constants of the op (contiguous f32 on
+/// Candle custom op on `(x, base)`, `x` `(..., C)` and `base` `(..., N)` contiguous f32:
+/// `base + act(x fc1 + b1) fc2 + b2` as `(rows, N)`, `rows` the product of the leading axes. The weights are constants of the op (contiguous f32 on
 /// the CPU): its backward gives the gradients of `x` and `base` only, so layers use it only when
 /// no weight is a trainable variable.
 #[derive(Debug, Clone)]
@@ -210,26 +223,7 @@ impl CustomOp2 for ResidualMlp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (c, h, n) = self.weights.dims()?;
-        let (rows, xc) = xl.shape().dims2()?;
-        if xc != c {
-            return Err(KernelError::Shape {
-                op: OP,
-                what: "input",
-                expected: format!("(rows, {c})"),
-                found: xl.dims().to_vec(),
-            }
-            .into());
-        }
-        if bl.dims() != [rows, n] {
-            return Err(KernelError::Shape {
-                op: OP,
-                what: "base",
-                expected: format!("({rows}, {n})"),
-                found: bl.dims().to_vec(),
-            }
-            .into());
-        }
+        let (rows, c, h, n) = self.weights.operand_dims(xl.dims(), bl.dims())?;
         let x = contiguous_f32(xs, xl, OP, "input")?;
         let base = contiguous_f32(bs, bl, OP, "base")?;
         let w = &self.weights;
@@ -268,7 +262,9 @@ impl CustomOp2 for ResidualMlp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = crate::grad::via_composition(&[x, base], grad, |t| {
-            t[1].add(&self.weights.compose(&t[0])?)
+            let (rows, c, _, n) = self.weights.operand_dims(t[0].dims(), t[1].dims())?;
+            let y = self.weights.compose(&t[0].reshape((rows, c))?)?;
+            t[1].reshape((rows, n))?.add(&y)
         })?;
         let mut g = g.into_iter();
         Ok((g.next(), g.next()))
@@ -495,8 +491,8 @@ mod tests {
     }
 }
 
-/// Candle custom op on `(x, w, bias)`, `x` `(rows, K)`, `w` `(K, N)`, `bias` `(N)`, all
-/// contiguous f32: `x w + bias`, the output rows starting as the bias and the product added
+/// Candle custom op on `(x, w, bias)`, `x` `(..., K)`, `w` `(K, N)`, `bias` `(N)`, all
+/// contiguous f32: `x w + bias` as `(rows, N)` (`rows` the product of the leading axes), the output rows starting as the bias and the product added
 /// to them by gemm (no zero fill and no separate bias pass). Differentiable in all three.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Linear;
@@ -517,15 +513,6 @@ impl candle_core::CustomOp3 for Linear {
     ) -> Result<(CpuStorage, Shape)> {
         const OP: &str = "linear";
         let (rows, k, n) = linear_dims(xl.shape(), wl.shape(), bl.shape())?;
-        if xl.dims().len() != 2 {
-            return Err(KernelError::Shape {
-                op: OP,
-                what: "input",
-                expected: format!("(rows, {k})"),
-                found: xl.dims().to_vec(),
-            }
-            .into());
-        }
         let x = contiguous_f32(xs, xl, OP, "input")?;
         let w = contiguous_f32(ws, wl, OP, "weight")?;
         let b = contiguous_f32(bs, bl, OP, "bias")?;
@@ -566,7 +553,8 @@ impl candle_core::CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = crate::grad::via_composition(&[x, w, bias], grad, |t| {
-            t[0].matmul(&t[1])?.broadcast_add(&t[2])
+            let k = t[1].dim(0)?;
+            t[0].reshape(((), k))?.matmul(&t[1])?.broadcast_add(&t[2])
         })?;
         let mut g = g.into_iter();
         Ok((g.next(), g.next(), g.next()))
@@ -576,15 +564,8 @@ impl candle_core::CustomOp3 for Linear {
 /// `(rows, K, N)` of a linear layer's input `(..., K)` (`rows` the product of the leading
 /// axes), weight `(K, N)` and bias `(N)`, or an error naming the operand that does not fit.
 pub(crate) fn linear_dims(x: &Shape, w: &Shape, b: &Shape) -> Result<(usize, usize, usize)> {
-    let err = |what: &'static str, expected: String, found: &Shape| -> candle_core::Error {
-        KernelError::Shape {
-            op: "linear",
-            what,
-            expected,
-            found: found.dims().to_vec(),
-        }
-        .into()
-    };
+    let err =
+        |what, expected, found: &Shape| shape_error_of("linear", what, expected, found.dims());
     let &[k, n] = w.dims() else {
         return Err(err("weight", "a matrix (K, N)".into(), w));
     };

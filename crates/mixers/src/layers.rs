@@ -469,13 +469,21 @@ impl Mlp {
         vb: VarBuilder,
         pointwise: fn(usize, usize, bool, MixerLayout, VarBuilder) -> Result<Pointwise>,
     ) -> Result<Self> {
-        Ok(Self {
-            fc1: pointwise(dim, hidden, bias, layout, vb.pp("fc1"))?,
-            act: Act::new(act, vb.pp("act"))?,
-            fc2: pointwise(hidden, dim, bias, layout, vb.pp("fc2"))?,
+        Ok(Self::of_layers(
+            pointwise(dim, hidden, bias, layout, vb.pp("fc1"))?,
+            Act::new(act, vb.pp("act"))?,
+            pointwise(hidden, dim, bias, layout, vb.pp("fc2"))?,
+        ))
+    }
+
+    fn of_layers(fc1: Pointwise, act: Act, fc2: Pointwise) -> Self {
+        Self {
+            fc1,
+            act,
+            fc2,
             output_scale: None,
             fused: Derived::default(),
-        })
+        }
     }
 
     /// This MLP with its output multiplied by `scale` (a block's `layer_scale2` / `ls2`).
@@ -589,13 +597,12 @@ impl Mlp {
         fc2: VarBuilder,
     ) -> Result<Self> {
         let layout = MixerLayout::Tokens;
-        Ok(Self {
-            act: Act::new(act, fc1.pp("act"))?,
-            fc1: Pointwise::new(dim, hidden, true, layout, fc1)?,
-            fc2: Pointwise::new(hidden, dim, true, layout, fc2)?,
-            output_scale: None,
-            fused: Derived::default(),
-        })
+        let act = Act::new(act, fc1.pp("act"))?;
+        Ok(Self::of_layers(
+            Pointwise::new(dim, hidden, true, layout, fc1)?,
+            act,
+            Pointwise::new(hidden, dim, true, layout, fc2)?,
+        ))
     }
 }
 
