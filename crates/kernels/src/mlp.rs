@@ -167,18 +167,19 @@ fn shape_error(what: &'static str, expected: String, found: &[usize]) -> candle_
 }
 
 /// Candle custom op on `(x, base)`, `x` `(..., C)` and `base` `(..., N)` contiguous f32:
-/// `base + act(x fc1 + b1) fc2 + b2` as `(rows, N)`, `rows` the product of the leading axes. The weights are constants of the op (contiguous f32 on
-/// the CPU): its backward gives the gradients of `x` and `base` only, so layers use it only when
-/// no weight is a trainable variable.
+/// `base + act(x fc1 + b1) fc2 + b2` as `(rows, N)`, `rows` the product of the leading axes.
+/// The weights are constants of the op (contiguous f32 on the CPU): its backward gives the
+/// gradients of `x` and `base` only, so layers use it only when no weight is a trainable
+/// variable.
 #[derive(Debug, Clone)]
 pub struct ResidualMlp {
     weights: MlpWeights,
 }
 
 impl ResidualMlp {
-    /// The op for `weights` (checked; made contiguous).
+    /// The op for `weights` (made contiguous; their shapes are checked against the operands
+    /// when it runs).
     pub fn new(weights: &MlpWeights) -> Result<Self> {
-        weights.dims()?;
         Ok(Self {
             weights: weights.contiguous()?,
         })
@@ -284,13 +285,16 @@ impl Slices<'_> {
         };
         let dst = SyncPtr(out.as_mut_ptr());
         if block >= rows {
-            let mut hidden = vec![0f32; rows * h];
+            let mut hidden = Vec::with_capacity(rows * h);
             // SAFETY: `out` holds `rows * n` elements of capacity.
-            unsafe { self.block(x, base, rows, &mut hidden, dst, threads > 1) };
+            unsafe {
+                let scratch = hidden.spare_capacity_mut();
+                self.block(x, base, rows, scratch, dst, threads > 1)
+            };
         } else {
             let blocks = rows.div_ceil(block);
             (0..blocks).into_par_iter().for_each_init(
-                || vec![0f32; block * h],
+                || Vec::<f32>::with_capacity(block * h),
                 |hidden, i| {
                     let (r0, m) = (i * block, block.min(rows - i * block));
                     // SAFETY: rows `r0..r0 + m` of `out` are inside its capacity and written
@@ -300,7 +304,7 @@ impl Slices<'_> {
                             &x[r0 * c..(r0 + m) * c],
                             &base[r0 * n..(r0 + m) * n],
                             m,
-                            &mut hidden[..m * h],
+                            &mut hidden.spare_capacity_mut()[..m * h],
                             dst.add(r0 * n),
                             false,
                         )
@@ -313,7 +317,8 @@ impl Slices<'_> {
         out
     }
 
-    /// Rows `x` `(m, C)` of the op into `out` `(m, N)`, with `hidden` `(m, H)` as scratch;
+    /// Rows `x` `(m, C)` of the op into `out` `(m, N)`, with `hidden` `(m, H)` as scratch
+    /// (uninitialized: the first product writes it without reading it, so no zero fill);
     /// `parallel`: split the products and passes across the threads (else this thread only).
     ///
     /// # Safety
@@ -323,7 +328,7 @@ impl Slices<'_> {
         x: &[f32],
         base: &[f32],
         m: usize,
-        hidden: &mut [f32],
+        hidden: &mut [MaybeUninit<f32>],
         out: SyncPtr,
         parallel: bool,
     ) {
@@ -337,12 +342,14 @@ impl Slices<'_> {
             m,
             h,
             c,
-            hidden.as_mut_ptr(),
+            hidden.as_mut_ptr().cast(),
             x.as_ptr(),
             self.fc1.as_ptr(),
             false,
             par,
         );
+        // gemm without `accumulate` stores every element of `hidden` (it never reads it).
+        let hidden = std::slice::from_raw_parts_mut(hidden.as_mut_ptr().cast::<f32>(), m * h);
         let out_rows = std::slice::from_raw_parts_mut(out.0.cast::<MaybeUninit<f32>>(), m * n);
         if parallel {
             let step = PASS_ROWS;
@@ -459,41 +466,10 @@ crate::simd::dispatch! {
     fn star_relu_rows_in_place(hidden: &mut [f32], bias: &[f32], scale: f32, shift: f32) => star_relu_rows_body
 }
 
-#[cfg(test)]
-mod tests {
-    use super::block_rows;
-
-    #[test]
-    fn blocks_cover_the_rows_evenly() {
-        for (rows, hidden, threads) in [
-            (3136, 256, 2),
-            (784, 512, 2),
-            (196, 1280, 2),
-            (49, 2048, 2),
-            (25088, 256, 16),
-            (97, 64, 2),
-        ] {
-            let block = block_rows(rows, hidden, threads);
-            assert!(block >= 1 && block <= rows, "{rows} rows: block {block}");
-            let blocks = rows.div_ceil(block);
-            if block < rows {
-                assert!(
-                    block * hidden * 4
-                        <= super::HIDDEN_BLOCK_BYTES.max(super::MIN_BLOCK_ROWS * hidden * 4)
-                );
-                assert!(
-                    blocks >= threads,
-                    "{rows} rows in {blocks} blocks for {threads} threads"
-                );
-            }
-        }
-        assert_eq!(block_rows(49, 2048, 2), 49);
-    }
-}
-
 /// Candle custom op on `(x, w, bias)`, `x` `(..., K)`, `w` `(K, N)`, `bias` `(N)`, all
-/// contiguous f32: `x w + bias` as `(rows, N)` (`rows` the product of the leading axes), the output rows starting as the bias and the product added
-/// to them by gemm (no zero fill and no separate bias pass). Differentiable in all three.
+/// contiguous f32: `x w + bias` as `(rows, N)` (`rows` the product of the leading axes), the
+/// output rows starting as the bias and the product added to them by gemm (no zero fill and no
+/// separate bias pass). Differentiable in all three.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Linear;
 
@@ -577,4 +553,36 @@ pub(crate) fn linear_dims(x: &Shape, w: &Shape, b: &Shape) -> Result<(usize, usi
         return Err(err("bias", format!("[{n}]"), b));
     }
     Ok((rows, k, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_rows;
+
+    #[test]
+    fn blocks_cover_the_rows_evenly() {
+        for (rows, hidden, threads) in [
+            (3136, 256, 2),
+            (784, 512, 2),
+            (196, 1280, 2),
+            (49, 2048, 2),
+            (25088, 256, 16),
+            (97, 64, 2),
+        ] {
+            let block = block_rows(rows, hidden, threads);
+            assert!(block >= 1 && block <= rows, "{rows} rows: block {block}");
+            let blocks = rows.div_ceil(block);
+            if block < rows {
+                assert!(
+                    block * hidden * 4
+                        <= super::HIDDEN_BLOCK_BYTES.max(super::MIN_BLOCK_ROWS * hidden * 4)
+                );
+                assert!(
+                    blocks >= threads,
+                    "{rows} rows in {blocks} blocks for {threads} threads"
+                );
+            }
+        }
+        assert_eq!(block_rows(49, 2048, 2), 49);
+    }
 }
