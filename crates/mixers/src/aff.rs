@@ -7,13 +7,16 @@ use candle_nn::VarBuilder;
 use tokenmix_kernels::{irfft2_ortho, rfft2_ortho};
 
 use crate::layers::{Act, ActKind};
-use crate::{MixerLayout, TokenMixer};
+use serde::{Deserialize, Serialize};
 
-/// `x + irfft2(M(X) * X)` on `(B, C, H, W)` with `X = rfft2(x)` (orthonormal), where the
+use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
+
+/// The filtered map `irfft2(M(X) * X)` on `(B, C, H, W)` with `X = rfft2(x)` (orthonormal), where the
 /// instance-adaptive mask `M` is a two-layer complex MLP on the spectrum, block-diagonal over
 /// `num_blocks` channel groups, followed by a soft-shrink with `sparsity_threshold`. Weights
 /// `w1`, `w2` `[2, k, C/k, C/k]` and biases `b1`, `b2` `[2, k, C/k]` (index 0 real, 1
-/// imaginary). The residual is part of the mixer, as in the reference.
+/// imaginary). The AFFNet layer adds the input back (the reference's
+/// residual inside `AFNO2D_channelfirst` moves to the block).
 #[derive(Debug, Clone)]
 pub struct AdaptiveFrequencyFilter {
     w1: (Tensor, Tensor),
@@ -97,6 +100,70 @@ impl TokenMixer for AdaptiveFrequencyFilter {
         let mi = softshrink(&o2i, self.threshold)?.reshape((b, c, h, k))?;
         let yr = ((&mr * &re)? - (&mi * &im)?)?;
         let yi = ((&mr * &im)? + (&mi * &re)?)?;
-        x + irfft2_ortho(&yr, &yi, w)?.to_dtype(x.dtype())?
+        irfft2_ortho(&yr, &yi, w)?.to_dtype(x.dtype())
+    }
+}
+
+/// Config of the [`AdaptiveFrequencyFilter`] mixer; JSON `{"type":
+/// "adaptive_frequency_filter", "num_blocks": 8, "sparsity_threshold": 0.01, "act": "relu"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveFrequencyFilterConfig {
+    /// Channel groups of the block-diagonal MLP; must divide the stage width.
+    pub num_blocks: usize,
+    /// Soft-shrink threshold of the mask.
+    pub sparsity_threshold: f64,
+    /// Activation inside the MLP (AFFNet's global activation).
+    pub act: ActKind,
+}
+
+impl Default for AdaptiveFrequencyFilterConfig {
+    /// AFFNet's: 8 groups, threshold 0.01, ReLU.
+    fn default() -> Self {
+        Self {
+            num_blocks: 8,
+            sparsity_threshold: 0.01,
+            act: ActKind::Relu,
+        }
+    }
+}
+
+impl MixerSpec for AdaptiveFrequencyFilterConfig {
+    fn kind(&self) -> &'static str {
+        "adaptive_frequency_filter"
+    }
+
+    fn validate(&self, dim: usize) -> Result<()> {
+        let k = self.num_blocks;
+        if k == 0 || !dim.is_multiple_of(k) || !self.sparsity_threshold.is_finite() {
+            return Err(config_error(
+                "adaptive_frequency_filter",
+                format!(
+                    "num_blocks {k} must divide {dim} channels and sparsity_threshold ({}) be \
+                     finite",
+                    self.sparsity_threshold
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(AdaptiveFrequencyFilter::new(
+            dim,
+            self.num_blocks,
+            self.sparsity_threshold,
+            self.act,
+            vb,
+        )?))
+    }
+
+    /// FFTs plus the two block-diagonal complex layers (4 real products each) on the half
+    /// spectrum.
+    fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        let (n, dim) = ((h * w) as u64, dim as u64);
+        let log = (n.max(2) as f64).log2().ceil() as u64;
+        let half = (h * (w / 2 + 1)) as u64;
+        dim * 2 * n * log + 2 * 4 * half * dim * dim / (self.num_blocks as u64).max(1)
     }
 }

@@ -4,7 +4,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::Pointwise;
-use crate::{MixerLayout, TokenMixer};
+use serde::{Deserialize, Serialize};
+
+use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Number of heads for `dim` channels of `head_dim` each (`dim / head_dim`, at least one).
 pub fn num_heads(dim: usize, head_dim: usize) -> usize {
@@ -65,5 +67,64 @@ impl TokenMixer for Attention {
             .reshape((b, n, 3, self.num_heads, self.head_dim))?;
         self.proj
             .forward(&tokenmix_kernels::self_attention(&qkv, self.scale)?)
+    }
+}
+
+/// Config of the [`Attention`] mixer; JSON
+/// `{"type": "attention", "head_dim": 32, "qkv_bias": false, "proj_bias": false}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionConfig {
+    /// Channels per head.
+    pub head_dim: usize,
+    /// Whether the qkv projection has a bias.
+    pub qkv_bias: bool,
+    /// Whether the output projection has a bias.
+    pub proj_bias: bool,
+}
+
+impl Default for AttentionConfig {
+    /// CAFormer's: head dim 32, no biases.
+    fn default() -> Self {
+        Self {
+            head_dim: 32,
+            qkv_bias: false,
+            proj_bias: false,
+        }
+    }
+}
+
+impl MixerSpec for AttentionConfig {
+    fn kind(&self) -> &'static str {
+        "attention"
+    }
+
+    fn validate(&self, dim: usize) -> Result<()> {
+        if self.head_dim == 0 || self.head_dim > 4096 || dim == 0 {
+            return Err(config_error(
+                "attention",
+                format!(
+                    "head_dim must be in 1..=4096 and dim positive, got {} and {dim}",
+                    self.head_dim
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(Attention::new(
+            dim,
+            self.head_dim,
+            self.qkv_bias,
+            self.proj_bias,
+            vb,
+        )?))
+    }
+
+    fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        let (n, dim) = ((h * w) as u64, dim as u64);
+        let a = (num_heads(dim as usize, self.head_dim) * self.head_dim) as u64;
+        n * dim * a * 3 + n * a * dim + 2 * n * n * a
     }
 }

@@ -1,10 +1,12 @@
-//! MambaOut's gated CNN mixer (Yu & Wang, "MambaOut: Do We Really Need Mamba for Vision?").
+//! MambaOut's gated CNN (Yu & Wang, "MambaOut: Do We Really Need Mamba for Vision?"): a block
+//! kind, not a token mixer. Its depthwise conv mixes tokens inside a gated MLP that replaces the
+//! whole norm-mixer-MLP block, so MambaOut's block is `x + gated_conv(norm(x))` with no
+//! separate channel MLP.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::Derived;
-use crate::{MixerLayout, TokenMixer};
 use tokenmix_kernels::linear;
 
 /// Hidden channels and depthwise-conv channels for `dim` (`int(ratio * dim)` each, as timm).
@@ -15,6 +17,20 @@ pub fn widths(dim: usize, expansion_ratio: f64, conv_ratio: f64) -> (usize, usiz
     )
 }
 
+/// Multiply-accumulates of one gated-conv block body for one sample on an `h x w` grid.
+pub fn macs(
+    dim: usize,
+    expansion_ratio: f64,
+    kernel_size: usize,
+    conv_ratio: f64,
+    h: usize,
+    w: usize,
+) -> u64 {
+    let (hidden, conv) = widths(dim, expansion_ratio, conv_ratio);
+    let (hidden, conv, dim) = (hidden as u64, conv as u64, dim as u64);
+    (h * w) as u64 * (dim * 2 * hidden + conv * (kernel_size as u64).pow(2) + hidden * dim)
+}
+
 /// Checks a gated-conv configuration for `dim` channels.
 pub fn validate(
     dim: usize,
@@ -22,8 +38,10 @@ pub fn validate(
     kernel_size: usize,
     conv_ratio: f64,
 ) -> std::result::Result<(), String> {
-    if kernel_size.is_multiple_of(2) {
-        return Err(format!("kernel_size must be odd, got {kernel_size}"));
+    if kernel_size.is_multiple_of(2) || kernel_size > 255 {
+        return Err(format!(
+            "kernel_size must be odd and at most 255, got {kernel_size}"
+        ));
     }
     if !(expansion_ratio > 0.0 && expansion_ratio <= 64.0) {
         return Err(format!(
@@ -39,10 +57,54 @@ pub fn validate(
     Ok(())
 }
 
+/// The hyper-parameters of a [`GatedConv`] (timm `GatedConvBlock`'s keyword names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GatedConvConfig {
+    /// Hidden channels are `int(expansion_ratio * dim)`.
+    pub expansion_ratio: f64,
+    /// Depthwise kernel size, odd.
+    pub kernel_size: usize,
+    /// Fraction of the channels that go through the depthwise conv.
+    pub conv_ratio: f64,
+}
+
+impl GatedConvConfig {
+    /// Checks the configuration for `dim` channels ([`crate::MixerError::Config`]).
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        validate(dim, self.expansion_ratio, self.kernel_size, self.conv_ratio)
+            .map_err(|msg| crate::config_error("gated_conv", msg))
+    }
+
+    /// Validates, then loads the block body for `dim` channels from `vb`.
+    pub fn build(&self, dim: usize, vb: VarBuilder) -> Result<GatedConv> {
+        self.validate(dim)?;
+        GatedConv::new(
+            dim,
+            self.expansion_ratio,
+            self.kernel_size,
+            self.conv_ratio,
+            vb,
+        )
+    }
+
+    /// Multiply-accumulates for one sample with `dim` channels on an `h x w` grid.
+    pub fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        macs(
+            dim,
+            self.expansion_ratio,
+            self.kernel_size,
+            self.conv_ratio,
+            h,
+            w,
+        )
+    }
+}
+
 /// `fc2(GELU(g) * concat(i, dwconv(c)))` with `[g, i, c] = split(fc1(x), [hidden, hidden - k, k])`
 /// on a channel-last map `(B, H, W, C)`. `fc1: C -> 2 * hidden`, `conv`: depthwise `k x k`
 /// with bias over the last `k = conv_ratio * C` channels, `fc2: hidden -> C`; all with biases
-/// (timm `GatedConvBlock` without its norm, layer scale and shortcut).
+/// (timm `GatedConvBlock` without its norm, layer scale and shortcut, which the MambaOut block
+/// holds).
 #[derive(Debug, Clone)]
 pub struct GatedConv {
     /// `fc1.weight` `[2 * hidden, C]` and `fc1.bias`.
@@ -90,15 +152,7 @@ impl GatedConv {
     }
 }
 
-impl TokenMixer for GatedConv {
-    fn name(&self) -> &'static str {
-        "gated_conv"
-    }
-
-    fn layout(&self) -> MixerLayout {
-        MixerLayout::ChannelsLast
-    }
-
+impl candle_core::Module for GatedConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let (w1, w2) = self.matrices()?;
@@ -125,7 +179,7 @@ impl TokenMixer for GatedConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Module};
     use candle_nn::VarMap;
 
     #[test]

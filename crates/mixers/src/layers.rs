@@ -719,6 +719,34 @@ pub fn drop_path_rates(max_rate: f64, blocks: usize) -> Vec<DropPath> {
         .collect()
 }
 
+/// `W @ x + b[:, None]` along the token axis of `x` `(B, N, C)`: `W` `[out, N]`, `b` `[out]`
+/// (checkpoint `weight`, `bias`), giving `(B, out, C)`. The token-mixing linear layer of
+/// MLP-Mixer, ResMLP and gMLP, written as `W @ x` so no transposes are needed.
+#[derive(Debug, Clone)]
+pub struct TokenLinear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl TokenLinear {
+    /// Loads `weight` `[n_out, n_in]` and `bias` `[n_out]` from `vb`.
+    pub fn new(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((n_out, n_in), "weight")?,
+            bias: vb.get(n_out, "bias")?,
+        })
+    }
+}
+
+impl Module for TokenLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n_out = self.bias.dim(0)?;
+        self.weight
+            .broadcast_matmul(x)?
+            .broadcast_add(&self.bias.reshape((n_out, 1))?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

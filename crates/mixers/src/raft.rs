@@ -7,8 +7,9 @@ use candle_nn::VarBuilder;
 use tokenmix_kernels::resize::interpolate_bicubic;
 
 use crate::layers::{ActKind, Mlp, Norm, NormConfig, NormKind};
-use crate::MixerLayout;
-use crate::TokenMixer;
+use serde::{Deserialize, Serialize};
+
+use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// PyTorch's default `nn.LayerNorm` (eps 1e-5), used throughout RaftMLP.
 pub const RAFT_NORM: NormConfig = NormConfig {
@@ -17,7 +18,7 @@ pub const RAFT_NORM: NormConfig = NormConfig {
     bias: true,
 };
 
-/// One permuted block: `x + mlp(LN(x))` where the MLP mixes, for every raft and every
+/// One permuted block's branch: `mlp(LN(x))` (the block adds `x`), where the MLP mixes, for every raft and every
 /// column (vertical) or row (horizontal), the `r * H` (or `r * W`) values of that raft's `r`
 /// channels along the axis. The LayerNorm's affine parameters are stored in the reference's
 /// permuted channel order and are reordered at load time.
@@ -58,7 +59,7 @@ impl PermutedBlock {
         })
     }
 
-    /// `x` `(B, H, W, C)`; `vertical` mixes along `H`, otherwise along `W`.
+    /// The branch for `x` `(B, H, W, C)`; `vertical` mixes along `H`, otherwise along `W`.
     fn forward(&self, x: &Tensor, raft: usize, vertical: bool) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let co = c / raft;
@@ -75,14 +76,14 @@ impl PermutedBlock {
         } else {
             z.reshape((b, co, h, raft, w))?.permute(back)?
         };
-        x + z.reshape((b, h, w, c))?
+        z.reshape((b, h, w, c))
     }
 }
 
 /// RaftMLP's token mixing on a channel-last map `(B, H, W, C)`: a vertical then a horizontal
-/// permuted block (each `x + mlp(LN(x))`, residual included) over rafts of `raft_size`
-/// channels. The MLP widths fix the grid to `(height, width)`; other grids are resized to it
-/// bicubically and back, as the reference does.
+/// permuted block (each `y + mlp(LN(y))`) over rafts of `raft_size` channels, returned as the
+/// mixing term `raft(x) - x` (the RaftMLP block adds `x` back). The MLP widths fix the grid to
+/// `(height, width)`; other grids are resized to it bicubically and back, as the reference does.
 #[derive(Debug, Clone)]
 pub struct RaftTokenMixing {
     vertical: PermutedBlock,
@@ -119,26 +120,107 @@ impl TokenMixer for RaftTokenMixing {
         MixerLayout::ChannelsLast
     }
 
-    /// Unlike most mixers this includes the residual connections, as RaftMLP's blocks do.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w, _) = x.dims4()?;
-        let resized = (h, w) != self.grid;
-        let mut y = if resized {
-            let nchw = x.permute((0, 3, 1, 2))?;
-            interpolate_bicubic(&nchw, self.grid, false)?
-                .permute((0, 2, 3, 1))?
-                .contiguous()?
-        } else {
-            x.clone()
-        };
-        y = self.vertical.forward(&y, self.raft, true)?;
-        y = self.horizontal.forward(&y, self.raft, false)?;
-        if resized {
-            let nchw = y.permute((0, 3, 1, 2))?;
-            y = interpolate_bicubic(&nchw, (h, w), false)?
-                .permute((0, 2, 3, 1))?
-                .contiguous()?;
+        if (h, w) == self.grid {
+            let v = self.vertical.forward(x, self.raft, true)?;
+            let hz = self.horizontal.forward(&(x + &v)?, self.raft, false)?;
+            return v + hz;
         }
-        Ok(y)
+        let small = interpolate_bicubic(&x.permute((0, 3, 1, 2))?, self.grid, false)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
+        let y = (&small + self.vertical.forward(&small, self.raft, true)?)?;
+        let y = (&y + self.horizontal.forward(&y, self.raft, false)?)?;
+        let back = interpolate_bicubic(&y.permute((0, 3, 1, 2))?, (h, w), false)?
+            .permute((0, 2, 3, 1))?;
+        back - x
+    }
+}
+
+/// Config of the [`RaftTokenMixing`] mixer; JSON `{"type": "raft_token_mixing",
+/// "raft_size": 2, "height": 56, "width": 56, "expansion": 2}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTokenMixingConfig {
+    /// Channels per raft; must divide the stage width.
+    pub raft_size: usize,
+    /// Grid height the MLPs were built for.
+    pub height: usize,
+    /// Grid width the MLPs were built for.
+    pub width: usize,
+    /// Hidden width of the token MLPs as a multiple of their input width.
+    pub expansion: usize,
+}
+
+impl Default for RaftTokenMixingConfig {
+    /// RaftMLP's first level: rafts of 2 channels on a 56x56 grid, expansion 2.
+    fn default() -> Self {
+        Self {
+            raft_size: 2,
+            height: 56,
+            width: 56,
+            expansion: 2,
+        }
+    }
+}
+
+impl MixerSpec for RaftTokenMixingConfig {
+    fn kind(&self) -> &'static str {
+        "raft_token_mixing"
+    }
+
+    fn validate(&self, dim: usize) -> Result<()> {
+        let Self {
+            raft_size,
+            height,
+            width,
+            expansion,
+        } = *self;
+        if raft_size == 0
+            || !dim.is_multiple_of(raft_size)
+            || height == 0
+            || width == 0
+            || height * width > 1 << 16
+            || raft_size * height.max(width) > 1 << 16
+            || expansion == 0
+            || expansion > 64
+        {
+            return Err(config_error(
+                "raft_token_mixing",
+                format!(
+                    "raft_size {raft_size} must divide {dim} channels, the grid \
+                     {height}x{width} be non-empty and at most 65536 positions, and the \
+                     expansion {expansion} in 1..=64"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(RaftTokenMixing::new(
+            dim,
+            self.raft_size,
+            (self.height, self.width),
+            self.expansion,
+            vb,
+        )?))
+    }
+
+    /// Each token MLP maps `r * extent -> e * r * extent -> r * extent` for every raft and line.
+    fn macs(&self, dim: usize, _h: usize, _w: usize) -> u64 {
+        let (r, e) = (self.raft_size as u64, self.expansion as u64);
+        let (gh, gw) = (self.height as u64, self.width as u64);
+        let rafts = dim as u64 / r.max(1);
+        2 * e * rafts * (gw * (r * gh).pow(2) + gh * (r * gw).pow(2))
+    }
+
+    fn for_grid(&self, h: usize, w: usize) -> Option<Self> {
+        Some(Self {
+            height: h,
+            width: w,
+            ..*self
+        })
     }
 }

@@ -3,7 +3,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::{MixerError, MixerLayout, TokenMixer};
+use serde::{Deserialize, Serialize};
+
+use crate::{check_num_tokens, MixerError, MixerLayout, MixerSpec, TokenMixer};
 
 /// `y[b, c, m] = sum_n R[m, n] * x[b, c, n]` over the `N = H * W` tokens of `(B, C, H, W)`
 /// (tokens in row-major order), with the frozen `R` (`random_matrix`, `[N, N]`, rows summing
@@ -47,5 +49,42 @@ impl TokenMixer for RandomMixing {
         x.reshape((b * c, h * w))?
             .matmul(&self.matrix.t()?)?
             .reshape((b, c, h, w))
+    }
+}
+
+/// Config of the [`RandomMixing`] mixer; JSON `{"type": "random_mixing", "num_tokens": 196}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomMixingConfig {
+    /// Number of tokens `N = H * W` the matrix was drawn for (fitted to the stage grid by
+    /// [`MixerSpec::for_grid`]).
+    pub num_tokens: usize,
+}
+
+impl Default for RandomMixingConfig {
+    fn default() -> Self {
+        Self { num_tokens: 196 }
+    }
+}
+
+impl MixerSpec for RandomMixingConfig {
+    fn kind(&self) -> &'static str {
+        "random_mixing"
+    }
+
+    fn validate(&self, _dim: usize) -> Result<()> {
+        check_num_tokens("random_mixing", self.num_tokens)
+    }
+
+    fn build(&self, _dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(RandomMixing::new(self.num_tokens, vb)?))
+    }
+
+    fn macs(&self, dim: usize, _h: usize, _w: usize) -> u64 {
+        (self.num_tokens as u64).pow(2) * dim as u64
+    }
+
+    fn for_grid(&self, h: usize, w: usize) -> Option<Self> {
+        Some(Self { num_tokens: h * w })
     }
 }

@@ -4,7 +4,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::{Pointwise, StarRelu};
-use crate::{MixerLayout, TokenMixer};
+use serde::{Deserialize, Serialize};
+
+use crate::{check_ratio, config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Hidden channels of a SepConv with `expansion_ratio` on `dim` channels (`int(ratio * dim)`).
 pub fn hidden_channels(dim: usize, expansion_ratio: f64) -> usize {
@@ -72,5 +74,62 @@ impl TokenMixer for SepConv {
             pad,
         )?;
         self.pwconv2.forward(&h)
+    }
+}
+
+/// Config of the [`SepConv`] mixer; JSON
+/// `{"type": "sepconv", "expansion_ratio": 2.0, "kernel_size": 7, "bias": false}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SepConvConfig {
+    /// Hidden channels are `int(expansion_ratio * dim)`.
+    pub expansion_ratio: f64,
+    /// Depthwise kernel size, odd.
+    pub kernel_size: usize,
+    /// Whether the three convolutions have biases.
+    pub bias: bool,
+}
+
+impl Default for SepConvConfig {
+    /// ConvFormer's: expansion 2, 7x7 depthwise, no biases.
+    fn default() -> Self {
+        Self {
+            expansion_ratio: 2.0,
+            kernel_size: 7,
+            bias: false,
+        }
+    }
+}
+
+impl MixerSpec for SepConvConfig {
+    fn kind(&self) -> &'static str {
+        "sepconv"
+    }
+
+    fn validate(&self, dim: usize) -> Result<()> {
+        let k = self.kernel_size;
+        if k.is_multiple_of(2) || k > 255 {
+            return Err(config_error(
+                "sepconv",
+                format!("kernel_size must be odd and at most 255, got {k}"),
+            ));
+        }
+        check_ratio("sepconv", "expansion_ratio", self.expansion_ratio, dim)
+    }
+
+    fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(SepConv::new(
+            dim,
+            self.expansion_ratio,
+            self.kernel_size,
+            self.bias,
+            vb,
+        )?))
+    }
+
+    fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        let mid = hidden_channels(dim, self.expansion_ratio) as u64;
+        let k2 = (self.kernel_size as u64).pow(2);
+        (h * w) as u64 * (dim as u64 * mid * 2 + mid * k2)
     }
 }

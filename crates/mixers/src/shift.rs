@@ -4,7 +4,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::{MixerLayout, TokenMixer};
+use serde::{Deserialize, Serialize};
+
+use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Sizes of `torch.chunk(x, groups, dim=1)` for `dim` channels: `ceil(dim / groups)` each, the
 /// last one smaller; fewer than `groups` chunks when `dim` is too small.
@@ -80,5 +82,73 @@ impl TokenMixer for MixShift {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         tokenmix_kernels::mix_shift(x, &self.weights, &self.biases, &self.shifts)
+    }
+}
+
+/// Config of the [`MixShift`] mixer; JSON `{"type": "mix_shift", "shift_dist": [-1, 0, 1],
+/// "mix_size": [1, 3, 5]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixShiftConfig {
+    /// Roll distance of each channel group (one group per entry).
+    pub shift_dist: Vec<i32>,
+    /// Depthwise kernel size of each group (odd).
+    pub mix_size: Vec<usize>,
+}
+
+impl Default for MixShiftConfig {
+    /// MS-MLP-T's first stage: shifts -1, 0, 1 with kernels 1, 3, 5.
+    fn default() -> Self {
+        Self {
+            shift_dist: vec![-1, 0, 1],
+            mix_size: vec![1, 3, 5],
+        }
+    }
+}
+
+impl MixerSpec for MixShiftConfig {
+    fn kind(&self) -> &'static str {
+        "mix_shift"
+    }
+
+    fn validate(&self, dim: usize) -> Result<()> {
+        let (shifts, sizes) = (&self.shift_dist, &self.mix_size);
+        let groups = shifts.len();
+        let kernels_ok = sizes.iter().all(|k| k % 2 == 1 && *k <= 63);
+        let shifts_ok = shifts.iter().all(|s| s.unsigned_abs() <= 1 << 16);
+        if groups == 0
+            || groups != sizes.len()
+            || !kernels_ok
+            || !shifts_ok
+            || chunk_sizes(dim, groups).len() != groups
+        {
+            return Err(config_error(
+                "mix_shift",
+                format!(
+                    "need one odd kernel (at most 63) per shift and {groups} channel groups of \
+                     {dim} channels (torch.chunk), got shifts {shifts:?} and kernels {sizes:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(MixShift::new(
+            dim,
+            &self.shift_dist,
+            &self.mix_size,
+            vb,
+        )?))
+    }
+
+    fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        let sizes = chunk_sizes(dim, self.shift_dist.len());
+        let taps: u64 = sizes
+            .iter()
+            .zip(&self.mix_size)
+            .map(|(&c, &k)| (c * k * k) as u64)
+            .sum();
+        2 * (h * w) as u64 * taps
     }
 }

@@ -7,7 +7,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::{MixerLayout, TokenMixer};
+use serde::{Deserialize, Serialize};
+
+use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Hidden width and dt rank of a Mamba block on `dim` channels.
 pub fn widths(dim: usize, expand: usize, dt_rank: Option<usize>) -> (usize, usize) {
@@ -175,5 +177,87 @@ impl TokenMixer for Mamba {
             y = (y * 0.5)?;
         }
         self.out_proj.forward(&y.transpose(1, 2)?.contiguous()?)
+    }
+}
+
+/// Config of the [`Mamba`] mixer; JSON `{"type": "mamba", "d_state": 16, "d_conv": 4,
+/// "expand": 2, "dt_rank": null, "bidirectional": true, "divide_out": true}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MambaConfig {
+    /// State size `N` per channel.
+    pub d_state: usize,
+    /// Width of the causal depthwise conv.
+    pub d_conv: usize,
+    /// Hidden width as a multiple of the channels.
+    pub expand: usize,
+    /// Rank of the `dt` projection; `None` for `ceil(dim / 16)`.
+    #[serde(default)]
+    pub dt_rank: Option<usize>,
+    /// Also scan the reversed sequence with its own parameters.
+    pub bidirectional: bool,
+    /// Halve the sum of the two directions (Vim's `if_devide_out`).
+    pub divide_out: bool,
+}
+
+impl Default for MambaConfig {
+    /// Vision Mamba's bidirectional block: state 16, conv 4, expansion 2.
+    fn default() -> Self {
+        Self {
+            d_state: 16,
+            d_conv: 4,
+            expand: 2,
+            dt_rank: None,
+            bidirectional: true,
+            divide_out: true,
+        }
+    }
+}
+
+impl MixerSpec for MambaConfig {
+    fn kind(&self) -> &'static str {
+        "mamba"
+    }
+
+    fn validate(&self, _dim: usize) -> Result<()> {
+        let Self {
+            d_state,
+            d_conv,
+            expand,
+            dt_rank,
+            ..
+        } = *self;
+        let bad = |n: usize, max: usize| n == 0 || n > max;
+        if bad(d_state, 1024) || bad(d_conv, 64) || bad(expand, 64) || dt_rank == Some(0) {
+            return Err(config_error(
+                "mamba",
+                format!(
+                    "d_state ({d_state}, 1..=1024), d_conv ({d_conv}, 1..=64), expand \
+                     ({expand}, 1..=64) and dt_rank ({dt_rank:?}) must be positive and in range"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
+        Ok(Box::new(Mamba::new(
+            dim,
+            self.d_state,
+            self.d_conv,
+            self.expand,
+            self.dt_rank,
+            self.bidirectional,
+            self.divide_out,
+            vb,
+        )?))
+    }
+
+    fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
+        let (inner, rank) = widths(dim, self.expand, self.dt_rank);
+        let (inner, rank, ns) = (inner as u64, rank as u64, self.d_state as u64);
+        let per_dir = inner * (self.d_conv as u64 + rank + 2 * ns) + rank * inner + 3 * inner * ns;
+        let dirs = if self.bidirectional { 2 } else { 1 };
+        (h * w) as u64 * (dim as u64 * 2 * inner + dirs * per_dir + inner * dim as u64)
     }
 }

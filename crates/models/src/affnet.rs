@@ -14,6 +14,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokenmix_mixers::aff::AdaptiveFrequencyFilterConfig;
 use tokenmix_mixers::layers::{Act, ActKind, Derived, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
@@ -84,11 +85,11 @@ impl AffNetConfig {
     }
 
     fn filter(&self) -> MixerConfig {
-        MixerConfig::AdaptiveFrequencyFilter {
+        MixerConfig::new(AdaptiveFrequencyFilterConfig {
             num_blocks: self.filter_blocks,
             sparsity_threshold: self.sparsity_threshold,
             act: self.activation,
-        }
+        })
     }
 
     fn exp_channels(&self) -> usize {
@@ -363,7 +364,8 @@ impl Module for InvertedResidual {
     }
 }
 
-/// `x + filter(norm2(mlp(norm1(x))))` (the inverted residual comes first, as in the reference).
+/// `x + m + filter(m)` with `m = norm2(mlp(norm1(x)))` (the inverted residual comes first, and
+/// the filter's own residual `m`, inside `AFNO2D_channelfirst` in the reference, is added here).
 #[derive(Debug)]
 struct AffLayer {
     norm1: Norm,
@@ -418,7 +420,7 @@ impl Module for AffBlock {
         let mut y = x.clone();
         for l in &self.layers {
             let m = l.norm2.forward(&l.mlp.forward(&l.norm1.forward(&y)?)?)?;
-            y = (&y + l.filter.forward(&m)?)?;
+            y = ((&y + &m)? + l.filter.forward(&m)?)?;
         }
         let fm = self.conv_proj.forward(&self.norm.forward(&y)?)?;
         self.fusion.forward(&Tensor::cat(&[x, &fm], 1)?)

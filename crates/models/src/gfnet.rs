@@ -10,6 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokenmix_mixers::global_filter::GlobalFilterConfig;
 use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
@@ -75,10 +76,10 @@ impl GfnetConfig {
     }
 
     fn mixer(&self) -> MixerConfig {
-        MixerConfig::GlobalFilter {
+        MixerConfig::new(GlobalFilterConfig {
             height: self.grid(),
             width: self.grid(),
-        }
+        })
     }
 
     /// Checks the configuration; the message names the bad value.

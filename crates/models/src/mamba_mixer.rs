@@ -20,6 +20,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig};
+use tokenmix_mixers::ssm::MambaConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, img_size_arg};
@@ -70,14 +71,11 @@ impl MambaMixerConfig {
     }
 
     fn mamba(&self) -> MixerConfig {
-        MixerConfig::Mamba {
+        MixerConfig::new(MambaConfig {
             d_state: self.d_state,
-            d_conv: 4,
             expand: self.expand,
-            dt_rank: None,
-            bidirectional: true,
-            divide_out: true,
-        }
+            ..MambaConfig::default()
+        })
     }
 
     /// Checks the configuration; the message names the bad value.

@@ -10,8 +10,9 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenmix_kernels::Window;
+use tokenmix_mixers::gated_conv::{GatedConv, GatedConvConfig};
 use tokenmix_mixers::layers::{drop_path_rates, ConvNhwc, DropPath, Norm, NormConfig, Scale};
-use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+use tokenmix_mixers::MixerLayout;
 
 use crate::args::{as_f64, as_usize, usize_list};
 use crate::{Error, ImageModel};
@@ -62,8 +63,8 @@ impl MambaOutConfig {
         }
     }
 
-    fn mixer(&self) -> MixerConfig {
-        MixerConfig::GatedConv {
+    fn mixer(&self) -> GatedConvConfig {
+        GatedConvConfig {
             expansion_ratio: self.expansion_ratio,
             kernel_size: self.kernel_size,
             conv_ratio: self.conv_ratio,
@@ -249,11 +250,12 @@ impl Module for Downsample {
     }
 }
 
-/// `x + ls(gated_conv(norm(x)))` on `(B, H, W, C)`.
+/// MambaOut's block kind, `x + ls(gated_conv(norm(x)))` on `(B, H, W, C)`: the gated CNN
+/// replaces both the mixer and the MLP of a MetaFormer block.
 #[derive(Debug)]
 struct Block {
     norm: Norm,
-    mixer: Box<dyn TokenMixer>,
+    mixer: GatedConv,
     ls: Option<Scale>,
     drop_path: DropPath,
 }

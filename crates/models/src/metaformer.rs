@@ -15,6 +15,8 @@ use tokenmix_kernels::Window;
 use tokenmix_mixers::layers::{
     drop_path_rates, global_avg_pool, ActKind, ConvNhwc, DropPath, Mlp, Norm, NormConfig, Scale,
 };
+use tokenmix_mixers::random_mixing::RandomMixingConfig;
+use tokenmix_mixers::ssm::MambaConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, img_size_arg, per_stage_opt, usize_list};
@@ -101,14 +103,14 @@ impl MetaFormerConfig {
 
     /// IdentityFormer: PoolFormer v2 with identity mixers.
     pub fn identityformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
-        Self::base(depths, dims, vec![MixerConfig::Identity; 4])
+        Self::base(depths, dims, vec![MixerConfig::identity(); 4])
     }
 
     /// RandFormer: identity mixers in stages 0-1, frozen random mixing in stages 2-3, for an
     /// input of `img_size` (height, width).
     pub fn randformer(depths: [usize; 4], dims: [usize; 4], img_size: (usize, usize)) -> Self {
-        let random = MixerConfig::RandomMixing { num_tokens: 0 };
-        let identity = MixerConfig::Identity;
+        let random = MixerConfig::new(RandomMixingConfig { num_tokens: 0 });
+        let identity = MixerConfig::identity();
         let mixers = vec![identity.clone(), identity, random.clone(), random];
         let mut cfg = Self::base(depths, dims, mixers);
         cfg.set_random_mixing_size(img_size);
@@ -142,14 +144,7 @@ impl MetaFormerConfig {
     /// A CAFormer whose attention stages use bidirectional Mamba mixers instead (SepConv in
     /// stages 0-1, Mamba in stages 2-3): tokenmix's MetaFormer with a selective SSM.
     pub fn mambaformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
-        let mamba = MixerConfig::Mamba {
-            d_state: 16,
-            d_conv: 4,
-            expand: 2,
-            dt_rank: None,
-            bidirectional: true,
-            divide_out: true,
-        };
+        let mamba = MixerConfig::new(MambaConfig::default());
         let mixers = vec![
             MixerConfig::sepconv(),
             MixerConfig::sepconv(),
@@ -185,14 +180,12 @@ impl MetaFormerConfig {
         out
     }
 
-    /// Sets the token count of every random-mixing stage to its grid size for an `img_size`
-    /// (height, width) input.
+    /// Fits every stage's mixer to its grid for an `img_size` (height, width) input (see
+    /// [`MixerConfig::for_grid`]: RandFormer's token count, token MLPs, global filters).
     pub fn set_random_mixing_size(&mut self, img_size: (usize, usize)) {
         let sizes = self.stage_sizes(img_size.0, img_size.1);
         for (mixer, (h, w)) in self.token_mixers.iter_mut().zip(sizes) {
-            if let MixerConfig::RandomMixing { num_tokens } = mixer {
-                *num_tokens = h * w;
-            }
+            *mixer = mixer.for_grid(h, w);
         }
     }
 
@@ -455,6 +448,8 @@ struct Block {
     mlp: Mlp,
     res_scale2: Option<Scale>,
     drop_path: DropPath,
+    /// The layout the block runs in: its mixer's (channel-last for `Any`).
+    layout: MixerLayout,
 }
 
 /// A block's MLP as timm stores it: `Linear` weights in token (attention) stages, 1x1
@@ -484,11 +479,15 @@ impl Block {
     fn new(
         cfg: &MetaFormerConfig,
         stage: usize,
-        layout: MixerLayout,
         drop_path: DropPath,
         vb: VarBuilder,
     ) -> Result<Self> {
         let dim = cfg.dims[stage];
+        let token_mixer = cfg.token_mixers[stage].build(dim, vb.pp("token_mixer"))?;
+        let layout = match token_mixer.layout() {
+            MixerLayout::Any => MixerLayout::ChannelsLast,
+            other => other,
+        };
         let norm = cfg.norm_layers[stage];
         let scale = |on: bool, name: &str| -> Result<Option<Scale>> {
             on.then(|| Scale::new(dim, layout, vb.pp(name))).transpose()
@@ -498,7 +497,7 @@ impl Block {
         let hidden = (cfg.mlp_ratio * dim as f64) as usize;
         Ok(Self {
             norm1: norm.build(dim, layout, vb.pp("norm1"))?,
-            token_mixer: cfg.token_mixers[stage].build(dim, vb.pp("token_mixer"))?,
+            token_mixer,
             layer_scale1: scale(ls, "layer_scale1")?,
             res_scale1: scale(rs, "res_scale1")?,
             norm2: norm.build(dim, layout, vb.pp("norm2"))?,
@@ -506,6 +505,7 @@ impl Block {
                 .with_output_scale(scale(ls, "layer_scale2")?),
             res_scale2: scale(rs, "res_scale2")?,
             drop_path,
+            layout,
         })
     }
 
@@ -543,16 +543,15 @@ impl Stage {
         vb: VarBuilder,
     ) -> Result<Self> {
         let dim = cfg.dims[i];
-        let layout = match cfg.token_mixers[i].layout() {
-            MixerLayout::Any => MixerLayout::ChannelsLast,
-            other => other,
-        };
         let downsample = (prev_dim != dim)
             .then(|| Downsample::new(cfg.downsample_norm, prev_dim, dim, vb.pp("downsample")))
             .transpose()?;
         let blocks = (0..cfg.depths[i])
-            .map(|j| Block::new(cfg, i, layout, drop_paths[j], vb.pp("blocks").pp(j)))
+            .map(|j| Block::new(cfg, i, drop_paths[j], vb.pp("blocks").pp(j)))
             .collect::<Result<Vec<_>>>()?;
+        let layout = blocks
+            .first()
+            .map_or(MixerLayout::ChannelsLast, |b| b.layout);
         Ok(Self {
             downsample,
             blocks,
@@ -702,6 +701,60 @@ impl ImageModel for MetaFormer {
 mod tests {
     use super::*;
 
+    /// A one-block-per-stage MetaFormer with `mixer` in every stage, its variables drawn at
+    /// random, for a 48x80 input.
+    fn random_metaformer(mixer: &MixerConfig) -> MetaFormer {
+        use candle_core::{DType, Device};
+        let mut cfg = MetaFormerConfig::poolformer_v2([1, 1, 1, 1], [16, 32, 48, 64]);
+        cfg.num_classes = 10;
+        cfg.token_mixers = vec![mixer.clone(); 4];
+        cfg.set_random_mixing_size((48, 80));
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        MetaFormer::new(&cfg, vb.clone()).unwrap();
+        for var in varmap.all_vars() {
+            let t = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+            var.set(&t).unwrap();
+        }
+        MetaFormer::new(&cfg, vb).unwrap()
+    }
+
+    #[test]
+    fn every_registered_mixer_runs_in_every_metaformer_stage() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 48, 80), &candle_core::Device::Cpu).unwrap();
+        for reg in tokenmix_mixers::registered_mixers() {
+            let model = random_metaformer(&reg.default_config());
+            for stage in &model.stages {
+                let kind = stage.blocks[0].token_mixer.layout();
+                let expect = if kind == MixerLayout::Any {
+                    MixerLayout::ChannelsLast
+                } else {
+                    kind
+                };
+                assert_eq!(stage.layout, expect, "{}", reg.kind);
+            }
+            let features = model.forward_features(&x).unwrap();
+            let dims: Vec<_> = features.iter().map(|f| f.dims().to_vec()).collect();
+            let expect = [
+                [2, 16, 12, 20],
+                [2, 32, 6, 10],
+                [2, 48, 3, 5],
+                [2, 64, 2, 3],
+            ];
+            assert_eq!(dims, expect, "{}", reg.kind);
+            let logits = model.forward(&x).unwrap();
+            assert_eq!(logits.dims(), [2, 10], "{}", reg.kind);
+            let m: f32 = logits
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(m.is_finite(), "{}: {m}", reg.kind);
+        }
+    }
+
     #[test]
     fn stage_sizes_follow_the_convolutions() {
         let cfg = MetaFormerConfig::poolformer_v2([2, 2, 6, 2], [64, 128, 320, 512]);
@@ -718,15 +771,10 @@ mod tests {
     #[test]
     fn randformer_tokens_follow_img_size() {
         let cfg = MetaFormerConfig::randformer([2, 2, 6, 2], [64, 128, 320, 512], (224, 224));
-        assert_eq!(
-            cfg.token_mixers[2],
-            MixerConfig::RandomMixing { num_tokens: 196 }
-        );
-        assert_eq!(
-            cfg.token_mixers[3],
-            MixerConfig::RandomMixing { num_tokens: 49 }
-        );
-        assert_eq!(cfg.token_mixers[0], MixerConfig::Identity);
+        let random = |n| MixerConfig::new(RandomMixingConfig { num_tokens: n });
+        assert_eq!(cfg.token_mixers[2], random(196));
+        assert_eq!(cfg.token_mixers[3], random(49));
+        assert_eq!(cfg.token_mixers[0], MixerConfig::identity());
     }
 
     #[test]

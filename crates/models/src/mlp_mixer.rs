@@ -10,7 +10,9 @@ use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenmix_mixers::layers::{ActKind, DropPath, Mlp, Norm, NormConfig, Scale};
-use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
+use tokenmix_mixers::linear_tokens::LinearTokensConfig;
+use tokenmix_mixers::token_mlp::TokenMlpConfig;
+use tokenmix_mixers::{MixerConfig, MixerLayout, SpatialGatingUnit, TokenMixer};
 
 use crate::args::{as_f64, as_usize, img_size_arg};
 use crate::{Error, ImageModel};
@@ -130,11 +132,12 @@ impl MlpMixerConfig {
         )
     }
 
-    /// The token mixer of every block.
+    /// The token mixer of every block; for gMLP, the token projection of its spatial gating
+    /// unit (a `Linear(N, N)` along tokens, as ResMLP's), which the block builds itself.
     pub fn token_mixer(&self) -> MixerConfig {
         let num_tokens = self.num_tokens();
         match self.block {
-            MixerBlockKind::Mixer => MixerConfig::TokenMlp {
+            MixerBlockKind::Mixer => MixerConfig::new(TokenMlpConfig {
                 num_tokens,
                 hidden: self.widths().0,
                 act: if self.glu {
@@ -143,9 +146,10 @@ impl MlpMixerConfig {
                     ActKind::Gelu
                 },
                 glu: self.glu,
-            },
-            MixerBlockKind::Res => MixerConfig::LinearTokens { num_tokens },
-            MixerBlockKind::SpatialGating => MixerConfig::SpatialGating { num_tokens },
+            }),
+            MixerBlockKind::Res | MixerBlockKind::SpatialGating => {
+                MixerConfig::new(LinearTokensConfig { num_tokens })
+            }
         }
     }
 
@@ -393,7 +397,7 @@ enum Block {
     Gating {
         norm: TokenNorm,
         fc1: Linear,
-        gate: Box<dyn TokenMixer>,
+        gate: SpatialGatingUnit,
         fc2: Linear,
     },
 }
@@ -426,7 +430,7 @@ impl Block {
                 Self::Gating {
                     norm: token_norm(cfg, d, vb.pp("norm"))?,
                     fc1: candle_nn::linear(d, hidden, m.pp("fc1"))?,
-                    gate: mixer_cfg.build(hidden / 2, m.pp("gate"))?,
+                    gate: SpatialGatingUnit::new(hidden / 2, cfg.num_tokens(), m.pp("gate"))?,
                     fc2: candle_nn::linear(hidden / 2, d, m.pp("fc2"))?,
                 }
             }
@@ -464,12 +468,7 @@ impl Block {
                 fc2,
             } => {
                 let h = tokenmix_kernels::gelu(&fc1.forward(&norm.forward(x)?)?)?;
-                let half = h.dim(D::Minus1)? / 2;
-                let (u, v) = (
-                    h.narrow(D::Minus1, 0, half)?,
-                    h.narrow(D::Minus1, half, half)?,
-                );
-                x + dp(fc2.forward(&(u * gate.forward(&v.contiguous()?)?)?)?)?
+                x + dp(fc2.forward(&gate.forward(&h)?)?)?
             }
         }
     }

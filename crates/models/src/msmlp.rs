@@ -12,6 +12,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig, Pointwise, Scale};
+use tokenmix_mixers::shift::MixShiftConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, usize_list};
@@ -71,10 +72,10 @@ impl MsMlpConfig {
     }
 
     fn mixer(&self, stage: usize) -> MixerConfig {
-        MixerConfig::MixShift {
+        MixerConfig::new(MixShiftConfig {
             shift_dist: self.shift_dist.clone(),
             mix_size: self.mix_size[stage].clone(),
-        }
+        })
     }
 
     /// Checks the configuration; the message names the bad value.

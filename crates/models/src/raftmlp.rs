@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenmix_kernels::resize::interpolate_bicubic;
 use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm};
-use tokenmix_mixers::raft::RAFT_NORM;
+use tokenmix_mixers::raft::{RaftTokenMixingConfig, RAFT_NORM};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{as_f64, as_usize, usize_list};
@@ -52,7 +52,7 @@ pub struct RaftMlpConfig {
     /// Hidden width of the channel MLPs as a multiple of the channels.
     pub channel_expansion_factor: usize,
     /// Stochastic depth of the last block's channel-MLP branch in training (linear from 0; the
-    /// token-mixing residual lives inside the mixer and is not dropped); 0 for inference.
+    /// token-mixing branch is never dropped, as in the reference); 0 for inference.
     #[serde(default)]
     pub drop_path_rate: f64,
 }
@@ -100,12 +100,12 @@ impl RaftMlpConfig {
     }
 
     fn mixer(&self, i: usize, grid: usize) -> MixerConfig {
-        MixerConfig::RaftTokenMixing {
+        MixerConfig::new(RaftTokenMixingConfig {
             raft_size: self.layers[i].raft_size,
             height: grid,
             width: grid,
             expansion: self.token_expansion_factor,
-        }
+        })
     }
 
     /// Checks the configuration; the message names the bad value.
@@ -366,7 +366,7 @@ impl ImageModel for RaftMlp {
                 .permute((0, 2, 3, 1))?
                 .contiguous()?;
             for block in &level.blocks {
-                t = block.tokens.forward(&t)?;
+                t = (&t + block.tokens.forward(&t)?)?;
                 let branch = block.mlp.forward(&block.norm.forward(&t)?)?;
                 t = (&t + block.drop_path.forward_t(&branch, train)?)?;
             }
