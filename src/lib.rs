@@ -28,7 +28,6 @@ pub use tokenmix_kernels as kernels;
 pub use tokenmix_mixers as mixers;
 pub use tokenmix_models as models;
 
-pub mod plot;
 pub mod train;
 
 /// Tunes the process for CPU inference and training; call it first thing in `main`, before any

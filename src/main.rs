@@ -2,6 +2,8 @@
 //! checkpoints, train and fine-tune on image folders, and benchmark the token mixers on this
 //! machine.
 
+mod plot;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,6 @@ use serde::Serialize;
 use tokenmix::models::checkpoint::{expected_tensors, random_model};
 use tokenmix::models::preprocess::load_image;
 use tokenmix::models::{list_models, load_model_dir, load_weights, model_entry, LoadedModel};
-use tokenmix::plot;
 use tokenmix::train::{self, data::ImageFolder, ModelSpec, Trainer};
 
 #[derive(Parser)]
@@ -518,7 +519,7 @@ fn bench_figure(results: &[BenchResult], threads: usize) -> plot::Figure {
         .map_or((224, 1), |r| (r.image_size, r.batch));
     plot::Figure {
         title: format!(
-            "ImageNet-1k top-1 (paper) vs this machine: {}, {s}x{s}",
+            "ImageNet-1k top-1 (paper) vs speed measured with random weights: {}, {s}x{s}",
             machine_text(threads)
         ),
         panels: vec![

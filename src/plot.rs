@@ -1,41 +1,25 @@
-//! Small self-contained plotting: scatter and line panels, side by side, written as SVG
-//! or rasterised to PNG without any font or drawing library.
+//! The binary's figures: scatter and line panels side by side, drawn with `plotters` as SVG or
+//! as PNG.
 //!
-//! Both outputs are rendered from one list of shapes, so they agree: "nice" ticks
-//! (1/2/5 x 10^k, or decades and their 2x/5x on a log axis), grid, axis labels, panel
-//! and figure titles, a legend, and a text label next to every scatter point. Values
-//! that cannot be drawn (NaN, infinities, non-positive x on a log axis) are skipped.
-//!
-//! ```
-//! use tokenmix::plot::{Figure, Panel, PanelKind, Point};
-//!
-//! let point = |label: &str, group: &str, x, y| Point {
-//!     label: label.into(),
-//!     group: group.into(),
-//!     x,
-//!     y,
-//! };
-//! let figure = Figure {
-//!     title: "Accuracy vs throughput".into(),
-//!     panels: vec![Panel {
-//!         title: "ImageNet".into(),
-//!         x_label: "images/s".into(),
-//!         y_label: "top-1 (%)".into(),
-//!         log_x: true,
-//!         kind: PanelKind::Scatter(vec![
-//!             point("poolformer_s12", "PoolFormer", 1450.0, 77.2),
-//!             point("caformer_s18", "CAFormer", 610.0, 83.6),
-//!         ]),
-//!     }],
-//! };
-//! assert!(figure.to_svg().contains("caformer_s18"));
-//! ```
+//! A [`Figure`] is plain data (panels of labelled points or named lines); [`Figure::save`]
+//! renders it by the file extension. PNG text is drawn with the DejaVu Sans file bundled in
+//! `assets/fonts/` (registered through plotters' `ab_glyph` support, so no system font or
+//! fontconfig is needed); SVG text stays text, for the viewer's sans-serif font. Values that
+//! cannot be drawn (NaN, infinities, non-positive x on a log axis) are skipped, and a NaN
+//! breaks a line.
 
+use std::ops::Range;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
-use font8x8::legacy::BASIC_LEGACY;
-use image::{ImageFormat, Rgb, RgbImage};
+use anyhow::{bail, ensure, Context, Result};
+use image::{ImageFormat, RgbImage};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{register_font, FontStyle};
 
 /// One labelled point of a scatter panel; `group` picks the colour (one colour per group, legend).
 #[derive(Clone, Debug, PartialEq)]
@@ -92,18 +76,90 @@ pub struct Figure {
     pub panels: Vec<Panel>,
 }
 
+/// Width of one panel in pixels.
+const PANEL_W: u32 = 900;
+/// Height of one panel in pixels.
+const PANEL_H: u32 = 560;
+/// Height of the figure title band.
+const TITLE_H: u32 = 44;
+/// Width of the legend column right of each plot.
+const LEGEND_W: u32 = 230;
+/// Vertical distance between legend entries.
+const LEGEND_STEP: i32 = 18;
+/// Series with more points than this are drawn without markers.
+const MAX_MARKERS: usize = 60;
+
+/// The font family every text uses; the bundled font is registered under this name.
+const FAMILY: &str = "sans-serif";
+/// DejaVu Sans (Bitstream Vera license, `assets/fonts/LICENSE`).
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+const DARK: RGBColor = RGBColor(64, 64, 64);
+const GRID: RGBColor = RGBColor(225, 225, 225);
+
+/// Tableau 10, then five darker hues, so the zoo's families (up to 15) get distinct colours.
+const PALETTE: [RGBColor; 15] = [
+    RGBColor(0x4e, 0x79, 0xa7),
+    RGBColor(0xf2, 0x8e, 0x2b),
+    RGBColor(0xe1, 0x57, 0x59),
+    RGBColor(0x76, 0xb7, 0xb2),
+    RGBColor(0x59, 0xa1, 0x4f),
+    RGBColor(0xed, 0xc9, 0x48),
+    RGBColor(0xb0, 0x7a, 0xa1),
+    RGBColor(0xff, 0x9d, 0xa7),
+    RGBColor(0x9c, 0x75, 0x5f),
+    RGBColor(0xba, 0xb0, 0xac),
+    RGBColor(0x1f, 0x3a, 0x6e),
+    RGBColor(0x8c, 0x2d, 0x04),
+    RGBColor(0x2c, 0x6e, 0x2c),
+    RGBColor(0x6a, 0x3d, 0x9a),
+    RGBColor(0x33, 0x33, 0x33),
+];
+
+/// The `i`-th palette colour, cycling.
+fn palette(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// Registers the bundled font with plotters (once per process).
+fn register_bundled_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    ensure!(ok, "the bundled plot font is not a valid font file");
+    Ok(())
+}
+
+/// Text of `size` pixels in `color`, anchored at `(h, v)`.
+fn font(size: u32, color: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    (FAMILY, size).into_font().color(&color).pos(Pos::new(h, v))
+}
+
 impl Figure {
     /// Renders the figure as an SVG document.
-    pub fn to_svg(&self) -> String {
-        self.scene().to_svg()
+    pub fn to_svg(&self) -> Result<String> {
+        register_bundled_font()?;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, self.size()).into_drawing_area();
+            self.draw(&root)?;
+            root.present().context("finishing the SVG plot")?;
+        }
+        Ok(svg)
     }
 
     /// Renders the figure to an image and returns the encoded PNG bytes.
     pub fn to_png(&self) -> Result<Vec<u8>> {
+        register_bundled_font()?;
+        let (w, h) = self.size();
+        let mut pixels = vec![255u8; 3 * w as usize * h as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+            self.draw(&root)?;
+            root.present().context("finishing the PNG plot")?;
+        }
+        let img = RgbImage::from_raw(w, h, pixels).context("plot buffer size")?;
         let mut bytes = std::io::Cursor::new(Vec::new());
-        self.scene()
-            .rasterize()
-            .write_to(&mut bytes, ImageFormat::Png)
+        img.write_to(&mut bytes, ImageFormat::Png)
             .context("encoding the plot as PNG")?;
         Ok(bytes.into_inner())
     }
@@ -114,7 +170,7 @@ impl Figure {
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
         let bytes = match ext.as_deref() {
-            Some("svg") => self.to_svg().into_bytes(),
+            Some("svg") => self.to_svg()?.into_bytes(),
             Some("png") => self.to_png()?,
             Some(other) => bail!(
                 "cannot save plot {}: unsupported extension `.{other}` (use .svg or .png)",
@@ -128,75 +184,37 @@ impl Figure {
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Lays the figure out as shapes in pixel coordinates.
-    fn scene(&self) -> Scene {
-        let columns = self.panels.len().max(1) as f64;
-        let top = if self.title.is_empty() { 0.0 } else { TITLE_H };
-        let mut scene = Scene {
-            width: (PANEL_W * columns) as u32,
-            height: (PANEL_H + top) as u32,
-            shapes: Vec::new(),
-        };
-        if !self.title.is_empty() {
-            let at = (PANEL_W * columns / 2.0, TITLE_H / 2.0);
-            scene.shapes.push(text(at, &self.title, 2, Anchor::Middle));
-        }
-        for (i, panel) in self.panels.iter().enumerate() {
-            panel.draw(&mut scene.shapes, i as f64 * PANEL_W, top);
-        }
-        scene
+    /// Width and height in pixels: one panel column each, plus the title band.
+    fn size(&self) -> (u32, u32) {
+        let columns = self.panels.len().max(1) as u32;
+        let top = if self.title.is_empty() { 0 } else { TITLE_H };
+        (PANEL_W * columns, PANEL_H + top)
     }
-}
 
-/// Width of one panel in pixels.
-const PANEL_W: f64 = 900.0;
-/// Height of one panel in pixels.
-const PANEL_H: f64 = 560.0;
-/// Height of the figure title band.
-const TITLE_H: f64 = 44.0;
-/// Space left of the plot area (tick labels, y label).
-const MARGIN_L: f64 = 80.0;
-/// Space right of the plot area (legend).
-const MARGIN_R: f64 = 190.0;
-/// Space above the plot area (panel title).
-const MARGIN_T: f64 = 44.0;
-/// Space below the plot area (tick labels, x label).
-const MARGIN_B: f64 = 60.0;
-/// Vertical distance between legend entries.
-const LEGEND_STEP: f64 = 18.0;
-/// Longest legend entry, in characters.
-const LEGEND_CHARS: usize = 17;
-
-/// An RGB colour.
-type Color = [u8; 3];
-
-const BLACK: Color = [0, 0, 0];
-const DARK: Color = [64, 64, 64];
-const GRID: Color = [225, 225, 225];
-
-/// Tableau 10.
-/// Tableau 10, then five darker hues, so the zoo's families (up to 15) get distinct colours.
-const PALETTE: [Color; 15] = [
-    [0x4e, 0x79, 0xa7],
-    [0xf2, 0x8e, 0x2b],
-    [0xe1, 0x57, 0x59],
-    [0x76, 0xb7, 0xb2],
-    [0x59, 0xa1, 0x4f],
-    [0xed, 0xc9, 0x48],
-    [0xb0, 0x7a, 0xa1],
-    [0xff, 0x9d, 0xa7],
-    [0x9c, 0x75, 0x5f],
-    [0xba, 0xb0, 0xac],
-    [0x1f, 0x3a, 0x6e],
-    [0x8c, 0x2d, 0x04],
-    [0x2c, 0x6e, 0x2c],
-    [0x6a, 0x3d, 0x9a],
-    [0x33, 0x33, 0x33],
-];
-
-/// The `i`-th palette colour, cycling.
-fn palette(i: usize) -> Color {
-    PALETTE[i % PALETTE.len()]
+    /// Draws the title and the panels onto `root`.
+    fn draw<DB>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let mut body = root.clone();
+        if !self.title.is_empty() {
+            let (band, rest) = root.split_vertically(TITLE_H);
+            let (w, h) = band.dim_in_pixel();
+            let style = font(22, BLACK, HPos::Center, VPos::Center);
+            band.draw_text(&self.title, &style, (w as i32 / 2, h as i32 / 2))?;
+            body = rest;
+        }
+        if self.panels.is_empty() {
+            return Ok(());
+        }
+        let areas = body.split_evenly((1, self.panels.len()));
+        for (panel, area) in self.panels.iter().zip(&areas) {
+            panel.draw(area)?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a data point can be drawn.
@@ -204,150 +222,50 @@ fn drawable(x: f64, y: f64, log_x: bool) -> bool {
     x.is_finite() && y.is_finite() && (!log_x || x > 0.0)
 }
 
-// ---------------------------------------------------------------------------------------
-// Shapes
-// ---------------------------------------------------------------------------------------
-
-/// Where a text's reference point lies along the text.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Anchor {
-    Start,
-    Middle,
-    End,
-}
-
-/// A line of 8x8-font text; `at` is the anchor point, vertically centred.
-#[derive(Clone, Debug, PartialEq)]
-struct Text {
-    at: (f64, f64),
-    s: String,
-    scale: u32,
-    anchor: Anchor,
-    /// Rotated 90 degrees counter-clockwise (reads bottom to top).
-    vertical: bool,
-    color: Color,
-}
-
-/// Something to draw, in pixel coordinates.
-#[derive(Clone, Debug, PartialEq)]
-enum Shape {
-    Line {
-        a: (f64, f64),
-        b: (f64, f64),
-        width: f64,
-        color: Color,
-    },
-    Circle {
-        c: (f64, f64),
-        r: f64,
-        color: Color,
-    },
-    Text(Text),
-}
-
-/// Black horizontal text.
-fn label(at: (f64, f64), s: &str, scale: u32, anchor: Anchor) -> Text {
-    Text {
-        at,
-        s: s.to_string(),
-        scale,
-        anchor,
-        vertical: false,
-        color: BLACK,
-    }
-}
-
-/// Black horizontal text, as a shape.
-fn text(at: (f64, f64), s: &str, scale: u32, anchor: Anchor) -> Shape {
-    Shape::Text(label(at, s, scale, anchor))
-}
-
-/// A straight line.
-fn line(a: (f64, f64), b: (f64, f64), width: f64, color: Color) -> Shape {
-    Shape::Line { a, b, width, color }
-}
-
-/// Shortens `s` to at most `max` characters, marking the cut with "..".
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let head: String = s.chars().take(max.saturating_sub(2)).collect();
-    format!("{head}..")
-}
-
-/// A whole figure as shapes.
-struct Scene {
-    width: u32,
-    height: u32,
-    shapes: Vec<Shape>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Axes and ticks
-// ---------------------------------------------------------------------------------------
-
 /// Smallest and largest value (`(inf, -inf)` when empty).
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
+fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    })
 }
 
-/// The data range widened by 5% each side; a degenerate range is padded, an empty one is `[0, 1]`.
-fn padded_range(lo: f64, hi: f64) -> (f64, f64) {
+/// The data range widened by 10% of its half-span each side; a degenerate range is padded, an
+/// empty one is `[0, 1]`. The result spans at most `f64::MAX` so its width stays finite.
+fn padded_range(lo: f64, hi: f64) -> Range<f64> {
     if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
-        return (0.0, 1.0);
+        return 0.0..1.0;
     }
-    let half = hi * 0.5 - lo * 0.5; // half the span: finite even for extreme values
+    let limit = f64::MAX / 2.0;
+    let (lo, hi) = (lo.clamp(-limit, limit), hi.clamp(-limit, limit));
+    let half = hi * 0.5 - lo * 0.5;
     let pad = if half <= 5e-13 * lo.abs().max(hi.abs()).max(1e-300) {
-        if lo == 0.0 {
-            1.0
-        } else {
-            0.1 * lo.abs()
+        match lo {
+            0.0 => 1.0,
+            _ => 0.1 * lo.abs(),
         }
     } else {
         0.1 * half
     };
-    ((lo - pad).max(f64::MIN), (hi + pad).min(f64::MAX))
+    (lo - pad).max(-limit)..(hi + pad).min(limit)
 }
 
-/// A 1, 2 or 5 x 10^k step giving about `target` intervals over `span`.
-fn nice_step(span: f64, target: usize) -> f64 {
-    let raw = span / target.max(1) as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let m = match norm {
-        n if n < 1.5 => 1.0,
-        n if n < 3.5 => 2.0,
-        n if n < 7.5 => 5.0,
-        _ => 10.0,
-    };
-    m * mag
-}
-
-/// Multiples of a nice step inside `[lo, hi]`, with the step.
-fn nice_ticks(lo: f64, hi: f64, target: usize) -> (f64, Vec<f64>) {
-    let step = match hi - lo {
-        span if span.is_finite() => nice_step(span, target),
-        _ => 2.0 * nice_step(hi * 0.5 - lo * 0.5, target),
-    };
-    if !(step.is_finite() && step > 0.0) {
-        return (step, Vec::new());
+/// The x range of drawable values, in data units; padded in log space when `log`.
+fn x_range(values: &[f64], log: bool) -> Range<f64> {
+    if !log {
+        let (lo, hi) = min_max(values.iter().copied());
+        return padded_range(lo, hi);
     }
-    let first = (lo / step - 1e-9).ceil() as i64;
-    let last = (hi / step + 1e-9).floor() as i64;
-    if last.saturating_sub(first) > 1000 {
-        return (step, Vec::new());
-    }
-    let ticks = (first..=last).map(|k| k as f64 * step).collect();
-    (step, ticks)
+    let (lo, hi) = min_max(values.iter().map(|v| v.log10()));
+    let logs = if lo.is_finite() {
+        padded_range(lo, hi)
+    } else {
+        0.0..1.0
+    };
+    10f64.powf(logs.start)..10f64.powf(logs.end)
 }
 
-/// Ticks for a log axis spanning `[lo, hi]` in log10 units: decades (and 2x, 5x when
-/// few decades), or linear nice ticks when that gives fewer than three.
+/// Ticks for a log axis spanning `[lo, hi]` in log10 units: decades (and their 2x and 5x when
+/// there are at most four decades), or 1-2-5 steps when that gives fewer than three.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let (d0, d1) = (lo.floor() as i32, hi.ceil() as i32);
     let mults: &[f64] = if d1 - d0 <= 4 {
@@ -364,286 +282,76 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     if ticks.len() >= 3 {
         return ticks;
     }
-    let (_, linear) = nice_ticks(10f64.powf(lo), 10f64.powf(hi), 5);
-    linear.into_iter().filter(|&v| v > 0.0).collect()
+    linear_ticks(10f64.powf(lo), 10f64.powf(hi), 5)
 }
 
-/// Drops trailing zeros (and a trailing point) from a decimal number.
-fn trim_zeros(s: &str) -> String {
-    if !s.contains('.') {
-        return s.to_string();
+/// Multiples of a 1, 2 or 5 x 10^k step inside `[lo, hi]`, about `target` intervals apart.
+fn linear_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    let raw = (hi - lo) / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = mag
+        * match raw / mag {
+            n if n < 1.5 => 1.0,
+            n if n < 3.5 => 2.0,
+            n if n < 7.5 => 5.0,
+            _ => 10.0,
+        };
+    if !(step.is_finite() && step > 0.0) {
+        return Vec::new();
     }
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    (first..=last.min(first + 1000))
+        .map(|k| k as f64 * step)
+        .collect()
 }
 
-/// Compact label for any value: plain decimals, or exponent form when very large/small.
-fn fmt_general(v: f64) -> String {
+/// Compact tick label: plain decimals, or exponent form when very large or small.
+fn tick_label(v: f64) -> String {
+    let trim = |s: &str| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
     let a = v.abs();
     if a != 0.0 && !(1e-3..1e6).contains(&a) {
         let s = format!("{v:.2e}");
         let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
-        return format!("{}e{exp}", trim_zeros(mantissa));
+        return format!("{}e{exp}", trim(mantissa));
     }
-    trim_zeros(&format!("{v:.4}"))
+    trim(&format!("{v:.4}"))
 }
 
-/// Label for a linear tick with the given number of decimals.
-fn fmt_fixed(v: f64, decimals: usize) -> String {
-    if v.abs() >= 1e7 {
-        return fmt_general(v);
+/// `s`, or its longest head that fits in `width` pixels with ".." marking the cut.
+fn fit_text<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    s: &str,
+    style: &TextStyle,
+    width: u32,
+) -> Result<String>
+where
+    DB::ErrorType: 'static,
+{
+    let fits = |t: &str| Ok::<_, anyhow::Error>(area.estimate_text_size(t, style)?.0 <= width);
+    if fits(s)? {
+        return Ok(s.to_string());
     }
-    let s = format!("{v:.decimals$}");
-    if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
-        return s[1..].to_string();
-    }
-    s
-}
-
-/// Decimals needed to print multiples of `step`.
-fn decimals_for(step: f64) -> usize {
-    if !(step.is_finite() && step > 0.0) || step >= 1.0 {
-        return 0;
-    }
-    (-step.log10() - 1e-9).ceil().clamp(0.0, 12.0) as usize
-}
-
-/// One axis: its range (in log10 units when `log`) and ticks (data units).
-struct Axis {
-    lo: f64,
-    hi: f64,
-    log: bool,
-    ticks: Vec<f64>,
-    decimals: usize,
-}
-
-impl Axis {
-    /// An axis covering `values` (all drawable; positive when `log`).
-    fn new(values: &[f64], log: bool) -> Self {
-        if log {
-            let logs: Vec<f64> = values.iter().map(|v| v.log10()).collect();
-            let (min, max) = min_max(&logs);
-            let (lo, hi) = padded_range(min, max);
-            let ticks = log_ticks(lo, hi);
-            return Axis {
-                lo,
-                hi,
-                log,
-                ticks,
-                decimals: 0,
-            };
-        }
-        let (min, max) = min_max(values);
-        let (lo, hi) = padded_range(min, max);
-        let (step, ticks) = nice_ticks(lo, hi, 6);
-        let decimals = decimals_for(step);
-        Axis {
-            lo,
-            hi,
-            log,
-            ticks,
-            decimals,
+    let mut chars: Vec<char> = s.chars().collect();
+    while !chars.is_empty() {
+        chars.pop();
+        let cut = format!("{}..", chars.iter().collect::<String>());
+        if fits(&cut)? {
+            return Ok(cut);
         }
     }
-
-    /// Position of `v` along the axis, 0 at `lo` and 1 at `hi`.
-    fn frac(&self, v: f64) -> f64 {
-        let t = if self.log { v.log10() } else { v };
-        (t * 0.5 - self.lo * 0.5) / (self.hi * 0.5 - self.lo * 0.5)
-    }
-
-    /// Tick label for `v`.
-    fn label(&self, v: f64) -> String {
-        if self.log {
-            fmt_general(v)
-        } else {
-            fmt_fixed(v, self.decimals)
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Panel layout
-// ---------------------------------------------------------------------------------------
-
-/// A panel's plot area and axes.
-struct Plot {
-    left: f64,
-    right: f64,
-    top: f64,
-    bottom: f64,
-    x: Axis,
-    y: Axis,
-}
-
-impl Plot {
-    /// Pixel position of a data point.
-    fn map(&self, x: f64, y: f64) -> (f64, f64) {
-        let px = self.left + self.x.frac(x) * (self.right - self.left);
-        let py = self.bottom - self.y.frac(y) * (self.bottom - self.top);
-        (px, py)
-    }
-
-    /// Grid, tick marks and tick labels of both axes.
-    fn draw_ticks(&self, out: &mut Vec<Shape>) {
-        for &t in &self.x.ticks {
-            let (px, _) = self.map(t, 0.0);
-            out.push(line((px, self.top), (px, self.bottom), 1.0, GRID));
-            out.push(line((px, self.bottom), (px, self.bottom + 5.0), 1.0, BLACK));
-            out.push(text(
-                (px, self.bottom + 15.0),
-                &self.x.label(t),
-                1,
-                Anchor::Middle,
-            ));
-        }
-        for &t in &self.y.ticks {
-            let (_, py) = self.map(1.0, t);
-            out.push(line((self.left, py), (self.right, py), 1.0, GRID));
-            out.push(line((self.left - 5.0, py), (self.left, py), 1.0, BLACK));
-            out.push(text(
-                (self.left - 8.0, py),
-                &self.y.label(t),
-                1,
-                Anchor::End,
-            ));
-        }
-    }
-
-    /// The black box around the plot area.
-    fn draw_frame(&self, out: &mut Vec<Shape>) {
-        let (l, r, t, b) = (self.left, self.right, self.top, self.bottom);
-        for (a, z) in [
-            ((l, t), (r, t)),
-            ((r, t), (r, b)),
-            ((r, b), (l, b)),
-            ((l, b), (l, t)),
-        ] {
-            out.push(line(a, z, 1.0, BLACK));
-        }
-    }
-
-    /// Panel title and axis labels.
-    fn draw_labels(&self, out: &mut Vec<Shape>, panel: &Panel, ox: f64, oy: f64) {
-        let mid_x = (self.left + self.right) / 2.0;
-        out.push(text(
-            (mid_x, oy + MARGIN_T / 2.0),
-            &panel.title,
-            2,
-            Anchor::Middle,
-        ));
-        out.push(text(
-            (mid_x, self.bottom + 40.0),
-            &panel.x_label,
-            1,
-            Anchor::Middle,
-        ));
-        let at = (ox + 18.0, (self.top + self.bottom) / 2.0);
-        out.push(Shape::Text(Text {
-            vertical: true,
-            ..label(at, &panel.y_label, 1, Anchor::Middle)
-        }));
-    }
-
-    /// Legend right of the plot area; `lines` picks line swatches instead of dots.
-    fn draw_legend(&self, out: &mut Vec<Shape>, entries: &[(String, Color)], lines: bool) {
-        let x0 = self.right + 16.0;
-        let room = ((self.bottom - self.top - 8.0) / LEGEND_STEP).max(1.0) as usize;
-        let shown = if entries.len() > room {
-            room - 1
-        } else {
-            entries.len()
-        };
-        for (i, (name, color)) in entries.iter().take(shown).enumerate() {
-            let y = self.top + 10.0 + i as f64 * LEGEND_STEP;
-            out.push(if lines {
-                line((x0, y), (x0 + 18.0, y), 2.0, *color)
-            } else {
-                Shape::Circle {
-                    c: (x0 + 9.0, y),
-                    r: 4.0,
-                    color: *color,
-                }
-            });
-            out.push(text(
-                (x0 + 26.0, y),
-                &truncate(name, LEGEND_CHARS),
-                1,
-                Anchor::Start,
-            ));
-        }
-        if shown < entries.len() {
-            let y = self.top + 10.0 + shown as f64 * LEGEND_STEP;
-            let more = format!("+{} more", entries.len() - shown);
-            out.push(text((x0 + 26.0, y), &more, 1, Anchor::Start));
-        }
-    }
-
-    /// Points coloured by group, each with its label, and the group legend.
-    fn draw_scatter(&self, out: &mut Vec<Shape>, points: &[Point], log_x: bool) {
-        let groups = group_colors(points);
-        for p in points.iter().filter(|p| drawable(p.x, p.y, log_x)) {
-            let c = self.map(p.x, p.y);
-            let color = groups
-                .iter()
-                .find(|(g, _)| *g == p.group)
-                .map_or(BLACK, |g| g.1);
-            out.push(Shape::Circle { c, r: 4.5, color });
-            if !p.label.is_empty() {
-                out.push(self.point_label(c, &p.label));
-            }
-        }
-        self.draw_legend(out, &groups, false);
-    }
-
-    /// A point's label, right of it (left of it near the right edge).
-    fn point_label(&self, (px, py): (f64, f64), text: &str) -> Shape {
-        let near_right = px > self.left + 0.75 * (self.right - self.left);
-        let (x, anchor) = if near_right {
-            (px - 7.0, Anchor::End)
-        } else {
-            (px + 7.0, Anchor::Start)
-        };
-        Shape::Text(Text {
-            color: DARK,
-            ..label((x, py - 8.0), text, 1, anchor)
-        })
-    }
-
-    /// Series as coloured lines (broken at undrawable points), small markers, legend.
-    fn draw_lines(&self, out: &mut Vec<Shape>, series: &[Series], log_x: bool) {
-        let mut entries = Vec::new();
-        for (i, s) in series.iter().enumerate() {
-            let color = palette(i);
-            self.draw_series(out, &s.points, log_x, color);
-            entries.push((s.name.clone(), color));
-        }
-        self.draw_legend(out, &entries, true);
-    }
-
-    /// One series' segments and markers.
-    fn draw_series(&self, out: &mut Vec<Shape>, pts: &[(f64, f64)], log_x: bool, color: Color) {
-        let markers = pts.len() <= 60;
-        let mut prev: Option<(f64, f64)> = None;
-        for &(x, y) in pts {
-            if !drawable(x, y, log_x) {
-                prev = None;
-                continue;
-            }
-            let c = self.map(x, y);
-            if let Some(p) = prev {
-                out.push(line(p, c, 2.0, color));
-            }
-            if markers {
-                out.push(Shape::Circle { c, r: 2.5, color });
-            }
-            prev = Some(c);
-        }
-    }
+    Ok(String::new())
 }
 
 /// Groups in order of first appearance, each with its colour.
-fn group_colors(points: &[Point]) -> Vec<(String, Color)> {
-    let mut groups: Vec<(String, Color)> = Vec::new();
+fn group_colors(points: &[Point]) -> Vec<(String, RGBColor)> {
+    let mut groups: Vec<(String, RGBColor)> = Vec::new();
     for p in points {
         if !groups.iter().any(|(g, _)| *g == p.group) {
             groups.push((p.group.clone(), palette(groups.len())));
@@ -652,9 +360,45 @@ fn group_colors(points: &[Point]) -> Vec<(String, Color)> {
     groups
 }
 
+/// Runs of consecutive drawable points: the pieces of a line broken at undrawable points.
+fn runs(points: &[(f64, f64)], log_x: bool) -> Vec<Vec<(f64, f64)>> {
+    points
+        .split(|&(x, y)| !drawable(x, y, log_x))
+        .filter(|run| !run.is_empty())
+        .map(<[_]>::to_vec)
+        .collect()
+}
+
+/// Where a point label goes: the first of above / below on the preferred side (left of the point
+/// when `left`, else right), then the same on the other side, whose box overlaps nothing in
+/// `taken`; the first one when all do. Returns (left side, vertical offset, pixel box).
+fn place_label(
+    (x, y): (i32, i32),
+    (w, h): (u32, u32),
+    left: bool,
+    taken: &[[i32; 4]],
+) -> (bool, i32, [i32; 4]) {
+    let (w, h) = (w as i32, h as i32);
+    let rect = |left: bool, dy: i32| {
+        let x0 = if left { x - 7 - w } else { x + 7 };
+        [x0, y + dy - h / 2, x0 + w, y + dy + h / 2]
+    };
+    let overlaps =
+        |a: &[i32; 4], b: &[i32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    let candidates = [(left, -8), (left, 9), (!left, -8), (!left, 9)];
+    let free = candidates
+        .iter()
+        .find(|&&(l, dy)| !taken.iter().any(|t| overlaps(&rect(l, dy), t)));
+    let &(l, dy) = free.unwrap_or(&candidates[0]);
+    (l, dy, rect(l, dy))
+}
+
+/// The coordinate chart a panel draws into.
+type Chart<'a, DB, X> = ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>;
+
 impl Panel {
-    /// Drawable x and y values of the panel's data.
-    fn values(&self) -> (Vec<f64>, Vec<f64>) {
+    /// Drawable `(x, y)` pairs of the panel's data.
+    fn values(&self) -> Vec<(f64, f64)> {
         let pairs: Vec<(f64, f64)> = match &self.kind {
             PanelKind::Scatter(points) => points.iter().map(|p| (p.x, p.y)).collect(),
             PanelKind::Lines(series) => series.iter().flat_map(|s| s.points.clone()).collect(),
@@ -662,293 +406,388 @@ impl Panel {
         pairs
             .into_iter()
             .filter(|&(x, y)| drawable(x, y, self.log_x))
-            .unzip()
+            .collect()
     }
 
-    /// The panel's plot area and axes, for a panel whose top-left corner is `(ox, oy)`.
-    fn plot(&self, ox: f64, oy: f64) -> Plot {
-        let (xs, ys) = self.values();
-        Plot {
-            left: ox + MARGIN_L,
-            right: ox + PANEL_W - MARGIN_R,
-            top: oy + MARGIN_T,
-            bottom: oy + PANEL_H - MARGIN_B,
-            x: Axis::new(&xs, self.log_x),
-            y: Axis::new(&ys, false),
+    /// Draws the panel into `area`: the chart on the left, the legend column on the right.
+    fn draw<DB>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+    {
+        let (plot_area, legend_area) = area.split_horizontally(PANEL_W - LEGEND_W);
+        let values = self.values();
+        let xs: Vec<f64> = values.iter().map(|v| v.0).collect();
+        let x = x_range(&xs, self.log_x);
+        let (lo, hi) = min_max(values.iter().map(|v| v.1));
+        let y = padded_range(lo, hi);
+        if self.log_x {
+            let ticks = log_ticks(x.start.log10(), x.end.log10());
+            self.draw_chart(&plot_area, x.log_scale().with_key_points(ticks), y)?;
+        } else {
+            self.draw_chart(&plot_area, x, y)?;
         }
+        self.draw_legend(&legend_area)
     }
 
-    /// Appends the panel's shapes, with its top-left corner at `(ox, oy)`.
-    fn draw(&self, out: &mut Vec<Shape>, ox: f64, oy: f64) {
-        let plot = self.plot(ox, oy);
-        plot.draw_ticks(out);
-        plot.draw_frame(out);
-        plot.draw_labels(out, self, ox, oy);
+    /// Axes, grid, titles and data on a chart with x coordinates `x`.
+    fn draw_chart<DB, X>(&self, area: &DrawingArea<DB, Shift>, x: X, y: Range<f64>) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+        X: AsRangedCoord<Value = f64>,
+        X::CoordDescType: ValueFormatter<f64>,
+    {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&self.title, font(18, BLACK, HPos::Center, VPos::Top))
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x, y)?;
+        chart
+            .configure_mesh()
+            .bold_line_style(GRID)
+            .light_line_style(TRANSPARENT)
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| tick_label(*v))
+            .label_style(font(12, BLACK, HPos::Center, VPos::Center))
+            .axis_desc_style(font(14, BLACK, HPos::Center, VPos::Center))
+            .draw()?;
         match &self.kind {
-            PanelKind::Scatter(points) => plot.draw_scatter(out, points, self.log_x),
-            PanelKind::Lines(series) => plot.draw_lines(out, series, self.log_x),
+            PanelKind::Scatter(points) => self.draw_points(&mut chart, points)?,
+            PanelKind::Lines(series) => self.draw_lines(&mut chart, series)?,
         }
-        if self.values().0.is_empty() {
-            let mid = (
-                (plot.left + plot.right) / 2.0,
-                (plot.top + plot.bottom) / 2.0,
-            );
-            out.push(text(mid, "no data", 1, Anchor::Middle));
-        }
+        self.draw_frame_and_note(&chart)
     }
-}
 
-// ---------------------------------------------------------------------------------------
-// SVG
-// ---------------------------------------------------------------------------------------
-
-/// Escapes text for XML content and attribute values.
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() => {}
-            c => out.push(c),
+    /// The box around the plot area, and "no data" in its middle when nothing was drawable.
+    fn draw_frame_and_note<DB, XC>(&self, chart: &Chart<'_, DB, XC>) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+        XC: Ranged<ValueType = f64>,
+    {
+        let plot = chart.plotting_area().strip_coord_spec();
+        let (w, h) = plot.dim_in_pixel();
+        let (w, h) = (w as i32, h as i32);
+        plot.draw(&Rectangle::new([(0, 0), (w - 1, h - 1)], BLACK))?;
+        if self.values().is_empty() {
+            let style = font(14, BLACK, HPos::Center, VPos::Center);
+            plot.draw_text("no data", &style, (w / 2, h / 2))?;
         }
+        Ok(())
     }
-    out
-}
 
-/// `#rrggbb`.
-fn hex(c: Color) -> String {
-    format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
-}
-
-impl Scene {
-    /// The scene as an SVG document.
-    fn to_svg(&self) -> String {
-        let (w, h) = (self.width, self.height);
-        let mut s = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" \
-             width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        );
-        for shape in &self.shapes {
-            s.push_str(&shape_svg(shape));
+    /// Points coloured by group, each with its label placed where it overlaps no other label
+    /// or point when it can.
+    fn draw_points<DB, XC>(&self, chart: &mut Chart<'_, DB, XC>, points: &[Point]) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+        XC: Ranged<ValueType = f64>,
+    {
+        let groups = group_colors(points);
+        let points: Vec<&Point> = points
+            .iter()
+            .filter(|p| drawable(p.x, p.y, self.log_x))
+            .collect();
+        let mut taken = Vec::new();
+        for p in &points {
+            let color = groups
+                .iter()
+                .find(|(g, _)| *g == p.group)
+                .map_or(BLACK, |g| g.1);
+            let dot = Circle::new((p.x, p.y), 5, color.filled());
+            chart.plotting_area().draw(&dot)?;
+            let (x, y) = chart.backend_coord(&(p.x, p.y));
+            taken.push([x - 5, y - 5, x + 5, y + 5]);
         }
-        s.push_str("</svg>\n");
-        s
-    }
-}
-
-/// One shape as an SVG element (empty when its coordinates are not finite).
-fn shape_svg(shape: &Shape) -> String {
-    match shape {
-        Shape::Line { a, b, width, color }
-            if [a.0, a.1, b.0, b.1].iter().all(|v| v.is_finite()) =>
-        {
-            format!(
-                "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\" \
-                 stroke-width=\"{width}\" stroke-linecap=\"round\"/>\n",
-                a.0,
-                a.1,
-                b.0,
-                b.1,
-                hex(*color)
-            )
+        let (columns, _) = chart.plotting_area().get_pixel_range();
+        let right_quarter = columns.start + 3 * (columns.end - columns.start) / 4;
+        for p in points.iter().filter(|p| !p.label.is_empty()) {
+            let at = chart.backend_coord(&(p.x, p.y));
+            let style = font(12, DARK, HPos::Left, VPos::Center);
+            let size = chart.plotting_area().estimate_text_size(&p.label, &style)?;
+            let (left, dy, rect) = place_label(at, size, at.0 > right_quarter, &taken);
+            taken.push(rect);
+            let h = if left { HPos::Right } else { HPos::Left };
+            let dx = if left { -7 } else { 7 };
+            let text = Text::new(p.label.clone(), (dx, dy), font(12, DARK, h, VPos::Center));
+            chart
+                .plotting_area()
+                .draw(&(EmptyElement::at((p.x, p.y)) + text))?;
         }
-        Shape::Circle { c, r, color } if c.0.is_finite() && c.1.is_finite() => format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{r}\" fill=\"{}\"/>\n",
-            c.0,
-            c.1,
-            hex(*color)
-        ),
-        Shape::Text(t) if !t.s.is_empty() && t.at.0.is_finite() && t.at.1.is_finite() => {
-            text_svg(t)
+        Ok(())
+    }
+
+    /// Series as coloured lines (broken at undrawable points), with small markers unless long.
+    fn draw_lines<DB, XC>(&self, chart: &mut Chart<'_, DB, XC>, series: &[Series]) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+        XC: Ranged<ValueType = f64>,
+    {
+        for (i, s) in series.iter().enumerate() {
+            let color = palette(i);
+            let markers = s.points.len() <= MAX_MARKERS;
+            for run in runs(&s.points, self.log_x) {
+                if markers {
+                    let dots = run.iter().map(|&c| Circle::new(c, 3, color.filled()));
+                    chart.draw_series(dots)?;
+                }
+                chart.draw_series(LineSeries::new(run, color.stroke_width(2)))?;
+            }
         }
-        _ => String::new(),
+        Ok(())
     }
-}
 
-/// A text element; the monospace font at 13px per scale step roughly matches the 8x8 raster font.
-fn text_svg(t: &Text) -> String {
-    let anchor = match t.anchor {
-        Anchor::Start => "start",
-        Anchor::Middle => "middle",
-        Anchor::End => "end",
-    };
-    let (x, y) = t.at;
-    let rotate = match t.vertical {
-        true => format!(" transform=\"rotate(-90 {x:.1} {y:.1})\""),
-        false => String::new(),
-    };
-    let weight = if t.scale > 1 {
-        " font-weight=\"bold\""
-    } else {
-        ""
-    };
-    format!(
-        "<text x=\"{x:.1}\" y=\"{y:.1}\" font-family=\"monospace\" font-size=\"{}\" fill=\"{}\" \
-         text-anchor=\"{anchor}\" dominant-baseline=\"central\"{weight}{rotate}>{}</text>\n",
-        13 * t.scale,
-        hex(t.color),
-        xml_escape(&t.s)
-    )
-}
-
-// ---------------------------------------------------------------------------------------
-// Raster
-// ---------------------------------------------------------------------------------------
-
-/// Largest coordinate magnitude the rasteriser accepts; shapes beyond it are skipped.
-const MAX_COORD: f64 = 1e5;
-
-/// Whether a pixel coordinate is safe to rasterise.
-fn sane(v: f64) -> bool {
-    v.is_finite() && v.abs() < MAX_COORD
-}
-
-/// Sets a pixel if it lies inside the image.
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Color) {
-    if x >= 0 && y >= 0 && x < img.width() as i64 && y < img.height() as i64 {
-        img.put_pixel(x as u32, y as u32, Rgb(c));
-    }
-}
-
-/// A `size` x `size` square of pixels centred on `(x, y)`.
-fn brush(img: &mut RgbImage, x: i64, y: i64, size: i64, c: Color) {
-    let lo = -(size - 1) / 2;
-    for dy in lo..lo + size {
-        for dx in lo..lo + size {
-            put(img, x + dx, y + dy, c);
-        }
-    }
-}
-
-/// A line by Bresenham's algorithm, `width` pixels thick.
-fn draw_line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), width: f64, c: Color) {
-    if ![a.0, a.1, b.0, b.1].into_iter().all(sane) {
-        return;
-    }
-    let size = width.round().max(1.0) as i64;
-    let (mut x, mut y) = (a.0.round() as i64, a.1.round() as i64);
-    let (x1, y1) = (b.0.round() as i64, b.1.round() as i64);
-    let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-    let (sx, sy) = ((x1 - x).signum(), (y1 - y).signum());
-    let mut err = dx + dy;
-    loop {
-        brush(img, x, y, size, c);
-        if x == x1 && y == y1 {
-            return;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
-
-/// A filled circle.
-fn fill_circle(img: &mut RgbImage, (cx, cy): (f64, f64), r: f64, c: Color) {
-    if !(sane(cx) && sane(cy) && r.is_finite()) {
-        return;
-    }
-    let (x0, y0, ri) = (cx.round() as i64, cy.round() as i64, r.ceil() as i64);
-    for dy in -ri..=ri {
-        for dx in -ri..=ri {
-            if ((dx * dx + dy * dy) as f64) <= r * r + 0.5 {
-                put(img, x0 + dx, y0 + dy, c);
+    /// Legend entries: one per group (scatter) or per series (lines), with their colours.
+    fn legend(&self) -> (Vec<(String, RGBColor)>, bool) {
+        match &self.kind {
+            PanelKind::Scatter(points) => (group_colors(points), false),
+            PanelKind::Lines(series) => {
+                let entries = series.iter().enumerate();
+                (
+                    entries.map(|(i, s)| (s.name.clone(), palette(i))).collect(),
+                    true,
+                )
             }
         }
     }
-}
 
-/// The 8x8 glyph of `ch` (`?` outside ASCII); bit `j` of row `i` is pixel `(j, i)`.
-fn glyph(ch: char) -> [u8; 8] {
-    let i = if ch.is_ascii() {
-        ch as usize
-    } else {
-        '?' as usize
-    };
-    BASIC_LEGACY[i]
-}
-
-/// Text drawn with the 8x8 font, each font pixel a `scale` x `scale` block.
-fn draw_text(img: &mut RgbImage, t: &Text) {
-    if !(sane(t.at.0) && sane(t.at.1)) {
-        return;
-    }
-    let s = t.scale.max(1) as i64;
-    let len = 8 * s * t.s.chars().count() as i64;
-    let offset = match t.anchor {
-        Anchor::Start => 0,
-        Anchor::Middle => len / 2,
-        Anchor::End => len,
-    };
-    let (x, y) = (t.at.0.round() as i64, t.at.1.round() as i64);
-    for (k, ch) in t.s.chars().enumerate() {
-        let along = 8 * s * k as i64 - offset;
-        for (row, bits) in glyph(ch).into_iter().enumerate() {
-            for col in (0..8).filter(|col| bits & (1 << col) != 0) {
-                let (u, v) = (along + col * s, row as i64 * s - 4 * s);
-                let (px, py) = if t.vertical {
-                    (x + v, y - u - s + 1)
-                } else {
-                    (x + u, y + v)
-                };
-                brush_block(img, px, py, s, t.color);
+    /// The legend column: a dot or line swatch and the name for each entry, and "+N more" when
+    /// they do not all fit.
+    fn draw_legend<DB>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+    {
+        let (entries, lines) = self.legend();
+        let (top, bottom) = (48, area.dim_in_pixel().1 as i32 - 48);
+        let room = ((bottom - top) / LEGEND_STEP).max(1) as usize;
+        let shown = match entries.len() > room {
+            true => room - 1,
+            false => entries.len(),
+        };
+        let style = font(12, BLACK, HPos::Left, VPos::Center);
+        for (i, (name, color)) in entries.iter().take(shown).enumerate() {
+            let y = top + i as i32 * LEGEND_STEP;
+            if lines {
+                area.draw(&PathElement::new([(4, y), (22, y)], color.stroke_width(2)))?;
+            } else {
+                area.draw(&Circle::new((13, y), 5, color.filled()))?;
             }
+            let name = fit_text(area, name, &style, LEGEND_W - 34)?;
+            area.draw_text(&name, &style, (30, y))?;
         }
-    }
-}
-
-/// An `s` x `s` block with its top-left corner at `(x, y)`.
-fn brush_block(img: &mut RgbImage, x: i64, y: i64, s: i64, c: Color) {
-    for dy in 0..s {
-        for dx in 0..s {
-            put(img, x + dx, y + dy, c);
+        if shown < entries.len() {
+            let more = format!("+{} more", entries.len() - shown);
+            let y = top + shown as i32 * LEGEND_STEP;
+            area.draw_text(&more, &style, (30, y))?;
         }
-    }
-}
-
-impl Scene {
-    /// The scene drawn onto a white image.
-    fn rasterize(&self) -> RgbImage {
-        let mut img = RgbImage::from_pixel(self.width, self.height, Rgb([255, 255, 255]));
-        for shape in &self.shapes {
-            match shape {
-                Shape::Line { a, b, width, color } => draw_line(&mut img, *a, *b, *width, *color),
-                Shape::Circle { c, r, color } => fill_circle(&mut img, *c, *r, *color),
-                Shape::Text(t) => draw_text(&mut img, t),
-            }
-        }
-        img
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::{EpochStats, EvalStats};
+    use crate::BenchResult;
+
+    /// A benchmark row as `tokenmix bench` records it.
+    fn bench(name: &str, family: &str, top1: Option<f64>, gmacs: f64, ips: f64) -> BenchResult {
+        BenchResult {
+            name: name.into(),
+            family: family.into(),
+            params: 12_000_000,
+            gmacs,
+            top1,
+            image_size: 224,
+            batch: 8,
+            latency_ms: 20.0,
+            images_per_s: ips,
+            threads: 2,
+            peak_rss_mb: None,
+        }
+    }
+
+    /// The bench figure for four models of three families (one without a paper top-1).
+    fn bench_figure() -> Figure {
+        let results = [
+            bench("poolformer_s12", "poolformer", Some(77.2), 1.8, 95.0),
+            bench("caformer_s18", "caformer", Some(83.6), 4.1, 31.0),
+            bench("convformer_s18", "convformer", Some(83.0), 3.9, 36.0),
+            bench("caformer_s36", "caformer", Some(84.5), 8.0, 16.0),
+            bench("untrained_x", "convformer", None, 1.0, 200.0),
+        ];
+        crate::bench_figure(&results, 2)
+    }
+
+    /// The train figure after four epochs, the first without validation.
+    fn train_figure() -> Figure {
+        let epoch = |epoch: usize, loss: f64, val: Option<(f64, f64)>| EpochStats {
+            epoch,
+            train_loss: loss,
+            val: val.map(|(top1, top5)| EvalStats {
+                loss: loss * 0.9,
+                top1,
+                top5,
+            }),
+            images_per_sec: 100.0,
+            lr: 1e-3,
+        };
+        crate::train_figure(&[
+            epoch(1, 2.3, None),
+            epoch(2, 1.7, Some((41.0, 80.0))),
+            epoch(3, 1.2, Some((63.0, 92.0))),
+            epoch(4, 0.9, Some((71.5, 96.0))),
+        ])
+    }
+
+    fn assert_svg(svg: &str, texts: &[&str]) {
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+        assert!(
+            !svg.contains("NaN") && !svg.contains("inf"),
+            "non-finite coordinates"
+        );
+        for text in texts {
+            assert!(svg.contains(text), "missing {text}");
+        }
+    }
+
+    fn decode(png: &[u8]) -> RgbImage {
+        image::load_from_memory_with_format(png, ImageFormat::Png)
+            .unwrap()
+            .to_rgb8()
+    }
+
+    /// Pixels in the rectangle `[x0, x1) x [y0, y1)` darker than mid grey (text, axes).
+    fn dark_pixels(img: &RgbImage, (x0, x1): (u32, u32), (y0, y1): (u32, u32)) -> usize {
+        let dark = |x, y| img.get_pixel(x, y).0.iter().all(|&c| c < 110);
+        (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| dark(x, y))
+            .count()
+    }
+
+    fn has_colour(img: &RgbImage, c: RGBColor) -> bool {
+        img.pixels().any(|p| p.0 == [c.0, c.1, c.2])
+    }
+
+    #[test]
+    fn bench_svg_has_titles_axes_legend_and_every_model() {
+        let svg = bench_figure().to_svg().unwrap();
+        assert_svg(
+            &svg,
+            &[
+                "ImageNet-1k top-1 (paper)",
+                "random weights",
+                "2 threads, 224x224",
+                "throughput at batch 8",
+                "compute",
+                "images/s (measured, log scale)",
+                "GMACs per image (log scale)",
+                "top-1 % (paper)",
+                "poolformer_s12",
+                "caformer_s18",
+                "convformer_s18",
+                "caformer_s36",
+                "poolformer",
+                "caformer",
+                "convformer",
+            ],
+        );
+        assert!(
+            !svg.contains("untrained_x"),
+            "a model without top-1 has no point"
+        );
+        assert_eq!(
+            svg.matches(">\ncaformer_s36\n<").count(),
+            2,
+            "one label per panel"
+        );
+    }
+
+    #[test]
+    fn bench_png_decodes_at_its_size_with_text_and_family_colours() {
+        let img = decode(&bench_figure().to_png().unwrap());
+        assert_eq!(img.dimensions(), (2 * PANEL_W, PANEL_H + TITLE_H));
+        for i in 0..3 {
+            assert!(has_colour(&img, palette(i)), "family {i} not drawn");
+        }
+        assert!(!has_colour(&img, palette(3)), "three families only");
+        let title = dark_pixels(&img, (0, 2 * PANEL_W), (0, TITLE_H));
+        assert!(title > 500, "title text: {title} dark pixels");
+        let legend = (PANEL_W - LEGEND_W + 28, PANEL_W);
+        let legend_text = dark_pixels(&img, legend, (TITLE_H, PANEL_H + TITLE_H));
+        assert!(legend_text > 200, "legend text: {legend_text} dark pixels");
+        let plots = ((0, 2 * PANEL_W), (TITLE_H, PANEL_H + TITLE_H));
+        let mut unlabelled = bench_figure();
+        for panel in &mut unlabelled.panels {
+            if let PanelKind::Scatter(points) = &mut panel.kind {
+                points.iter_mut().for_each(|p| p.label.clear());
+            }
+        }
+        let bare = decode(&unlabelled.to_png().unwrap());
+        let labels = dark_pixels(&img, plots.0, plots.1) - dark_pixels(&bare, plots.0, plots.1);
+        assert!(labels > 300, "point labels: {labels} dark pixels");
+        assert_eq!(img.get_pixel(2, img.height() - 2).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn train_svg_and_png_show_both_panels_and_all_curves() {
+        let fig = train_figure();
+        assert_svg(
+            &fig.to_svg().unwrap(),
+            &[
+                "training",
+                "loss",
+                "cross-entropy",
+                "validation accuracy",
+                "accuracy %",
+                "epoch",
+                "train (mixed, smoothed targets)",
+                "validation",
+                "top-1",
+                "top-5",
+            ],
+        );
+        let img = decode(&fig.to_png().unwrap());
+        assert_eq!(img.dimensions(), (2 * PANEL_W, PANEL_H + TITLE_H));
+        assert!(has_colour(&img, palette(0)) && has_colour(&img, palette(1)));
+        let legend = (PANEL_W - LEGEND_W + 28, PANEL_W);
+        assert!(dark_pixels(&img, legend, (TITLE_H, PANEL_H)) > 200);
+    }
+
+    #[test]
+    fn save_picks_format_by_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let fig = train_figure();
+        let err = fig.save(&dir.path().join("plot.jpg")).unwrap_err();
+        assert!(err.to_string().contains("`.jpg`"), "{err}");
+        assert!(fig.save(&dir.path().join("plot")).is_err());
+        fig.save(&dir.path().join("plot.SVG")).unwrap();
+        fig.save(&dir.path().join("plot.Png")).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("plot.SVG")).unwrap();
+        assert!(svg.starts_with("<svg"));
+        let png = std::fs::read(dir.path().join("plot.Png")).unwrap();
+        assert_eq!(decode(&png).dimensions(), fig.size());
+    }
 
     fn point(label: &str, group: &str, x: f64, y: f64) -> Point {
-        Point {
-            label: label.into(),
-            group: group.into(),
-            x,
-            y,
-        }
+        let (label, group) = (label.into(), group.into());
+        Point { label, group, x, y }
     }
 
     fn scatter(points: Vec<Point>, log_x: bool) -> Panel {
         Panel {
-            title: "top-1 vs images/s".into(),
-            x_label: "images/s".into(),
-            y_label: "top-1 (%)".into(),
+            title: "scatter".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
             log_x,
             kind: PanelKind::Scatter(points),
         }
@@ -956,154 +795,98 @@ mod tests {
 
     fn lines(series: Vec<Series>) -> Panel {
         Panel {
-            title: "training".into(),
-            x_label: "epoch".into(),
-            y_label: "loss".into(),
-            log_x: false,
             kind: PanelKind::Lines(series),
+            ..scatter(Vec::new(), false)
         }
     }
 
-    fn figure(panels: Vec<Panel>) -> Figure {
-        Figure {
+    #[test]
+    fn undrawable_values_and_degenerate_panels_render() {
+        let skipped = vec![
+            point("ok", "g", 10.0, 1.0),
+            point("nan", "g", f64::NAN, 1.0),
+            point("inf", "g", 5.0, f64::INFINITY),
+            point("zero", "g", 0.0, 2.0),
+            point("ok2", "h", 100.0, 3.0),
+        ];
+        let broken = Series {
+            name: "s".into(),
+            points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0), (3.0, 2.0)],
+        };
+        let panels = vec![
+            scatter(skipped, true),
+            scatter(Vec::new(), true),
+            lines(vec![broken]),
+            lines(Vec::new()),
+            scatter(vec![point("one", "g", 3.0, 5.0)], true),
+            scatter(
+                vec![point("a", "g", 0.0, 0.0), point("b", "g", 0.0, 0.0)],
+                false,
+            ),
+            scatter(vec![point("max", "g", f64::MAX, f64::MIN)], false),
+            scatter(vec![point("a<b&c", "g", -1e300, 1e300)], false),
+        ];
+        let fig = Figure {
             title: "Figure <1> & co".into(),
             panels,
-        }
-    }
-
-    fn sample() -> Figure {
-        let pts = vec![
-            point("poolformer_s12", "PoolFormer", 1450.0, 77.2),
-            point("caformer_s18", "CAFormer", 610.0, 83.6),
-            point("convformer_s18", "ConvFormer", 720.0, 83.0),
-            point("a<b&c", "Misc \"q\"", 95.0, 70.1),
-        ];
-        let loss = Series {
-            name: "train loss".into(),
-            points: (0..20)
-                .map(|e| (e as f64, 3.0 / (1.0 + e as f64)))
-                .collect(),
         };
-        let acc = Series {
-            name: "val acc".into(),
-            points: (0..20).map(|e| (e as f64, 0.1 + 0.04 * e as f64)).collect(),
-        };
-        figure(vec![scatter(pts, true), lines(vec![loss, acc])])
-    }
-
-    fn circles(fig: &Figure) -> Vec<(f64, f64)> {
-        let shapes = fig.scene().shapes;
-        shapes
-            .iter()
-            .filter_map(|s| match s {
-                Shape::Circle { c, r, .. } if *r > 4.0 => Some(*c),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Data points drawn (scatter dots have r 4.5, legend dots r 4).
-    fn inside_plot(c: (f64, f64), panel: usize, top: f64) -> bool {
-        let ox = panel as f64 * PANEL_W;
-        let (l, r) = (ox + MARGIN_L, ox + PANEL_W - MARGIN_R);
-        let (t, b) = (top + MARGIN_T, top + PANEL_H - MARGIN_B);
-        (l..=r).contains(&c.0) && (t..=b).contains(&c.1)
-    }
-
-    fn assert_well_formed(svg: &str) {
-        assert_eq!(svg.matches("<svg").count(), 1);
-        assert!(svg.trim_end().ends_with("</svg>"));
-        assert!(svg.find("<svg").unwrap() < svg.find("</svg>").unwrap());
-        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
-        for (i, _) in svg.match_indices('<') {
-            let next = svg[i + 1..].chars().next().unwrap();
-            assert!(
-                next.is_ascii_alphabetic() || next == '/' || next == '?',
-                "raw < at {i}"
-            );
-        }
-        for (i, _) in svg.match_indices('&') {
-            let rest = &svg[i..];
-            let ok = ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"]
-                .iter()
-                .any(|e| rest.starts_with(e));
-            assert!(ok, "raw & at {i}");
-        }
-        assert!(!svg.contains("NaN") && !svg.contains("inf"));
-    }
-
-    #[test]
-    fn svg_has_every_label_and_is_well_formed() {
-        let svg = sample().to_svg();
-        assert_well_formed(&svg);
-        for label in [
-            "poolformer_s12",
-            "caformer_s18",
-            "convformer_s18",
-            "a&lt;b&amp;c",
-        ] {
-            assert!(svg.contains(label), "missing {label}");
-        }
-        for text in [
-            "PoolFormer",
-            "CAFormer",
-            "Misc &quot;q&quot;",
-            "train loss",
-            "val acc",
-        ] {
-            assert!(svg.contains(text), "missing legend {text}");
-        }
-        for text in [
-            "Figure &lt;1&gt; &amp; co",
-            "images/s",
-            "top-1 (%)",
-            "epoch",
-            "training",
-        ] {
-            assert!(svg.contains(text), "missing {text}");
-        }
-        assert!(!svg.contains("a<b"));
-    }
-
-    #[test]
-    fn png_decodes_with_points_drawn() {
-        let fig = sample();
-        let bytes = fig.to_png().unwrap();
-        let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
-        assert_eq!(
-            img.dimensions(),
-            (2 * PANEL_W as u32, (PANEL_H + TITLE_H) as u32)
+        let svg = fig.to_svg().unwrap();
+        assert_svg(
+            &svg,
+            &[
+                "ok2",
+                "a&lt;b&amp;c",
+                "Figure &lt;1&gt; &amp; co",
+                "no data",
+            ],
         );
-        let pts = circles(&fig);
-        assert_eq!(pts.len(), 4);
-        for (x, y) in pts {
-            assert_ne!(img.get_pixel(x as u32, y as u32).0, [255, 255, 255]);
+        for gone in ["nan", "inf", "zero"] {
+            assert!(!svg.contains(&format!(">\n{gone}\n<")), "{gone} drawn");
         }
-        assert_eq!(img.get_pixel(2, img.height() - 2).0, [255, 255, 255]);
+        assert_eq!(svg.matches(">\nno data\n<").count(), 2);
+        assert_eq!(decode(&fig.to_png().unwrap()).dimensions(), fig.size());
+        let empty = Figure {
+            title: String::new(),
+            panels: Vec::new(),
+        };
+        assert_eq!(
+            decode(&empty.to_png().unwrap()).dimensions(),
+            (PANEL_W, PANEL_H)
+        );
     }
 
     #[test]
-    fn nice_steps() {
-        assert_eq!(nice_step(10.0, 5), 2.0);
-        assert_eq!(nice_step(1.0, 10), 0.1);
-        assert_eq!(nice_step(700.0, 6), 100.0);
-        assert_eq!(nice_step(0.03, 6), 0.005);
-        let (step, ticks) = nice_ticks(0.0, 1.0, 5);
-        assert_eq!(step, 0.2);
-        assert_eq!(ticks.len(), 6);
-        assert!((ticks[5] - 1.0).abs() < 1e-12);
-        for (lo, hi) in [(-3.7, 12.9), (0.001, 0.0123), (1e5, 3.3e6), (77.0, 84.0)] {
-            let (step, ticks) = nice_ticks(lo, hi, 6);
-            let m = step / 10f64.powf(step.log10().floor());
-            assert!(
-                [1.0, 2.0, 5.0].iter().any(|n| (m - n).abs() < 1e-9),
-                "{step}"
-            );
-            assert!((3..=15).contains(&ticks.len()), "{ticks:?}");
-            assert!(ticks.iter().all(|t| (lo..=hi).contains(t)));
+    fn many_groups_and_long_names_fit_the_legend() {
+        let family = |i| format!("a family name far too long for the legend {i}");
+        let pts = (0..40)
+            .map(|i| point(&format!("m{i}"), &family(i), i as f64, 1.0))
+            .collect();
+        let svg = Figure {
+            title: String::new(),
+            panels: vec![scatter(pts, false)],
         }
-        let axis = Axis::new(&[0.25, 0.75], false);
-        assert_eq!(axis.label(0.5), "0.5");
+        .to_svg()
+        .unwrap();
+        assert!(svg.contains("+16 more"), "legend overflow");
+        assert!(svg.contains("\na family name far"), "name drawn");
+        assert!(
+            !svg.contains(&family(0)),
+            "name not cut to the legend's width"
+        );
+        assert_eq!(svg.matches("..\n</text>").count(), 24);
+    }
+
+    #[test]
+    fn labels_move_off_taken_places() {
+        let size = (40, 10);
+        let (left, dy, first) = place_label((100, 100), size, false, &[]);
+        assert_eq!((left, dy), (false, -8));
+        let (left, dy, second) = place_label((100, 100), size, false, &[first]);
+        assert_eq!((left, dy), (false, 9));
+        let (left, _, _) = place_label((100, 100), size, false, &[first, second]);
+        assert!(left);
+        let taken = [[0, 0, 1000, 1000]];
+        assert_eq!(place_label((100, 100), size, false, &taken).2, first);
     }
 
     #[test]
@@ -1114,135 +897,11 @@ mod tests {
         for (t, w) in ticks.iter().zip(want) {
             assert!((t - w).abs() < 1e-9 * w);
         }
-        assert!(log_ticks(-2.0, 9.0).len() >= 3);
+        assert_eq!(log_ticks(-2.0, 9.0).len(), 6, "every other decade");
         let narrow = log_ticks(300f64.log10(), 900f64.log10());
         assert!(narrow.len() >= 3, "{narrow:?}");
-        assert_eq!(fmt_general(2e-5), "2e-5");
-        assert_eq!(fmt_general(500.0), "500");
-    }
-
-    #[test]
-    fn save_picks_format_by_extension() {
-        let dir = tempfile::tempdir().unwrap();
-        let fig = sample();
-        let err = fig.save(&dir.path().join("plot.jpg")).unwrap_err();
-        assert!(err.to_string().contains(".jpg"), "{err}");
-        assert!(fig.save(&dir.path().join("plot")).is_err());
-        fig.save(&dir.path().join("plot.SVG")).unwrap();
-        fig.save(&dir.path().join("plot.Png")).unwrap();
-        let svg = std::fs::read_to_string(dir.path().join("plot.SVG")).unwrap();
-        assert!(svg.starts_with("<?xml"));
-        let png = std::fs::read(dir.path().join("plot.Png")).unwrap();
-        assert!(image::load_from_memory(&png).is_ok());
-    }
-
-    #[test]
-    fn nan_inf_and_nonpositive_log_x_are_skipped() {
-        let pts = vec![
-            point("ok", "g", 10.0, 1.0),
-            point("nan", "g", f64::NAN, 1.0),
-            point("inf", "g", 5.0, f64::INFINITY),
-            point("zero", "g", 0.0, 2.0),
-            point("neg", "g", -3.0, 2.0),
-            point("ok2", "h", 100.0, 3.0),
-        ];
-        let fig = figure(vec![scatter(pts, true)]);
-        let drawn = circles(&fig);
-        assert_eq!(drawn.len(), 2);
-        assert!(drawn.iter().all(|&c| inside_plot(c, 0, TITLE_H)));
-        let series = Series {
-            name: "s".into(),
-            points: vec![
-                (0.0, 1.0),
-                (1.0, f64::NAN),
-                (2.0, 3.0),
-                (f64::NEG_INFINITY, 0.0),
-            ],
-        };
-        let fig = figure(vec![lines(vec![series])]);
-        let n_lines = fig
-            .scene()
-            .shapes
-            .iter()
-            .filter(|s| matches!(s, Shape::Line { width, .. } if *width == 2.0))
-            .count();
-        assert_eq!(
-            n_lines, 1,
-            "only the legend swatch: the NaN breaks the line"
-        );
-        let fig = figure(vec![scatter(
-            vec![point("nan", "g", f64::NAN, f64::NAN)],
-            false,
-        )]);
-        assert_well_formed(&fig.to_svg());
-        fig.to_png().unwrap();
-    }
-
-    #[test]
-    fn empty_and_degenerate_figures_do_not_panic() {
-        let empty = Figure {
-            title: String::new(),
-            panels: Vec::new(),
-        };
-        assert_well_formed(&empty.to_svg());
-        let img = image::load_from_memory(&empty.to_png().unwrap()).unwrap();
-        assert_eq!(
-            (img.width(), img.height()),
-            (PANEL_W as u32, PANEL_H as u32)
-        );
-        let panels = vec![
-            scatter(Vec::new(), true),
-            lines(Vec::new()),
-            lines(vec![Series {
-                name: String::new(),
-                points: Vec::new(),
-            }]),
-            scatter(vec![point("one", "g", 3.0, 5.0)], true),
-            scatter(
-                vec![point("a", "g", 2.0, 0.0), point("b", "g", 2.0, 0.0)],
-                false,
-            ),
-            scatter(
-                vec![
-                    point("big", "g", 1e300, -1e300),
-                    point("small", "g", -1e300, 1e300),
-                ],
-                false,
-            ),
-            scatter(
-                vec![
-                    point("max", "g", f64::MAX, 1.0),
-                    point("min", "g", f64::MIN, 2.0),
-                ],
-                false,
-            ),
-        ];
-        let fig = figure(panels);
-        assert_well_formed(&fig.to_svg());
-        fig.to_png().unwrap();
-        let drawn = circles(&fig);
-        assert!(inside_plot(drawn[0], 3, TITLE_H), "single point");
-        assert!(inside_plot(drawn[1], 4, TITLE_H) && inside_plot(drawn[2], 4, TITLE_H));
-        assert!(drawn.iter().all(|c| c.0.is_finite()), "{drawn:?}");
-    }
-
-    #[test]
-    fn many_groups_and_long_names() {
-        let pts = (0..40)
-            .map(|i| {
-                point(
-                    &format!("m{i}"),
-                    &format!("a rather long family {i}"),
-                    i as f64,
-                    i as f64,
-                )
-            })
-            .collect();
-        let fig = figure(vec![scatter(pts, false)]);
-        let svg = fig.to_svg();
-        assert_well_formed(&svg);
-        assert!(svg.contains("+17 more"));
-        assert!(svg.contains(">a rather long f..<"));
-        fig.to_png().unwrap();
+        assert_eq!(tick_label(2e-5), "2e-5");
+        assert_eq!(tick_label(500.0), "500");
+        assert_eq!(tick_label(0.25), "0.25");
     }
 }
