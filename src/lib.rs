@@ -28,6 +28,7 @@ pub use tokenmix_kernels as kernels;
 pub use tokenmix_mixers as mixers;
 pub use tokenmix_models as models;
 
+#[cfg(feature = "train")]
 pub mod train;
 
 /// Tunes the process for CPU inference and training; call it first thing in `main`, before any

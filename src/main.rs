@@ -634,7 +634,7 @@ fn make_trainer(args: &TrainArgs, train_set: &ImageFolder, device: &Device) -> R
         classes,
         size,
     )?;
-    Trainer::from_scratch(spec, cfg, train_set.len(), device)
+    Ok(Trainer::from_scratch(spec, cfg, train_set.len(), device)?)
 }
 
 /// The snapshot directory of hub model `repo`, downloaded when needed.

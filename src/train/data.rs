@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::train::error::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::{imageops::FilterType, DynamicImage};
 use rand::{Rng, SeedableRng};
@@ -196,7 +196,8 @@ fn normalize(img: &DynamicImage, cfg: &PretrainedCfg) -> Vec<f32> {
 
 fn read_image(path: &Path) -> Result<DynamicImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    decode_image(&bytes)
+        .map_err(|e| crate::train::error::TrainError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// A batch: images `(B, C, H, W)` as raw f32 and their labels.

@@ -8,6 +8,7 @@
 //! bit-exactly) plus `optimizer.safetensors` and `trainer.json` for resuming.
 
 pub mod data;
+pub mod error;
 pub mod init;
 pub mod mixup;
 pub mod optim;
@@ -16,7 +17,7 @@ pub mod schedule;
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::train::error::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::seq::SliceRandom;
