@@ -95,7 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for family in families {
         let mut cfg = MetaFormerConfig::poolformer_v2(DEPTHS, DIMS);
         cfg.token_mixers = GRIDS.iter().map(|&g| mixer(family, g)).collect();
-        let arch = ArchConfig::MetaFormer(cfg);
+        let arch = ArchConfig::new(cfg);
         let model = random_model(&arch, &device)?;
         model.forward(&x)?;
         let start = Instant::now();
