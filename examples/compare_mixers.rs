@@ -21,7 +21,7 @@ fn backbone(mixer: &MixerConfig) -> ArchConfig {
     let mut cfg = MetaFormerConfig::poolformer_v2(DEPTHS, DIMS);
     cfg.token_mixers = vec![mixer.clone(); DEPTHS.len()];
     cfg.set_random_mixing_size((224, 224));
-    ArchConfig::MetaFormer(cfg)
+    ArchConfig::new(cfg)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

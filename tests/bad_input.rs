@@ -158,7 +158,11 @@ fn bad_model_args_are_reported() {
     edit_config(dir.path(), |c| {
         c["model_args"]["token_mixer"] = "attention".into()
     });
-    assert!(load_err(dir.path()).contains("unknown argument 'token_mixer'"));
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("poolformer_s12") && err.contains("unknown field `token_mixer`"),
+        "{err}"
+    );
     let dir = copy_fixture("poolformer_s12");
     edit_config(dir.path(), |c| {
         c["model_args"]["dims"] = serde_json::json!([16, 24, 4000000, 48])
@@ -308,7 +312,50 @@ fn config_with_wrong_types_is_reported() {
     edit_config(dir.path(), |c| {
         c["model_args"]["depths"] = serde_json::json!([1, -2, 1, 1])
     });
-    assert!(load_err(dir.path()).contains("depths must be a list of integers"));
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("depths = [1,-2,1,1]") && err.contains("expected usize"),
+        "{err}"
+    );
+}
+
+/// Each family's `model_args` are its reference constructor's keywords; an unknown one is named
+/// with every accepted one, the shared ones (`in_chans`, `num_classes`, ...) included.
+#[test]
+fn unknown_model_args_list_the_accepted_ones() {
+    let cases = [
+        ("caformer_custom", "depth", "`depths`, `dims`"),
+        ("mixer_custom", "hidden_dim", "`img_size`, `patch_size`, `num_blocks`"),
+        ("raftmlp_s", "raft", "`in_chans`, `in_channels`, `num_classes`"),
+        ("affnet_et", "width", "`mode`, `in_chans`, `num_classes`, `n_classes`"),
+    ];
+    for (fixture, key, accepted) in cases {
+        let dir = copy_fixture(fixture);
+        edit_config(dir.path(), |c| c["model_args"][key] = 1.into());
+        let err = load_err(dir.path());
+        assert!(
+            err.contains(&format!("unknown field `{key}`"))
+                && err.contains(accepted)
+                && err.contains("`drop_path_rate`") == !fixture.starts_with("affnet"),
+            "{err}"
+        );
+    }
+}
+
+/// A ratio that rounds a hidden layer down to no channels is refused before anything is built
+/// (the fused MLP kernels cannot run a 0-wide layer).
+#[test]
+fn zero_wide_hidden_layers_are_refused() {
+    let dir = copy_fixture("mixer_s16_224");
+    edit_config(dir.path(), |c| {
+        c["model_args"]["embed_dim"] = 2.into();
+        c["model_args"]["mlp_ratio"] = serde_json::json!([0.5, 0.25]);
+    });
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("mlp_ratio (channels) 0.25 gives a hidden width of 0 at width 2"),
+        "{err}"
+    );
 }
 
 #[test]

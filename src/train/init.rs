@@ -13,16 +13,7 @@ pub fn is_frozen(name: &str) -> bool {
         || name.ends_with("running_var")
 }
 
-/// How convolution kernels start: timm's truncated normal (std 0.02; MetaFormer-style models,
-/// whose norms rescale activations) or Kaiming normal over the fan-out (cvnets' CNNs such as
-/// AFFNet, whose batch norms do not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConvInit {
-    /// `trunc_normal_(std=0.02)`.
-    TruncNormal,
-    /// `kaiming_normal_(mode="fan_out")`.
-    KaimingFanOut,
-}
+pub use tokenmix_models::ConvInit;
 
 /// The initial value of parameter `name` with `shape`.
 pub fn initial_value(

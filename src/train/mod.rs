@@ -796,10 +796,7 @@ fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 }
 
 fn initialise(arch: &ArchConfig, varmap: &VarMap, seed: u64, device: &Device) -> Result<()> {
-    let conv_init = match arch {
-        ArchConfig::AffNet(_) => init::ConvInit::KaimingFanOut,
-        _ => init::ConvInit::TruncNormal,
-    };
+    let conv_init = arch.conv_init();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (name, var) in sorted_vars(varmap) {
         var.set(&init::initial_value(

@@ -12,14 +12,15 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_mixers::aff::AdaptiveFrequencyFilterConfig;
 use tokenmix_mixers::layers::{Act, ActKind, Derived, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_f64, as_usize, usize_list};
-use crate::{Error, ImageModel};
+use crate::args::{only, parse, set};
+use crate::{Architecture, Common, ConvInit, Error, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of an [`AffNet`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,18 +96,114 @@ impl AffNetConfig {
     fn exp_channels(&self) -> usize {
         (4 * self.channels[4]).min(960)
     }
+}
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+/// cvnets' activation names.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Activation {
+    Swish,
+    Silu,
+    Gelu,
+    Relu,
+}
+
+/// `model_args` of an AFFNet: `mode` (applied first) and the reference's options (`n_classes` or
+/// timm's `num_classes`), with the widths the modes fix; dropout is accepted and ignored,
+/// `attn_norm_layer` only as `layer_norm_2d`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffNetArgs {
+    mode: Option<String>,
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    n_classes: Option<usize>,
+    activation: Option<Activation>,
+    sparsity_threshold: Option<f64>,
+    channels: Option<Vec<usize>>,
+    aff_depths: Option<Vec<usize>>,
+    mv2_expand: Option<f64>,
+    ffn_ratio: Option<f64>,
+    attn_norm_layer: Option<Value>,
+    #[serde(rename = "dropout")]
+    _dropout: Option<IgnoredAny>,
+    #[serde(rename = "ffn_dropout")]
+    _ffn_dropout: Option<IgnoredAny>,
+    #[serde(rename = "attn_dropout")]
+    _attn_dropout: Option<IgnoredAny>,
+    #[serde(rename = "classifier_dropout")]
+    _classifier_dropout: Option<IgnoredAny>,
+}
+
+impl AffNetArgs {
+    fn apply(self, cfg: &mut AffNetConfig) -> crate::Result<()> {
+        let family = AffNetConfig::NAME;
+        only(
+            family,
+            "attn_norm_layer",
+            &self.attn_norm_layer,
+            "layer_norm_2d".into(),
+        )?;
+        if let Some(mode) = self.mode {
+            let preset = AffNetConfig::mode(&mode).ok_or_else(|| {
+                Error::config(
+                    format!("model_args of a {family} model"),
+                    format!("mode = {mode:?}: must be xx_small, x_small or small"),
+                )
+            })?;
+            *cfg = AffNetConfig {
+                in_chans: cfg.in_chans,
+                num_classes: cfg.num_classes,
+                ..preset
+            };
+        }
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes.or(self.n_classes));
+        set(&mut cfg.sparsity_threshold, self.sparsity_threshold);
+        set(&mut cfg.channels, self.channels);
+        set(&mut cfg.aff_depths, self.aff_depths);
+        set(&mut cfg.mv2_expand, self.mv2_expand);
+        set(&mut cfg.ffn_ratio, self.ffn_ratio);
+        let activation = self.activation.map(|a| match a {
+            Activation::Swish | Activation::Silu => ActKind::Silu,
+            Activation::Gelu => ActKind::Gelu,
+            Activation::Relu => ActKind::Relu,
+        });
+        set(&mut cfg.activation, activation);
+        Ok(())
+    }
+}
+
+impl Family for AffNetConfig {
+    const NAME: &'static str = "aff_net";
+}
+
+impl Architecture for AffNetConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(AffNet::new(self, vb)?))
+    }
+
+    /// No stochastic depth: the reference has none.
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: None,
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+    }
+
+    fn needs_classifier(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         if self.channels.len() != 5 || self.aff_depths.len() != 3 {
             return Err("need 5 layer widths and 3 AFF depths".into());
-        }
-        if self.in_chans == 0
-            || self.in_chans > 4096
-            || self.num_classes == 0
-            || self.num_classes > 1_000_000
-        {
-            return Err("in_chans must be in 1..=4096 and num_classes in 1..=1000000".into());
         }
         if self.channels.iter().any(|&c| c == 0 || c > 16_384)
             || self.aff_depths.iter().any(|&d| d > 1000)
@@ -116,78 +213,38 @@ impl AffNetConfig {
                 self.channels, self.aff_depths
             ));
         }
-        if !(self.mv2_expand > 0.0
-            && self.mv2_expand <= 64.0
-            && self.ffn_ratio > 0.0
-            && self.ffn_ratio <= 64.0)
-        {
-            return Err("expansion ratios must be in (0, 64]".into());
-        }
         for &c in &self.channels[2..] {
             self.filter().validate(c).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
-    /// Applies `model_args`: `mode` (first), `num_classes` / `n_classes`, `in_chans`,
-    /// `activation` (`swish`, `relu` or `gelu`), `sparsity_threshold`, and the widths the modes
-    /// fix (`channels` of layers 1-5, `mv2_expand`, `aff_depths`, `ffn_ratio`).
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        if let Some(mode) = args.get("mode") {
-            let (in_chans, num_classes) = (self.in_chans, self.num_classes);
-            *self = mode.as_str().and_then(Self::mode).ok_or_else(|| {
-                Error::config(
-                    ctx,
-                    format!("mode must be xx_small, x_small or small, got {mode}"),
-                )
-            })?;
-            self.in_chans = in_chans;
-            self.num_classes = num_classes;
-        }
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            match key.as_str() {
-                "mode" => {}
-                "num_classes" | "n_classes" => {
-                    self.num_classes = as_usize(value).ok_or_else(|| bad("an integer"))?
-                }
-                "in_chans" => self.in_chans = as_usize(value).ok_or_else(|| bad("an integer"))?,
-                "sparsity_threshold" => {
-                    self.sparsity_threshold = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "activation" => {
-                    self.activation = match value.as_str() {
-                        Some("swish") | Some("silu") => ActKind::Silu,
-                        Some("gelu") => ActKind::Gelu,
-                        Some("relu") => ActKind::Relu,
-                        _ => return Err(bad("swish, relu or gelu")),
-                    }
-                }
-                "channels" => {
-                    self.channels = usize_list(value).ok_or_else(|| bad("a list of 5 integers"))?
-                }
-                "aff_depths" => {
-                    self.aff_depths =
-                        usize_list(value).ok_or_else(|| bad("a list of 3 integers"))?
-                }
-                "mv2_expand" => self.mv2_expand = as_f64(value).ok_or_else(|| bad("a number"))?,
-                "ffn_ratio" => self.ffn_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
-                "attn_norm_layer" if value == "layer_norm_2d" => {}
-                "dropout" | "ffn_dropout" | "attn_dropout" | "classifier_dropout" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unsupported argument '{key}' = {value} for an AFFNet model"),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
+    /// The inverted residuals round their hidden widths with `make_divisible`.
+    fn ratios(&self) -> Vec<Ratio> {
+        let ratio = |name, value: f64, dim: usize| Ratio {
+            name,
+            value,
+            dim,
+            hidden: make_divisible(dim as f64 * value),
+        };
+        let mv2 = self
+            .channels
+            .iter()
+            .map(|&c| ratio("mv2_expand", self.mv2_expand, c));
+        let ffn = self.channels.iter().skip(2);
+        let ffn = ffn.map(|&c| ratio("ffn_ratio", self.ffn_ratio, c));
+        mv2.chain(ffn).collect()
     }
 
-    /// Multiply-accumulates of one forward pass of one `h x w` image.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<AffNetArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    fn conv_init(&self) -> ConvInit {
+        ConvInit::KaimingFanOut
+    }
+
+    fn macs(&self, h: usize, w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }

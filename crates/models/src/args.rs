@@ -1,41 +1,93 @@
-//! Parsing of timm-style `model_args` values from `config.json`.
+//! Reading timm-style `model_args` from `config.json`: each family parses them into its own
+//! `#[serde(deny_unknown_fields)]` struct named as the reference constructor's keywords, then
+//! applies the fields it got in a deliberate order.
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
-/// A non-negative integer.
-pub fn as_usize(v: &Value) -> Option<usize> {
-    v.as_u64().and_then(|x| usize::try_from(x).ok())
+use crate::{Error, Result};
+
+/// Parses `args` into `A`. An error names the bad key and value; an unknown key's error lists
+/// every key `A` accepts.
+pub fn parse<A: DeserializeOwned>(family: &str, args: &Map<String, Value>) -> Result<A> {
+    serde_json::from_value(Value::Object(args.clone())).map_err(|whole| {
+        let culprit = args.iter().find_map(|(key, value)| {
+            let one = Map::from_iter([(key.clone(), value.clone())]);
+            let err = serde_json::from_value::<A>(Value::Object(one)).err()?;
+            Some(format!("{key} = {value}: {err}"))
+        });
+        let msg = culprit.unwrap_or_else(|| whole.to_string());
+        Error::config(format!("model_args of a {family} model"), msg)
+    })
 }
 
-/// A list of non-negative integers.
-pub fn usize_list(v: &Value) -> Option<Vec<usize>> {
-    v.as_array()?.iter().map(as_usize).collect()
+/// Overwrites `slot` with `value` if there is one.
+pub fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// For an `Option` field whose `null` is a value (read by `T`) rather than an absent key; use
+/// with `#[serde(default, deserialize_with = "present")]`.
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Fails unless a key the reference accepts is absent or has the one value tokenmix implements.
+pub fn only(family: &str, key: &str, got: &Option<Value>, supported: Value) -> Result<()> {
+    match got {
+        Some(v) if *v != supported => Err(Error::config(
+            format!("model_args of a {family} model"),
+            format!("{key} = {v}: only {supported} is supported"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// An image size: one integer or `[height, width]`.
-pub fn img_size_arg(v: &Value) -> Option<(usize, usize)> {
-    match v {
-        Value::Array(a) if a.len() == 2 => Some((as_usize(&a[0])?, as_usize(&a[1])?)),
-        _ => as_usize(v).map(|s| (s, s)),
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged, expecting = "an integer or [height, width]")]
+pub enum ImgSize {
+    /// A square side.
+    Square(usize),
+    /// `[height, width]`.
+    Pair(usize, usize),
+}
+
+impl ImgSize {
+    /// `(height, width)`.
+    pub fn pair(self) -> (usize, usize) {
+        match self {
+            Self::Square(s) => (s, s),
+            Self::Pair(h, w) => (h, w),
+        }
     }
 }
 
 /// timm's `Optional[float] | list[Optional[float]]` per-stage argument.
-pub fn per_stage_opt(v: &Value, n: usize) -> Option<Vec<Option<f64>>> {
-    let one = |v: &Value| -> Option<Option<f64>> {
-        match v {
-            Value::Null => Some(None),
-            _ => v.as_f64().map(Some),
-        }
-    };
-    match v {
-        Value::Array(a) if a.len() == n => a.iter().map(one).collect(),
-        Value::Array(_) => None,
-        _ => one(v).map(|x| vec![x; n]),
-    }
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "null, a number or a list of those")]
+pub enum PerStage {
+    /// One value for every stage.
+    One(Option<f64>),
+    /// One value per stage.
+    List(Vec<Option<f64>>),
 }
 
-/// A number.
-pub fn as_f64(v: &Value) -> Option<f64> {
-    v.as_f64().filter(|x| x.is_finite())
+impl PerStage {
+    /// One value for each of `n` stages; a list of another length is an error naming `key`.
+    pub fn stages(self, key: &str, n: usize) -> Result<Vec<Option<f64>>> {
+        match self {
+            Self::One(v) => Ok(vec![v; n]),
+            Self::List(v) if v.len() == n => Ok(v),
+            Self::List(v) => Err(Error::config(
+                "model_args",
+                format!("{key} has {} entries for {n} stages", v.len()),
+            )),
+        }
+    }
 }

@@ -8,14 +8,15 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_mixers::global_filter::GlobalFilterConfig;
 use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_f64, as_usize};
-use crate::{Error, ImageModel};
+use crate::args::{parse, set, ImgSize};
+use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
 use tokenmix_kernels::resize::bicubic;
 
 /// Hyper-parameters of a [`Gfnet`], named as GFNet's constructor arguments.
@@ -82,93 +83,9 @@ impl GfnetConfig {
         })
     }
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let (s, p) = (self.img_size, self.patch_size);
-        if p == 0 || s == 0 || s % p != 0 || s > 16_384 {
-            return Err(format!(
-                "img_size {s} must be positive, at most 16384 and divisible by patch_size {p}"
-            ));
-        }
-        if self.in_chans == 0 || self.in_chans > 4096 || self.num_classes > 1_000_000 {
-            return Err(format!(
-                "in_chans must be in 1..=4096 and num_classes at most 1000000, got {} and {}",
-                self.in_chans, self.num_classes
-            ));
-        }
-        if self.embed_dim == 0 || self.embed_dim > 65_536 || self.depth > 1000 {
-            return Err(format!(
-                "embed_dim must be in 1..=65536 and depth at most 1000, got {} and {}",
-                self.embed_dim, self.depth
-            ));
-        }
-        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!(
-                "mlp_ratio must be in (0, 64], got {}",
-                self.mlp_ratio
-            ));
-        }
-        self.mixer()
-            .validate(self.embed_dim)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Applies `model_args`: `img_size`, `patch_size`, `embed_dim`, `depth`, `mlp_ratio`,
-    /// `in_chans`, `num_classes`; drop rates are accepted and ignored.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
-            match key.as_str() {
-                "img_size" => {
-                    self.img_size = match value {
-                        Value::Array(a) if a.len() == 2 && a[0] == a[1] => as_usize(&a[0]),
-                        v => as_usize(v),
-                    }
-                    .ok_or_else(|| bad("an integer (GFNet inputs are square)"))?
-                }
-                "patch_size" => self.patch_size = int()?,
-                "embed_dim" => self.embed_dim = int()?,
-                "depth" => self.depth = int()?,
-                "in_chans" => self.in_chans = int()?,
-                "num_classes" => self.num_classes = int()?,
-                "mlp_ratio" => self.mlp_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "uniform_drop" => {
-                    self.uniform_drop = value.as_bool().ok_or_else(|| bad("true or false"))?
-                }
-                "drop_rate" | "dropcls" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unsupported argument '{key}' = {value} for a GFNet model"),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
-    }
-
-    /// Multiply-accumulates of one forward pass at `img_size`.
-    pub fn macs(&self) -> u64 {
-        if self.validate().is_err() {
-            return 0;
-        }
-        let g = self.grid();
-        let n = (g * g) as u64;
-        let d = self.embed_dim as u64;
-        let hidden = (self.mlp_ratio * self.embed_dim as f64) as u64;
-        let p2 = (self.patch_size * self.patch_size) as u64;
-        let block = self.mixer().macs(self.embed_dim, g, g) + 2 * n * d * hidden;
-        n * d * self.in_chans as u64 * p2 + block * self.depth as u64 + d * self.num_classes as u64
-    }
-
     /// Whether a checkpoint tensor of shape `found` can be resized to `expected` (the position
     /// embedding or a filter trained at another input size).
-    pub fn can_resize(&self, name: &str, found: &[usize], expected: &[usize]) -> bool {
+    fn resizable(&self, name: &str, found: &[usize], expected: &[usize]) -> bool {
         match (found, expected) {
             ([1, n, d], [1, _, d2]) if name == "pos_embed" => d == d2 && square_side(*n).is_some(),
             ([_, _, c, 2], [_, _, c2, 2]) if name.ends_with("filter.complex_weight") => c == c2,
@@ -176,8 +93,8 @@ impl GfnetConfig {
         }
     }
 
-    /// Resizes a tensor accepted by [`can_resize`](Self::can_resize) to `expected`.
-    pub fn resize(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<Tensor> {
+    /// Resizes a tensor accepted by [`resizable`](Self::resizable) to `expected`.
+    fn resize(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<Tensor> {
         let dev = t.device();
         if name == "pos_embed" {
             let (_, n, d) = t.dims3()?;
@@ -200,6 +117,132 @@ impl GfnetConfig {
         Tensor::from_vec(out, (c, 2, nh, nk), dev)?
             .permute((2, 3, 0, 1))?
             .contiguous()
+    }
+}
+
+/// `model_args` of a GFNet, named as GFNet's constructor arguments; dropout is accepted and
+/// ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GfnetArgs {
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    img_size: Option<ImgSize>,
+    patch_size: Option<usize>,
+    embed_dim: Option<usize>,
+    depth: Option<usize>,
+    mlp_ratio: Option<f64>,
+    uniform_drop: Option<bool>,
+    #[serde(rename = "drop_rate")]
+    _drop_rate: Option<IgnoredAny>,
+    #[serde(rename = "dropcls")]
+    _dropcls: Option<IgnoredAny>,
+}
+
+impl GfnetArgs {
+    fn apply(self, cfg: &mut GfnetConfig) -> crate::Result<()> {
+        if let Some(size) = self.img_size {
+            cfg.img_size = match size.pair() {
+                (h, w) if h == w => h,
+                (h, w) => {
+                    return Err(Error::config(
+                        "model_args of a gfnet model",
+                        format!("img_size = [{h}, {w}]: GFNet inputs are square"),
+                    ))
+                }
+            };
+        }
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.patch_size, self.patch_size);
+        set(&mut cfg.embed_dim, self.embed_dim);
+        set(&mut cfg.depth, self.depth);
+        set(&mut cfg.mlp_ratio, self.mlp_ratio);
+        set(&mut cfg.uniform_drop, self.uniform_drop);
+        Ok(())
+    }
+}
+
+impl Family for GfnetConfig {
+    const NAME: &'static str = "gfnet";
+}
+
+impl Architecture for GfnetConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(Gfnet::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let (s, p) = (self.img_size, self.patch_size);
+        if p == 0 || s == 0 || s % p != 0 || s > 16_384 {
+            return Err(format!(
+                "img_size {s} must be positive, at most 16384 and divisible by patch_size {p}"
+            ));
+        }
+        if self.embed_dim == 0 || self.embed_dim > 65_536 || self.depth > 1000 {
+            return Err(format!(
+                "embed_dim must be in 1..=65536 and depth at most 1000, got {} and {}",
+                self.embed_dim, self.depth
+            ));
+        }
+        self.mixer()
+            .validate(self.embed_dim)
+            .map_err(|e| e.to_string())
+    }
+
+    fn ratios(&self) -> Vec<Ratio> {
+        vec![Ratio::of("mlp_ratio", self.mlp_ratio, self.embed_dim)]
+    }
+
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<GfnetArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    /// The smaller side: GFNet inputs are square.
+    fn set_image_size(&mut self, h: usize, w: usize) {
+        self.img_size = h.min(w);
+    }
+
+    fn fixed_image_size(&self) -> Option<(usize, usize)> {
+        Some((self.img_size, self.img_size))
+    }
+
+    fn can_resize(&self, name: &str, found: &[usize], expected: &[usize]) -> bool {
+        self.resizable(name, found, expected)
+    }
+
+    fn resize_tensor(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<Tensor> {
+        self.resize(name, t, expected)
+    }
+
+    /// At `img_size`.
+    fn macs(&self, _h: usize, _w: usize) -> u64 {
+        if self.validate().is_err() {
+            return 0;
+        }
+        let g = self.grid();
+        let n = (g * g) as u64;
+        let d = self.embed_dim as u64;
+        let hidden = (self.mlp_ratio * self.embed_dim as f64) as u64;
+        let p2 = (self.patch_size * self.patch_size) as u64;
+        let block = self.mixer().macs(self.embed_dim, g, g) + 2 * n * d * hidden;
+        n * d * self.in_chans as u64 * p2 + block * self.depth as u64 + d * self.num_classes as u64
     }
 }
 
@@ -321,6 +364,6 @@ mod tests {
         assert!((rates[3] - 0.3).abs() < 1e-12);
         let bad = serde_json::json!({"uniform_drop": "yes"});
         let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("true or false"), "{err}");
+        assert!(err.to_string().contains("expected a boolean"), "{err}");
     }
 }

@@ -82,7 +82,7 @@ fn resolve_config(
         hub.num_classes,
         &hub.model_args,
     )
-    .map_err(|e| Error::config(&context, e))?;
+    .map_err(|e| Error::config(format!("{context} ({})", entry.name), e))?;
     Ok((hub, entry, config))
 }
 

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod affnet;
+pub mod arch;
 mod args;
 pub mod checkpoint;
 mod error;
@@ -30,9 +31,11 @@ pub mod registry;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
 
 pub use affnet::{AffNet, AffNetConfig};
+pub use arch::{
+    ArchConfig, Architecture, Common, ConvInit, DynFamily, Family, Ratio, Registration,
+};
 pub use error::{Error, Result};
 pub use gfnet::{Gfnet, GfnetConfig};
 pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
@@ -155,193 +158,15 @@ pub fn check_input(model: &dyn ImageModel, x: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The architecture of a model, with its hyper-parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "family", rename_all = "snake_case")]
-pub enum ArchConfig {
-    /// A [`MetaFormer`].
-    MetaFormer(MetaFormerConfig),
-    /// A [`MambaOut`].
-    MambaOut(MambaOutConfig),
-    /// An [`MlpMixer`] (MLP-Mixer, gMixer, ResMLP, gMLP).
-    MlpMixer(MlpMixerConfig),
-    /// An isotropic [`Gfnet`].
-    Gfnet(GfnetConfig),
-    /// An [`MsMlp`].
-    MsMlp(MsMlpConfig),
-    /// A [`MambaMixer`].
-    MambaMixer(MambaMixerConfig),
-    /// A [`RaftMlp`].
-    RaftMlp(RaftMlpConfig),
-    /// An [`AffNet`].
-    AffNet(AffNetConfig),
-}
-
-impl ArchConfig {
-    /// Builds the model, reading its tensors from `vb`.
-    pub fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn ImageModel>> {
-        Ok(match self {
-            Self::MetaFormer(c) => Box::new(MetaFormer::new(c, vb)?),
-            Self::MambaOut(c) => Box::new(MambaOut::new(c, vb)?),
-            Self::MlpMixer(c) => Box::new(MlpMixer::new(c, vb)?),
-            Self::Gfnet(c) => Box::new(Gfnet::new(c, vb)?),
-            Self::MsMlp(c) => Box::new(MsMlp::new(c, vb)?),
-            Self::MambaMixer(c) => Box::new(MambaMixer::new(c, vb)?),
-            Self::RaftMlp(c) => Box::new(RaftMlp::new(c, vb)?),
-            Self::AffNet(c) => Box::new(AffNet::new(c, vb)?),
-        })
-    }
-
-    /// Applies timm-style `model_args` from a hub `config.json`.
-    pub fn apply_model_args(
-        &mut self,
-        args: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()> {
-        match self {
-            Self::MetaFormer(c) => c.apply_model_args(args),
-            Self::MambaOut(c) => c.apply_model_args(args),
-            Self::MlpMixer(c) => c.apply_model_args(args),
-            Self::Gfnet(c) => c.apply_model_args(args),
-            Self::MsMlp(c) => c.apply_model_args(args),
-            Self::MambaMixer(c) => c.apply_model_args(args),
-            Self::RaftMlp(c) => c.apply_model_args(args),
-            Self::AffNet(c) => c.apply_model_args(args),
-        }
-    }
-
-    /// Multiply-accumulates of one forward pass of one `h x w` image.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
-        match self {
-            Self::MetaFormer(c) => c.macs(h, w),
-            Self::MambaOut(c) => c.macs(h, w),
-            Self::MlpMixer(c) => c.macs(),
-            Self::Gfnet(c) => c.macs(),
-            Self::MsMlp(c) => c.macs(h, w),
-            Self::MambaMixer(c) => c.macs(),
-            Self::RaftMlp(c) => c.macs(),
-            Self::AffNet(c) => c.macs(h, w),
-        }
-    }
-
-    /// Input channels.
-    pub fn in_chans(&self) -> usize {
-        match self {
-            Self::MetaFormer(c) => c.in_chans,
-            Self::MambaOut(c) => c.in_chans,
-            Self::MlpMixer(c) => c.in_chans,
-            Self::Gfnet(c) => c.in_chans,
-            Self::MsMlp(c) => c.in_chans,
-            Self::MambaMixer(c) => c.in_chans,
-            Self::RaftMlp(c) => c.in_chans,
-            Self::AffNet(c) => c.in_chans,
-        }
-    }
-
-    /// Classifier width.
-    pub fn num_classes(&self) -> usize {
-        match self {
-            Self::MetaFormer(c) => c.num_classes,
-            Self::MambaOut(c) => c.num_classes,
-            Self::MlpMixer(c) => c.num_classes,
-            Self::Gfnet(c) => c.num_classes,
-            Self::MsMlp(c) => c.num_classes,
-            Self::MambaMixer(c) => c.num_classes,
-            Self::RaftMlp(c) => c.num_classes,
-            Self::AffNet(c) => c.num_classes,
-        }
-    }
-
-    /// Sets the classifier width (0 removes the classifier).
-    pub fn set_num_classes(&mut self, n: usize) {
-        match self {
-            Self::MetaFormer(c) => c.num_classes = n,
-            Self::MambaOut(c) => c.num_classes = n,
-            Self::MlpMixer(c) => c.num_classes = n,
-            Self::Gfnet(c) => c.num_classes = n,
-            Self::MsMlp(c) => c.num_classes = n,
-            Self::MambaMixer(c) => c.num_classes = n,
-            Self::RaftMlp(c) => c.num_classes = n,
-            Self::AffNet(c) => c.num_classes = n,
-        }
-    }
-
-    /// Adapts the parts of the architecture tied to the input size (RandFormer's and the
-    /// MLP-Mixer family's token-mixing weights) to `h x w` inputs.
-    pub fn set_image_size(&mut self, h: usize, w: usize) {
-        match self {
-            Self::MetaFormer(c) => c.set_random_mixing_size((h, w)),
-            Self::MambaOut(_) => {}
-            Self::MlpMixer(c) => c.img_size = (h, w),
-            Self::Gfnet(c) => c.img_size = h.min(w),
-            Self::MsMlp(_) => {}
-            Self::MambaMixer(c) => c.img_size = (h, w),
-            Self::RaftMlp(_) => {}
-            Self::AffNet(_) => {}
-        }
-    }
-
-    /// The only input size the model takes, for models whose weights fix it.
-    pub fn fixed_image_size(&self) -> Option<(usize, usize)> {
-        match self {
-            Self::MlpMixer(c) => Some(c.img_size),
-            Self::Gfnet(c) => Some((c.img_size, c.img_size)),
-            Self::MambaMixer(c) => Some(c.img_size),
-            Self::MetaFormer(_)
-            | Self::MambaOut(_)
-            | Self::MsMlp(_)
-            | Self::RaftMlp(_)
-            | Self::AffNet(_) => None,
-        }
-    }
-
-    /// Whether a checkpoint tensor `name` of shape `found` can be adapted to the `expected`
-    /// shape when loading (GFNet's filters and position embedding at another input size).
-    pub fn can_resize(&self, name: &str, found: &[usize], expected: &[usize]) -> bool {
-        match self {
-            Self::Gfnet(c) => c.can_resize(name, found, expected),
-            _ => false,
-        }
-    }
-
-    /// Adapts a tensor accepted by [`can_resize`](Self::can_resize) to `expected`.
-    pub fn resize_tensor(
-        &self,
-        name: &str,
-        t: &Tensor,
-        expected: &[usize],
-    ) -> CandleResult<Tensor> {
-        match self {
-            Self::Gfnet(c) => c.resize(name, t, expected),
-            _ => candle_core::bail!("{name} cannot be resized to {expected:?}"),
-        }
-    }
-
-    /// Sets the stochastic-depth rate of the last block for training (AFFNet, whose reference
-    /// has none, ignores it).
-    pub fn set_drop_path_rate(&mut self, rate: f64) {
-        match self {
-            Self::MetaFormer(c) => c.drop_path_rate = rate,
-            Self::MambaOut(c) => c.drop_path_rate = rate,
-            Self::MlpMixer(c) => c.drop_path_rate = rate,
-            Self::Gfnet(c) => c.drop_path_rate = rate,
-            Self::MsMlp(c) => c.drop_path_rate = rate,
-            Self::MambaMixer(c) => c.drop_path_rate = rate,
-            Self::RaftMlp(c) => c.drop_path_rate = rate,
-            Self::AffNet(_) => {}
-        }
-    }
-
-    /// Sets the input channels.
-    pub fn set_in_chans(&mut self, n: usize) {
-        match self {
-            Self::MetaFormer(c) => c.in_chans = n,
-            Self::MambaOut(c) => c.in_chans = n,
-            Self::MlpMixer(c) => c.in_chans = n,
-            Self::Gfnet(c) => c.in_chans = n,
-            Self::MsMlp(c) => c.in_chans = n,
-            Self::MambaMixer(c) => c.in_chans = n,
-            Self::RaftMlp(c) => c.in_chans = n,
-            Self::AffNet(c) => c.in_chans = n,
-        }
-    }
-}
+/// Every family, under the `family` tag of its config's JSON. A family is its own file plus one
+/// line here.
+pub static FAMILIES: &[Registration] = &[
+    Registration::of::<MetaFormerConfig>(),
+    Registration::of::<MambaOutConfig>(),
+    Registration::of::<MlpMixerConfig>(),
+    Registration::of::<GfnetConfig>(),
+    Registration::of::<MsMlpConfig>(),
+    Registration::of::<MambaMixerConfig>(),
+    Registration::of::<RaftMlpConfig>(),
+    Registration::of::<AffNetConfig>(),
+];

@@ -17,14 +17,15 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig};
 use tokenmix_mixers::ssm::MambaConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_f64, as_usize, img_size_arg};
-use crate::{Error, ImageModel};
+use crate::args::{parse, set, ImgSize};
+use crate::{Architecture, Common, Family, ImageModel};
 
 /// Hyper-parameters of a [`MambaMixer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,17 +78,68 @@ impl MambaMixerConfig {
             ..MambaConfig::default()
         })
     }
+}
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+/// `model_args` of a MambaMixer; dropout is accepted and ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MambaMixerArgs {
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    img_size: Option<ImgSize>,
+    patch_size: Option<usize>,
+    embed_dim: Option<usize>,
+    depth: Option<usize>,
+    d_state: Option<usize>,
+    expand: Option<usize>,
+    #[serde(rename = "drop_rate")]
+    _drop_rate: Option<IgnoredAny>,
+}
+
+impl MambaMixerArgs {
+    fn apply(self, cfg: &mut MambaMixerConfig) {
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.img_size, self.img_size.map(ImgSize::pair));
+        set(&mut cfg.patch_size, self.patch_size);
+        set(&mut cfg.embed_dim, self.embed_dim);
+        set(&mut cfg.depth, self.depth);
+        set(&mut cfg.d_state, self.d_state);
+        set(&mut cfg.expand, self.expand);
+    }
+}
+
+impl Family for MambaMixerConfig {
+    const NAME: &'static str = "mamba_mixer";
+}
+
+impl Architecture for MambaMixerConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(MambaMixer::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         let ((h, w), p) = (self.img_size, self.patch_size);
         if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || self.num_tokens() > 16_384 {
             return Err(format!(
                 "img_size {h}x{w} must be divisible by patch_size {p} into at most 16384 tokens"
             ));
-        }
-        if self.in_chans == 0 || self.in_chans > 4096 || self.num_classes > 1_000_000 {
-            return Err("in_chans must be in 1..=4096 and num_classes at most 1000000".into());
         }
         if self.embed_dim == 0 || self.embed_dim > 16_384 || self.depth > 1000 {
             return Err(format!(
@@ -100,42 +152,21 @@ impl MambaMixerConfig {
             .map_err(|e| e.to_string())
     }
 
-    /// Applies `model_args`: `img_size`, `patch_size`, `embed_dim`, `depth`, `d_state`, `expand`,
-    /// `in_chans`, `num_classes`.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
-            match key.as_str() {
-                "img_size" => {
-                    self.img_size =
-                        img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?
-                }
-                "patch_size" => self.patch_size = int()?,
-                "embed_dim" => self.embed_dim = int()?,
-                "depth" => self.depth = int()?,
-                "d_state" => self.d_state = int()?,
-                "expand" => self.expand = int()?,
-                "in_chans" => self.in_chans = int()?,
-                "num_classes" => self.num_classes = int()?,
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "drop_rate" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unsupported argument '{key}' = {value} for a MambaMixer model"),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<MambaMixerArgs>(Self::NAME, args)?.apply(self);
+        Ok(())
     }
 
-    /// Multiply-accumulates of one forward pass at `img_size`.
-    pub fn macs(&self) -> u64 {
+    fn set_image_size(&mut self, h: usize, w: usize) {
+        self.img_size = (h, w);
+    }
+
+    fn fixed_image_size(&self) -> Option<(usize, usize)> {
+        Some(self.img_size)
+    }
+
+    /// At `img_size`.
+    fn macs(&self, _h: usize, _w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }

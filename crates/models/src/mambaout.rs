@@ -7,15 +7,16 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_kernels::Window;
 use tokenmix_mixers::gated_conv::{GatedConv, GatedConvConfig};
 use tokenmix_mixers::layers::{drop_path_rates, ConvNhwc, DropPath, Norm, NormConfig, Scale};
 use tokenmix_mixers::MixerLayout;
 
-use crate::args::{as_f64, as_usize, usize_list};
-use crate::{Error, ImageModel};
+use crate::args::{only, parse, present, set};
+use crate::{Architecture, Common, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of [`MambaOut`], named as timm's `MambaOut` kwargs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,24 +71,90 @@ impl MambaOutConfig {
             conv_ratio: self.conv_ratio,
         }
     }
+}
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+/// `model_args` of a MambaOut, named as timm's `MambaOut` kwargs; dropout is accepted and
+/// ignored, `global_pool` and `head_fn` only at the values tokenmix implements.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MambaOutArgs {
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    depths: Option<Vec<usize>>,
+    dims: Option<Vec<usize>>,
+    kernel_size: Option<usize>,
+    expansion_ratio: Option<f64>,
+    conv_ratio: Option<f64>,
+    stem_mid_norm: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    ls_init_value: Option<Option<f64>>,
+    downsample: Option<String>,
+    global_pool: Option<Value>,
+    head_fn: Option<Value>,
+    #[serde(rename = "drop_rate")]
+    _drop_rate: Option<IgnoredAny>,
+}
+
+impl MambaOutArgs {
+    fn apply(self, cfg: &mut MambaOutConfig) -> crate::Result<()> {
+        only(
+            MambaOutConfig::NAME,
+            "global_pool",
+            &self.global_pool,
+            "avg".into(),
+        )?;
+        only(
+            MambaOutConfig::NAME,
+            "head_fn",
+            &self.head_fn,
+            "default".into(),
+        )?;
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.depths, self.depths);
+        set(&mut cfg.dims, self.dims);
+        set(&mut cfg.kernel_size, self.kernel_size);
+        set(&mut cfg.expansion_ratio, self.expansion_ratio);
+        set(&mut cfg.conv_ratio, self.conv_ratio);
+        set(&mut cfg.stem_mid_norm, self.stem_mid_norm);
+        set(&mut cfg.ls_init_value, self.ls_init_value);
+        set(&mut cfg.downsample, self.downsample);
+        Ok(())
+    }
+}
+
+impl Family for MambaOutConfig {
+    const NAME: &'static str = "mamba_out";
+}
+
+impl Architecture for MambaOutConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(MambaOut::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         let n = self.depths.len();
         if n == 0 || self.dims.len() != n {
             return Err(format!(
                 "depths ({n}) and dims ({}) must be non-empty and of equal length",
                 self.dims.len()
             ));
-        }
-        if self.in_chans == 0 || self.in_chans > 4096 {
-            return Err(format!(
-                "in_chans must be in 1..=4096, got {}",
-                self.in_chans
-            ));
-        }
-        if self.num_classes > 1_000_000 {
-            return Err(format!("num_classes {} is absurd", self.num_classes));
         }
         if let Some(d) = self.dims.iter().find(|&&d| !(2..=65_536).contains(&d)) {
             return Err(format!("every dim must be in 2..=65536, got {d}"));
@@ -107,60 +174,16 @@ impl MambaOutConfig {
         Ok(())
     }
 
-    /// Applies timm-style `model_args`: `depths`, `dims`, `in_chans`, `num_classes`,
-    /// `expansion_ratio`, `kernel_size`, `conv_ratio`, `stem_mid_norm`, `ls_init_value`,
-    /// `downsample`; drop rates and `global_pool: "avg"` are accepted and ignored.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            match key.as_str() {
-                "depths" => {
-                    self.depths = usize_list(value).ok_or_else(|| bad("a list of integers"))?
-                }
-                "dims" => self.dims = usize_list(value).ok_or_else(|| bad("a list of integers"))?,
-                "in_chans" => self.in_chans = as_usize(value).ok_or_else(|| bad("an integer"))?,
-                "num_classes" => {
-                    self.num_classes = as_usize(value).ok_or_else(|| bad("an integer"))?
-                }
-                "kernel_size" => {
-                    self.kernel_size = as_usize(value).ok_or_else(|| bad("an integer"))?
-                }
-                "expansion_ratio" => {
-                    self.expansion_ratio = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "conv_ratio" => self.conv_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
-                "stem_mid_norm" => {
-                    self.stem_mid_norm = value.as_bool().ok_or_else(|| bad("a boolean"))?
-                }
-                "ls_init_value" => {
-                    self.ls_init_value = match value {
-                        Value::Null => None,
-                        v => Some(as_f64(v).ok_or_else(|| bad("null or a number"))?),
-                    }
-                }
-                "downsample" => {
-                    self.downsample = value.as_str().ok_or_else(|| bad("a string"))?.to_string()
-                }
-                "global_pool" if value == "avg" => {}
-                "head_fn" if value == "default" => {}
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "drop_rate" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unsupported argument '{key}' = {value} for a MambaOut model"),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
+    fn ratios(&self) -> Vec<Ratio> {
+        let ratio = |&dim| Ratio::of("expansion_ratio", self.expansion_ratio, dim);
+        self.dims.iter().map(ratio).collect()
     }
 
-    /// Multiply-accumulates of one forward pass of one `h x w` image.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<MambaOutArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    fn macs(&self, h: usize, w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }

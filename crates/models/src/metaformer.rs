@@ -9,8 +9,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_kernels::Window;
 use tokenmix_mixers::layers::{
     drop_path_rates, global_avg_pool, ActKind, ConvNhwc, DropPath, Mlp, Norm, NormConfig, Scale,
@@ -19,8 +20,8 @@ use tokenmix_mixers::random_mixing::RandomMixingConfig;
 use tokenmix_mixers::ssm::MambaConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_f64, as_usize, img_size_arg, per_stage_opt, usize_list};
-use crate::{Error, ImageModel};
+use crate::args::{parse, present, set, ImgSize, PerStage};
+use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of a [`MetaFormer`]. Field names are timm's `MetaFormer` kwargs where timm
 /// has one; per-stage lists have one entry per stage.
@@ -189,116 +190,6 @@ impl MetaFormerConfig {
         }
     }
 
-    /// Checks that the per-stage lists agree and sizes are sane.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let n = self.num_stages();
-        if n == 0 {
-            return Err("depths is empty".into());
-        }
-        let lens = [
-            ("dims", self.dims.len()),
-            ("token_mixers", self.token_mixers.len()),
-            ("norm_layers", self.norm_layers.len()),
-            (
-                "layer_scale_init_values",
-                self.layer_scale_init_values.len(),
-            ),
-            ("res_scale_init_values", self.res_scale_init_values.len()),
-        ];
-        for (name, len) in lens {
-            if len != n {
-                return Err(format!(
-                    "{name} has {len} entries but depths has {n} stages"
-                ));
-            }
-        }
-        if self.in_chans == 0 || self.in_chans > 4096 {
-            return Err(format!(
-                "in_chans must be in 1..=4096, got {}",
-                self.in_chans
-            ));
-        }
-        if self.num_classes > 1_000_000 {
-            return Err(format!("num_classes {} is absurd", self.num_classes));
-        }
-        if let Some(d) = self.dims.iter().find(|&&d| d == 0 || d > 65_536) {
-            return Err(format!("every dim must be in 1..=65536, got {d}"));
-        }
-        if let Some(d) = self.depths.iter().find(|&&d| d > 1000) {
-            return Err(format!("every depth must be at most 1000, got {d}"));
-        }
-        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!(
-                "mlp_ratio must be in (0, 64], got {}",
-                self.mlp_ratio
-            ));
-        }
-        for (mixer, dim) in self.token_mixers.iter().zip(&self.dims) {
-            mixer.validate(*dim).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Applies timm-style `model_args` (from a hub `config.json`) on top of this config:
-    /// `depths`, `dims`, `in_chans`, `num_classes`, `layer_scale_init_values`,
-    /// `res_scale_init_values`, `mlp_bias`, `use_mlp_head`, and `img_size` (RandFormer's
-    /// token grid). Training-only kwargs (drop rates) are accepted and ignored; anything else is
-    /// an error naming the key.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        let mut img_size = None;
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            match key.as_str() {
-                "depths" => {
-                    let v = usize_list(value).ok_or_else(|| bad("a list of integers"))?;
-                    self.resize_stages(v.len())?;
-                    self.depths = v;
-                }
-                "dims" => {
-                    let v = usize_list(value).ok_or_else(|| bad("a list of integers"))?;
-                    self.resize_stages(v.len())?;
-                    self.dims = v;
-                }
-                "in_chans" => self.in_chans = as_usize(value).ok_or_else(|| bad("an integer"))?,
-                "num_classes" => {
-                    self.num_classes = as_usize(value).ok_or_else(|| bad("an integer"))?
-                }
-                "mlp_bias" => self.mlp_bias = value.as_bool().ok_or_else(|| bad("a boolean"))?,
-                "use_mlp_head" => {
-                    self.use_mlp_head = value.as_bool().ok_or_else(|| bad("a boolean"))?
-                }
-                "layer_scale_init_values" => {
-                    self.layer_scale_init_values = per_stage_opt(value, self.num_stages())
-                        .ok_or_else(|| bad("null, a number or a list of those"))?
-                }
-                "res_scale_init_values" => {
-                    self.res_scale_init_values = per_stage_opt(value, self.num_stages())
-                        .ok_or_else(|| bad("null, a number or a list of those"))?
-                }
-                "img_size" => {
-                    img_size = Some(
-                        img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?,
-                    )
-                }
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "drop_rate" | "proj_drop_rate" | "global_pool" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unknown argument '{key}' for a MetaFormer model"),
-                    ))
-                }
-            }
-        }
-        if let Some(size) = img_size {
-            self.set_random_mixing_size(size);
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
-    }
-
     /// Makes every per-stage list `n` long: truncating, or repeating a list whose entries are
     /// all equal. Lists that differ per stage cannot be extended.
     fn resize_stages(&mut self, n: usize) -> crate::Result<()> {
@@ -326,10 +217,137 @@ impl MetaFormerConfig {
         )?;
         fit("res_scale_init_values", &mut self.res_scale_init_values, n)
     }
+}
 
-    /// Multiply-accumulates of one forward pass of one `h x w` image.
-    /// Returns 0 for a configuration that does not [`validate`](Self::validate).
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
+/// `model_args` of a MetaFormer, named as timm's `MetaFormer` kwargs. Training-only kwargs
+/// (dropout) and `global_pool` are accepted and ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaFormerArgs {
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    depths: Option<Vec<usize>>,
+    dims: Option<Vec<usize>>,
+    mlp_bias: Option<bool>,
+    use_mlp_head: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    layer_scale_init_values: Option<PerStage>,
+    #[serde(default, deserialize_with = "present")]
+    res_scale_init_values: Option<PerStage>,
+    /// RandFormer's token grid.
+    img_size: Option<ImgSize>,
+    #[serde(rename = "drop_rate")]
+    _drop_rate: Option<IgnoredAny>,
+    #[serde(rename = "proj_drop_rate")]
+    _proj_drop_rate: Option<IgnoredAny>,
+    #[serde(rename = "global_pool")]
+    _global_pool: Option<IgnoredAny>,
+}
+
+impl MetaFormerArgs {
+    /// Stage counts first (they resize the per-stage lists), then the per-stage values, then
+    /// the token grid, which depends on the widths.
+    fn apply(self, cfg: &mut MetaFormerConfig) -> crate::Result<()> {
+        if let Some(depths) = self.depths {
+            cfg.resize_stages(depths.len())?;
+            cfg.depths = depths;
+        }
+        if let Some(dims) = self.dims {
+            cfg.resize_stages(dims.len())?;
+            cfg.dims = dims;
+        }
+        let n = cfg.num_stages();
+        if let Some(v) = self.layer_scale_init_values {
+            cfg.layer_scale_init_values = v.stages("layer_scale_init_values", n)?;
+        }
+        if let Some(v) = self.res_scale_init_values {
+            cfg.res_scale_init_values = v.stages("res_scale_init_values", n)?;
+        }
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.mlp_bias, self.mlp_bias);
+        set(&mut cfg.use_mlp_head, self.use_mlp_head);
+        if let Some(size) = self.img_size {
+            cfg.set_random_mixing_size(size.pair());
+        }
+        Ok(())
+    }
+}
+
+impl Family for MetaFormerConfig {
+    const NAME: &'static str = "meta_former";
+}
+
+impl Architecture for MetaFormerConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(MetaFormer::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    /// The per-stage lists agree and sizes are sane.
+    fn check(&self) -> std::result::Result<(), String> {
+        let n = self.num_stages();
+        if n == 0 {
+            return Err("depths is empty".into());
+        }
+        let lens = [
+            ("dims", self.dims.len()),
+            ("token_mixers", self.token_mixers.len()),
+            ("norm_layers", self.norm_layers.len()),
+            (
+                "layer_scale_init_values",
+                self.layer_scale_init_values.len(),
+            ),
+            ("res_scale_init_values", self.res_scale_init_values.len()),
+        ];
+        for (name, len) in lens {
+            if len != n {
+                return Err(format!(
+                    "{name} has {len} entries but depths has {n} stages"
+                ));
+            }
+        }
+        if let Some(d) = self.dims.iter().find(|&&d| d == 0 || d > 65_536) {
+            return Err(format!("every dim must be in 1..=65536, got {d}"));
+        }
+        if let Some(d) = self.depths.iter().find(|&&d| d > 1000) {
+            return Err(format!("every depth must be at most 1000, got {d}"));
+        }
+        for (mixer, dim) in self.token_mixers.iter().zip(&self.dims) {
+            mixer.validate(*dim).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn ratios(&self) -> Vec<Ratio> {
+        let ratio = |&dim| Ratio::of("mlp_ratio", self.mlp_ratio, dim);
+        self.dims.iter().map(ratio).collect()
+    }
+
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<MetaFormerArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    fn set_image_size(&mut self, h: usize, w: usize) {
+        self.set_random_mixing_size((h, w));
+    }
+
+    fn macs(&self, h: usize, w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }
@@ -787,14 +805,17 @@ mod tests {
         assert_eq!(cfg.num_classes, 7);
         let bad = serde_json::json!({"depth": [1, 1, 2]});
         let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
+        let msg = err.to_string();
         assert!(
-            err.to_string().contains("unknown argument 'depth'"),
-            "{err}"
+            msg.contains("unknown field `depth`")
+                && msg.contains("`depths`, `dims`")
+                && msg.contains("`layer_scale_init_values`"),
+            "{msg}"
         );
         let bad = serde_json::json!({"dims": "wide"});
         let err = cfg.apply_model_args(bad.as_object().unwrap()).unwrap_err();
         assert!(
-            err.to_string().contains("dims must be a list of integers"),
+            err.to_string().contains("dims = \"wide\": invalid type"),
             "{err}"
         );
     }

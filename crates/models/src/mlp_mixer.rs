@@ -7,15 +7,16 @@
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_mixers::layers::{ActKind, DropPath, Mlp, Norm, NormConfig, Scale};
 use tokenmix_mixers::linear_tokens::LinearTokensConfig;
 use tokenmix_mixers::token_mlp::TokenMlpConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, SpatialGatingUnit, TokenMixer};
 
-use crate::args::{as_f64, as_usize, img_size_arg};
-use crate::{Error, ImageModel};
+use crate::args::{only, parse, set, ImgSize};
+use crate::{Architecture, Common, Family, ImageModel, Ratio};
 
 /// Which block the model stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +153,88 @@ impl MlpMixerConfig {
             }
         }
     }
+}
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+/// A number for both MLPs or `[tokens, channels]`.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(untagged, expecting = "a number or [tokens, channels]")]
+enum MlpRatio {
+    Both(f64),
+    Pair(f64, f64),
+}
+
+/// `model_args` of the MLP-Mixer family, named as timm's `MlpMixer` kwargs; dropout and `nlhb`
+/// are accepted and ignored, `global_pool` only as `avg`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MlpMixerArgs {
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    img_size: Option<ImgSize>,
+    patch_size: Option<usize>,
+    num_blocks: Option<usize>,
+    embed_dim: Option<usize>,
+    mlp_ratio: Option<MlpRatio>,
+    stem_norm: Option<bool>,
+    global_pool: Option<Value>,
+    #[serde(rename = "drop_rate")]
+    _drop_rate: Option<IgnoredAny>,
+    #[serde(rename = "proj_drop_rate")]
+    _proj_drop_rate: Option<IgnoredAny>,
+    #[serde(rename = "nlhb")]
+    _nlhb: Option<IgnoredAny>,
+}
+
+impl MlpMixerArgs {
+    fn apply(self, cfg: &mut MlpMixerConfig) -> crate::Result<()> {
+        only(
+            MlpMixerConfig::NAME,
+            "global_pool",
+            &self.global_pool,
+            "avg".into(),
+        )?;
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.img_size, self.img_size.map(ImgSize::pair));
+        set(&mut cfg.patch_size, self.patch_size);
+        set(&mut cfg.num_blocks, self.num_blocks);
+        set(&mut cfg.embed_dim, self.embed_dim);
+        set(&mut cfg.stem_norm, self.stem_norm);
+        cfg.mlp_ratio = match self.mlp_ratio {
+            Some(MlpRatio::Both(r)) => (r, r),
+            Some(MlpRatio::Pair(t, c)) => (t, c),
+            None => cfg.mlp_ratio,
+        };
+        Ok(())
+    }
+}
+
+impl Family for MlpMixerConfig {
+    const NAME: &'static str = "mlp_mixer";
+}
+
+impl Architecture for MlpMixerConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(MlpMixer::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         let (h, w) = self.img_size;
         let p = self.patch_size;
         if p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 || h > 16_384 || w > 16_384 {
@@ -162,24 +242,11 @@ impl MlpMixerConfig {
                 "img_size {h}x{w} must be positive, at most 16384 and divisible by patch_size {p}"
             ));
         }
-        if self.in_chans == 0 || self.in_chans > 4096 {
-            return Err(format!(
-                "in_chans must be in 1..=4096, got {}",
-                self.in_chans
-            ));
-        }
-        if self.num_classes > 1_000_000 {
-            return Err(format!("num_classes {} is absurd", self.num_classes));
-        }
         if self.embed_dim < 2 || self.embed_dim > 65_536 || self.num_blocks > 1000 {
             return Err(format!(
                 "embed_dim must be in 2..=65536 and num_blocks at most 1000, got {} and {}",
                 self.embed_dim, self.num_blocks
             ));
-        }
-        let (rt, rc) = self.mlp_ratio;
-        if !(rt > 0.0 && rt <= 64.0 && rc > 0.0 && rc <= 64.0) {
-            return Err(format!("mlp_ratio must be in (0, 64], got ({rt}, {rc})"));
         }
         let (_, channels) = self.widths();
         if (self.glu || self.block == MixerBlockKind::SpatialGating)
@@ -194,58 +261,28 @@ impl MlpMixerConfig {
             .map_err(|e| e.to_string())
     }
 
-    /// Applies timm-style `model_args`: `img_size`, `patch_size`, `num_blocks`, `embed_dim`,
-    /// `mlp_ratio` (a number or `[tokens, channels]`), `in_chans`, `num_classes`, `stem_norm`;
-    /// drop rates and `global_pool: "avg"` are accepted and ignored.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
-            match key.as_str() {
-                "img_size" => {
-                    self.img_size =
-                        img_size_arg(value).ok_or_else(|| bad("an integer or [height, width]"))?
-                }
-                "patch_size" => self.patch_size = int()?,
-                "num_blocks" => self.num_blocks = int()?,
-                "embed_dim" => self.embed_dim = int()?,
-                "in_chans" => self.in_chans = int()?,
-                "num_classes" => self.num_classes = int()?,
-                "stem_norm" => self.stem_norm = value.as_bool().ok_or_else(|| bad("a boolean"))?,
-                "mlp_ratio" => {
-                    self.mlp_ratio = match value {
-                        Value::Array(a) if a.len() == 2 => (
-                            as_f64(&a[0]).ok_or_else(|| bad("a number or [tokens, channels]"))?,
-                            as_f64(&a[1]).ok_or_else(|| bad("a number or [tokens, channels]"))?,
-                        ),
-                        v => {
-                            let r =
-                                as_f64(v).ok_or_else(|| bad("a number or [tokens, channels]"))?;
-                            (r, r)
-                        }
-                    }
-                }
-                "global_pool" if value == "avg" => {}
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "drop_rate" | "proj_drop_rate" | "nlhb" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!(
-                            "unsupported argument '{key}' = {value} for an MLP-Mixer-family model"
-                        ),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
+    fn ratios(&self) -> Vec<Ratio> {
+        let (tokens, channels) = self.mlp_ratio;
+        vec![
+            Ratio::of("mlp_ratio (tokens)", tokens, self.embed_dim),
+            Ratio::of("mlp_ratio (channels)", channels, self.embed_dim),
+        ]
     }
 
-    /// Multiply-accumulates of one forward pass (at `img_size`; other sizes are not accepted).
-    pub fn macs(&self) -> u64 {
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<MlpMixerArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    fn set_image_size(&mut self, h: usize, w: usize) {
+        self.img_size = (h, w);
+    }
+
+    fn fixed_image_size(&self) -> Option<(usize, usize)> {
+        Some(self.img_size)
+    }
+
+    /// At `img_size`; other sizes are not accepted.
+    fn macs(&self, _h: usize, _w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }

@@ -9,14 +9,15 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_mixers::layers::{drop_path_rates, DropPath, Norm, NormConfig, Pointwise, Scale};
 use tokenmix_mixers::shift::MixShiftConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_f64, as_usize, usize_list};
-use crate::{Error, ImageModel};
+use crate::args::{parse, set};
+use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of an [`MsMlp`], named as `MS_MLP`'s constructor arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,9 +78,82 @@ impl MsMlpConfig {
             mix_size: self.mix_size[stage].clone(),
         })
     }
+}
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+/// `model_args` of an MS-MLP, named as `MS_MLP`'s constructor arguments; `img_size` (the
+/// reference's input check), dropout and `use_checkpoint` are accepted and ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MsMlpArgs {
+    in_chans: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    embed_dim: Option<usize>,
+    patch_size: Option<usize>,
+    depths: Option<Vec<usize>>,
+    mlp_ratio: Option<f64>,
+    patch_norm: Option<bool>,
+    shift_dist: Option<Vec<i32>>,
+    /// Must be the length of `shift_dist`.
+    shift_size: Option<usize>,
+    mix_size: Option<Vec<Vec<usize>>>,
+    #[serde(rename = "img_size")]
+    _img_size: Option<IgnoredAny>,
+    #[serde(rename = "drop_rate")]
+    _drop_rate: Option<IgnoredAny>,
+    #[serde(rename = "use_checkpoint")]
+    _use_checkpoint: Option<IgnoredAny>,
+}
+
+impl MsMlpArgs {
+    fn apply(self, cfg: &mut MsMlpConfig) -> crate::Result<()> {
+        set(&mut cfg.in_chans, self.in_chans);
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.embed_dim, self.embed_dim);
+        set(&mut cfg.patch_size, self.patch_size);
+        set(&mut cfg.depths, self.depths);
+        set(&mut cfg.mlp_ratio, self.mlp_ratio);
+        set(&mut cfg.patch_norm, self.patch_norm);
+        set(&mut cfg.shift_dist, self.shift_dist);
+        set(&mut cfg.mix_size, self.mix_size);
+        match self.shift_size {
+            Some(n) if n != cfg.shift_dist.len() => Err(Error::config(
+                "model_args of a ms_mlp model",
+                format!(
+                    "shift_size = {n}: must be the number of entries of shift_dist ({})",
+                    cfg.shift_dist.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Family for MsMlpConfig {
+    const NAME: &'static str = "ms_mlp";
+}
+
+impl Architecture for MsMlpConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(MsMlp::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         let n = self.depths.len();
         if n == 0 || n > 8 || self.mix_size.len() != n {
             return Err(format!(
@@ -87,24 +161,14 @@ impl MsMlpConfig {
                 self.mix_size.len()
             ));
         }
-        if self.patch_size == 0
-            || self.in_chans == 0
-            || self.in_chans > 4096
-            || self.num_classes > 1_000_000
-        {
-            return Err("patch_size and in_chans must be positive and sane".into());
+        if self.patch_size == 0 {
+            return Err("patch_size must be positive".into());
         }
         if self.embed_dim == 0 || self.dim(n - 1) > 65_536 || self.depths.iter().any(|&d| d > 1000)
         {
             return Err(format!(
                 "embed_dim {} with {n} stages is out of range",
                 self.embed_dim
-            ));
-        }
-        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
-            return Err(format!(
-                "mlp_ratio must be in (0, 64], got {}",
-                self.mlp_ratio
             ));
         }
         for i in 0..n {
@@ -115,64 +179,16 @@ impl MsMlpConfig {
         Ok(())
     }
 
-    /// Applies `model_args`: `embed_dim`, `depths`, `patch_size`, `shift_dist`, `mix_size`,
-    /// `mlp_ratio`, `patch_norm`, `in_chans`, `num_classes`; `img_size` (the reference's input
-    /// check) and drop rates are accepted and ignored.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
-            match key.as_str() {
-                "embed_dim" => self.embed_dim = int()?,
-                "patch_size" => self.patch_size = int()?,
-                "in_chans" => self.in_chans = int()?,
-                "num_classes" => self.num_classes = int()?,
-                "depths" => {
-                    self.depths = usize_list(value).ok_or_else(|| bad("a list of integers"))?
-                }
-                "mlp_ratio" => self.mlp_ratio = as_f64(value).ok_or_else(|| bad("a number"))?,
-                "patch_norm" => {
-                    self.patch_norm = value.as_bool().ok_or_else(|| bad("a boolean"))?
-                }
-                "shift_dist" => {
-                    self.shift_dist = value
-                        .as_array()
-                        .and_then(|a| {
-                            a.iter()
-                                .map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
-                                .collect()
-                        })
-                        .ok_or_else(|| bad("a list of integers"))?
-                }
-                "shift_size" => {
-                    if int()? != self.shift_dist.len() {
-                        return Err(bad("the number of entries of shift_dist"));
-                    }
-                }
-                "mix_size" => {
-                    self.mix_size = value
-                        .as_array()
-                        .and_then(|a| a.iter().map(usize_list).collect())
-                        .ok_or_else(|| bad("a list of lists of integers"))?
-                }
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "img_size" | "drop_rate" | "use_checkpoint" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unsupported argument '{key}' = {value} for an MS-MLP model"),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
+    fn ratios(&self) -> Vec<Ratio> {
+        let ratio = |i| Ratio::of("mlp_ratio", self.mlp_ratio, self.dim(i));
+        (0..self.depths.len()).map(ratio).collect()
     }
 
-    /// Multiply-accumulates of one forward pass of one `h x w` image.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<MsMlpArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    fn macs(&self, h: usize, w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }

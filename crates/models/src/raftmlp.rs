@@ -11,15 +11,16 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokenmix_kernels::resize::interpolate_bicubic;
 use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm};
 use tokenmix_mixers::raft::{RaftTokenMixingConfig, RAFT_NORM};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{as_f64, as_usize, usize_list};
-use crate::{Error, ImageModel};
+use crate::args::{only, parse, set};
+use crate::{Architecture, Common, Family, ImageModel, Ratio};
 
 /// One level of a RaftMLP (the reference's `layers` entries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,30 +108,95 @@ impl RaftMlpConfig {
             expansion: self.token_expansion_factor,
         })
     }
+}
 
-    /// Checks the configuration; the message names the bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+/// `model_args` of a RaftMLP, named as the reference's `RaftMLP` arguments (`in_channels` or
+/// timm's `in_chans`); the mixing, embedding and shortcut choices only at the values tokenmix
+/// implements, dropout accepted and ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaftMlpArgs {
+    in_chans: Option<usize>,
+    in_channels: Option<usize>,
+    num_classes: Option<usize>,
+    drop_path_rate: Option<f64>,
+    layers: Option<Vec<RaftLevel>>,
+    pretrained_image_size: Option<usize>,
+    token_expansion_factor: Option<usize>,
+    channel_expansion_factor: Option<usize>,
+    token_mixing_type: Option<Value>,
+    embedding_type: Option<Value>,
+    shortcut: Option<Value>,
+    #[serde(rename = "dropout")]
+    _dropout: Option<IgnoredAny>,
+}
+
+impl RaftMlpArgs {
+    fn apply(self, cfg: &mut RaftMlpConfig) -> crate::Result<()> {
+        let family = RaftMlpConfig::NAME;
+        only(
+            family,
+            "token_mixing_type",
+            &self.token_mixing_type,
+            "ser_pm".into(),
+        )?;
+        only(
+            family,
+            "embedding_type",
+            &self.embedding_type,
+            "emb_cross_mlp".into(),
+        )?;
+        only(family, "shortcut", &self.shortcut, false.into())?;
+        set(&mut cfg.in_chans, self.in_chans.or(self.in_channels));
+        set(&mut cfg.num_classes, self.num_classes);
+        set(&mut cfg.drop_path_rate, self.drop_path_rate);
+        set(&mut cfg.layers, self.layers);
+        set(&mut cfg.pretrained_image_size, self.pretrained_image_size);
+        set(&mut cfg.token_expansion_factor, self.token_expansion_factor);
+        set(
+            &mut cfg.channel_expansion_factor,
+            self.channel_expansion_factor,
+        );
+        Ok(())
+    }
+}
+
+impl Family for RaftMlpConfig {
+    const NAME: &'static str = "raft_mlp";
+}
+
+impl Architecture for RaftMlpConfig {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
+        Ok(Box::new(RaftMlp::new(self, vb)?))
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            in_chans: self.in_chans,
+            num_classes: self.num_classes,
+            drop_path_rate: Some(self.drop_path_rate),
+        }
+    }
+
+    fn set_common(&mut self, c: Common) {
+        self.in_chans = c.in_chans;
+        self.num_classes = c.num_classes;
+        set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    fn needs_classifier(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         if self.layers.is_empty() || self.layers.len() > 8 {
             return Err(format!("need 1..=8 levels, got {}", self.layers.len()));
-        }
-        if self.in_chans == 0
-            || self.in_chans > 4096
-            || self.num_classes == 0
-            || self.num_classes > 1_000_000
-        {
-            return Err("in_chans must be in 1..=4096 and num_classes in 1..=1000000".into());
         }
         if self.pretrained_image_size == 0 || self.pretrained_image_size > 4096 {
             return Err(format!(
                 "pretrained_image_size {} out of range",
                 self.pretrained_image_size
             ));
-        }
-        if self.token_expansion_factor == 0
-            || self.channel_expansion_factor == 0
-            || self.channel_expansion_factor > 64
-        {
-            return Err("expansion factors must be positive and sane".into());
         }
         for (i, (l, grid)) in self.layers.iter().zip(self.grids()).enumerate() {
             let k = &l.embedding_kernels;
@@ -152,57 +218,20 @@ impl RaftMlpConfig {
         Ok(())
     }
 
-    /// Applies `model_args` with the reference's names: `layers` (a list of `{depth, dim,
-    /// patch_size, raft_size, embedding_kernels}`), `pretrained_image_size`, `in_channels` /
-    /// `in_chans`, `num_classes`, `token_expansion_factor`, `channel_expansion_factor`.
-    pub fn apply_model_args(&mut self, args: &serde_json::Map<String, Value>) -> crate::Result<()> {
-        let ctx = "model_args";
-        for (key, value) in args {
-            let bad = |want: &str| Error::config(ctx, format!("{key} must be {want}, got {value}"));
-            let int = || as_usize(value).ok_or_else(|| bad("an integer"));
-            match key.as_str() {
-                "layers" => {
-                    let parse = |v: &Value| -> Option<RaftLevel> {
-                        Some(RaftLevel {
-                            depth: as_usize(v.get("depth")?)?,
-                            dim: as_usize(v.get("dim")?)?,
-                            patch_size: as_usize(v.get("patch_size")?)?,
-                            raft_size: as_usize(v.get("raft_size")?)?,
-                            embedding_kernels: usize_list(v.get("embedding_kernels")?)?,
-                        })
-                    };
-                    self.layers = value
-                        .as_array()
-                        .and_then(|a| a.iter().map(parse).collect())
-                        .ok_or_else(|| {
-                            bad("a list of {depth, dim, patch_size, raft_size, embedding_kernels}")
-                        })?;
-                }
-                "pretrained_image_size" => self.pretrained_image_size = int()?,
-                "in_channels" | "in_chans" => self.in_chans = int()?,
-                "num_classes" => self.num_classes = int()?,
-                "token_expansion_factor" => self.token_expansion_factor = int()?,
-                "channel_expansion_factor" => self.channel_expansion_factor = int()?,
-                "token_mixing_type" if value == "ser_pm" => {}
-                "embedding_type" if value == "emb_cross_mlp" => {}
-                "shortcut" if value == false => {}
-                "drop_path_rate" => {
-                    self.drop_path_rate = as_f64(value).ok_or_else(|| bad("a number"))?
-                }
-                "dropout" => {}
-                _ => {
-                    return Err(Error::config(
-                        ctx,
-                        format!("unsupported argument '{key}' = {value} for a RaftMLP model"),
-                    ))
-                }
-            }
-        }
-        self.validate().map_err(|e| Error::config(ctx, e))
+    fn ratios(&self) -> Vec<Ratio> {
+        let ratio = |l: &RaftLevel| {
+            let factor = self.channel_expansion_factor as f64;
+            Ratio::of("channel_expansion_factor", factor, l.dim)
+        };
+        self.layers.iter().map(ratio).collect()
     }
 
-    /// Multiply-accumulates of one forward pass at `pretrained_image_size`.
-    pub fn macs(&self) -> u64 {
+    fn set_model_args(&mut self, args: &Map<String, Value>) -> crate::Result<()> {
+        parse::<RaftMlpArgs>(Self::NAME, args)?.apply(self)
+    }
+
+    /// At `pretrained_image_size`.
+    fn macs(&self, _h: usize, _w: usize) -> u64 {
         if self.validate().is_err() {
             return 0;
         }
