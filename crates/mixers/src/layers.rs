@@ -2,7 +2,8 @@
 //! 1x1 projections and the two-layer MLP.
 //!
 //! Every layer that can sit in both kinds of stage is told its [`MixerLayout`] at construction:
-//! `Spatial` tensors are `(B, C, H, W)`, `Tokens` tensors are `(B, N, C)`.
+//! `Spatial` tensors are `(B, C, H, W)`; `Tokens` `(B, N, C)` and `ChannelsLast` `(B, H, W, C)`
+//! tensors have their channels last, and `Any` counts as `ChannelsLast`.
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -14,7 +15,7 @@ use crate::MixerLayout;
 
 /// Whether channels sit on axis 1 (`(B, C, H, W)`) rather than last.
 fn is_spatial(layout: MixerLayout) -> bool {
-    matches!(layout, MixerLayout::Spatial | MixerLayout::Any)
+    layout.resolved() == MixerLayout::Spatial
 }
 
 /// The channel axis of `x` in `layout`: 1 for `(B, C, H, W)`, the last for tokens.

@@ -96,8 +96,19 @@ pub enum MixerLayout {
     Tokens,
     /// Channel-last feature map `(B, H, W, C)`.
     ChannelsLast,
-    /// Works on either layout, e.g. the identity; a MetaFormer stage runs it channel-last.
+    /// Works on any layout, e.g. the identity; where a concrete layout is needed (a stage, a
+    /// norm) it means channel-last, see [`MixerLayout::resolved`].
     Any,
+}
+
+impl MixerLayout {
+    /// The concrete layout this one runs in: `Any` is channel-last, the others themselves.
+    pub fn resolved(self) -> Self {
+        match self {
+            Self::Any => Self::ChannelsLast,
+            other => other,
+        }
+    }
 }
 
 /// A token mixer: maps a tensor to its mixing term, a tensor of the same shape, mixing

@@ -502,10 +502,7 @@ impl Block {
     ) -> Result<Self> {
         let dim = cfg.dims[stage];
         let token_mixer = cfg.token_mixers[stage].build(dim, vb.pp("token_mixer"))?;
-        let layout = match token_mixer.layout() {
-            MixerLayout::Any => MixerLayout::ChannelsLast,
-            other => other,
-        };
+        let layout = token_mixer.layout().resolved();
         let norm = cfg.norm_layers[stage];
         let scale = |on: bool, name: &str| -> Result<Option<Scale>> {
             on.then(|| Scale::new(dim, layout, vb.pp(name))).transpose()
@@ -743,13 +740,8 @@ mod tests {
         for reg in tokenmix_mixers::registered_mixers() {
             let model = random_metaformer(&reg.default_config());
             for stage in &model.stages {
-                let kind = stage.blocks[0].token_mixer.layout();
-                let expect = if kind == MixerLayout::Any {
-                    MixerLayout::ChannelsLast
-                } else {
-                    kind
-                };
-                assert_eq!(stage.layout, expect, "{}", reg.kind);
+                let declared = stage.blocks[0].token_mixer.layout();
+                assert_eq!(stage.layout, declared.resolved(), "{}", reg.kind);
             }
             let features = model.forward_features(&x).unwrap();
             let dims: Vec<_> = features.iter().map(|f| f.dims().to_vec()).collect();
