@@ -245,7 +245,7 @@ impl ModelSpec {
 
     /// The architecture, resolved as the loader resolves `config.json`.
     pub fn arch(&self) -> Result<ArchConfig> {
-        Ok(tokenmix_models::hub::resolve_arch(
+        Ok(tokenmix_models::loader::resolve_arch(
             model_entry(&self.architecture)?,
             Some(&self.pretrained_cfg),
             Some(self.label_names.len()),

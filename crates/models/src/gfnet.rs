@@ -147,7 +147,7 @@ impl GfnetArgs {
                 (h, w) if h == w => h,
                 (h, w) => {
                     return Err(Error::config(
-                        "model_args of a gfnet model",
+                        format!("model_args of a {} model", GfnetConfig::NAME),
                         format!("img_size = [{h}, {w}]: GFNet inputs are square"),
                     ))
                 }

@@ -6,8 +6,13 @@
 //!   (parameters, MACs, paper top-1, pretrained config).
 //! * [`checkpoint`]: loading `model.safetensors` strictly (every missing, unexpected or
 //!   mis-shaped tensor is reported by name), and random weights for benchmarks.
-//! * [`hub`]: loading a model directory as the Hugging Face hub serves `timm/<name>` and timm's
-//!   `save_for_hf` writes it (`config.json` + `model.safetensors`).
+//! * [`arch`]: the [`Architecture`] trait each family's config implements, and [`ArchConfig`],
+//!   any family's architecture; [`FAMILIES`] registers every family.
+//! * [`loader`]: loading a model directory as the Hugging Face hub serves `timm/<name>` and
+//!   timm's `save_for_hf` writes it (`config.json` + `model.safetensors`), those files' bytes,
+//!   or a bare safetensors file.
+//! * [`hub`]: finding such a directory in the Hugging Face cache by hub id, and (feature `hub`)
+//!   downloading it there.
 //! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
 #![deny(missing_docs)]
 
@@ -19,6 +24,7 @@ mod error;
 pub mod gfnet;
 pub mod hub;
 pub mod imagenet;
+pub mod loader;
 pub mod mamba_mixer;
 pub mod mambaout;
 pub mod metaformer;
@@ -38,9 +44,9 @@ pub use arch::{
 };
 pub use error::{Error, Result};
 pub use gfnet::{Gfnet, GfnetConfig};
-pub use hub::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
 #[cfg(feature = "hub")]
 pub use hub::{load_from_hub, HubSource};
+pub use loader::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
 pub use mamba_mixer::{MambaMixer, MambaMixerConfig};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};

@@ -119,7 +119,7 @@ impl MsMlpArgs {
         set(&mut cfg.mix_size, self.mix_size);
         match self.shift_size {
             Some(n) if n != cfg.shift_dist.len() => Err(Error::config(
-                "model_args of a ms_mlp model",
+                format!("model_args of a {} model", MsMlpConfig::NAME),
                 format!(
                     "shift_size = {n}: must be the number of entries of shift_dist ({})",
                     cfg.shift_dist.len()

@@ -1,0 +1,202 @@
+//! Loading a model from local files: a model directory as the Hugging Face hub serves
+//! `timm/<name>` and timm's `save_for_hf` writes it (`config.json` with `architecture`,
+//! `num_classes`, `model_args`, `pretrained_cfg` and optionally `label_names`, next to
+//! `model.safetensors`; [`load_model_dir`]), the same two files held in memory
+//! ([`load_from_bytes`]), or a bare safetensors file of a zoo model ([`load_weights`]).
+//!
+//! Finding a directory in the Hugging Face cache, or downloading it there, is [`crate::hub`]'s.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::checkpoint::{load_safetensors, load_safetensors_bytes};
+use crate::registry::model_entry;
+use crate::{check_input, ArchConfig, Error, ImageModel, PretrainedCfg, Result};
+
+/// A loaded model with everything needed to feed it and read its output.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The zoo name of the architecture.
+    pub name: String,
+    /// The architecture after `model_args`.
+    pub config: ArchConfig,
+    /// Preprocessing and input size.
+    pub pretrained_cfg: PretrainedCfg,
+    /// Class names from `config.json`, if it has them.
+    pub label_names: Option<Vec<String>>,
+    /// The model.
+    pub model: Box<dyn ImageModel>,
+}
+
+impl LoadedModel {
+    /// Logits `(B, num_classes)` for an input batch `(B, in_chans, H, W)`, after checking its
+    /// shape.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        check_input(self.model.as_ref(), x)?;
+        Ok(self.model.forward(x)?)
+    }
+
+    /// Every stage's feature map for an input batch, after checking its shape.
+    pub fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        check_input(self.model.as_ref(), x)?;
+        Ok(self.model.forward_features(x)?)
+    }
+
+    /// Human-readable name of class `index`: `label_names` from the config, else the
+    /// ImageNet-1k name for 1000-class models.
+    pub fn class_name(&self, index: usize) -> Option<String> {
+        if let Some(names) = &self.label_names {
+            return names.get(index).cloned();
+        }
+        if self.model.num_classes() == 1000 {
+            return crate::imagenet::class_names()
+                .get(index)
+                .map(|s| s.to_string());
+        }
+        None
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HubConfig {
+    architecture: String,
+    num_classes: Option<usize>,
+    #[serde(default)]
+    model_args: Map<String, Value>,
+    pretrained_cfg: Option<PretrainedCfg>,
+    label_names: Option<Vec<String>>,
+}
+
+/// Parses `config.json` text and resolves the architecture it describes.
+fn resolve_config(
+    text: &str,
+    path: &Path,
+) -> Result<(HubConfig, &'static crate::ModelEntry, ArchConfig)> {
+    let context = path.display().to_string();
+    let hub: HubConfig = serde_json::from_str(text).map_err(|e| Error::config(&context, e))?;
+    let entry = model_entry(&hub.architecture)?;
+    let config = resolve_arch(
+        entry,
+        hub.pretrained_cfg.as_ref(),
+        hub.num_classes,
+        &hub.model_args,
+    )
+    .map_err(|e| Error::config(format!("{context} ({})", entry.name), e))?;
+    Ok((hub, entry, config))
+}
+
+/// The architecture a `config.json` describes: `entry`'s, with the input channels and size of
+/// `pretrained_cfg`, then `num_classes`, then `model_args` applied (in that order, so
+/// `model_args` win).
+pub fn resolve_arch(
+    entry: &crate::ModelEntry,
+    pretrained_cfg: Option<&PretrainedCfg>,
+    num_classes: Option<usize>,
+    model_args: &Map<String, Value>,
+) -> Result<ArchConfig> {
+    let mut config = entry.config();
+    if let Some(cfg) = pretrained_cfg {
+        if let Some(&c) = cfg.input_size.first() {
+            config.set_in_chans(c);
+        }
+        let (h, w) = cfg.image_size();
+        config.set_image_size(h, w);
+    }
+    if let Some(n) = num_classes {
+        config.set_num_classes(n);
+    }
+    config.apply_model_args(model_args)?;
+    Ok(config)
+}
+
+/// The preprocessing config: the checkpoint's, with the input size of fixed-size models set to
+/// the size the model takes.
+fn preprocessing(
+    hub_cfg: Option<PretrainedCfg>,
+    entry: &crate::ModelEntry,
+    config: &ArchConfig,
+) -> PretrainedCfg {
+    let mut cfg = hub_cfg.unwrap_or_else(|| entry.pretrained_cfg());
+    if let Some(size) = config.fixed_image_size() {
+        cfg.set_image_size(size);
+    }
+    cfg
+}
+
+fn loaded(
+    hub: HubConfig,
+    entry: &crate::ModelEntry,
+    config: ArchConfig,
+    model: Box<dyn ImageModel>,
+) -> LoadedModel {
+    LoadedModel {
+        name: entry.name.to_string(),
+        pretrained_cfg: preprocessing(hub.pretrained_cfg, entry, &config),
+        config,
+        label_names: hub.label_names,
+        model,
+    }
+}
+
+/// [`load_model_dir`] on the contents of `config.json` and `model.safetensors` held in memory.
+pub fn load_from_bytes(config_json: &str, weights: &[u8], device: &Device) -> Result<LoadedModel> {
+    let (hub, entry, config) = resolve_config(config_json, Path::new("config.json"))?;
+    let model = load_safetensors_bytes(
+        weights,
+        Path::new("model.safetensors"),
+        &config,
+        entry.name,
+        device,
+    )?;
+    Ok(loaded(hub, entry, config, model))
+}
+
+/// Loads the model in `dir` (`config.json` + `model.safetensors`) onto `device`.
+///
+/// The architecture comes from `config.json`'s `architecture` (a zoo name, with or without a
+/// pretrained tag); `model_args` override the named config with timm's kwarg names; the
+/// classifier width is `model_args.num_classes`, else the top-level `num_classes`, and the
+/// input channels follow `pretrained_cfg.input_size` unless `model_args.in_chans` is given.
+pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let config_path = dir.join("config.json");
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+        });
+    }
+    let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let (hub, entry, config) = resolve_config(&text, &config_path)?;
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(Error::Io {
+            path: weights,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "model.safetensors not found (only safetensors checkpoints are supported)",
+            ),
+        });
+    }
+    let model = load_safetensors(&weights, &config, entry.name, device)?;
+    Ok(loaded(hub, entry, config, model))
+}
+
+/// Loads zoo model `name` at its default config from a bare safetensors file.
+pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<LoadedModel> {
+    let entry = model_entry(name)?;
+    let config = entry.config();
+    let model = load_safetensors(weights, &config, entry.name, device)?;
+    Ok(LoadedModel {
+        name: entry.name.to_string(),
+        pretrained_cfg: preprocessing(None, entry, &config),
+        config,
+        label_names: None,
+        model,
+    })
+}
