@@ -803,9 +803,8 @@ mod tests {
             let dp = DropPath::new(0.0);
             let fused = constant.forward_residual(&x, &shortcut, dp, false).unwrap();
             let composed = trained.forward_residual(&x, &shortcut, dp, false).unwrap();
-            let max_abs = |t: &Tensor| -> f32 {
-                t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
-            };
+            let max_abs =
+                |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
             // Relative to the output's size: squared ReLU of N(0, 1) weights reaches hundreds.
             let diff = max_abs(&(fused - &composed).unwrap());
             let size = max_abs(&composed).max(1.0);

@@ -20,6 +20,8 @@ use tokenmix_mixers::layers::{Act, ActKind, Derived, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{only, parse, set};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, ConvInit, Error, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of an [`AffNet`].
@@ -176,6 +178,13 @@ impl AffNetArgs {
 
 impl Family for AffNetConfig {
     const NAME: &'static str = "aff_net";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("affnet_et", "affnet", Some(73.0), ArchConfig::new(AffNetConfig::et()), pretrained: PretrainedCfg::square(256, 0.875)),
+        entry!("affnet_t", "affnet", Some(77.0), ArchConfig::new(AffNetConfig::t()), pretrained: PretrainedCfg::square(256, 0.875)),
+        entry!("affnet", "affnet", Some(79.8), ArchConfig::new(AffNetConfig::small()), pretrained: PretrainedCfg::square(256, 0.875)),
+    ];
 }
 
 impl Architecture for AffNetConfig {

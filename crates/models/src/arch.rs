@@ -16,7 +16,7 @@ use serde::ser::{Error as _, SerializeMap};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::{Error, ImageModel, Result};
+use crate::{Error, ImageModel, ModelEntry, Result};
 
 /// The hyper-parameters every family has, validated the same way for all of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,6 +179,8 @@ fn check_ratio(r: &Ratio) -> std::result::Result<(), String> {
 pub trait Family: Architecture + Clone + Serialize + DeserializeOwned + 'static {
     /// The `family` tag of the config's JSON, e.g. `meta_former`.
     const NAME: &'static str;
+    /// The family's named models (its part of the zoo), under the reference's registered names.
+    const MODELS: &'static [ModelEntry] = &[];
 }
 
 /// The object-safe part of [`Family`], implemented for every family.
@@ -222,6 +224,8 @@ impl<T: Family> DynFamily for T {
 pub struct Registration {
     /// The `family` tag.
     pub name: &'static str,
+    /// The family's named models.
+    pub models: &'static [ModelEntry],
     from_json: fn(Value) -> serde_json::Result<ArchConfig>,
 }
 
@@ -230,6 +234,7 @@ impl Registration {
     pub const fn of<T: Family>() -> Self {
         Self {
             name: T::NAME,
+            models: T::MODELS,
             from_json: |v| serde_json::from_value::<T>(v).map(ArchConfig::new),
         }
     }

@@ -16,6 +16,8 @@ use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm, Nor
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, set, ImgSize};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
 use tokenmix_kernels::resize::bicubic;
 
@@ -167,6 +169,14 @@ impl GfnetArgs {
 
 impl Family for GfnetConfig {
     const NAME: &'static str = "gfnet";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("gfnet_ti", "gfnet", Some(74.6), ArchConfig::new(GfnetConfig::new(256, 12)), pretrained: PretrainedCfg::metaformer(0.9)),
+        entry!("gfnet_xs", "gfnet", Some(78.6), ArchConfig::new(GfnetConfig::new(384, 12)), pretrained: PretrainedCfg::metaformer(0.9)),
+        entry!("gfnet_s", "gfnet", Some(80.0), ArchConfig::new(GfnetConfig::new(384, 19)), pretrained: PretrainedCfg::metaformer(0.9)),
+        entry!("gfnet_b", "gfnet", Some(80.7), ArchConfig::new(GfnetConfig::new(512, 19)), pretrained: PretrainedCfg::metaformer(0.9)),
+    ];
 }
 
 impl Architecture for GfnetConfig {

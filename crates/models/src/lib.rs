@@ -16,23 +16,15 @@
 //! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
 #![deny(missing_docs)]
 
-pub mod affnet;
 pub mod arch;
 mod args;
 pub mod checkpoint;
 mod error;
-pub mod gfnet;
 pub mod hub;
 pub mod imagenet;
 pub mod loader;
-pub mod mamba_mixer;
-pub mod mambaout;
-pub mod metaformer;
-pub mod mlp_mixer;
-pub mod msmlp;
 pub mod preprocess;
 pub mod pretrained;
-pub mod raftmlp;
 pub mod registry;
 
 use candle_core::{Result as CandleResult, Tensor};
@@ -164,15 +156,24 @@ pub fn check_input(model: &dyn ImageModel, x: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Every family, under the `family` tag of its config's JSON. A family is its own file plus one
-/// line here.
-pub static FAMILIES: &[Registration] = &[
-    Registration::of::<MetaFormerConfig>(),
-    Registration::of::<MambaOutConfig>(),
-    Registration::of::<MlpMixerConfig>(),
-    Registration::of::<GfnetConfig>(),
-    Registration::of::<MsMlpConfig>(),
-    Registration::of::<MambaMixerConfig>(),
-    Registration::of::<RaftMlpConfig>(),
-    Registration::of::<AffNetConfig>(),
-];
+/// Declares each family's module and registers its config, one line per family.
+macro_rules! families {
+    ($($module:ident :: $config:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// Every family, under the `family` tag of its config's JSON, with its named models. A
+        /// family is its own file plus one line of the list that builds this.
+        pub static FAMILIES: &[Registration] = &[$(Registration::of::<$module::$config>()),*];
+    };
+}
+
+families! {
+    metaformer::MetaFormerConfig,
+    mambaout::MambaOutConfig,
+    mlp_mixer::MlpMixerConfig,
+    gfnet::GfnetConfig,
+    msmlp::MsMlpConfig,
+    mamba_mixer::MambaMixerConfig,
+    raftmlp::RaftMlpConfig,
+    affnet::AffNetConfig,
+}

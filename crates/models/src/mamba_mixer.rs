@@ -25,6 +25,8 @@ use tokenmix_mixers::ssm::MambaConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, set, ImgSize};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Family, ImageModel};
 
 /// Hyper-parameters of a [`MambaMixer`].
@@ -113,6 +115,12 @@ impl MambaMixerArgs {
 
 impl Family for MambaMixerConfig {
     const NAME: &'static str = "mamba_mixer";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("mambamixer_ti", "mambamixer", None, ArchConfig::new(MambaMixerConfig::new(192, 12)), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("mambamixer_s", "mambamixer", None, ArchConfig::new(MambaMixerConfig::new(384, 12)), pretrained: PretrainedCfg::metaformer(0.875)),
+    ];
 }
 
 impl Architecture for MambaMixerConfig {

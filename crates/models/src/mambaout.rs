@@ -16,6 +16,8 @@ use tokenmix_mixers::layers::{drop_path_rates, ConvNhwc, DropPath, Norm, NormCon
 use tokenmix_mixers::MixerLayout;
 
 use crate::args::{only, parse, present, set};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of [`MambaOut`], named as timm's `MambaOut` kwargs.
@@ -127,6 +129,15 @@ impl MambaOutArgs {
 
 impl Family for MambaOutConfig {
     const NAME: &'static str = "mamba_out";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("mambaout_femto", "mambaout", Some(78.9), ArchConfig::new(MambaOutConfig::new([3, 3, 9, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaout_kobe", "mambaout", Some(80.0), ArchConfig::new(MambaOutConfig::new([3, 3, 15, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaout_tiny", "mambaout", Some(82.7), ArchConfig::new(MambaOutConfig::new([3, 3, 9, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaout_small", "mambaout", Some(84.1), ArchConfig::new(MambaOutConfig::new([3, 4, 27, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaout_base", "mambaout", Some(84.2), ArchConfig::new(MambaOutConfig::new([3, 4, 27, 3], [128, 256, 512, 768])), pretrained: PretrainedCfg::metaformer(1.0)),
+    ];
 }
 
 impl Architecture for MambaOutConfig {

@@ -21,7 +21,20 @@ use tokenmix_mixers::ssm::MambaConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, present, set, ImgSize, PerStage};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
+
+/// Depths and widths of the registered variants.
+const S12: ([usize; 4], [usize; 4]) = ([2, 2, 6, 2], [64, 128, 320, 512]);
+const S24: ([usize; 4], [usize; 4]) = ([4, 4, 12, 4], [64, 128, 320, 512]);
+const S36: ([usize; 4], [usize; 4]) = ([6, 6, 18, 6], [64, 128, 320, 512]);
+const M36: ([usize; 4], [usize; 4]) = ([6, 6, 18, 6], [96, 192, 384, 768]);
+const M48: ([usize; 4], [usize; 4]) = ([8, 8, 24, 8], [96, 192, 384, 768]);
+const CS18: ([usize; 4], [usize; 4]) = ([3, 3, 9, 3], [64, 128, 320, 512]);
+const CS36: ([usize; 4], [usize; 4]) = ([3, 12, 18, 3], [64, 128, 320, 512]);
+const CM36: ([usize; 4], [usize; 4]) = ([3, 12, 18, 3], [96, 192, 384, 576]);
+const CB36: ([usize; 4], [usize; 4]) = ([3, 12, 18, 3], [128, 256, 512, 768]);
 
 /// Hyper-parameters of a [`MetaFormer`]. Field names are timm's `MetaFormer` kwargs where timm
 /// has one; per-stage lists have one entry per stage.
@@ -278,6 +291,42 @@ impl MetaFormerArgs {
 
 impl Family for MetaFormerConfig {
     const NAME: &'static str = "meta_former";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("poolformer_s12", "poolformer", 77.2, 0.9, MetaFormerConfig::poolformer_v1(S12.0, S12.1, 1e-5)),
+        entry!("poolformer_s24", "poolformer", 80.3, 0.9, MetaFormerConfig::poolformer_v1(S24.0, S24.1, 1e-5)),
+        entry!("poolformer_s36", "poolformer", 81.4, 0.9, MetaFormerConfig::poolformer_v1(S36.0, S36.1, 1e-6)),
+        entry!("poolformer_m36", "poolformer", 82.1, 0.95, MetaFormerConfig::poolformer_v1(M36.0, M36.1, 1e-6)),
+        entry!("poolformer_m48", "poolformer", 82.5, 0.95, MetaFormerConfig::poolformer_v1(M48.0, M48.1, 1e-6)),
+        entry!("poolformerv2_s12", "poolformerv2", 78.0, 1.0, MetaFormerConfig::poolformer_v2(S12.0, S12.1)),
+        entry!("poolformerv2_s24", "poolformerv2", 80.7, 1.0, MetaFormerConfig::poolformer_v2(S24.0, S24.1)),
+        entry!("poolformerv2_s36", "poolformerv2", 81.6, 1.0, MetaFormerConfig::poolformer_v2(S36.0, S36.1)),
+        entry!("poolformerv2_m36", "poolformerv2", 82.2, 1.0, MetaFormerConfig::poolformer_v2(M36.0, M36.1)),
+        entry!("poolformerv2_m48", "poolformerv2", 82.6, 1.0, MetaFormerConfig::poolformer_v2(M48.0, M48.1)),
+        entry!("identityformer_s12", "identityformer", 74.6, 1.0, MetaFormerConfig::identityformer(S12.0, S12.1)),
+        entry!("identityformer_s24", "identityformer", 78.2, 1.0, MetaFormerConfig::identityformer(S24.0, S24.1)),
+        entry!("identityformer_s36", "identityformer", 79.3, 1.0, MetaFormerConfig::identityformer(S36.0, S36.1)),
+        entry!("identityformer_m36", "identityformer", 80.0, 1.0, MetaFormerConfig::identityformer(M36.0, M36.1)),
+        entry!("identityformer_m48", "identityformer", 80.4, 1.0, MetaFormerConfig::identityformer(M48.0, M48.1)),
+        entry!("randformer_s12", "randformer", 76.6, 1.0, MetaFormerConfig::randformer(S12.0, S12.1, (224, 224))),
+        entry!("randformer_s24", "randformer", 78.2, 1.0, MetaFormerConfig::randformer(S24.0, S24.1, (224, 224))),
+        entry!("randformer_s36", "randformer", 79.5, 1.0, MetaFormerConfig::randformer(S36.0, S36.1, (224, 224))),
+        entry!("randformer_m36", "randformer", 81.2, 1.0, MetaFormerConfig::randformer(M36.0, M36.1, (224, 224))),
+        entry!("randformer_m48", "randformer", 81.4, 1.0, MetaFormerConfig::randformer(M48.0, M48.1, (224, 224))),
+        entry!("convformer_s18", "convformer", 83.0, 1.0, MetaFormerConfig::convformer(CS18.0, CS18.1)),
+        entry!("convformer_s36", "convformer", 84.1, 1.0, MetaFormerConfig::convformer(CS36.0, CS36.1)),
+        entry!("convformer_m36", "convformer", 84.5, 1.0, MetaFormerConfig::convformer(CM36.0, CM36.1)),
+        entry!("convformer_b36", "convformer", 84.8, 1.0, MetaFormerConfig::convformer(CB36.0, CB36.1)),
+        entry!("caformer_s18", "caformer", 83.6, 1.0, MetaFormerConfig::caformer(CS18.0, CS18.1)),
+        entry!("caformer_s36", "caformer", 84.5, 1.0, MetaFormerConfig::caformer(CS36.0, CS36.1)),
+        entry!("caformer_m36", "caformer", 85.2, 1.0, MetaFormerConfig::caformer(CM36.0, CM36.1)),
+        entry!("caformer_b36", "caformer", 85.5, 1.0, MetaFormerConfig::caformer(CB36.0, CB36.1)),
+        entry!("mambaformer_s18", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CS18.0, CS18.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaformer_s36", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CS36.0, CS36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaformer_m36", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CM36.0, CM36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaformer_b36", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CB36.0, CB36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+    ];
 }
 
 impl Architecture for MetaFormerConfig {

@@ -16,6 +16,8 @@ use tokenmix_mixers::token_mlp::TokenMlpConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, SpatialGatingUnit, TokenMixer};
 
 use crate::args::{only, parse, set, ImgSize};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Family, ImageModel, Ratio};
 
 /// Which block the model stacks.
@@ -213,6 +215,24 @@ impl MlpMixerArgs {
 
 impl Family for MlpMixerConfig {
     const NAME: &'static str = "mlp_mixer";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("mixer_s32_224", "mlp_mixer", None, ArchConfig::new(MlpMixerConfig::mixer(32, 8, 512)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("mixer_s16_224", "mlp_mixer", None, ArchConfig::new(MlpMixerConfig::mixer(16, 8, 512)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("mixer_b32_224", "mlp_mixer", None, ArchConfig::new(MlpMixerConfig::mixer(32, 12, 768)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("mixer_b16_224", "mlp_mixer", Some(76.4), ArchConfig::new(MlpMixerConfig::mixer(16, 12, 768)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("mixer_l32_224", "mlp_mixer", None, ArchConfig::new(MlpMixerConfig::mixer(32, 24, 1024)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("mixer_l16_224", "mlp_mixer", Some(71.8), ArchConfig::new(MlpMixerConfig::mixer(16, 24, 1024)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("gmixer_12_224", "gmixer", None, ArchConfig::new(MlpMixerConfig::gmixer(12)), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("gmixer_24_224", "gmixer", None, ArchConfig::new(MlpMixerConfig::gmixer(24)), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("resmlp_12_224", "resmlp", Some(76.6), ArchConfig::new(MlpMixerConfig::resmlp(12)), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("resmlp_24_224", "resmlp", Some(79.4), ArchConfig::new(MlpMixerConfig::resmlp(24)), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("resmlp_36_224", "resmlp", Some(79.7), ArchConfig::new(MlpMixerConfig::resmlp(36)), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("gmlp_ti16_224", "gmlp", Some(72.3), ArchConfig::new(MlpMixerConfig::gmlp(128)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("gmlp_s16_224", "gmlp", Some(79.6), ArchConfig::new(MlpMixerConfig::gmlp(256)), pretrained: PretrainedCfg::inception(0.875)),
+        entry!("gmlp_b16_224", "gmlp", Some(81.6), ArchConfig::new(MlpMixerConfig::gmlp(512)), pretrained: PretrainedCfg::inception(0.875)),
+    ];
 }
 
 impl Architecture for MlpMixerConfig {

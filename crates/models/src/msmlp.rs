@@ -17,6 +17,8 @@ use tokenmix_mixers::shift::MixShiftConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, set};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
 
 /// Hyper-parameters of an [`MsMlp`], named as `MS_MLP`'s constructor arguments.
@@ -132,6 +134,13 @@ impl MsMlpArgs {
 
 impl Family for MsMlpConfig {
     const NAME: &'static str = "ms_mlp";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("msmlp_tiny", "msmlp", Some(82.1), ArchConfig::new(MsMlpConfig::new(96, [3, 3, 9, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("msmlp_small", "msmlp", Some(83.4), ArchConfig::new(MsMlpConfig::new(96, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("msmlp_base", "msmlp", Some(83.8), ArchConfig::new(MsMlpConfig::new(128, [3, 3, 27, 3])), pretrained: PretrainedCfg::metaformer(0.875)),
+    ];
 }
 
 impl Architecture for MsMlpConfig {

@@ -20,6 +20,8 @@ use tokenmix_mixers::raft::{RaftTokenMixingConfig, RAFT_NORM};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{only, parse, set};
+use crate::registry::{entry, ModelEntry};
+use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Common, Family, ImageModel, Ratio};
 
 /// One level of a RaftMLP (the reference's `layers` entries).
@@ -163,6 +165,13 @@ impl RaftMlpArgs {
 
 impl Family for RaftMlpConfig {
     const NAME: &'static str = "raft_mlp";
+
+    #[rustfmt::skip]
+    const MODELS: &'static [ModelEntry] = &[
+        entry!("raftmlp_s", "raftmlp", Some(76.1), ArchConfig::new(RaftMlpConfig::new([64, 128, 256, 512])), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("raftmlp_m", "raftmlp", Some(78.8), ArchConfig::new(RaftMlpConfig::new([96, 192, 384, 768])), pretrained: PretrainedCfg::metaformer(0.875)),
+        entry!("raftmlp_l", "raftmlp", Some(79.4), ArchConfig::new(RaftMlpConfig::new([128, 192, 512, 1024])), pretrained: PretrainedCfg::metaformer(0.875)),
+    ];
 }
 
 impl Architecture for RaftMlpConfig {
