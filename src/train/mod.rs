@@ -1,8 +1,8 @@
 //! Training and fine-tuning zoo models on image-folder datasets.
 //!
 //! [`Trainer`] holds a model whose parameters live in a `VarMap` under their checkpoint names,
-//! an [`AdamW`](optim::AdamW) optimizer (no decay on norms, biases and scales), a
-//! [`WarmupCosine`](schedule::WarmupCosine) schedule, Mixup/CutMix with label smoothing
+//! an [`AdamW`] optimizer (no decay on norms, biases and scales), a
+//! [`WarmupCosine`] schedule, Mixup/CutMix with label smoothing
 //! ([`mixup`]) and timm's augmentation ([`data`]). Checkpoints are hub-style directories
 //! (`config.json` + `model.safetensors`, which [`tokenmix_models::load_model_dir`] loads
 //! bit-exactly) plus `optimizer.safetensors` and `trainer.json` for resuming.

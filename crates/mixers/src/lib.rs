@@ -19,7 +19,7 @@
 //!
 //! Mixers are chosen at run time through [`MixerConfig`], a type-erased [`MixerSpec`] (the
 //! family's config: validation, MACs and constructor, all in the family's file). Its
-//! [`MixerConfig::build`] returns a `Box<dyn TokenMixer>` loaded from a [`VarBuilder`] whose
+//! [`MixerConfig::build`] returns a `Box<dyn TokenMixer>` loaded from a [`VarBuilder`](candle_nn::VarBuilder) whose
 //! paths mirror timm's checkpoint names (`token_mixer.qkv.weight`, ...). Mixers written outside
 //! this crate plug in through [`MixerConfig::new`] and, for JSON, [`register_mixer`].
 //!
