@@ -165,7 +165,8 @@ impl TokenMixer for Mamba {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xz = self.in_proj.forward(x)?.transpose(1, 2)?;
+        // candle 0.11's Linear miscomputes strided 3-D inputs with batch > 1.
+        let xz = self.in_proj.forward(&x.contiguous()?)?.transpose(1, 2)?;
         let xs = xz.narrow(1, 0, self.inner)?.contiguous()?;
         let z = xz.narrow(1, self.inner, self.inner)?;
         let mut y = self.forward_dir.forward(&xs)?;

@@ -185,3 +185,29 @@ fn attention_on_a_token_sequence_is_permutation_equivariant() {
     let d = max_abs(&(y_of_perm - perm_of_y).unwrap());
     assert!(d < 1e-5, "{d}");
 }
+
+/// `x` as a non-contiguous view: the same values, stored with its last two axes swapped.
+fn strided(x: &Tensor) -> Tensor {
+    let n = x.rank();
+    let view = x
+        .transpose(n - 2, n - 1)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(n - 2, n - 1)
+        .unwrap();
+    assert!(!view.is_contiguous());
+    view
+}
+
+#[test]
+fn every_registered_mixer_takes_strided_inputs() {
+    for cfg in defaults() {
+        let mixer = random_mixer(&cfg);
+        let x = input(mixer.layout(), 2);
+        let want = mixer.forward(&x).unwrap();
+        let got = mixer.forward(&strided(&x)).unwrap();
+        let d = max_abs(&(got - &want).unwrap());
+        assert!(d <= 1e-5 * max_abs(&want).max(1.0), "{}: {d}", cfg.kind());
+    }
+}
