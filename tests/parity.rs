@@ -55,6 +55,25 @@ fn check(name: &str) {
     let logits = model.forward(input).unwrap();
     let err = rel_l2(&logits, &reference["logits"]);
     assert!(err <= TOLERANCE, "{name} logits: relative L2 error {err:e}");
+    let strided = model.forward(&strided(input)).unwrap();
+    let err = rel_l2(&strided, &reference["logits"]);
+    assert!(
+        err <= TOLERANCE,
+        "{name} logits of a strided input: relative L2 error {err:e}"
+    );
+}
+
+/// `x` `(B, C, H, W)` as a non-contiguous view: the same values, stored with H and W swapped.
+fn strided(x: &Tensor) -> Tensor {
+    let view = x
+        .transpose(2, 3)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap();
+    assert!(!view.is_contiguous());
+    view
 }
 
 #[test]
