@@ -346,6 +346,13 @@ const DEFAULT_BENCH: [&str; 16] = [
 ];
 
 fn main() {
+    // Die quietly on a closed pipe (`tokenmix list | head`), as other command-line tools do,
+    // instead of panicking in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // Still single-threaded: nothing has read the environment or started a thread yet.
@@ -353,10 +360,6 @@ fn main() {
     }
     tokenmix::configure_cpu();
     if let Err(e) = run(cli) {
-        if is_broken_pipe(&e) {
-            // The reader went away (`tokenmix classify DIR | head`): stop quietly.
-            std::process::exit(0);
-        }
         eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
@@ -378,13 +381,6 @@ fn error_text(e: &anyhow::Error) -> String {
         text.push_str(&s);
     }
     text
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn run(cli: Cli) -> Result<()> {
