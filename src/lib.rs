@@ -6,6 +6,10 @@
 //! * [`models`] (`tokenmix-models`): backbones, the named zoo, checkpoint loading and
 //!   preprocessing.
 //!
+//! It adds [`infer`] (batch inference over many files: directories and globs, sharding,
+//! parallel decoding ahead of the model, validation) and, with feature `train`, `train`
+//! (training on image folders).
+//!
 //! ```no_run
 //! use candle_core::{Device, Tensor};
 //! use tokenmix::models::{load_model_dir, preprocess::load_image};
@@ -27,6 +31,8 @@
 pub use tokenmix_kernels as kernels;
 pub use tokenmix_mixers as mixers;
 pub use tokenmix_models as models;
+
+pub mod infer;
 
 #[cfg(feature = "train")]
 pub mod train;

@@ -4,6 +4,7 @@
 
 mod plot;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,9 +13,11 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokenmix::models::checkpoint::{expected_tensors, random_model};
-use tokenmix::models::preprocess::load_image;
-use tokenmix::models::{list_models, load_model_dir, load_weights, model_entry, LoadedModel};
+use tokenmix::infer::{self, ClassMap, Prefetch, Shard};
+use tokenmix::models::checkpoint::{expected_tensors, param_count, random_model};
+use tokenmix::models::{
+    list_models, load_model_dir, load_weights, model_entry, LoadedModel, PretrainedCfg,
+};
 use tokenmix::train::{self, data::ImageFolder, ModelSpec, Trainer};
 
 #[derive(Parser)]
@@ -24,6 +27,10 @@ use tokenmix::train::{self, data::ImageFolder, ModelSpec, Trainer};
     about = "A model zoo of vision token mixers on candle"
 )]
 struct Cli {
+    /// Threads for the model and for decoding images (default: $RAYON_NUM_THREADS, else the
+    /// physical cores).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,17 +59,13 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Classify images with timm's eval preprocessing and print the top classes.
-    Classify {
-        #[command(flatten)]
-        source: ModelSource,
-        /// Image files (JPEG or PNG).
-        #[arg(long, num_args = 1.., required = true)]
-        image: Vec<PathBuf>,
-        /// How many classes to print per image.
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-    },
+    /// Classify images with timm's eval preprocessing and print the top classes: files,
+    /// directories and globs, decoded in parallel and run in batches; unreadable files are
+    /// reported and skipped (the exit status is then 1).
+    Classify(ClassifyArgs),
+    /// Evaluate a model on an image-folder dataset (`DATA/<class>/*` or `DATA/val/<class>/*`)
+    /// as timm's validate.py does: top-1, top-5, loss and images/s.
+    Validate(ValidateArgs),
     /// Benchmark zoo models with random weights: params, GMACs, paper top-1, batch-1 latency and
     /// throughput at a larger batch.
     Bench(BenchArgs),
@@ -101,6 +104,107 @@ impl ModelSource {
             _ => bail!("give --model-dir DIR, --hub ORG/NAME or --model NAME --weights FILE"),
         })
     }
+}
+
+/// timm's eval preprocessing, by default as the model's pretrained_cfg says.
+#[derive(Args)]
+struct PreprocessArgs {
+    /// Input height and width (default: the pretrained_cfg's input_size).
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Fraction of the resized image kept by the center crop, in (0, 1] (default: the
+    /// pretrained_cfg's crop_pct).
+    #[arg(long)]
+    crop_pct: Option<f64>,
+    /// Resize filter: bicubic, bilinear, nearest or lanczos (default: the pretrained_cfg's).
+    #[arg(long)]
+    interpolation: Option<String>,
+}
+
+impl PreprocessArgs {
+    /// The model's preprocessing with the overrides applied.
+    fn apply(&self, model: &LoadedModel) -> Result<PretrainedCfg> {
+        let mut cfg = model.pretrained_cfg.clone();
+        if let Some(s) = self.img_size {
+            if let Some((h, w)) = model.config.fixed_image_size().filter(|&f| f != (s, s)) {
+                bail!(
+                    "{} takes {h}x{w} images only, not --img-size {s}",
+                    model.name
+                );
+            }
+            if s < 4 {
+                bail!("--img-size must be at least 4");
+            }
+            cfg.set_image_size((s, s));
+        }
+        if let Some(c) = self.crop_pct {
+            if !(c > 0.0 && c <= 1.0) {
+                bail!("--crop-pct must be in (0, 1], got {c}");
+            }
+            cfg.crop_pct = c;
+        }
+        if let Some(i) = &self.interpolation {
+            if !["bicubic", "bilinear", "nearest", "lanczos"].contains(&i.as_str()) {
+                bail!("--interpolation must be bicubic, bilinear, nearest or lanczos, not '{i}'");
+            }
+            cfg.interpolation = i.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    #[command(flatten)]
+    source: ModelSource,
+    /// Image files, directories (every .jpg, .jpeg and .png below them) and quoted globs
+    /// ('scans/**/*.png'); processed in sorted path order, each once.
+    inputs: Vec<String>,
+    /// More inputs, as the positional ones.
+    #[arg(long, num_args = 1..)]
+    image: Vec<String>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Print one JSON object per image and line: path, indices, labels, probabilities.
+    #[arg(long)]
+    json: bool,
+    /// Classify only part I of N of the sorted file list (0-based: 0/4 .. 3/4), so that N
+    /// processes cover the inputs exactly once.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
+    /// `cpu`, or `cuda` for the first GPU (builds with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Dataset root: `DATA/val/<class>/*` if DATA has a `val` directory, else `DATA/<class>/*`.
+    data: PathBuf,
+    #[command(flatten)]
+    source: ModelSource,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Which model class each folder holds: a text file with one folder name per line in the
+    /// model's class order (timm's format), or JSON {"folder": index}. Default: the model's
+    /// label_names, else the folders in sorted order.
+    #[arg(long)]
+    class_map: Option<PathBuf>,
+    /// Also write the results here, with timm's column names (CSV, or JSON for `.json`).
+    #[arg(long)]
+    results_file: Option<PathBuf>,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
+    /// `cpu`, or `cuda` for the first GPU (builds with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Loads hub model `repo`, downloading it when the `hub` feature is on.
@@ -242,12 +346,41 @@ const DEFAULT_BENCH: [&str; 16] = [
 ];
 
 fn main() {
-    tokenmix::configure_cpu();
+    // Die quietly on a closed pipe (`tokenmix list | head`), as other command-line tools do,
+    // instead of panicking in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Still single-threaded: nothing has read the environment or started a thread yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    tokenmix::configure_cpu();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by ": ", each cause once: a cause whose text is already
+/// part of the message is left out (the library errors print their source, as in
+/// `x.json: No such file or directory (os error 2)`, and also return it as `source()`).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if text.contains(&s) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&s);
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -260,9 +393,8 @@ fn run(cli: Cli) -> Result<()> {
             input,
             output,
         } => run_batch(&source.load(&device)?, &input, &output, &device),
-        Command::Classify { source, image, top } => {
-            classify(&source.load(&device)?, &image, top, &device)
-        }
+        Command::Classify(args) => classify(&args, &parse_device(&args.device)?),
+        Command::Validate(args) => validate(&args, &parse_device(&args.device)?),
         Command::Bench(args) => bench(&args, &parse_device(&args.device)?),
         Command::Train(args) => train(&args, &parse_device(&args.device)?),
     }
@@ -305,14 +437,27 @@ fn info(name: &str) -> Result<()> {
         m.params(),
         m.params() as f64 / 1e6
     );
-    println!("GMACs @ 224:    {:.3}", m.macs() as f64 / 1e9);
+    let (h, w) = m.pretrained_cfg().image_size();
+    let size = if h == w {
+        format!("{h}²")
+    } else {
+        format!("{h}x{w}")
+    };
+    println!(
+        "{:<16}{:.3}",
+        format!("GMACs @ {size}:"),
+        m.macs() as f64 / 1e9
+    );
     let top1 = m.top1.map_or_else(
         || "not reported for ImageNet-1k training".to_string(),
         |t| format!("{t:.1}%"),
     );
     println!("paper top-1:    {top1}");
     println!("tensors:        {}", expected_tensors(&cfg)?.len());
-    println!("hub id:         timm/{}", m.name);
+    let hub_id = m
+        .hub_id()
+        .unwrap_or_else(|| "none (timm publishes no weights for it)".into());
+    println!("hub id:         {hub_id}");
     println!(
         "pretrained_cfg: {}",
         serde_json::to_string(&m.pretrained_cfg())?
@@ -343,22 +488,220 @@ fn run_batch(model: &LoadedModel, input: &Path, output: &Path, device: &Device) 
     Ok(())
 }
 
-fn classify(model: &LoadedModel, images: &[PathBuf], top: usize, device: &Device) -> Result<()> {
-    for path in images {
-        let x = load_image(path, &model.pretrained_cfg, device)?.unsqueeze(0)?;
-        let logits = model.forward(&x)?;
-        let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?
-            .squeeze(0)?
-            .to_vec1()?;
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        println!("{}:", path.display());
-        for &i in order.iter().take(top) {
-            let label = model.class_name(i).unwrap_or_else(|| format!("class {i}"));
-            println!("  {:>6.2}%  {label} ({i})", 100.0 * probs[i]);
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(len: usize, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// One line of `classify --json`.
+#[derive(Serialize)]
+struct Prediction<'a> {
+    path: &'a Path,
+    indices: &'a [usize],
+    labels: Vec<Option<String>>,
+    probabilities: Vec<f32>,
+}
+
+fn classify(args: &ClassifyArgs, device: &Device) -> Result<()> {
+    let inputs: Vec<&String> = args.inputs.iter().chain(&args.image).collect();
+    if inputs.is_empty() {
+        bail!("give the images to classify: files, directories or quoted globs");
+    }
+    let model = args.source.load(device)?;
+    let cfg = args.preprocess.apply(&model)?;
+    let files = infer::expand_inputs(&inputs)?;
+    let files = args.shard.unwrap_or(Shard::ALL).select(files);
+    let total = files.len();
+    let bar = progress_bar(total, "{bar:30} {pos}/{len} images  {per_sec}  eta {eta}");
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = 0usize;
+    for batch in Prefetch::new(files, &cfg, args.batch_size) {
+        for (_, e) in &batch.failed {
+            bar.suspend(|| eprintln!("warning: skipped {e}"));
         }
+        failed += batch.failed.len();
+        bar.inc(batch.failed.len() as u64);
+        let Some(x) = batch.tensor(device)? else {
+            continue;
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&model.forward(&x)?)?.to_vec2::<f32>()?;
+        for (path, p) in batch.items.iter().zip(&probs) {
+            let top = infer::top_k(p, args.top);
+            if args.json {
+                let line = Prediction {
+                    path,
+                    indices: &top,
+                    labels: top.iter().map(|&i| model.class_name(i)).collect(),
+                    probabilities: top.iter().map(|&i| p[i]).collect(),
+                };
+                serde_json::to_writer(&mut out, &line)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}:", path.display())?;
+                for &i in &top {
+                    let label = model.class_name(i).unwrap_or_else(|| format!("class {i}"));
+                    writeln!(out, "  {:>6.2}%  {label} ({i})", 100.0 * p[i])?;
+                }
+            }
+        }
+        bar.suspend(|| out.flush())?;
+        bar.inc(batch.items.len() as u64);
+    }
+    bar.finish_and_clear();
+    out.flush()?;
+    if failed > 0 {
+        bail!("{failed} of {total} images could not be read (each is listed above)");
     }
     Ok(())
+}
+
+/// timm's validate.py results: its columns, then loss and throughput.
+#[derive(Serialize)]
+struct ValidateResults {
+    model: String,
+    top1: f64,
+    top1_err: f64,
+    top5: f64,
+    top5_err: f64,
+    param_count: f64,
+    img_size: usize,
+    crop_pct: f64,
+    interpolation: String,
+    loss: f64,
+    images_per_sec: f64,
+}
+
+/// `x` rounded to `digits` decimals, as Python's `round` gives it for the results file.
+fn round_to(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+fn validate(args: &ValidateArgs, device: &Device) -> Result<()> {
+    let val = args.data.join("val");
+    let root = if val.is_dir() { val } else { args.data.clone() };
+    let folder = ImageFolder::open(&root)?;
+    let model = args.source.load(device)?;
+    let cfg = args.preprocess.apply(&model)?;
+    let map = match &args.class_map {
+        Some(path) => ClassMap::read(path)?,
+        None => ClassMap::for_model(&model, &folder.classes)?,
+    };
+    let classes = map.indices(&folder.classes, model.model.num_classes())?;
+    let samples: Vec<(PathBuf, usize)> = folder
+        .samples
+        .iter()
+        .map(|(p, c)| (p.clone(), classes[*c]))
+        .collect();
+    let bar = progress_bar(
+        samples.len(),
+        "{bar:30} {pos}/{len} images  {per_sec}  eta {eta}",
+    );
+    let stats = infer::validate(&model, samples, &cfg, args.batch_size, device, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let (h, w) = cfg.image_size();
+    let name = args
+        .source
+        .hub
+        .clone()
+        .unwrap_or_else(|| model.name.clone());
+    println!("model:       {name}");
+    println!(
+        "data:        {}: {} images in {} classes",
+        root.display(),
+        stats.images,
+        folder.classes.len()
+    );
+    println!(
+        "preprocess:  {h}x{w}, {}, crop_pct {}",
+        cfg.interpolation,
+        py_float(cfg.crop_pct)
+    );
+    println!(
+        "top-1:       {:.3}% (error {:.3}%)",
+        stats.top1,
+        100.0 - stats.top1
+    );
+    println!(
+        "top-5:       {:.3}% (error {:.3}%)",
+        stats.top5,
+        100.0 - stats.top5
+    );
+    println!("loss:        {:.4}", stats.loss);
+    println!(
+        "images/s:    {:.1} ({:.2} s, batch {}, {})",
+        stats.images_per_sec,
+        stats.seconds,
+        args.batch_size,
+        machine_text(match device {
+            Device::Cpu => candle_core::utils::get_num_threads(),
+            _ => 0,
+        })
+    );
+    if let Some(path) = &args.results_file {
+        let r = ValidateResults {
+            model: name,
+            top1: round_to(stats.top1, 4),
+            top1_err: round_to(100.0 - stats.top1, 4),
+            top5: round_to(stats.top5, 4),
+            top5_err: round_to(100.0 - stats.top5, 4),
+            param_count: round_to(param_count(&model.config)? as f64 / 1e6, 2),
+            img_size: w,
+            crop_pct: cfg.crop_pct,
+            interpolation: cfg.interpolation.clone(),
+            loss: round_to(stats.loss, 4),
+            images_per_sec: round_to(stats.images_per_sec, 2),
+        };
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let text = if is_json {
+            serde_json::to_string_pretty(&r)? + "\n"
+        } else {
+            results_csv(&r)
+        };
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `x` as Python prints a float (`100.0`, `0.9`).
+fn py_float(x: f64) -> String {
+    serde_json::to_string(&x).unwrap_or_else(|_| x.to_string())
+}
+
+/// A header line of the field names and one row of values, as Python's `csv.DictWriter`
+/// writes timm's results (field order as in [`ValidateResults`]).
+fn results_csv(r: &ValidateResults) -> String {
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let fields = [
+        ("model", quote(&r.model)),
+        ("top1", py_float(r.top1)),
+        ("top1_err", py_float(r.top1_err)),
+        ("top5", py_float(r.top5)),
+        ("top5_err", py_float(r.top5_err)),
+        ("param_count", py_float(r.param_count)),
+        ("img_size", r.img_size.to_string()),
+        ("crop_pct", py_float(r.crop_pct)),
+        ("interpolation", quote(&r.interpolation)),
+        ("loss", py_float(r.loss)),
+        ("images_per_sec", py_float(r.images_per_sec)),
+    ];
+    let header: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+    let row: Vec<&str> = fields.iter().map(|(_, v)| v.as_str()).collect();
+    format!("{}\n{}\n", header.join(","), row.join(","))
 }
 
 #[derive(Serialize)]
@@ -491,10 +834,11 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// `2 threads` on the CPU, `CUDA GPU` (recorded as 0 threads) on a GPU.
+/// `2 threads` (`1 thread`) on the CPU, `CUDA GPU` (recorded as 0 threads) on a GPU.
 fn machine_text(threads: usize) -> String {
     match threads {
         0 => "CUDA GPU".to_string(),
+        1 => "1 thread".to_string(),
         n => format!("{n} threads"),
     }
 }

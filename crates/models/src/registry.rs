@@ -33,10 +33,35 @@ impl ModelEntry {
         param_count(&self.config()).unwrap_or(0)
     }
 
-    /// Multiply-accumulates of one forward pass at the default input size.
+    /// Multiply-accumulates of one forward pass at the default input size
+    /// ([`PretrainedCfg::image_size`] of [`pretrained_cfg`](Self::pretrained_cfg): 224² for most
+    /// models, 256² for AFFNet).
     pub fn macs(&self) -> u64 {
         let (h, w) = self.pretrained_cfg().image_size();
         self.config().macs(h, w)
+    }
+
+    /// The Hugging Face repository of timm's ImageNet-1k weights for this model
+    /// (`timm/poolformer_s12.sail_in1k`), or `None` where timm publishes none.
+    ///
+    /// Source: the `default_cfgs` entries with `hf_hub_id='timm/'` in timm's
+    /// `timm/models/metaformer.py` (`poolformer_*`, `poolformerv2_*`, `convformer_*` and
+    /// `caformer_*`, all `.sail_in1k`; no IdentityFormer or RandFormer), `mambaout.py`
+    /// (`mambaout_{femto,kobe,tiny,small,base}.in1k`) and `mlp_mixer.py`
+    /// (`mixer_{b16,l16}_224.goog_in21k_ft_in1k`, `gmixer_24_224.ra3_in1k`,
+    /// `resmlp_{12,24,36}_224.fb_in1k`, `gmlp_s16_224.ra3_in1k`; the other Mixer, gMixer and
+    /// gMLP sizes are `.untrained`). GFNet, MS-MLP, RaftMLP, AFFNet, MambaFormer and MambaMixer
+    /// are not in timm at all.
+    pub fn hub_id(&self) -> Option<String> {
+        let tag = match (self.family, self.name) {
+            ("poolformer" | "poolformerv2" | "convformer" | "caformer", _) => "sail_in1k",
+            ("mambaout", _) => "in1k",
+            ("mlp_mixer", "mixer_b16_224" | "mixer_l16_224") => "goog_in21k_ft_in1k",
+            ("gmixer", "gmixer_24_224") | ("gmlp", "gmlp_s16_224") => "ra3_in1k",
+            ("resmlp", _) => "fb_in1k",
+            _ => return None,
+        };
+        Some(format!("timm/{}.{tag}", self.name))
     }
 }
 
@@ -134,6 +159,40 @@ mod tests {
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
+    }
+
+    #[test]
+    fn hub_ids_only_for_weights_timm_publishes() {
+        let id = |n: &str| model_entry(n).unwrap().hub_id();
+        assert_eq!(
+            id("poolformer_s12").as_deref(),
+            Some("timm/poolformer_s12.sail_in1k")
+        );
+        assert_eq!(
+            id("mambaout_femto").as_deref(),
+            Some("timm/mambaout_femto.in1k")
+        );
+        assert_eq!(
+            id("resmlp_36_224").as_deref(),
+            Some("timm/resmlp_36_224.fb_in1k")
+        );
+        for none in [
+            "identityformer_s12",
+            "randformer_s12",
+            "mixer_s16_224",
+            "gmlp_ti16_224",
+            "gmixer_12_224",
+            "msmlp_tiny",
+            "affnet",
+            "gfnet_ti",
+            "raftmlp_s",
+            "mambaformer_s18",
+            "mambamixer_ti",
+        ] {
+            assert_eq!(id(none), None, "{none}");
+        }
+        let published = MODELS.iter().filter(|m| m.hub_id().is_some()).count();
+        assert_eq!(published, 5 + 5 + 4 + 4 + 5 + 2 + 1 + 3 + 1);
     }
 
     #[test]
