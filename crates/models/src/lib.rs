@@ -74,8 +74,9 @@ pub trait ImageModel: Send + Sync + std::fmt::Debug {
     fn forward_features_t(&self, x: &Tensor, train: bool) -> CandleResult<Vec<Tensor>>;
     /// Logits from the last feature map.
     fn forward_head(&self, last: &Tensor) -> CandleResult<Tensor>;
-    /// Every stage's output feature map in evaluation mode (for detection or segmentation
-    /// heads).
+    /// Every stage's output feature map in evaluation mode (an isotropic model's one normed
+    /// map); [`forward_intermediates`](Self::forward_intermediates) chooses the maps and their
+    /// layout, for detection or segmentation heads.
     fn forward_features(&self, x: &Tensor) -> CandleResult<Vec<Tensor>> {
         self.forward_features_t(x, false)
     }
@@ -145,7 +146,9 @@ pub trait ImageModel: Send + Sync + std::fmt::Debug {
     /// the root of the model's variables, under the model's own names (`head.fc`, `head`, ...),
     /// so a [`VarMap`](candle_nn::VarMap)-backed `vb` creates them, freshly initialized and
     /// trainable, under the names a checkpoint of the fine-tuned model has. The rest of the head
-    /// is kept. An error on a pruned model.
+    /// is kept. After [`prune_intermediate_layers`](Self::prune_intermediate_layers) this works
+    /// for the isotropic models (the classifier sits on their kept final norm) and is an error
+    /// for the others, whose head norm or pre-logits went with the pruning.
     fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> CandleResult<()>;
 }
 
