@@ -1,12 +1,12 @@
-//! Multi-scale features for a downstream head (detection, segmentation): every stage's map of a
-//! zoo model. Loads a model directory when one is given, else builds the named model with random
-//! weights.
+//! Multi-scale features for a downstream head (detection, segmentation): a zoo model's
+//! `feature_info` and the maps `forward_intermediates` returns (channel-last). Loads a model
+//! directory when one is given, else builds the named model with random weights.
 //!
 //! `cargo run --release --example features -- [MODEL_DIR | MODEL_NAME]`
 
 use candle_core::{Device, Tensor};
 use tokenmix::models::checkpoint::random_model;
-use tokenmix::models::{load_model_dir, model_entry, ImageModel};
+use tokenmix::models::{load_model_dir, model_entry, FeatureFormat, ImageModel, Indices};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arg = std::env::args()
@@ -19,8 +19,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         random_model(&model_entry(&arg)?.config(), &device)?
     };
     let x = Tensor::randn(0f32, 1.0, (2, model.in_chans(), 224, 224), &device)?;
-    for (i, f) in model.forward_features(&x)?.iter().enumerate() {
-        println!("stage {i}: {:?}", f.dims());
+    let maps = model.forward_intermediates(&x, &Indices::All, false, FeatureFormat::Nhwc)?;
+    for (info, map) in model.feature_info().iter().zip(&maps) {
+        println!(
+            "{}: {} channels, stride {}: {:?} (B, H, W, C)",
+            info.module,
+            info.num_chs,
+            info.reduction,
+            map.dims()
+        );
     }
     Ok(())
 }

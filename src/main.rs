@@ -462,6 +462,17 @@ fn info(name: &str) -> Result<()> {
         "pretrained_cfg: {}",
         serde_json::to_string(&m.pretrained_cfg())?
     );
+    let features = cfg.feature_info();
+    println!(
+        "features:       {} maps (forward_intermediates)",
+        features.len()
+    );
+    for f in &features {
+        println!(
+            "  {}: {} channels, stride {}",
+            f.module, f.num_chs, f.reduction
+        );
+    }
     println!("config:         {}", serde_json::to_string_pretty(&cfg)?);
     Ok(())
 }

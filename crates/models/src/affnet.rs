@@ -22,7 +22,10 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{only, parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, ConvInit, Error, Family, ImageModel, Ratio};
+use crate::features::{check_take, pruned_error};
+use crate::{
+    Architecture, Common, ConvInit, Error, Family, FeatureInfo, ImageModel, Indices, Ratio,
+};
 
 /// Hyper-parameters of an [`AffNet`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +193,14 @@ impl Family for AffNetConfig {
 impl Architecture for AffNetConfig {
     fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
         Ok(Box::new(AffNet::new(self, vb)?))
+    }
+
+    /// Every layer, `layer_{i + 1}`: strides 2, 4, 8, 16, 32 (`conv_1` halves the input, the
+    /// first layer keeps its size, every later one halves it).
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let info =
+            |(i, &c): (usize, &usize)| FeatureInfo::new(c, 2 << i, format!("layer_{}", i + 1));
+        self.channels.iter().enumerate().map(info).collect()
     }
 
     /// No stochastic depth: the reference has none.
@@ -505,8 +516,10 @@ pub struct AffNet {
     cfg: AffNetConfig,
     conv_1: ConvBn,
     layers: Vec<Layer>,
-    conv_1x1_exp: ConvBn,
-    fc: Linear,
+    /// `None` once pruned.
+    conv_1x1_exp: Option<ConvBn>,
+    /// `None` once pruned or reset to 0 classes.
+    fc: Option<Linear>,
 }
 
 impl AffNet {
@@ -550,8 +563,12 @@ impl AffNet {
             cfg: cfg.clone(),
             conv_1,
             layers,
-            conv_1x1_exp: ConvBn::new(cin, e, 1, 1, 1, act, vb.pp("conv_1x1_exp"))?,
-            fc: candle_nn::linear(e, cfg.num_classes, vb.pp("classifier").pp("fc"))?,
+            conv_1x1_exp: Some(ConvBn::new(cin, e, 1, 1, 1, act, vb.pp("conv_1x1_exp"))?),
+            fc: Some(candle_nn::linear(
+                e,
+                cfg.num_classes,
+                vb.pp("classifier").pp("fc"),
+            )?),
         })
     }
 }
@@ -568,24 +585,71 @@ impl ImageModel for AffNet {
     /// The outputs of layers 1 to 5 (strides 2, 4, 8, 16, 32). AFFNet's reference has no
     /// stochastic depth; batch norms use their running statistics in training too (they act as
     /// learned per-channel affines), so `train` changes nothing.
-    fn forward_features_t(&self, x: &Tensor, _train: bool) -> Result<Vec<Tensor>> {
+    fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let all: Vec<usize> = (0..self.layers.len()).collect();
+        self.forward_intermediates_t(x, &all, false, train)
+    }
+
+    /// `norm` is ignored: AFFNet has no final norm.
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        _norm: bool,
+        _train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.layers.len())?;
         let mut x = self.conv_1.forward(x)?;
-        let mut features = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, layer) in self.layers.iter().enumerate().take(last + 1) {
             for ir in &layer.irs {
                 x = ir.forward(&x)?;
             }
             if let Some(aff) = &layer.aff {
                 x = aff.forward(&x)?;
             }
-            features.push(x.clone());
+            if take.contains(&i) {
+                features.push(x.clone());
+            }
         }
         Ok(features)
     }
 
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.layers.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.layers.truncate(kept);
+        self.cfg.channels.truncate(kept);
+        self.cfg.aff_depths.truncate(kept.saturating_sub(2));
+        self.cfg.num_classes = 0;
+        self.conv_1x1_exp = None;
+        self.fc = None;
+        Ok(take)
+    }
+
+    /// The classifier is `classifier.fc`, after `conv_1x1_exp` and the pooling (kept).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        if self.conv_1x1_exp.is_none() {
+            return pruned_error();
+        }
+        let e = self.cfg.exp_channels();
+        self.fc = crate::optional_linear(e, num_classes, vb.pp("classifier").pp("fc"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
+    }
+
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
-        let y = self.conv_1x1_exp.forward(last)?;
-        self.fc
-            .forward(&tokenmix_mixers::layers::global_avg_pool(&y)?)
+        let Some(exp) = &self.conv_1x1_exp else {
+            return tokenmix_mixers::layers::global_avg_pool(last);
+        };
+        let pooled = tokenmix_mixers::layers::global_avg_pool(&exp.forward(last)?)?;
+        match &self.fc {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
     }
 }

@@ -16,7 +16,7 @@ use serde::ser::{Error as _, SerializeMap};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::{Error, ImageModel, ModelEntry, Result};
+use crate::{Error, FeatureInfo, ImageModel, ModelEntry, Result};
 
 /// The hyper-parameters every family has, validated the same way for all of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +78,10 @@ pub trait Architecture: DynFamily + Debug + Send + Sync {
 
     /// The hyper-parameters every family has.
     fn common(&self) -> Common;
+
+    /// The feature maps the built model produces, as its
+    /// [`ImageModel::feature_info`] reports them.
+    fn feature_info(&self) -> Vec<FeatureInfo>;
 
     /// Sets the hyper-parameters every family has (a family without stochastic depth ignores
     /// `drop_path_rate`).

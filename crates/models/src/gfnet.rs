@@ -18,7 +18,8 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
+use crate::features::check_take;
+use crate::{Architecture, Common, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 use tokenmix_kernels::resize::bicubic;
 
 /// Hyper-parameters of a [`Gfnet`], named as GFNet's constructor arguments.
@@ -184,6 +185,12 @@ impl Architecture for GfnetConfig {
         Ok(Box::new(Gfnet::new(self, vb)?))
     }
 
+    /// Every block, `blocks.{i}`, at the patch stride.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let info = |i| FeatureInfo::new(self.embed_dim, self.patch_size, format!("blocks.{i}"));
+        (0..self.depth).map(info).collect()
+    }
+
     fn common(&self) -> Common {
         Common {
             in_chans: self.in_chans,
@@ -336,6 +343,19 @@ impl ImageModel for Gfnet {
 
     /// One feature map: the normed tokens after the last block as `(B, C, g, g)`.
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let last = self.blocks.len() - 1;
+        self.forward_intermediates_t(x, &[last], true, train)
+    }
+
+    /// Each block's tokens as `(B, C, g, g)`; `norm` applies the final norm to each.
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.blocks.len())?;
         let s = self.cfg.img_size;
         let why =
             "its filters fix the grid; load the checkpoint with model_args img_size to resize them";
@@ -343,13 +363,44 @@ impl ImageModel for Gfnet {
         let (tokens, (g, _)) = crate::patch_tokens(&self.patch_embed, x)?;
         let (b, _, d) = tokens.dims3()?;
         let mut x = tokens.broadcast_add(&self.pos_embed)?;
-        for block in &self.blocks {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
             let t = block.norm1.forward(&x)?.reshape((b, g, g, d))?;
             let t = block.filter.forward(&t)?.reshape((b, g * g, d))?;
             let branch = block.mlp.forward(&block.norm2.forward(&t)?)?;
             x = (x + block.drop_path.forward_t(&branch, train)?)?;
+            if take.contains(&i) {
+                let t = if norm {
+                    self.norm.forward(&x)?
+                } else {
+                    x.clone()
+                };
+                features.push(crate::tokens_to_map(&t, (g, g))?);
+            }
         }
-        Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, (g, g))?])
+        Ok(features)
+    }
+
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    /// Keeps the final norm, which `forward_features` still applies.
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.blocks.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.blocks.truncate(kept);
+        self.cfg.depth = kept;
+        self.cfg.num_classes = 0;
+        self.head = None;
+        Ok(take)
+    }
+
+    /// The classifier is `head`, on the pooled normed tokens (pruned or not).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        self.head = crate::optional_linear(self.cfg.embed_dim, num_classes, vb.pp("head"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {

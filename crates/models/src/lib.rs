@@ -14,12 +14,15 @@
 //! * [`hub`]: finding such a directory in the Hugging Face cache by hub id, and (feature `hub`)
 //!   downloading it there.
 //! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
+//! * [`features`]: the backbone surface for detection and segmentation ([`FeatureInfo`],
+//!   [`Indices`], [`FeatureFormat`]), used by [`ImageModel::forward_intermediates`].
 #![deny(missing_docs)]
 
 pub mod arch;
 mod args;
 pub mod checkpoint;
 mod error;
+pub mod features;
 pub mod hub;
 pub mod imagenet;
 pub mod loader;
@@ -35,6 +38,7 @@ pub use arch::{
     ArchConfig, Architecture, Common, ConvInit, DynFamily, Family, Ratio, Registration,
 };
 pub use error::{Error, Result};
+pub use features::{FeatureFormat, FeatureInfo, Indices};
 pub use gfnet::{Gfnet, GfnetConfig};
 #[cfg(feature = "hub")]
 pub use hub::{load_from_hub, HubSource};
@@ -62,8 +66,9 @@ pub trait ImageModel: Send + Sync + std::fmt::Debug {
     fn forward_features_t(&self, x: &Tensor, train: bool) -> CandleResult<Vec<Tensor>>;
     /// Logits from the last feature map.
     fn forward_head(&self, last: &Tensor) -> CandleResult<Tensor>;
-    /// Every stage's output feature map in evaluation mode (for detection or segmentation
-    /// heads).
+    /// Every stage's output feature map in evaluation mode (an isotropic model's one normed
+    /// map); [`forward_intermediates`](Self::forward_intermediates) chooses the maps and their
+    /// layout, for detection or segmentation heads.
     fn forward_features(&self, x: &Tensor) -> CandleResult<Vec<Tensor>> {
         self.forward_features_t(x, false)
     }
@@ -79,6 +84,64 @@ pub trait ImageModel: Send + Sync + std::fmt::Debug {
     fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
         self.forward_t(x, false)
     }
+
+    /// The feature maps [`forward_intermediates`](Self::forward_intermediates) can return, in
+    /// order: channels, stride and the checkpoint prefix of the stage or block making each (one
+    /// per stage for pyramid models, one per block at the patch stride for isotropic ones).
+    fn feature_info(&self) -> Vec<FeatureInfo>;
+
+    /// The channel-first maps `(B, C_i, H_i, W_i)` at `take`, ascending distinct indices into
+    /// [`feature_info`](Self::feature_info) as [`Indices::resolve`] gives them (others are an
+    /// error), running the model only as far as the last one; `norm` and `train` as in
+    /// [`forward_intermediates`](Self::forward_intermediates) and
+    /// [`forward_features_t`](Self::forward_features_t).
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        norm: bool,
+        train: bool,
+    ) -> CandleResult<Vec<Tensor>>;
+
+    /// The feature maps chosen by `indices` (in the order the model makes them, each once, as
+    /// timm returns them), in evaluation mode, in the layout `format`; the model runs only as far
+    /// as the last one. `norm` applies the model's final norm where it has one before pooling
+    /// (timm's `norm`): to every map of the isotropic models (MLP-Mixer family, GFNet,
+    /// MambaMixer) and to the last stage's map of RaftMLP; the pyramids whose norm follows the
+    /// pooling (MetaFormer, MambaOut, MS-MLP) and AFFNet ignore it. Indices out of range are an
+    /// error naming the valid range.
+    fn forward_intermediates(
+        &self,
+        x: &Tensor,
+        indices: &Indices,
+        norm: bool,
+        format: FeatureFormat,
+    ) -> CandleResult<Vec<Tensor>> {
+        let take = indices.resolve(self.feature_info().len())?;
+        self.forward_intermediates_t(x, &take, norm, false)?
+            .into_iter()
+            .map(|m| format.from_nchw(m))
+            .collect()
+    }
+
+    /// Drops the stages or blocks after the last feature map `indices` takes, and the head (the
+    /// classifier and the norms and layers before it; an isotropic model keeps its final norm,
+    /// which [`forward_features`](Self::forward_features) applies), as timm's
+    /// `prune_intermediate_layers` does; returns the indices taken, as [`Indices::resolve`].
+    /// Afterwards [`feature_info`](Self::feature_info) lists the kept maps, `forward_features`
+    /// returns them, `num_classes` is 0 and [`forward_head`](Self::forward_head) returns the
+    /// global average of the last kept map.
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> CandleResult<Vec<usize>>;
+
+    /// Replaces the classifier by one with `num_classes` outputs (none for 0: the head then
+    /// returns its pre-logits), as timm's `reset_classifier` does. Its tensors are read from `vb`,
+    /// the root of the model's variables, under the model's own names (`head.fc`, `head`, ...),
+    /// so a [`VarMap`](candle_nn::VarMap)-backed `vb` creates them, freshly initialized and
+    /// trainable, under the names a checkpoint of the fine-tuned model has. The rest of the head
+    /// is kept. After [`prune_intermediate_layers`](Self::prune_intermediate_layers) this works
+    /// for the isotropic models (the classifier sits on their kept final norm) and is an error
+    /// for the others, whose head norm or pre-logits went with the pruning.
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> CandleResult<()>;
 }
 
 /// An optional linear classifier: `None` when `classes` is 0 (the model then returns features).

@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use crate::checkpoint::{load_safetensors, load_safetensors_bytes};
 use crate::registry::model_entry;
-use crate::{check_input, ArchConfig, Error, ImageModel, PretrainedCfg, Result};
+use crate::{
+    check_input, ArchConfig, Error, FeatureFormat, ImageModel, Indices, PretrainedCfg, Result,
+};
 
 /// A loaded model with everything needed to feed it and read its output.
 #[derive(Debug)]
@@ -43,6 +45,20 @@ impl LoadedModel {
     pub fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         check_input(self.model.as_ref(), x)?;
         Ok(self.model.forward_features(x)?)
+    }
+
+    /// The feature maps `indices` chooses, in the layout `format`, after checking the input's
+    /// shape (see [`ImageModel::forward_intermediates`]; the maps are described by
+    /// [`ImageModel::feature_info`]).
+    pub fn forward_intermediates(
+        &self,
+        x: &Tensor,
+        indices: &Indices,
+        norm: bool,
+        format: FeatureFormat,
+    ) -> Result<Vec<Tensor>> {
+        check_input(self.model.as_ref(), x)?;
+        Ok(self.model.forward_intermediates(x, indices, norm, format)?)
     }
 
     /// Human-readable name of class `index`: `label_names` from the config, else the

@@ -27,7 +27,8 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Family, ImageModel};
+use crate::features::check_take;
+use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices};
 
 /// Hyper-parameters of a [`MambaMixer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +127,12 @@ impl Family for MambaMixerConfig {
 impl Architecture for MambaMixerConfig {
     fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
         Ok(Box::new(MambaMixer::new(self, vb)?))
+    }
+
+    /// Every block, `blocks.{i}`, at the patch stride.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let info = |i| FeatureInfo::new(self.embed_dim, self.patch_size, format!("blocks.{i}"));
+        (0..self.depth).map(info).collect()
     }
 
     fn common(&self) -> Common {
@@ -271,6 +278,20 @@ impl ImageModel for MambaMixer {
 
     /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let last = self.blocks.len() - 1;
+        self.forward_intermediates_t(x, &[last], true, train)
+    }
+
+    /// Each block's output (its channel mixer's) as `(B, C, H/p, W/p)`; `norm` applies the final
+    /// norm to each.
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.blocks.len())?;
         crate::check_fixed_size(
             x,
             self.cfg.img_size,
@@ -278,7 +299,8 @@ impl ImageModel for MambaMixer {
         )?;
         let (tokens, grid) = crate::patch_tokens(&self.patch_embed, x)?;
         let mut history = vec![tokens];
-        for block in &self.blocks {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
             let u = weighted(&block.token_weights, &history)?;
             let mixed = block.token_mixer.forward(&block.token_norm.forward(&u)?)?;
             let t = (&u + block.drop_path.forward_t(&mixed, train)?)?;
@@ -290,10 +312,40 @@ impl ImageModel for MambaMixer {
                 .transpose(1, 2)?
                 .contiguous()?;
             let mixed = block.channel_mixer.forward(&normed)?.transpose(1, 2)?;
-            history.push((v + block.drop_path.forward_t(&mixed, train)?)?);
+            let out = (v + block.drop_path.forward_t(&mixed, train)?)?;
+            if take.contains(&i) {
+                let t = if norm {
+                    self.norm.forward(&out)?
+                } else {
+                    out.clone()
+                };
+                features.push(crate::tokens_to_map(&t, grid)?);
+            }
+            history.push(out);
         }
-        let last = &history[history.len() - 1];
-        Ok(vec![crate::tokens_to_map(&self.norm.forward(last)?, grid)?])
+        Ok(features)
+    }
+
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    /// Keeps the final norm, which `forward_features` still applies.
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.blocks.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.blocks.truncate(kept);
+        self.cfg.depth = kept;
+        self.cfg.num_classes = 0;
+        self.head = None;
+        Ok(take)
+    }
+
+    /// The classifier is `head`, on the pooled normed tokens (pruned or not).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        self.head = crate::optional_linear(self.cfg.embed_dim, num_classes, vb.pp("head"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {

@@ -18,7 +18,8 @@ use tokenmix_mixers::MixerLayout;
 use crate::args::{only, parse, present, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Family, ImageModel, Ratio};
+use crate::features::{check_take, pruned_error};
+use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of [`MambaOut`], named as timm's `MambaOut` kwargs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +158,13 @@ impl Architecture for MambaOutConfig {
         self.in_chans = c.in_chans;
         self.num_classes = c.num_classes;
         set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    /// Every stage, `stages.{i}`: stride 4 after the stem, doubled by every later stage.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let info =
+            |(i, &dim): (usize, &usize)| FeatureInfo::new(dim, 4 << i, format!("stages.{i}"));
+        self.dims.iter().enumerate().map(info).collect()
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -326,7 +334,8 @@ pub struct MambaOut {
     cfg: MambaOutConfig,
     stem: Stem,
     stages: Vec<Stage>,
-    head: Head,
+    /// `None` once pruned.
+    head: Option<Head>,
 }
 
 impl MambaOut {
@@ -382,7 +391,7 @@ impl MambaOut {
             cfg: cfg.clone(),
             stem,
             stages,
-            head,
+            head: Some(head),
         })
     }
 }
@@ -397,29 +406,70 @@ impl ImageModel for MambaOut {
     }
 
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let all: Vec<usize> = (0..self.stages.len()).collect();
+        self.forward_intermediates_t(x, &all, false, train)
+    }
+
+    /// `norm` is ignored: the head norm follows the pooling (as timm).
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        _norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.stages.len())?;
         let mut x = self.stem.forward(x)?;
-        let mut features = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, stage) in self.stages.iter().enumerate().take(last + 1) {
             if let Some(d) = &stage.downsample {
                 x = d.forward(&x)?;
             }
             for block in &stage.blocks {
                 x = block.forward_t(&x, train)?;
             }
-            features.push(x.permute((0, 3, 1, 2))?);
+            if take.contains(&i) {
+                features.push(x.permute((0, 3, 1, 2))?);
+            }
         }
         Ok(features)
     }
 
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.stages.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.stages.truncate(kept);
+        self.cfg.depths.truncate(kept);
+        self.cfg.dims.truncate(kept);
+        self.cfg.num_classes = 0;
+        self.head = None;
+        Ok(take)
+    }
+
+    /// The classifier is `head.fc`, after the head's pre-logits (kept).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        let Some(head) = &mut self.head else {
+            return pruned_error();
+        };
+        let hidden = head.pre_fc.weight().dim(0)?;
+        head.fc = crate::optional_linear(hidden, num_classes, vb.pp("head").pp("fc"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
+    }
+
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
         let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
-        let h = self
-            .head
-            .pre_fc
-            .forward(&self.head.norm.forward(&pooled)?)?;
+        let Some(head) = &self.head else {
+            return Ok(pooled);
+        };
+        let h = head.pre_fc.forward(&head.norm.forward(&pooled)?)?;
         let h = tokenmix_kernels::gelu(&h)?;
-        let h = self.head.pre_norm.forward(&h)?;
-        match &self.head.fc {
+        let h = head.pre_norm.forward(&h)?;
+        match &head.fc {
             Some(fc) => fc.forward(&h),
             None => Ok(h),
         }

@@ -23,7 +23,8 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, present, set, ImgSize, PerStage};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
+use crate::features::{check_take, pruned_error};
+use crate::{Architecture, Common, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Depths and widths of the registered variants.
 const S12: ([usize; 4], [usize; 4]) = ([2, 2, 6, 2], [64, 128, 320, 512]);
@@ -340,6 +341,21 @@ impl Architecture for MetaFormerConfig {
             num_classes: self.num_classes,
             drop_path_rate: Some(self.drop_path_rate),
         }
+    }
+
+    /// Every stage, `stages.{i}`: stride 4 after the stem, doubled by each downsampler (there is
+    /// one wherever the width changes; timm's list assumes one in every stage after the first).
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let mut reduction = 4;
+        let mut prev = self.dims.first().copied().unwrap_or(0);
+        let info = |(i, &dim): (usize, &usize)| {
+            if dim != prev {
+                reduction *= 2;
+            }
+            prev = dim;
+            FeatureInfo::new(dim, reduction, format!("stages.{i}"))
+        };
+        self.dims.iter().enumerate().map(info).collect()
     }
 
     fn set_common(&mut self, c: Common) {
@@ -682,6 +698,16 @@ enum Classifier {
     Mlp(MlpHead),
 }
 
+impl Classifier {
+    fn new(cfg: &MetaFormerConfig, dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match (cfg.num_classes, cfg.use_mlp_head) {
+            (0, _) => Classifier::None,
+            (n, true) => Classifier::Mlp(MlpHead::new(dim, n, vb)?),
+            (n, false) => Classifier::Linear(candle_nn::linear(dim, n, vb)?),
+        })
+    }
+}
+
 /// A MetaFormer image classifier: stem, stages, and a head (global average pool, norm,
 /// classifier).
 #[derive(Debug)]
@@ -689,7 +715,8 @@ pub struct MetaFormer {
     cfg: MetaFormerConfig,
     stem: Stem,
     stages: Vec<Stage>,
-    head_norm: Norm,
+    /// `None` once pruned.
+    head_norm: Option<Norm>,
     head_fc: Classifier,
 }
 
@@ -710,23 +737,22 @@ impl MetaFormer {
         }
         let head = vb.pp("head");
         let dim = prev;
-        let head_fc = match (cfg.num_classes, cfg.use_mlp_head) {
-            (0, _) => Classifier::None,
-            (n, true) => Classifier::Mlp(MlpHead::new(dim, n, head.pp("fc"))?),
-            (n, false) => Classifier::Linear(candle_nn::linear(dim, n, head.pp("fc"))?),
-        };
+        let head_fc = Classifier::new(cfg, dim, head.pp("fc"))?;
         Ok(Self {
             cfg: cfg.clone(),
             stem,
             stages,
-            head_norm: cfg
-                .output_norm
-                .build(dim, MixerLayout::Tokens, head.pp("norm"))?,
+            head_norm: Some(
+                cfg.output_norm
+                    .build(dim, MixerLayout::Tokens, head.pp("norm"))?,
+            ),
             head_fc,
         })
     }
 
-    /// The configuration the model was built from.
+    /// The configuration the model was built from (after
+    /// [`prune_intermediate_layers`](ImageModel::prune_intermediate_layers), the kept stages and
+    /// no classifier; after [`reset_classifier`](ImageModel::reset_classifier), its width).
     pub fn config(&self) -> &MetaFormerConfig {
         &self.cfg
     }
@@ -742,17 +768,66 @@ impl ImageModel for MetaFormer {
     }
 
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let all: Vec<usize> = (0..self.stages.len()).collect();
+        self.forward_intermediates_t(x, &all, false, train)
+    }
+
+    /// `norm` is ignored: the head norm follows the pooling (as timm).
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        _norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.stages.len())?;
         let mut x = self.stem.forward(x)?;
-        let mut features = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, stage) in self.stages.iter().enumerate().take(last + 1) {
             x = stage.forward_t(&x, train)?;
-            features.push(x.permute((0, 3, 1, 2))?);
+            if take.contains(&i) {
+                features.push(x.permute((0, 3, 1, 2))?);
+            }
         }
         Ok(features)
     }
 
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.stages.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.stages.truncate(kept);
+        self.cfg
+            .resize_stages(kept)
+            .map_err(candle_core::Error::msg)?;
+        self.cfg.num_classes = 0;
+        self.head_norm = None;
+        self.head_fc = Classifier::None;
+        Ok(take)
+    }
+
+    /// The classifier is `head.fc`: a Linear, or ConvFormer's and CAFormer's MlpHead.
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        if self.head_norm.is_none() {
+            return pruned_error();
+        }
+        let dim = self.cfg.dims[self.cfg.dims.len() - 1];
+        let mut cfg = self.cfg.clone();
+        cfg.num_classes = num_classes;
+        self.head_fc = Classifier::new(&cfg, dim, vb.pp("head").pp("fc"))?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
     fn forward_head(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = self.head_norm.forward(&global_avg_pool(x)?)?;
+        let pooled = global_avg_pool(x)?;
+        let pooled = match &self.head_norm {
+            Some(norm) => norm.forward(&pooled)?,
+            None => pooled,
+        };
         match &self.head_fc {
             Classifier::None => Ok(pooled),
             Classifier::Linear(fc) => fc.forward(&pooled),

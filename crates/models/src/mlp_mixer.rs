@@ -18,7 +18,8 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, SpatialGatingUnit, TokenMixer};
 use crate::args::{only, parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Family, ImageModel, Ratio};
+use crate::features::check_take;
+use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Which block the model stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +253,12 @@ impl Architecture for MlpMixerConfig {
         self.in_chans = c.in_chans;
         self.num_classes = c.num_classes;
         set(&mut self.drop_path_rate, c.drop_path_rate);
+    }
+
+    /// Every block, `blocks.{i}`, at the patch stride (as timm).
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let info = |i| FeatureInfo::new(self.embed_dim, self.patch_size, format!("blocks.{i}"));
+        (0..self.num_blocks).map(info).collect()
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -591,6 +598,20 @@ impl ImageModel for MlpMixer {
 
     /// One feature map: the normed tokens after the last block as `(B, C, H/p, W/p)`.
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let last = self.blocks.len() - 1;
+        self.forward_intermediates_t(x, &[last], true, train)
+    }
+
+    /// Each block's tokens as `(B, C, H/p, W/p)`; `norm` applies the final norm to each (as
+    /// timm).
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.blocks.len())?;
         crate::check_fixed_size(
             x,
             self.cfg.img_size,
@@ -600,10 +621,41 @@ impl ImageModel for MlpMixer {
         if let Some(n) = &self.stem_norm {
             x = n.forward(&x)?;
         }
-        for block in &self.blocks {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
             x = block.forward_t(&x, self.drop_path, train)?;
+            if take.contains(&i) {
+                let t = if norm {
+                    self.norm.forward(&x)?
+                } else {
+                    x.clone()
+                };
+                features.push(crate::tokens_to_map(&t, grid)?);
+            }
         }
-        Ok(vec![crate::tokens_to_map(&self.norm.forward(&x)?, grid)?])
+        Ok(features)
+    }
+
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    /// Keeps the final norm, which `forward_features` still applies.
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.blocks.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.blocks.truncate(kept);
+        self.cfg.num_blocks = kept;
+        self.cfg.num_classes = 0;
+        self.head = None;
+        Ok(take)
+    }
+
+    /// The classifier is `head`, on the pooled normed tokens (pruned or not).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        self.head = crate::optional_linear(self.cfg.embed_dim, num_classes, vb.pp("head"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
     }
 
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {

@@ -19,7 +19,8 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Error, Family, ImageModel, Ratio};
+use crate::features::{check_take, pruned_error};
+use crate::{Architecture, Common, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of an [`MsMlp`], named as `MS_MLP`'s constructor arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +147,13 @@ impl Family for MsMlpConfig {
 impl Architecture for MsMlpConfig {
     fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
         Ok(Box::new(MsMlp::new(self, vb)?))
+    }
+
+    /// Every stage, `layers.{i}` (before its downsampler): the patch stride, doubled by each
+    /// earlier stage's downsampler.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let info = |i| FeatureInfo::new(self.dim(i), self.patch_size << i, format!("layers.{i}"));
+        (0..self.depths.len()).map(info).collect()
     }
 
     fn common(&self) -> Common {
@@ -284,7 +292,8 @@ pub struct MsMlp {
     cfg: MsMlpConfig,
     patch_embed: PatchEmbed,
     stages: Vec<Stage>,
-    norm: Norm,
+    /// `None` once pruned.
+    norm: Option<Norm>,
     head: Option<Linear>,
 }
 
@@ -329,7 +338,7 @@ impl MsMlp {
                 vb.pp("patch_embed"),
             )?,
             stages,
-            norm: NormConfig::LAYER_NORM.build(last, MixerLayout::Tokens, vb.pp("norm"))?,
+            norm: Some(NormConfig::LAYER_NORM.build(last, MixerLayout::Tokens, vb.pp("norm"))?),
             head: crate::optional_linear(last, cfg.num_classes, vb.pp("head"))?,
         })
     }
@@ -346,18 +355,36 @@ impl ImageModel for MsMlp {
 
     /// Every stage's output before its downsampling.
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let all: Vec<usize> = (0..self.stages.len()).collect();
+        self.forward_intermediates_t(x, &all, false, train)
+    }
+
+    /// `norm` is ignored: the final norm follows the pooling.
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        _norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.stages.len())?;
         let (_, _, h, w) = x.dims4()?;
         let min = self.cfg.patch_size << (self.stages.len() - 1);
         if h < min || w < min {
             candle_core::bail!("MS-MLP needs inputs of at least {min}x{min}, got {h}x{w}")
         }
         let mut x = self.patch_embed.forward(x)?;
-        let mut features = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, stage) in self.stages.iter().enumerate().take(last + 1) {
             for block in &stage.blocks {
                 x = block.forward_t(&x, train)?;
             }
-            features.push(x.clone());
+            if take.contains(&i) {
+                features.push(x.clone());
+            }
+            if i == last {
+                break;
+            }
             if let Some(d) = &stage.downsample {
                 x = d.forward(&x)?;
             }
@@ -365,10 +392,42 @@ impl ImageModel for MsMlp {
         Ok(features)
     }
 
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.stages.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.stages.truncate(kept);
+        if let Some(stage) = self.stages.last_mut() {
+            stage.downsample = None;
+        }
+        self.cfg.depths.truncate(kept);
+        self.cfg.mix_size.truncate(kept);
+        self.cfg.num_classes = 0;
+        self.norm = None;
+        self.head = None;
+        Ok(take)
+    }
+
+    /// The classifier is `head`, after the final norm (kept).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        if self.norm.is_none() {
+            return pruned_error();
+        }
+        let dim = self.cfg.dim(self.stages.len() - 1);
+        self.head = crate::optional_linear(dim, num_classes, vb.pp("head"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
+    }
+
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
-        let pooled = self
-            .norm
-            .forward(&tokenmix_mixers::layers::global_avg_pool(last)?)?;
+        let pooled = tokenmix_mixers::layers::global_avg_pool(last)?;
+        let pooled = match &self.norm {
+            Some(norm) => norm.forward(&pooled)?,
+            None => pooled,
+        };
         match &self.head {
             Some(fc) => fc.forward(&pooled),
             None => Ok(pooled),

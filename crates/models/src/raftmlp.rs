@@ -22,7 +22,8 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{only, parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Family, ImageModel, Ratio};
+use crate::features::{check_take, pruned_error};
+use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// One level of a RaftMLP (the reference's `layers` entries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +180,16 @@ impl Architecture for RaftMlpConfig {
         Ok(Box::new(RaftMlp::new(self, vb)?))
     }
 
+    /// Every level, `levels.{i}`: the product of the patch sizes so far.
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        let mut reduction = 1;
+        let info = |(i, l): (usize, &RaftLevel)| {
+            reduction *= l.patch_size;
+            FeatureInfo::new(l.dim, reduction, format!("levels.{i}"))
+        };
+        self.layers.iter().enumerate().map(info).collect()
+    }
+
     fn common(&self) -> Common {
         Common {
             in_chans: self.in_chans,
@@ -329,8 +340,10 @@ struct Level {
 pub struct RaftMlp {
     cfg: RaftMlpConfig,
     levels: Vec<Level>,
-    head_norm: Norm,
-    classifier: Linear,
+    /// `None` once pruned.
+    head_norm: Option<Norm>,
+    /// `None` once pruned or reset to 0 classes.
+    classifier: Option<Linear>,
 }
 
 impl RaftMlp {
@@ -373,8 +386,12 @@ impl RaftMlp {
         Ok(Self {
             cfg: cfg.clone(),
             levels,
-            head_norm: RAFT_NORM.build(cin, cl, vb.pp("heads").pp(0).pp(1))?,
-            classifier: candle_nn::linear(cin, cfg.num_classes, vb.pp("classifier"))?,
+            head_norm: Some(RAFT_NORM.build(cin, cl, vb.pp("heads").pp(0).pp(1))?),
+            classifier: Some(candle_nn::linear(
+                cin,
+                cfg.num_classes,
+                vb.pp("classifier"),
+            )?),
         })
     }
 }
@@ -390,9 +407,23 @@ impl ImageModel for RaftMlp {
 
     /// Every level's output `(B, C_i, H_i, W_i)`.
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let all: Vec<usize> = (0..self.levels.len()).collect();
+        self.forward_intermediates_t(x, &all, false, train)
+    }
+
+    /// `norm` applies the head's norm (a per-position LayerNorm, before the mean) to the last
+    /// level's map, the one it is built for.
+    fn forward_intermediates_t(
+        &self,
+        x: &Tensor,
+        take: &[usize],
+        norm: bool,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let last = check_take(take, self.levels.len())?;
         let mut x = x.clone();
-        let mut features = Vec::with_capacity(self.levels.len());
-        for level in &self.levels {
+        let mut features = Vec::with_capacity(take.len());
+        for (i, level) in self.levels.iter().enumerate().take(last + 1) {
             let (_, _, h, w) = x.dims4()?;
             let p = level.patch_size;
             if h % p != 0 || w % p != 0 {
@@ -409,14 +440,53 @@ impl ImageModel for RaftMlp {
                 t = (&t + block.drop_path.forward_t(&branch, train)?)?;
             }
             x = t.permute((0, 3, 1, 2))?.contiguous()?;
-            features.push(x.clone());
+            if take.contains(&i) {
+                features.push(match &self.head_norm {
+                    Some(n) if norm && i + 1 == self.levels.len() => {
+                        n.forward(&t)?.permute((0, 3, 1, 2))?
+                    }
+                    _ => x.clone(),
+                });
+            }
         }
         Ok(features)
     }
 
+    fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.cfg.feature_info()
+    }
+
+    fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
+        let take = indices.resolve(self.levels.len())?;
+        let kept = take[take.len() - 1] + 1;
+        self.levels.truncate(kept);
+        self.cfg.layers.truncate(kept);
+        self.cfg.num_classes = 0;
+        self.head_norm = None;
+        self.classifier = None;
+        Ok(take)
+    }
+
+    /// The classifier is `classifier`, after the head norm and mean (kept).
+    fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        if self.head_norm.is_none() {
+            return pruned_error();
+        }
+        let dim = self.cfg.layers[self.cfg.layers.len() - 1].dim;
+        self.classifier = crate::optional_linear(dim, num_classes, vb.pp("classifier"))?;
+        self.cfg.num_classes = num_classes;
+        Ok(())
+    }
+
     fn forward_head(&self, last: &Tensor) -> Result<Tensor> {
-        let normed = self.head_norm.forward(&last.permute((0, 2, 3, 1))?)?;
+        let Some(head_norm) = &self.head_norm else {
+            return tokenmix_mixers::layers::global_avg_pool(last);
+        };
+        let normed = head_norm.forward(&last.permute((0, 2, 3, 1))?)?;
         let pooled = normed.mean(1)?.mean(1)?;
-        self.classifier.forward(&pooled)
+        match &self.classifier {
+            Some(fc) => fc.forward(&pooled),
+            None => Ok(pooled),
+        }
     }
 }
