@@ -133,11 +133,11 @@ impl Family for MambaOutConfig {
 
     #[rustfmt::skip]
     const MODELS: &'static [ModelEntry] = &[
-        entry!("mambaout_femto", "mambaout", Some(78.9), ArchConfig::new(MambaOutConfig::new([3, 3, 9, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
-        entry!("mambaout_kobe", "mambaout", Some(80.0), ArchConfig::new(MambaOutConfig::new([3, 3, 15, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0)),
-        entry!("mambaout_tiny", "mambaout", Some(82.7), ArchConfig::new(MambaOutConfig::new([3, 3, 9, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
-        entry!("mambaout_small", "mambaout", Some(84.1), ArchConfig::new(MambaOutConfig::new([3, 4, 27, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0)),
-        entry!("mambaout_base", "mambaout", Some(84.2), ArchConfig::new(MambaOutConfig::new([3, 4, 27, 3], [128, 256, 512, 768])), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("mambaout_femto", "mambaout", Some(78.9), ArchConfig::new(MambaOutConfig::new([3, 3, 9, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0), hub: "in1k"),
+        entry!("mambaout_kobe", "mambaout", Some(80.0), ArchConfig::new(MambaOutConfig::new([3, 3, 15, 3], [48, 96, 192, 288])), pretrained: PretrainedCfg::metaformer(1.0), hub: "in1k"),
+        entry!("mambaout_tiny", "mambaout", Some(82.7), ArchConfig::new(MambaOutConfig::new([3, 3, 9, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0), hub: "in1k"),
+        entry!("mambaout_small", "mambaout", Some(84.1), ArchConfig::new(MambaOutConfig::new([3, 4, 27, 3], [96, 192, 384, 576])), pretrained: PretrainedCfg::metaformer(1.0), hub: "in1k"),
+        entry!("mambaout_base", "mambaout", Some(84.2), ArchConfig::new(MambaOutConfig::new([3, 4, 27, 3], [128, 256, 512, 768])), pretrained: PretrainedCfg::metaformer(1.0), hub: "in1k"),
     ];
 }
 

@@ -15,6 +15,9 @@ pub struct ModelEntry {
     pub top1: Option<f64>,
     pub(crate) config: fn() -> ArchConfig,
     pub(crate) pretrained_cfg: fn() -> PretrainedCfg,
+    /// The pretrained tag of timm's hub repository (`sail_in1k` for
+    /// `timm/poolformer_s12.sail_in1k`), for the models timm publishes weights for.
+    pub(crate) hub_tag: Option<&'static str>,
 }
 
 impl ModelEntry {
@@ -53,15 +56,7 @@ impl ModelEntry {
     /// gMLP sizes are `.untrained`). GFNet, MS-MLP, RaftMLP, AFFNet, MambaFormer and MambaMixer
     /// are not in timm at all.
     pub fn hub_id(&self) -> Option<String> {
-        let tag = match (self.family, self.name) {
-            ("poolformer" | "poolformerv2" | "convformer" | "caformer", _) => "sail_in1k",
-            ("mambaout", _) => "in1k",
-            ("mlp_mixer", "mixer_b16_224" | "mixer_l16_224") => "goog_in21k_ft_in1k",
-            ("gmixer", "gmixer_24_224") | ("gmlp", "gmlp_s16_224") => "ra3_in1k",
-            ("resmlp", _) => "fb_in1k",
-            _ => return None,
-        };
-        Some(format!("timm/{}.{tag}", self.name))
+        self.hub_tag.map(|tag| format!("timm/{}.{tag}", self.name))
     }
 }
 
@@ -69,26 +64,39 @@ impl ModelEntry {
 /// with timm's MetaFormer pretrained config, or `entry!(name, family, Option<top1>, ArchConfig,
 /// pretrained: PretrainedCfg)`.
 macro_rules! entry {
-    ($name:literal, $family:literal, $top1:expr, $crop:expr, $cfg:expr) => {
+    ($name:literal, $family:literal, $top1:expr, $crop:expr, $cfg:expr $(, hub: $tag:literal)?) => {
         $crate::registry::ModelEntry {
             name: $name,
             family: $family,
             top1: Some($top1),
             config: || $crate::ArchConfig::new($cfg),
             pretrained_cfg: || $crate::PretrainedCfg::metaformer($crop),
+            hub_tag: $crate::registry::hub_tag!($($tag)?),
         }
     };
-    ($name:literal, $family:literal, $top1:expr, $cfg:expr, pretrained: $pre:expr) => {
+    ($name:literal, $family:literal, $top1:expr, $cfg:expr, pretrained: $pre:expr $(, hub: $tag:literal)?) => {
         $crate::registry::ModelEntry {
             name: $name,
             family: $family,
             top1: $top1,
             config: || $cfg,
             pretrained_cfg: || $pre,
+            hub_tag: $crate::registry::hub_tag!($($tag)?),
         }
     };
 }
 pub(crate) use entry;
+
+/// `Some(tag)` for an entry's optional `hub: "tag"`, `None` without one.
+macro_rules! hub_tag {
+    () => {
+        None
+    };
+    ($tag:literal) => {
+        Some($tag)
+    };
+}
+pub(crate) use hub_tag;
 
 /// Every zoo entry: each family's [`Family::MODELS`](crate::Family::MODELS), in [`FAMILIES`]
 /// order.
@@ -191,7 +199,7 @@ mod tests {
         ] {
             assert_eq!(id(none), None, "{none}");
         }
-        let published = MODELS.iter().filter(|m| m.hub_id().is_some()).count();
+        let published = all_models().filter(|m| m.hub_id().is_some()).count();
         assert_eq!(published, 5 + 5 + 4 + 4 + 5 + 2 + 1 + 3 + 1);
     }
 
