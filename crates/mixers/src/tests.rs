@@ -24,13 +24,19 @@ fn input(layout: MixerLayout, b: usize) -> Tensor {
 }
 
 /// Builds `cfg` twice from one var map: once to create its variables, then again after
-/// drawing every one of them from `N(0, 0.25)`.
+/// drawing every one of them from `N(0, 0.25)` (variances, such as batch norms' running ones,
+/// from `0.5 + |N(0, 0.25)|`).
 fn random_mixer(cfg: &MixerConfig) -> Box<dyn TokenMixer> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     cfg.build(DIM, vb.clone()).unwrap();
-    for var in varmap.all_vars() {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
         let t = Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu).unwrap();
+        let t = if name.ends_with("var") {
+            (t.abs().unwrap() + 0.5).unwrap()
+        } else {
+            t
+        };
         var.set(&t).unwrap();
     }
     cfg.build(DIM, vb).unwrap()

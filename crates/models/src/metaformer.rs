@@ -851,8 +851,13 @@ mod tests {
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         MetaFormer::new(&cfg, vb.clone()).unwrap();
-        for var in varmap.all_vars() {
+        for (name, var) in varmap.data().lock().unwrap().iter() {
             let t = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+            let t = if name.ends_with("var") {
+                (t.abs().unwrap() + 0.5).unwrap()
+            } else {
+                t
+            };
             var.set(&t).unwrap();
         }
         MetaFormer::new(&cfg, vb).unwrap()
