@@ -69,6 +69,7 @@ registry! {
     ssm::MambaConfig,
     raft::RaftTokenMixingConfig,
     aff::AdaptiveFrequencyFilterConfig,
+    additive::AdditiveTokenMixerConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
