@@ -28,7 +28,7 @@
 //! (PoolFormer), [`random_mixing`] (RandFormer), [`sepconv`] (ConvFormer), [`attention`]
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
-//! [`aff`] (AFFNet). [`layers`] holds the building blocks the backbones share (norms,
+//! [`aff`] (AFFNet), [`additive`] (CAS-ViT). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
