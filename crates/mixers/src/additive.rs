@@ -13,11 +13,8 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use tokenmix_kernels::depthwise_conv2d;
 
-use crate::layers::Pointwise;
+use crate::layers::{BatchNorm, Pointwise};
 use crate::{MixerLayout, MixerSpec, TokenMixer};
-
-/// PyTorch's `nn.BatchNorm2d` epsilon.
-const BN_EPS: f64 = 1e-5;
 
 /// A depthwise 3x3 convolution with bias, padding 1 (checkpoint `weight` `[C, 1, 3, 3]`, `bias`).
 #[derive(Debug, Clone)]
@@ -38,37 +35,6 @@ impl Depthwise3x3 {
 impl Module for Depthwise3x3 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         depthwise_conv2d(x, &self.weight, Some(&self.bias), 1, 1)
-    }
-}
-
-/// `nn.BatchNorm2d` with its running statistics (as at inference and in cvnets-style frozen
-/// training): `(x - mean) / sqrt(var + eps) * weight + bias` per channel of `(B, C, H, W)`.
-#[derive(Debug, Clone)]
-struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-}
-
-impl BatchNorm {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
-            running_mean: vb.get(dim, "running_mean")?,
-            running_var: vb.get(dim, "running_var")?,
-        })
-    }
-}
-
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = self.weight.dim(0)?;
-        let scale = (&self.weight / (&self.running_var + BN_EPS)?.sqrt()?)?;
-        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
-        x.broadcast_mul(&scale.reshape((c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((c, 1, 1))?)
     }
 }
 

@@ -748,6 +748,43 @@ impl Module for TokenLinear {
     }
 }
 
+/// `nn.BatchNorm2d` with its running statistics on `(B, C, H, W)`:
+/// `(x - running_mean) / sqrt(running_var + eps) * weight + bias` per channel (checkpoint
+/// `weight`, `bias`, `running_mean`, `running_var`; eps 1e-5). Training keeps the statistics
+/// frozen, as in cvnets-style fine-tuning; batch statistics are not computed.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+impl BatchNorm {
+    /// PyTorch's default `eps`.
+    pub const EPS: f64 = 1e-5;
+
+    /// Loads the four `[dim]` tensors from `vb`.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            running_mean: vb.get(dim, "running_mean")?,
+            running_var: vb.get(dim, "running_var")?,
+        })
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let scale = (&self.weight / (&self.running_var + Self::EPS)?.sqrt()?)?;
+        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
+        x.broadcast_mul(&scale.reshape((c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((c, 1, 1))?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
