@@ -239,4 +239,5 @@ families! {
     mamba_mixer::MambaMixerConfig,
     raftmlp::RaftMlpConfig,
     affnet::AffNetConfig,
+    rcvit::RcVitConfig,
 }
