@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Writes mixer-level parity fixtures under tests/fixtures/mixers/ from the authors' code.
+"""Writes the parity fixtures of the wave-2 families from the authors' code.
 
-One fixture per mixer whose reference is a standalone module: `<kind>.safetensors` holds the
+Model fixtures (tests/fixtures/<name>/) are model directories as timm's `save_for_hf` writes them
+(config.json with `architecture`, `model_args`, `pretrained_cfg`, plus model.safetensors) and a
+`reference.safetensors` with the input (batch 2, non-square), the reference `logits` and every
+stage's output (`features.0` ...), as scripts/make_fixtures.py writes them.
+
+Mixer fixtures, one per mixer whose reference is a standalone module: `<kind>.safetensors` holds the
 module's state dict under its own names (prefix-free, as a backbone's `token_mixer` /
 `attn` sub-module stores it, `num_batches_tracked` left out), the input `input` (batch 2,
 non-square) and the reference output `output`; its `__metadata__` records the reference
@@ -10,15 +15,16 @@ statistic is drawn at random (weights ~ N(0, 1/fan_in), gains, biases and runnin
 N(0, 0.5) around their defaults, running variances ~ U(0.5, 1.5)); the module runs in eval mode.
 
 References (checkouts given on the command line, never committed):
-  * additive_token_mixer: Tianfang-Zhang/CAS-ViT, classification/model/rcvit.py,
-    `AdditiveTokenMixer` (needs timm and einops).
+  * additive_token_mixer and the rcvit_xs fixture (small `model_args`): Tianfang-Zhang/CAS-ViT,
+    classification/model/rcvit.py, `AdditiveTokenMixer` and `rcvit_xs` (needs timm, einops).
 
 Usage (venv outside the repo with torch, timm, einops, safetensors):
-    python scripts/make_mixer_fixtures.py --casvit-repo /path/to/Tianfang-Zhang/CAS-ViT \
-        --casvit-commit COMMIT [--out tests/fixtures/mixers]
+    python scripts/make_wave2_fixtures.py --casvit-repo /path/to/Tianfang-Zhang/CAS-ViT \
+        --casvit-commit COMMIT [--out tests/fixtures]
 """
 import argparse
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -26,7 +32,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-INPUT_SHAPE = (2, 24, 7, 10)  # batch 2, 24 channels, non-square grid
+INPUT_SHAPE = (2, 24, 7, 10)  # mixers: batch 2, 24 channels, non-square grid
+IMAGE_SHAPE = (2, 3, 64, 96)  # models: batch 2, non-square (stages 16x24 ... 2x3)
 
 
 def randomize_(module, gen):
@@ -71,11 +78,53 @@ def write(out, kind, module, metadata, gen):
     print(f"{kind}: {len(tensors) - 2} tensors, output {tuple(y.shape)}")
 
 
+def write_model(out, name, model, model_args, metadata, gen):
+    """A model directory for `name` built with `model_args`, with its stage outputs."""
+    randomize_(model, gen)
+    model.eval()
+    x = torch.randn(IMAGE_SHAPE, generator=gen)
+    stages = [m for m in model.network if not hasattr(m, "proj")]
+    features = []
+    hooks = [s.register_forward_hook(lambda _m, _i, o: features.append(o)) for s in stages]
+    with torch.no_grad():
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    path = os.path.join(out, name)
+    os.makedirs(path, exist_ok=True)
+    weights = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    save_file(weights, os.path.join(path, "model.safetensors"), metadata=metadata)
+    reference = {"input": x.contiguous(), "logits": logits.contiguous()}
+    reference.update({f"features.{i}": f.contiguous() for i, f in enumerate(features)})
+    save_file(reference, os.path.join(path, "reference.safetensors"), metadata=metadata)
+    classes = model_args["num_classes"]
+    config = {
+        "architecture": name.split("_custom")[0],
+        "num_classes": classes,
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "num_classes": classes,
+        },
+    }
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    print(f"{name}: {len(weights)} tensors, logits {tuple(logits.shape)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--casvit-repo", required=True)
     ap.add_argument("--casvit-commit", required=True)
-    ap.add_argument("--out", default="tests/fixtures/mixers")
+    ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     common = {
@@ -86,16 +135,26 @@ def main():
     rcvit = load_module(
         os.path.join(args.casvit_repo, "classification", "model", "rcvit.py"), "rcvit"
     )
+    casvit = {
+        **common,
+        "reference": "https://github.com/Tianfang-Zhang/CAS-ViT classification/model/rcvit.py",
+        "commit": args.casvit_commit,
+    }
     write(
-        args.out,
+        os.path.join(args.out, "mixers"),
         "additive_token_mixer",
         rcvit.AdditiveTokenMixer(dim=INPUT_SHAPE[1]),
-        {
-            **common,
-            "reference": "https://github.com/Tianfang-Zhang/CAS-ViT "
-            "classification/model/rcvit.py AdditiveTokenMixer",
-            "commit": args.casvit_commit,
-        },
+        {**casvit, "module": "AdditiveTokenMixer"},
+        gen,
+    )
+    model_args = {"layers": [1, 1, 2, 1], "embed_dims": [16, 24, 32, 40], "num_classes": 5}
+    write_model(
+        args.out,
+        "rcvit_xs_custom",
+        # rcvit_xs's other arguments are RCViT's defaults.
+        rcvit.RCViT(**model_args),
+        model_args,
+        {**casvit, "module": "RCViT (rcvit_xs's defaults, small model_args)"},
         gen,
     )
 

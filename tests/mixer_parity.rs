@@ -1,5 +1,5 @@
 //! Mixer-level parity with the authors' modules: each tests/fixtures/mixers/<kind>.safetensors
-//! (written by scripts/make_mixer_fixtures.py, provenance in its metadata) holds a reference
+//! (written by scripts/make_wave2_fixtures.py, provenance in its metadata) holds a reference
 //! mixer's randomly drawn state dict, an input batch and the reference output.
 
 use std::collections::HashMap;

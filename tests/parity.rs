@@ -217,3 +217,8 @@ fn raftmlp_at_another_resolution_matches_the_reference() {
 fn affnet_matches_the_reference() {
     check("affnet_et");
 }
+
+#[test]
+fn rcvit_matches_cas_vit() {
+    check("rcvit_xs_custom");
+}

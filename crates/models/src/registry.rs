@@ -163,7 +163,7 @@ mod tests {
     fn globs_and_substrings_select_models() {
         assert_eq!(list_models("caformer_*").len(), 4);
         assert_eq!(list_models("").len(), all_models().count());
-        assert_eq!(all_models().count(), 66);
+        assert_eq!(all_models().count(), 70);
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
@@ -237,6 +237,10 @@ mod tests {
             ("raftmlp_s", 9_868_768),
             ("affnet_et", 1_436_264),
             ("affnet", 5_568_696),
+            ("rcvit_xs", 3_200_700),
+            ("rcvit_s", 5_764_224),
+            ("rcvit_m", 12_421_520),
+            ("rcvit_t", 21_763_120),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
