@@ -326,7 +326,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 16] = [
+const DEFAULT_BENCH: [&str; 17] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -343,6 +343,7 @@ const DEFAULT_BENCH: [&str; 16] = [
     "mambamixer_ti",
     "raftmlp_s",
     "affnet_et",
+    "rcvit_xs",
 ];
 
 fn main() {
