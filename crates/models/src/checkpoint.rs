@@ -178,6 +178,79 @@ fn list(kind: &str, items: &[String]) -> Option<String> {
     Some(format!("{} {kind}: {shown}", items.len()))
 }
 
+/// Adds `name` to `bad_dtype` unless `view` holds floats, else to `non_finite` if it has a NaN
+/// or infinite value.
+fn check_values(
+    name: &str,
+    view: &safetensors::tensor::TensorView,
+    bad_dtype: &mut Vec<String>,
+    non_finite: &mut Vec<String>,
+) {
+    use safetensors::Dtype as D;
+    if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
+        bad_dtype.push(format!(
+            "{name} ({:?}; want f32, f16 or bf16)",
+            view.dtype()
+        ));
+    } else if !all_finite(view.dtype(), view.data()) {
+        non_finite.push(name.to_string());
+    }
+}
+
+/// Reads every tensor of the safetensors file at `path` onto `device` as f32, with the checks
+/// model loading applies to each tensor: a tensor of an integer or boolean dtype, or with NaN or
+/// infinite values, is refused (all of them named in one [`Error::WeightMismatch`] about
+/// `model_name`). Which tensors the file must hold is the caller's to check; training uses this
+/// for fine-tuning and resuming.
+pub fn read_checked(
+    path: &Path,
+    model_name: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let (mut bad_dtype, mut non_finite) = (Vec::new(), Vec::new());
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    for name in &names {
+        let view = st.tensor(name).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        check_values(name, &view, &mut bad_dtype, &mut non_finite);
+    }
+    let problems: Vec<String> = [
+        list("tensors of an unsupported dtype", &bad_dtype),
+        list("tensors with NaN or infinite values", &non_finite),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !problems.is_empty() {
+        return Err(Error::WeightMismatch {
+            path: path.to_path_buf(),
+            model: model_name.to_string(),
+            details: problems.join("; "),
+        });
+    }
+    let mut tensors = HashMap::with_capacity(names.len());
+    for name in names {
+        let view = st.tensor(name).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        tensors.insert(name.to_string(), t);
+    }
+    Ok(tensors)
+}
+
 /// Compares the tensors of a safetensors file with what the model needs.
 fn check_tensors(
     st: &SafeTensors,
@@ -200,15 +273,7 @@ fn check_tensors(
                         view.shape()
                     ));
                 }
-                use safetensors::Dtype as D;
-                if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
-                    bad_dtype.push(format!(
-                        "{name} ({:?}; want f32, f16 or bf16)",
-                        view.dtype()
-                    ));
-                } else if !all_finite(view.dtype(), view.data()) {
-                    non_finite.push(name.clone());
-                }
+                check_values(name, &view, &mut bad_dtype, &mut non_finite);
             }
         }
     }
