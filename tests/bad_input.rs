@@ -224,7 +224,10 @@ fn non_image_files_are_rejected() {
     assert!(err.contains("notes.jpg: cannot read image"), "{err}");
     let empty = dir.path().join("empty.png");
     std::fs::write(&empty, b"").unwrap();
-    assert!(load_image(&empty, &cfg, &Device::Cpu).is_err());
+    let err = load_image(&empty, &cfg, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty.png: cannot read image"), "{err}");
     let missing = dir.path().join("missing.png");
     assert!(load_image(&missing, &cfg, &Device::Cpu)
         .unwrap_err()
