@@ -534,8 +534,16 @@ mod tests {
             "2/5".parse::<Shard>().unwrap(),
             Shard { index: 2, count: 5 }
         );
-        for bad in ["5/5", "1", "a/2", "1/0", "-1/3"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        for bad in ["1", "a/2", "-1/3"] {
+            let err = bad.parse::<Shard>().unwrap_err().to_string();
+            assert!(err.contains(&format!("'{bad}' is not a shard")), "{err}");
+        }
+        for bad in ["5/5", "1/0"] {
+            let err = bad.parse::<Shard>().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("below the count (0-based), got {bad}")),
+                "{err}"
+            );
         }
     }
 
@@ -562,7 +570,11 @@ mod tests {
         let map = ClassMap::read(&txt).unwrap();
         let folders = ["n01".to_string(), "n02".to_string()];
         assert_eq!(map.indices(&folders, 10).unwrap(), vec![1, 0]);
-        assert!(map.indices(&folders, 1).is_err());
+        let err = map.indices(&folders, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("folder 'n01' maps to class 1, but the model has 1"),
+            "{err}"
+        );
         let json = dir.path().join("map.json");
         std::fs::write(&json, r#"{"n01": 7, "n02": 3}"#).unwrap();
         assert_eq!(
@@ -572,8 +584,10 @@ mod tests {
                 .unwrap(),
             vec![7, 3]
         );
-        assert!(ClassMap::sorted(&folders)
+        let err = ClassMap::sorted(&folders)
             .indices(&["n03".to_string()], 10)
-            .is_err());
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no entry for folder 'n03'"), "{err}");
     }
 }

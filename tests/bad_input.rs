@@ -224,7 +224,10 @@ fn non_image_files_are_rejected() {
     assert!(err.contains("notes.jpg: cannot read image"), "{err}");
     let empty = dir.path().join("empty.png");
     std::fs::write(&empty, b"").unwrap();
-    assert!(load_image(&empty, &cfg, &Device::Cpu).is_err());
+    let err = load_image(&empty, &cfg, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty.png: cannot read image"), "{err}");
     let missing = dir.path().join("missing.png");
     assert!(load_image(&missing, &cfg, &Device::Cpu)
         .unwrap_err()
@@ -382,7 +385,7 @@ fn absurd_sizes_are_refused_before_allocating() {
     let start = std::time::Instant::now();
     let err = load_err(dir.path());
     assert!(
-        err.contains("parameters, more than the 8000000000 tokenmix builds"),
+        err.contains("a model of more than 8000000000 parameters, the most tokenmix builds"),
         "{err}"
     );
     assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
@@ -490,5 +493,261 @@ fn grayscale_rgba_and_16_bit_images_become_rgb() {
     assert!(
         (red - ((90.0 / 255.0 - 0.485) / 0.229) as f32).abs() < 1e-4,
         "{red}"
+    );
+}
+
+/// Address-space limit (KiB) of the child that tries absurd `model_args`: far below what any of
+/// them would need if a size reached an allocation, far above what refusing them takes.
+const ABSURD_MEMORY_LIMIT_KIB: u64 = 3 << 20;
+
+/// Every key each family's `model_args` accept (the `deny_unknown_fields` error lists them),
+/// in every zoo entry's config, set to huge, zero, negative and fractional values (and huge,
+/// empty or extreme lists), plus absurd `pretrained_cfg` input sizes: each is refused with a
+/// clean error (never a panic, a candle error from the build or a giant allocation). The cases
+/// run in a child process (this test binary, `absurd_model_args_child`) under `ulimit -v`, since
+/// a failed allocation aborts the process; the child prints each case before trying it, so an
+/// abort is reported with the case that caused it.
+#[test]
+fn absurd_model_args_are_refused_within_bounded_memory() {
+    let exe = std::env::current_exe().unwrap();
+    let script = format!("ulimit -v {ABSURD_MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\"");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .arg(&exe)
+        .args(["--ignored", "--exact", "absurd_model_args_child"])
+        .args(["--nocapture", "--test-threads", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last_case = stdout.lines().rev().find(|l| l.starts_with("CASE "));
+    assert!(
+        out.status.success() && stdout.contains("ABSURD CASES DONE"),
+        "the child failed ({}); last case started: {last_case:?}\nstdout tail: {}\nstderr tail: {}",
+        out.status,
+        tail(&stdout, 4000),
+        tail(&stderr, 4000)
+    );
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// Numbers tried for every numeric `model_args` entry: bounds the families allow and values
+/// far beyond them, zero, negative and fractional ones.
+fn absurd_numbers() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        json!(0),
+        json!(-1),
+        json!(63),
+        json!(64),
+        json!(1000),
+        json!(4096),
+        json!(16384),
+        json!(65536),
+        json!(1_000_000),
+        json!(1_000_000_000u64),
+        json!(1u64 << 40),
+        json!(1u64 << 62),
+        json!(u64::MAX),
+        json!(0.0001),
+        json!(0.5),
+        json!(1.5),
+        json!(-1.5),
+        json!(1e9),
+        json!(1e300),
+    ]
+}
+
+/// Values of one `model_args` key to try, shaped after `template` (the config's value of the
+/// field of that name, if any): the number itself, every entry or the first entry of a list (or
+/// of every inner list) replaced, a huge and an empty list.
+fn absurd_values(template: Option<&serde_json::Value>) -> Vec<serde_json::Value> {
+    use serde_json::Value;
+    let numbers = absurd_numbers();
+    let mut out = Vec::new();
+    match template {
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let nested = matches!(items[0], Value::Array(_));
+            for v in &numbers {
+                let fill = |item: &Value| match item {
+                    Value::Array(inner) => Value::Array(vec![v.clone(); inner.len().max(1)]),
+                    _ => v.clone(),
+                };
+                out.push(Value::Array(items.iter().map(fill).collect()));
+                let mut first = items.clone();
+                match &mut first[0] {
+                    Value::Array(inner) if !inner.is_empty() => inner[0] = v.clone(),
+                    slot => *slot = v.clone(),
+                }
+                out.push(Value::Array(first));
+                if nested {
+                    out.push(Value::Array(vec![
+                        Value::Array(vec![v.clone()]);
+                        items.len()
+                    ]));
+                }
+            }
+            // Lists of objects (RaftMLP's `layers`): each numeric field of every entry, then of
+            // the first entry alone.
+            if let Value::Object(first) = &items[0] {
+                for (field, value) in first {
+                    if !matches!(value, Value::Number(_) | Value::Array(_)) {
+                        continue;
+                    }
+                    for v in &numbers {
+                        let set = |item: &Value| {
+                            let mut item = item.clone();
+                            item[field] = fill(Some(value), v);
+                            item
+                        };
+                        out.push(Value::Array(items.iter().map(set).collect()));
+                        let mut first_only = items.clone();
+                        first_only[0] = set(&items[0]);
+                        out.push(Value::Array(first_only));
+                    }
+                }
+            }
+            out.push(Value::Array(vec![items[0].clone(); 100_000]));
+            out.push(Value::Array(Vec::new()));
+            if nested {
+                out.push(Value::Array(vec![Value::Array(Vec::new()); items.len()]));
+            }
+        }
+        _ => {
+            for v in &numbers {
+                out.push(v.clone());
+                out.push(Value::Array(vec![v.clone(); 4]));
+            }
+            out.push(Value::Array(vec![serde_json::json!(1); 100_000]));
+        }
+    }
+    out
+}
+
+/// `template` (a number, a list or a list of lists or of objects) with every number set to `v`.
+fn fill(template: Option<&serde_json::Value>, v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match template {
+        Some(Value::Array(items)) => Value::Array(items.iter().map(|i| fill(Some(i), v)).collect()),
+        Some(Value::Object(fields)) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, f)| (k.clone(), fill(Some(f), v)))
+                .collect(),
+        ),
+        Some(Value::Number(_)) | None => v.clone(),
+        Some(other) => other.clone(),
+    }
+}
+
+/// The keys a zoo model's `model_args` accept, from the unknown-field error.
+fn accepted_keys(model: &str, weights: &[u8]) -> Vec<String> {
+    let config = serde_json::json!({"architecture": model, "model_args": {"no_such_key": 1}});
+    let err = tokenmix::models::load_from_bytes(&config.to_string(), weights, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    let listed = err
+        .split("expected one of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{model}: no key list in {err}"));
+    listed
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`').to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// The child half of [`absurd_model_args_are_refused_within_bounded_memory`].
+#[test]
+#[ignore = "run by absurd_model_args_are_refused_within_bounded_memory in a memory-limited child"]
+fn absurd_model_args_child() {
+    use std::io::Write;
+    let weights = raw_safetensors("{}", &[]);
+    let mut failures = Vec::new();
+    let (mut cases, mut accepted) = (0usize, 0usize);
+    let mut slowest = (std::time::Duration::ZERO, String::new());
+    let mut families_seen = std::collections::BTreeSet::new();
+    for entry in tokenmix::models::list_models("") {
+        let config = entry.config();
+        let first_of_family = families_seen.insert(config.family());
+        let fields = serde_json::to_value(&config).unwrap();
+        let keys = accepted_keys(entry.name, &weights);
+        let with_args = |args: serde_json::Value| serde_json::json!({"architecture": entry.name, "model_args": args});
+        let mut trials: Vec<serde_json::Value> = Vec::new();
+        for key in &keys {
+            for value in absurd_values(fields.get(key)) {
+                trials.push(with_args(serde_json::json!({ key: value })));
+            }
+        }
+        // Two sizes at once (wide and deep, wide with large kernels, ...), each within the
+        // bounds a key alone is checked against, for one model of each family.
+        if first_of_family {
+            let sizes = [63, 1000, 4096, 16384, 65536].map(serde_json::Value::from);
+            for (i, a) in keys.iter().enumerate() {
+                for b in &keys[i + 1..] {
+                    for va in &sizes {
+                        for vb in &sizes {
+                            let (fa, fb) = (fill(fields.get(a), va), fill(fields.get(b), vb));
+                            trials.push(with_args(serde_json::json!({ a: fa, b: fb })));
+                        }
+                    }
+                }
+            }
+        }
+        for v in absurd_numbers() {
+            let half = [0.5, 0.5, 0.5];
+            let cfg = serde_json::json!({"input_size": [3, v, v], "mean": half, "std": half});
+            trials.push(serde_json::json!({"architecture": entry.name, "pretrained_cfg": cfg}));
+            trials.push(serde_json::json!({"architecture": entry.name, "num_classes": v}));
+        }
+        for trial in trials {
+            let text = trial.to_string();
+            let shown: String = text.chars().take(300).collect();
+            println!("CASE {shown}");
+            std::io::stdout().flush().unwrap();
+            cases += 1;
+            let start = std::time::Instant::now();
+            let result = std::panic::catch_unwind(|| {
+                tokenmix::models::load_from_bytes(&text, &weights, &Device::Cpu).map(|_| ())
+            });
+            let took = start.elapsed();
+            if took > slowest.0 {
+                slowest = (took, shown.clone());
+            }
+            match result {
+                Err(_) => failures.push(format!("panicked: {shown}")),
+                Ok(Ok(())) => failures.push(format!("loaded without weights: {shown}")),
+                Ok(Err(Error::Config { .. })) => {}
+                Ok(Err(Error::WeightMismatch { details, .. })) if details.contains("missing") => {
+                    accepted += 1
+                }
+                Ok(Err(e)) => failures.push(format!("unclean error {e}: {shown}")),
+            }
+        }
+    }
+    println!(
+        "ABSURD CASES DONE: {cases} cases, {accepted} accepted (all tensors missing), slowest \
+         {:?}: {}",
+        slowest.0, slowest.1
+    );
+    let all: Vec<&str> = tokenmix::models::FAMILIES.iter().map(|f| f.name).collect();
+    assert_eq!(
+        families_seen.len(),
+        all.len(),
+        "{families_seen:?} vs {all:?}"
+    );
+    assert!(slowest.0.as_secs() < 20, "{slowest:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }

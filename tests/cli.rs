@@ -150,8 +150,26 @@ fn classify_prints_top_classes_and_rejects_non_images() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert_eq!(out.lines().filter(|l| l.contains("% ")).count(), 3, "{out}");
-    assert!(out.contains("class "), "{out}");
+    // Three lines `  PP.PP%  class I (I)`, most probable first (the fixture has no label
+    // names, so each label is its index).
+    let top: Vec<(f64, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let (p, rest) = l.trim().split_once("%  ")?;
+            Some((p.trim().parse().ok()?, rest.to_string()))
+        })
+        .collect();
+    assert_eq!(top.len(), 3, "{out}");
+    assert!(top.windows(2).all(|w| w[0].0 >= w[1].0), "{out}");
+    for (p, label) in &top {
+        let (name, index) = label.split_once(" (").unwrap();
+        assert_eq!(
+            name,
+            format!("class {}", index.trim_end_matches(')')),
+            "{out}"
+        );
+        assert!((0.0..=100.0).contains(p), "{out}");
+    }
 
     let txt = dir.path().join("readme.txt");
     std::fs::write(&txt, "hello").unwrap();

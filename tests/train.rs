@@ -313,3 +313,82 @@ fn a_fixed_size_checkpoint_trains_at_the_size_it_was_built_for() {
         assert_eq!(spec.pretrained_cfg.image_size(), built_for, "{name}");
     }
 }
+
+/// Replaces tensor `name` of the safetensors file at `path` by `t`.
+fn replace_tensor(path: &Path, name: &str, t: Tensor) {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    assert!(
+        tensors.contains_key(name),
+        "{name} not in {}",
+        path.display()
+    );
+    tensors.insert(name.to_string(), t);
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+/// `t` with its first value NaN, and `t` as integers.
+fn poisoned(t: &Tensor) -> (Tensor, Tensor) {
+    let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[0] = f32::NAN;
+    let nan = Tensor::from_vec(v, t.shape(), t.device()).unwrap();
+    (nan, t.to_dtype(candle_core::DType::I64).unwrap())
+}
+
+/// Fine-tuning and resuming read weights (and optimizer moments) with the checks model loading
+/// applies: a NaN tensor and an integer tensor are refused, each named.
+#[test]
+fn fine_tuning_and_resuming_refuse_nan_and_integer_tensors() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let trainer = Trainer::from_scratch(small_spec(three.clone()), config(), 8, &dev).unwrap();
+    let clean = tmp.path().join("clean");
+    trainer.save(&clean).unwrap();
+    let name = "stages.1.blocks.0.mlp.fc1.weight";
+    let weights = candle_core::safetensors::load(clean.join("model.safetensors"), &dev).unwrap();
+    let (nan, int) = poisoned(&weights[name]);
+    for (what, t) in [("NaN or infinite", nan), ("unsupported dtype", int)] {
+        let dir = tmp.path().join(what.replace(' ', "_"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "optimizer.safetensors",
+            "trainer.json",
+        ] {
+            std::fs::copy(clean.join(f), dir.join(f)).unwrap();
+        }
+        replace_tensor(&dir.join("model.safetensors"), name, t.clone());
+        let err = Trainer::resume(&dir, &dev).unwrap_err().to_string();
+        assert!(err.contains(what) && err.contains(name), "resume: {err}");
+        let spec = small_spec(three.clone());
+        let err = Trainer::fine_tune(&dir, spec, config(), 8, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what) && err.contains(name), "fine-tune: {err}");
+    }
+    // Optimizer moments too.
+    let dir = tmp.path().join("bad_moments");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer.json",
+    ] {
+        std::fs::copy(clean.join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("optimizer.safetensors");
+    let moments = candle_core::safetensors::load(&path, &dev).unwrap();
+    let moment = moments.keys().min().unwrap().clone();
+    let (nan, _) = poisoned(&moments[&moment]);
+    replace_tensor(&path, &moment, nan);
+    let err = Trainer::resume(&dir, &dev).unwrap_err().to_string();
+    assert!(
+        err.contains("NaN or infinite") && err.contains(&moment),
+        "{err}"
+    );
+    // The clean checkpoint still resumes and fine-tunes.
+    Trainer::resume(&clean, &dev).unwrap();
+    Trainer::fine_tune(&clean, small_spec(three), config(), 8, &dev).unwrap();
+}

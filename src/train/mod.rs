@@ -423,8 +423,11 @@ impl Trainer {
         }
         let params = trainable(&varmap);
         let mut opt = AdamW::new(params, adamw_config(&state.config))?;
-        let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)
-            .with_context(|| format!("cannot read the optimizer state in {}", dir.display()))?;
+        let moments = tokenmix_models::checkpoint::read_checked(
+            &dir.join("optimizer.safetensors"),
+            "the optimizer state",
+            device,
+        )?;
         opt.load_state(&moments, state.optimizer_steps)?;
         Ok(Self {
             model: model_from(&arch, &varmap, device)?,
@@ -817,10 +820,15 @@ fn trainable(varmap: &VarMap) -> Vec<(String, Var)> {
         .collect()
 }
 
+/// The weights in `dir`, read with model loading's checks (no integer tensor, no NaN or
+/// infinite value, each offender named).
 fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join("model.safetensors");
-    candle_core::safetensors::load(&path, device)
-        .with_context(|| format!("cannot read the weights {}", path.display()))
+    Ok(tokenmix_models::checkpoint::read_checked(
+        &path,
+        "the model being trained",
+        device,
+    )?)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

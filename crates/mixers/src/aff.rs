@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use tokenmix_kernels::{irfft2_ortho, rfft2_ortho};
 
-use crate::layers::{Act, ActKind};
+use crate::layers::{Act, ActKind, Derived};
 use serde::{Deserialize, Serialize};
 
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
@@ -17,15 +17,30 @@ use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 /// `w1`, `w2` `[2, k, C/k, C/k]` and biases `b1`, `b2` `[2, k, C/k]` (index 0 real, 1
 /// imaginary). The AFFNet layer adds the input back (the reference's
 /// residual inside `AFNO2D_channelfirst` moves to the block).
+///
+/// The weights are kept as loaded; their real and imaginary halves (weights transposed) are
+/// derived on the first forward pass (on every pass while they are trainable), so building the
+/// filter allocates nothing.
 #[derive(Debug, Clone)]
 pub struct AdaptiveFrequencyFilter {
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    parts: Derived<FilterParts>,
+    act: Act,
+    blocks: usize,
+    threshold: f64,
+}
+
+/// The real and imaginary halves of `w1`, `b1`, `w2`, `b2`, in the orientation the forward pass
+/// multiplies by.
+#[derive(Debug, Clone)]
+struct FilterParts {
     w1: (Tensor, Tensor),
     b1: (Tensor, Tensor),
     w2: (Tensor, Tensor),
     b2: (Tensor, Tensor),
-    act: Act,
-    blocks: usize,
-    threshold: f64,
 }
 
 /// Real and imaginary halves of a `[2, ...]` tensor; weights are transposed to `[k, out, in]`.
@@ -50,15 +65,31 @@ impl AdaptiveFrequencyFilter {
         act: ActKind,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let bs = dim / num_blocks;
+        let bs = dim / num_blocks.max(1);
         Ok(Self {
-            w1: parts(&vb.get((2, num_blocks, bs, bs), "w1")?, true)?,
-            b1: parts(&vb.get((2, num_blocks, bs), "b1")?, false)?,
-            w2: parts(&vb.get((2, num_blocks, bs, bs), "w2")?, true)?,
-            b2: parts(&vb.get((2, num_blocks, bs), "b2")?, false)?,
+            w1: vb.get((2, num_blocks, bs, bs), "w1")?,
+            b1: vb.get((2, num_blocks, bs), "b1")?,
+            w2: vb.get((2, num_blocks, bs, bs), "w2")?,
+            b2: vb.get((2, num_blocks, bs), "b2")?,
+            parts: Derived::default(),
             act: Act::new(act, vb.pp("act"))?,
             blocks: num_blocks,
             threshold,
+        })
+    }
+
+    /// The halves of the weights, derived once unless a weight is trainable.
+    fn parts(&self) -> Result<FilterParts> {
+        let trainable = [&self.w1, &self.b1, &self.w2, &self.b2]
+            .iter()
+            .any(|t| t.is_variable());
+        self.parts.get(trainable, || {
+            Ok(FilterParts {
+                w1: parts(&self.w1, true)?,
+                b1: parts(&self.b1, false)?,
+                w2: parts(&self.w2, true)?,
+                b2: parts(&self.b2, false)?,
+            })
         })
     }
 }
@@ -93,9 +124,10 @@ impl TokenMixer for AdaptiveFrequencyFilter {
         let k = w / 2 + 1;
         let grouped = |t: &Tensor| t.reshape((b, self.blocks, c / self.blocks, h * k));
         let (xr, xi) = (grouped(&re)?, grouped(&im)?);
-        let (o1r, o1i) = complex_affine((&xr, &xi), &self.w1, &self.b1)?;
+        let p = self.parts()?;
+        let (o1r, o1i) = complex_affine((&xr, &xi), &p.w1, &p.b1)?;
         let (o1r, o1i) = (self.act.forward(&o1r)?, self.act.forward(&o1i)?);
-        let (o2r, o2i) = complex_affine((&o1r, &o1i), &self.w2, &self.b2)?;
+        let (o2r, o2i) = complex_affine((&o1r, &o1i), &p.w2, &p.b2)?;
         let mr = softshrink(&o2r, self.threshold)?.reshape((b, c, h, k))?;
         let mi = softshrink(&o2i, self.threshold)?.reshape((b, c, h, k))?;
         let yr = ((&mr * &re)? - (&mi * &im)?)?;

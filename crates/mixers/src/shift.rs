@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use serde::{Deserialize, Serialize};
 
+use crate::layers::Derived;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Sizes of `torch.chunk(x, groups, dim=1)` for `dim` channels: `ceil(dim / groups)` each, the
@@ -22,12 +23,19 @@ pub fn chunk_sizes(dim: usize, groups: usize) -> Vec<usize> {
 /// `i` is rolled circularly by `shift_dist[i]` along the width and, separately, along the
 /// height, each roll followed by its own `k_i x k_i` depthwise convolution with bias
 /// (`dwconv_lr.i`, `dwconv_td.i`); the output is the sum of the two. The per-group kernels are
-/// packed at load time into one `(2, C, k, k)` tensor (centred, zero-padded to the largest `k`)
-/// for the fused op.
+/// packed into one `(2, C, k, k)` tensor (centred, zero-padded to the largest `k`) for the fused
+/// op on the first forward pass (on every pass while they are trainable), so building the mixer
+/// allocates nothing.
 #[derive(Debug, Clone)]
 pub struct MixShift {
-    weights: Tensor,
-    biases: Tensor,
+    /// Per direction (`dwconv_lr`, `dwconv_td`), each group's `(len, 1, k, k)` weight as loaded.
+    weights: [Vec<Tensor>; 2],
+    /// Per direction, each group's `(len,)` bias.
+    biases: [Vec<Tensor>; 2],
+    /// Largest kernel size.
+    kmax: usize,
+    /// The packed `(2, C, kmax, kmax)` weights and `(2, C)` biases.
+    packed: Derived<(Tensor, Tensor)>,
     shifts: Vec<i32>,
 }
 
@@ -38,35 +46,48 @@ impl MixShift {
         let kmax = mix_size.iter().copied().max().unwrap_or(1);
         let mut weights = [Vec::new(), Vec::new()];
         let mut biases = [Vec::new(), Vec::new()];
-        let mut shifts = Vec::with_capacity(dim);
+        let mut shifts = Vec::new();
         for (i, ((len, &shift), &k)) in chunk_sizes(dim, shift_dist.len())
             .into_iter()
             .zip(shift_dist)
             .zip(mix_size)
             .enumerate()
         {
-            let pad = (kmax - k) / 2;
             for (dir, name) in ["dwconv_lr", "dwconv_td"].iter().enumerate() {
                 let vb = vb.pp(name).pp(i);
-                let w = vb.get((len, 1, k, k), "weight")?;
-                weights[dir].push(w.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?);
+                weights[dir].push(vb.get((len, 1, k, k), "weight")?);
                 biases[dir].push(vb.get(len, "bias")?);
             }
             shifts.extend(std::iter::repeat_n(shift, len));
         }
-        let pack = |parts: &[Tensor]| -> Result<Tensor> { Tensor::cat(parts, 0) };
-        let weights = Tensor::stack(
-            &[
-                pack(&weights[0])?.squeeze(1)?,
-                pack(&weights[1])?.squeeze(1)?,
-            ],
-            0,
-        )?;
-        let biases = Tensor::stack(&[pack(&biases[0])?, pack(&biases[1])?], 0)?;
         Ok(Self {
             weights,
             biases,
+            kmax,
+            packed: Derived::default(),
             shifts,
+        })
+    }
+
+    /// The packed weights and biases, derived once unless a weight is trainable.
+    fn packed(&self) -> Result<(Tensor, Tensor)> {
+        let trainable = self.weights.iter().chain(&self.biases).flatten().any(|t| t.is_variable());
+        self.packed.get(trainable, || {
+            let kmax = self.kmax;
+            let pad = |w: &Tensor| -> Result<Tensor> {
+                let p = (kmax - w.dim(3)?) / 2;
+                w.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)
+            };
+            let pack = |dir: usize| -> Result<Tensor> {
+                let padded = self.weights[dir].iter().map(pad).collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&padded, 0)?.squeeze(1)
+            };
+            let weights = Tensor::stack(&[pack(0)?, pack(1)?], 0)?;
+            let biases = Tensor::stack(
+                &[Tensor::cat(&self.biases[0], 0)?, Tensor::cat(&self.biases[1], 0)?],
+                0,
+            )?;
+            Ok((weights, biases))
         })
     }
 }
@@ -81,7 +102,8 @@ impl TokenMixer for MixShift {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        tokenmix_kernels::mix_shift(x, &self.weights, &self.biases, &self.shifts)
+        let (weights, biases) = self.packed()?;
+        tokenmix_kernels::mix_shift(x, &weights, &biases, &self.shifts)
     }
 }
 

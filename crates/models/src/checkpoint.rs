@@ -19,9 +19,62 @@ use crate::{ArchConfig, Error, ImageModel, Result};
 /// Name and shape of one tensor a model reads.
 pub type TensorSpec = (String, Vec<usize>);
 
+/// Largest model built: 8 G parameters (32 GB in f32). Configs beyond it are refused while
+/// their tensor list is recorded, before anything is allocated.
+pub const MAX_PARAMS: u64 = 8_000_000_000;
+
+/// Most tensors a model may have.
+pub const MAX_TENSORS: usize = 1_000_000;
+
+/// What a recording build has seen so far.
 #[derive(Default)]
+struct Recording {
+    specs: Vec<TensorSpec>,
+    /// Parameters recorded so far.
+    params: u64,
+    /// Why recording stopped: the model is over [`MAX_PARAMS`] or [`MAX_TENSORS`].
+    over: Option<String>,
+}
+
+/// A `VarBuilder` backend that records each tensor's name and shape and hands out a broadcast
+/// zero scalar of that shape (no memory per element); it refuses, and stops the build, once the
+/// model is over [`MAX_PARAMS`] parameters or [`MAX_TENSORS`] tensors.
 struct Recorder {
-    seen: Arc<Mutex<Vec<TensorSpec>>>,
+    seen: Arc<Mutex<Recording>>,
+}
+
+impl Recording {
+    fn record(&mut self, name: &str, dims: &[usize]) -> std::result::Result<(), String> {
+        let elems = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let total = elems.and_then(|e| self.params.checked_add(e));
+        if self.over.is_some() {
+            return Err("the model is too large".into());
+        }
+        let over = match total {
+            Some(n) if n <= MAX_PARAMS && self.specs.len() < MAX_TENSORS => None,
+            Some(n) if n <= MAX_PARAMS => Some(format!(
+                "the configuration describes a model of more than {MAX_TENSORS} tensors, the \
+                 most tokenmix builds"
+            )),
+            Some(n) => Some(format!(
+                "the configuration describes a model of more than {MAX_PARAMS} parameters, \
+                 the most tokenmix builds (at least {n}, {:.1} GiB in f32, counted up to \
+                 {name} {dims:?})",
+                n as f64 * 4.0 / (1u64 << 30) as f64
+            )),
+            None => Some(format!(
+                "the configuration describes a model of more than {MAX_PARAMS} parameters, \
+                 the most tokenmix builds (more than 2^64, counted up to {name} {dims:?})"
+            )),
+        };
+        if let Some(why) = over {
+            self.over = Some(why.clone());
+            return Err(why);
+        }
+        self.params = total.unwrap_or(u64::MAX);
+        self.specs.push((name.to_string(), dims.to_vec()));
+        Ok(())
+    }
 }
 
 impl SimpleBackend for Recorder {
@@ -33,9 +86,12 @@ impl SimpleBackend for Recorder {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push((name.to_string(), s.dims().to_vec()));
-        }
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("tensor recorder poisoned".into()))?;
+        seen.record(name, s.dims())
+            .map_err(candle_core::Error::Msg)?;
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
 
@@ -48,14 +104,29 @@ impl SimpleBackend for Recorder {
     }
 }
 
-/// Every tensor `cfg` reads, with its shape, in build order.
-pub fn expected_tensors(cfg: &ArchConfig) -> Result<Vec<TensorSpec>> {
-    let recorder = Recorder::default();
-    let seen = recorder.seen.clone();
+/// The tensors `cfg` reads and their parameter count, recorded without allocating any of them;
+/// a model over [`MAX_PARAMS`] or [`MAX_TENSORS`] is an error in `context`.
+fn record(cfg: &ArchConfig, context: &str) -> Result<(Vec<TensorSpec>, u64)> {
+    let seen = Arc::new(Mutex::new(Recording::default()));
+    let recorder = Recorder { seen: seen.clone() };
     let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
-    cfg.build(vb)?;
-    let specs = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    Ok(specs)
+    let built = cfg.build(vb);
+    let recording = std::mem::take(
+        &mut *seen
+            .lock()
+            .map_err(|_| Error::config(context, "tensor recorder poisoned"))?,
+    );
+    if let Some(why) = recording.over {
+        return Err(Error::config(context, why));
+    }
+    built?;
+    Ok((recording.specs, recording.params))
+}
+
+/// Every tensor `cfg` reads, with its shape, in build order; recorded without allocating the
+/// tensors or anything derived from them, and refused over [`MAX_PARAMS`] parameters.
+pub fn expected_tensors(cfg: &ArchConfig) -> Result<Vec<TensorSpec>> {
+    Ok(record(cfg, &format!("a {} model", cfg.family()))?.0)
 }
 
 /// Number of parameters of `cfg`: every tensor in its checkpoint but batch-norm running
@@ -64,30 +135,13 @@ pub fn param_count(cfg: &ArchConfig) -> Result<u64> {
     Ok(expected_tensors(cfg)?
         .iter()
         .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
-        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
         .sum())
 }
 
-/// Largest model built: 8 G parameters (32 GB in f32). Configs beyond it are refused before
-/// anything is allocated.
-pub const MAX_PARAMS: u64 = 8_000_000_000;
-
-/// The tensors of `cfg`, refusing models over [`MAX_PARAMS`].
+/// The tensors of `cfg`, refusing models over [`MAX_PARAMS`] (in messages about `model_name`).
 fn checked_tensors(cfg: &ArchConfig, model_name: &str) -> Result<Vec<TensorSpec>> {
-    let specs = expected_tensors(cfg)?;
-    let n: u64 = specs
-        .iter()
-        .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
-        .sum();
-    if n > MAX_PARAMS {
-        return Err(Error::config(
-            model_name,
-            format!(
-                "the configuration has {n} parameters, more than the {MAX_PARAMS} tokenmix builds"
-            ),
-        ));
-    }
-    Ok(specs)
+    Ok(record(cfg, model_name)?.0)
 }
 
 /// Whether every value of a little-endian float buffer is finite (checked on the bit patterns).
@@ -124,6 +178,79 @@ fn list(kind: &str, items: &[String]) -> Option<String> {
     Some(format!("{} {kind}: {shown}", items.len()))
 }
 
+/// Adds `name` to `bad_dtype` unless `view` holds floats, else to `non_finite` if it has a NaN
+/// or infinite value.
+fn check_values(
+    name: &str,
+    view: &safetensors::tensor::TensorView,
+    bad_dtype: &mut Vec<String>,
+    non_finite: &mut Vec<String>,
+) {
+    use safetensors::Dtype as D;
+    if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
+        bad_dtype.push(format!(
+            "{name} ({:?}; want f32, f16 or bf16)",
+            view.dtype()
+        ));
+    } else if !all_finite(view.dtype(), view.data()) {
+        non_finite.push(name.to_string());
+    }
+}
+
+/// Reads every tensor of the safetensors file at `path` onto `device` as f32, with the checks
+/// model loading applies to each tensor: a tensor of an integer or boolean dtype, or with NaN or
+/// infinite values, is refused (all of them named in one [`Error::WeightMismatch`] about
+/// `model_name`). Which tensors the file must hold is the caller's to check; training uses this
+/// for fine-tuning and resuming.
+pub fn read_checked(
+    path: &Path,
+    model_name: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let (mut bad_dtype, mut non_finite) = (Vec::new(), Vec::new());
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    for name in &names {
+        let view = st.tensor(name).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        check_values(name, &view, &mut bad_dtype, &mut non_finite);
+    }
+    let problems: Vec<String> = [
+        list("tensors of an unsupported dtype", &bad_dtype),
+        list("tensors with NaN or infinite values", &non_finite),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !problems.is_empty() {
+        return Err(Error::WeightMismatch {
+            path: path.to_path_buf(),
+            model: model_name.to_string(),
+            details: problems.join("; "),
+        });
+    }
+    let mut tensors = HashMap::with_capacity(names.len());
+    for name in names {
+        let view = st.tensor(name).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        tensors.insert(name.to_string(), t);
+    }
+    Ok(tensors)
+}
+
 /// Compares the tensors of a safetensors file with what the model needs.
 fn check_tensors(
     st: &SafeTensors,
@@ -146,15 +273,7 @@ fn check_tensors(
                         view.shape()
                     ));
                 }
-                use safetensors::Dtype as D;
-                if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
-                    bad_dtype.push(format!(
-                        "{name} ({:?}; want f32, f16 or bf16)",
-                        view.dtype()
-                    ));
-                } else if !all_finite(view.dtype(), view.data()) {
-                    non_finite.push(name.clone());
-                }
+                check_values(name, &view, &mut bad_dtype, &mut non_finite);
             }
         }
     }

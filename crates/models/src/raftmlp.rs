@@ -15,7 +15,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokenmix_kernels::resize::interpolate_bicubic;
-use tokenmix_mixers::layers::{drop_path_rates, ActKind, DropPath, Mlp, Norm};
+use tokenmix_mixers::layers::{drop_path_rates, ActKind, Derived, DropPath, Mlp, Norm};
 use tokenmix_mixers::raft::{RaftTokenMixingConfig, RAFT_NORM};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
@@ -271,10 +271,18 @@ impl Architecture for RaftMlpConfig {
 }
 
 /// The cross-scale embedding as convolutions: one per unfold kernel, all with the level's
-/// stride, summed, plus the projection's bias.
+/// stride, summed, plus the projection's bias. The projection's weight is kept as loaded and cut
+/// into the convolution kernels on the first forward pass (on every pass while it is
+/// trainable), so building the embedding allocates nothing.
 #[derive(Debug)]
 struct Embedding {
-    convs: Vec<(Tensor, usize)>,
+    /// The projection's weight `[dim, cin * sum(k^2)]`.
+    weight: Tensor,
+    /// `(k, padding)` of each unfold kernel.
+    kernels: Vec<(usize, usize)>,
+    cin: usize,
+    /// Each kernel's `(dim, cin, k, k)` convolution weight.
+    convs: Derived<Vec<Tensor>>,
     bias: Tensor,
     stride: usize,
 }
@@ -284,20 +292,34 @@ impl Embedding {
         let fc = vb.pp("fc");
         let taps: usize = level.embedding_kernels.iter().map(|k| k * k).sum();
         let weight = fc.get((level.dim, cin * taps), "weight")?;
-        let mut offset = 0;
-        let mut convs = Vec::new();
-        for &k in &level.embedding_kernels {
-            let w = weight
-                .narrow(1, offset, cin * k * k)?
-                .reshape((level.dim, cin, k, k))?
-                .contiguous()?;
-            convs.push((w, (k - level.patch_size) / 2));
-            offset += cin * k * k;
-        }
+        let kernels = level
+            .embedding_kernels
+            .iter()
+            .map(|&k| (k, (k - level.patch_size) / 2))
+            .collect();
         Ok(Self {
-            convs,
+            weight,
+            kernels,
+            cin,
+            convs: Derived::default(),
             bias: fc.get(level.dim, "bias")?,
             stride: level.patch_size,
+        })
+    }
+
+    /// The convolution weights, cut from the projection's weight.
+    fn convs(&self) -> Result<Vec<Tensor>> {
+        self.convs.get(self.weight.is_variable(), || {
+            let dim = self.weight.dim(0)?;
+            let mut offset = 0;
+            let mut convs = Vec::with_capacity(self.kernels.len());
+            for &(k, _) in &self.kernels {
+                let taps = self.cin * k * k;
+                let w = self.weight.narrow(1, offset, taps)?;
+                convs.push(w.reshape((dim, self.cin, k, k))?.contiguous()?);
+                offset += taps;
+            }
+            Ok(convs)
         })
     }
 }
@@ -305,8 +327,8 @@ impl Embedding {
 impl Module for Embedding {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y: Option<Tensor> = None;
-        for (w, pad) in &self.convs {
-            let c = x.conv2d(w, *pad, self.stride, 1, 1)?;
+        for (w, &(_, pad)) in self.convs()?.iter().zip(&self.kernels) {
+            let c = x.conv2d(w, pad, self.stride, 1, 1)?;
             y = Some(match y {
                 Some(acc) => (acc + c)?,
                 None => c,

@@ -238,8 +238,15 @@ mod online {
         .iter()
         .any(|v| std::env::var_os(v).is_some())
         {
-            // ureq would send even 127.0.0.1 through the proxy.
-            eprintln!("skipped: a proxy is configured");
+            // ureq would send even 127.0.0.1 through the proxy, so the test cannot run; that
+            // is an error unless skipping it was asked for.
+            assert!(
+                std::env::var_os("TOKENMIX_SKIP_PROXIED_HUB_TESTS").is_some(),
+                "a proxy variable is set, which this test's local server cannot be reached \
+                 through: unset the *_PROXY variables, or set TOKENMIX_SKIP_PROXIED_HUB_TESTS=1 \
+                 to skip this test knowingly"
+            );
+            eprintln!("skipped (TOKENMIX_SKIP_PROXIED_HUB_TESTS): a proxy is configured");
             return;
         }
         let files: Vec<(String, Vec<u8>)> = ["config.json", "model.safetensors"]
