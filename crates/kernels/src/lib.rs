@@ -59,7 +59,7 @@ pub use attention::SelfAttention;
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
-pub use mlp::{Linear, MlpActivation, MlpWeights, ResidualMlp};
+pub use mlp::{Linear, MlpActivation, MlpPlan, MlpWeights, ResidualMlp};
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
