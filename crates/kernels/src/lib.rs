@@ -49,6 +49,8 @@ pub mod resize;
 mod scan;
 mod shift;
 mod simd;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod sizes;
 mod spectral;
 
 use candle_core::{DType, Device, Result, Tensor};
