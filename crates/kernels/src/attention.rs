@@ -10,6 +10,15 @@ use crate::KernelError;
 /// Query rows per score block: bounds the scratch at `ROWS x N` scores per task.
 const ROWS: usize = 128;
 
+/// What the output and the score scratch start as: NaN in debug builds, so that the tests would
+/// see it if gemm ever read `dst` without `read_dst` (gemm-common 0.19 stores it without
+/// reading it) or a head left part of the output unwritten.
+const UNWRITTEN: f32 = if cfg!(debug_assertions) {
+    f32::NAN
+} else {
+    0.0
+};
+
 /// Candle custom op: the attention core on a contiguous f32 `qkv` `(B, N, 3, H, D)` (the
 /// output of a `Linear(C, 3 * H * D)` reshaped): for every sample and head,
 /// `softmax(scale · q kᵀ) v` with the softmax over keys, written as `(B, N, H * D)` (heads
@@ -52,13 +61,13 @@ impl CustomOp1 for SelfAttention {
         let (b, n, h, d) = qkv_dims(layout.shape())?;
         let qkv = crate::error::contiguous_f32(storage, layout, "self_attention", "qkv")?;
         let shape = Shape::from((b, n, h * d));
-        let mut out = vec![0f32; shape.elem_count()];
+        let mut out = vec![UNWRITTEN; shape.elem_count()];
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), shape));
         }
         let dst = SyncPtr(out.as_mut_ptr());
         (0..b * h).into_par_iter().for_each_init(
-            || vec![0f32; ROWS.min(n) * n],
+            || vec![UNWRITTEN; ROWS.min(n) * n],
             |scores, task| {
                 let (sample, head) = (task / h, task % h);
                 let base = sample * n * 3 * h * d + head * d;

@@ -655,7 +655,7 @@ mod gpu {
             let mut builder = stream.launch_builder(&f);
             builder.arg(&self.geo).arg(&a).arg(&b).arg(&out);
             let cfg = match self.per_block {
-                true => blocks_of(self.out_len, BLOCK),
+                true => blocks_of(self.out_len, BLOCK, "depthwise_conv2d")?,
                 false => grid(self.out_len),
             };
             // SAFETY: the arguments match the kernel's signature.

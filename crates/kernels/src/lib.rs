@@ -49,6 +49,8 @@ pub mod resize;
 mod scan;
 mod shift;
 mod simd;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod sizes;
 mod spectral;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -59,7 +61,7 @@ pub use attention::SelfAttention;
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
 pub use error::KernelError;
-pub use mlp::{Linear, MlpActivation, MlpWeights, ResidualMlp};
+pub use mlp::{Linear, MlpActivation, MlpPlan, MlpWeights, ResidualMlp};
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;

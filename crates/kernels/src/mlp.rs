@@ -277,40 +277,37 @@ impl Slices<'_> {
     fn run(&self, x: &[f32], base: &[f32], rows: usize) -> Vec<f32> {
         let (c, h, n) = self.dims;
         let mut out: Vec<f32> = Vec::with_capacity(rows * n);
-        let threads = rayon::current_num_threads().max(1);
-        let block = if (c + n) * h * 4 > MAX_BLOCKED_WEIGHT_BYTES {
-            rows
-        } else {
-            block_rows(rows, h, threads)
-        };
         let dst = SyncPtr(out.as_mut_ptr());
-        if block >= rows {
-            let mut hidden = Vec::with_capacity(rows * h);
-            // SAFETY: `out` holds `rows * n` elements of capacity.
-            unsafe {
-                let scratch = hidden.spare_capacity_mut();
-                self.block(x, base, rows, scratch, dst, threads > 1)
-            };
-        } else {
-            let blocks = rows.div_ceil(block);
-            (0..blocks).into_par_iter().for_each_init(
-                || Vec::<f32>::with_capacity(block * h),
-                |hidden, i| {
-                    let (r0, m) = (i * block, block.min(rows - i * block));
-                    // SAFETY: rows `r0..r0 + m` of `out` are inside its capacity and written
-                    // by this task only.
-                    unsafe {
-                        self.block(
-                            &x[r0 * c..(r0 + m) * c],
-                            &base[r0 * n..(r0 + m) * n],
-                            m,
-                            &mut hidden.spare_capacity_mut()[..m * h],
-                            dst.add(r0 * n),
-                            false,
-                        )
-                    };
-                },
-            );
+        match plan(self.dims, rows, rayon::current_num_threads()) {
+            MlpPlan::Blocks { rows: block, count } => {
+                (0..count).into_par_iter().for_each_init(
+                    || Vec::<f32>::with_capacity(block * h),
+                    |hidden, i| {
+                        let (r0, m) = (i * block, block.min(rows - i * block));
+                        // SAFETY: rows `r0..r0 + m` of `out` are inside its capacity and written
+                        // by this task only.
+                        unsafe {
+                            self.block(
+                                &x[r0 * c..(r0 + m) * c],
+                                &base[r0 * n..(r0 + m) * n],
+                                m,
+                                &mut hidden.spare_capacity_mut()[..m * h],
+                                dst.add(r0 * n),
+                                false,
+                            )
+                        };
+                    },
+                );
+            }
+            one => {
+                let mut hidden = Vec::with_capacity(rows * h);
+                let parallel = one == MlpPlan::SplitProducts;
+                // SAFETY: `out` holds `rows * n` elements of capacity.
+                unsafe {
+                    let scratch = hidden.spare_capacity_mut();
+                    self.block(x, base, rows, scratch, dst, parallel)
+                };
+            }
         }
         // SAFETY: every block wrote its rows, so all `rows * n` elements are initialized.
         unsafe { out.set_len(rows * n) };
@@ -333,6 +330,11 @@ impl Slices<'_> {
         parallel: bool,
     ) {
         let (c, h, n) = self.dims;
+        // Debug builds poison the scratch, so that the tests would see it if gemm ever read
+        // `dst` without `accumulate` (gemm-common 0.19 stores it without reading it).
+        if cfg!(debug_assertions) {
+            hidden[..m * h].fill(MaybeUninit::new(f32::NAN));
+        }
         let par = if parallel {
             gemm::Parallelism::Rayon(rayon::current_num_threads())
         } else {
@@ -386,6 +388,54 @@ impl Slices<'_> {
                 }
             }
         }
+    }
+}
+
+/// How the CPU kernel of [`ResidualMlp`] splits its rows (see [`MlpWeights::cpu_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpPlan {
+    /// All rows in one block on the calling thread (a pool of one thread).
+    Serial,
+    /// All rows in one block whose products and element-wise passes are split across the
+    /// pool's threads: too few rows to give every thread a block, or weights too large to
+    /// stream through the cache once per block.
+    SplitProducts,
+    /// `count` blocks of `rows` rows (the last one shorter when they do not divide), one
+    /// single-threaded task each, run in parallel.
+    Blocks {
+        /// Rows per block.
+        rows: usize,
+        /// Number of blocks.
+        count: usize,
+    },
+}
+
+impl MlpWeights {
+    /// How [`ResidualMlp`]'s CPU kernel would split `rows` rows of input on the current rayon
+    /// pool (`rayon::current_num_threads()`), after checking the weights.
+    pub fn cpu_plan(&self, rows: usize) -> Result<MlpPlan> {
+        Ok(plan(self.dims()?, rows, rayon::current_num_threads()))
+    }
+}
+
+/// The [`MlpPlan`] for `rows` rows of an MLP of sizes `(C, H, N)` on `threads` threads.
+fn plan((c, h, n): (usize, usize, usize), rows: usize, threads: usize) -> MlpPlan {
+    let threads = threads.max(1);
+    let weight_bytes = (c + n).saturating_mul(h).saturating_mul(4);
+    let block = if weight_bytes > MAX_BLOCKED_WEIGHT_BYTES {
+        rows
+    } else {
+        block_rows(rows, h, threads)
+    };
+    if block < rows {
+        MlpPlan::Blocks {
+            rows: block,
+            count: rows.div_ceil(block),
+        }
+    } else if threads > 1 {
+        MlpPlan::SplitProducts
+    } else {
+        MlpPlan::Serial
     }
 }
 

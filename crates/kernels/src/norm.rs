@@ -378,6 +378,19 @@ impl CustomOp3 for ChannelNorm {
     }
 }
 
+/// The most samples one GroupNorm statistics launch takes: its grid's y dimension indexes them.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const MAX_GRID_Y: usize = 65535;
+
+/// `(first, count)` of consecutive chunks of at most [`MAX_GRID_Y`] samples covering
+/// `0..samples`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn sample_chunks(samples: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..samples)
+        .step_by(MAX_GRID_Y)
+        .map(move |first| (first, MAX_GRID_Y.min(samples - first)))
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::cuda_backend::cudarc::driver::{
@@ -387,7 +400,10 @@ mod gpu {
     use candle_core::{Layout, Result, WithDType};
 
     use super::NormAxes;
-    use crate::cuda::{blocks_of, func, grid, int, view, BLOCK, NORM};
+    use crate::cuda::{func, grid, int, product, threads_for, view, BLOCK, NORM};
+    use crate::KernelError;
+
+    const OP: &str = "channel_norm";
 
     /// The channel-norm launch for `x` viewed as `dims = (outer, C, inner)`.
     pub(super) struct Launch {
@@ -407,11 +423,7 @@ mod gpu {
     impl Launch {
         fn ints(&self) -> Result<(i32, i32, i32)> {
             let (o, c, i) = self.dims;
-            Ok((
-                int(o, "channel_norm")?,
-                int(c, "channel_norm")?,
-                int(i, "channel_norm")?,
-            ))
+            Ok((int(o, OP)?, int(c, OP)?, int(i, OP)?))
         }
 
         fn layer_norm<T: DeviceRepr + WithDType>(
@@ -435,8 +447,9 @@ mod gpu {
                 .arg(&ops.b)
                 .arg(&ops.y);
             let cfg = match rows {
-                true => blocks_of(self.dims.0.div_ceil(BLOCK as usize / 32), BLOCK),
-                false => grid(self.dims.0 * self.dims.2),
+                // One warp per row; the kernel's flat thread index is unsigned.
+                true => threads_for(product(&[self.dims.0, 32], OP)?, BLOCK, u32::MAX, OP)?,
+                false => grid(product(&[self.dims.0, self.dims.2], OP)?),
             };
             // SAFETY: the arguments match the kernel's signature.
             unsafe { b.launch(cfg) }.w()?;
@@ -449,29 +462,46 @@ mod gpu {
             ops: &Operands<'_, T>,
         ) -> Result<()> {
             let (outer, c, inner) = self.ints()?;
-            let per = self.dims.1 * self.dims.2;
-            let acc = dev.alloc_zeros::<f64>(2 * self.dims.0)?;
+            let samples = self.dims.0;
+            let per = product(&[self.dims.1, self.dims.2], OP)?;
+            let mut acc = dev.alloc_zeros::<f64>(product(&[samples, 2], OP)?)?;
             let stream = dev.cuda_stream();
             let stats = func::<T>(dev, &NORM, "gn_stats")?;
-            let mut b = stream.launch_builder(&stats);
-            b.arg(&per).arg(&ops.x).arg(&acc);
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    per.div_ceil(BLOCK as usize * 8).clamp(1, 256) as u32,
-                    outer as u32,
-                    1,
-                ),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
+            // At most 256 blocks per sample, so the conversion is exact.
+            let per_sample = per.div_ceil(BLOCK as usize * 8).clamp(1, 256) as u32;
+            let chunk = |what: &str, start: usize, len: usize| KernelError::Param {
+                op: OP,
+                msg: format!("{what} {start}..{} is out of range", start + len),
             };
-            // SAFETY: the arguments match the kernel's signature.
-            unsafe { b.launch(cfg) }.w()?;
+            // gn_stats finds its sample at blockIdx.y: launch chunks of samples, each on its own
+            // slices of x and of the sums.
+            for (first, count) in super::sample_chunks(samples) {
+                let (x0, xn) = (first * per, count * per);
+                let x = ops
+                    .x
+                    .try_slice(x0..x0 + xn)
+                    .ok_or_else(|| chunk("x", x0, xn))?;
+                let mut sums = acc
+                    .try_slice_mut(2 * first..2 * (first + count))
+                    .ok_or_else(|| chunk("sums", 2 * first, 2 * count))?;
+                let mut b = stream.launch_builder(&stats);
+                b.arg(&per).arg(&x).arg(&mut sums);
+                let cfg = LaunchConfig {
+                    // `count` is at most 65535 (`sample_chunks`), so the conversion is exact.
+                    grid_dim: (per_sample, count as u32, 1),
+                    block_dim: (BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the arguments match the kernel's signature, and the slices hold the
+                // `count` samples of `per` values and their `2 * count` sums it touches.
+                unsafe { b.launch(cfg) }.w()?;
+            }
             let apply = func::<T>(dev, &NORM, "gn_apply")?;
             let mut b = stream.launch_builder(&apply);
             b.arg(&outer).arg(&c).arg(&inner).arg(&self.eps).arg(&acc);
             b.arg(&ops.x).arg(&ops.w).arg(&ops.b).arg(&ops.y);
             // SAFETY: the arguments match the kernel's signature.
-            unsafe { b.launch(grid(self.dims.0 * per)) }.w()?;
+            unsafe { b.launch(grid(product(&[samples, per], OP)?)) }.w()?;
             Ok(())
         }
     }
@@ -487,13 +517,13 @@ mod gpu {
             bl: &Layout,
             dev: &CudaDevice,
         ) -> Result<CudaSlice<T>> {
-            let x = view(xs, xl, "channel_norm", "x")?;
+            let x = view(xs, xl, OP, "x")?;
             // SAFETY: both kernels write every element.
             let y = unsafe { dev.alloc::<T>(x.len()) }?;
             let ops = Operands {
                 x,
-                w: view(ws, wl, "channel_norm", "weight")?,
-                b: view(bs, bl, "channel_norm", "bias")?,
+                w: view(ws, wl, OP, "weight")?,
+                b: view(bs, bl, OP, "bias")?,
                 y,
             };
             if !ops.x.is_empty() {
@@ -504,5 +534,23 @@ mod gpu {
             }
             Ok(ops.y)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sample_chunks_cover_every_sample_within_the_grid() {
+        for samples in [1, 2, 65534, 65535, 65536, 200_000, 3 * 65535] {
+            let chunks: Vec<_> = super::sample_chunks(samples).collect();
+            let mut next = 0;
+            for &(first, count) in &chunks {
+                assert!(first == next && (1..=65535).contains(&count), "{samples}");
+                next += count;
+            }
+            assert_eq!(next, samples);
+            assert_eq!(chunks.len(), samples.div_ceil(65535));
+        }
+        assert_eq!(super::sample_chunks(0).count(), 0);
     }
 }

@@ -140,6 +140,22 @@ impl CustomOp3 for SelectiveScan {
     }
 }
 
+/// `(rows, elements)` of the GPU scan of `(B, D, L, N)`: `B * D` rows (one thread each) and
+/// `B * D * L` outputs, computed in `usize`; refused where a size the kernel computes in 32-bit
+/// ints (each dimension, the rows `B * D`, the state offsets `D * N`) would not fit.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn gpu_sizes([b, d, l, n]: [usize; 4]) -> Result<(usize, usize)> {
+    use crate::sizes::{int, product};
+    const OP: &str = "selective_scan";
+    for dim in [b, d, l, n] {
+        int(dim, OP)?;
+    }
+    let rows = product(&[b, d], OP)?;
+    int(rows, OP)?;
+    int(product(&[d, n], OP)?, OP)?;
+    Ok((rows, product(&[rows, l], OP)?))
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::cuda_backend::cudarc::driver::{
@@ -149,36 +165,56 @@ mod gpu {
     use candle_core::{Layout, Result, WithDType};
 
     use super::MAX_STATE_GPU;
-    use crate::cuda::{blocks_of, func, int, view, SCAN};
+    use crate::cuda::{func, int, threads_for, view, SCAN};
     use crate::KernelError;
 
     /// The kernel's `Scan` struct: `b, d, l, n`.
     #[repr(C)]
     #[derive(Debug, Clone, Copy)]
-    pub(super) struct Launch([i32; 4]);
+    struct Geo([i32; 4]);
 
     // SAFETY: a plain array of i32, laid out as the kernel's struct of four ints.
-    unsafe impl DeviceRepr for Launch {}
+    unsafe impl DeviceRepr for Geo {}
 
     const THREADS: u32 = 128;
 
+    const OP: &str = "selective_scan";
+
+    /// A scan launch: the kernel's sizes, and its row and element counts computed in `usize`.
+    pub(super) struct Launch {
+        geo: Geo,
+        /// `B * D` rows, one thread each.
+        rows: usize,
+        /// `B * D * L` output elements.
+        len: usize,
+        /// The state size `N`.
+        n: usize,
+    }
+
     impl Launch {
+        /// The launch for `(B, D, L, N)` (see [`super::gpu_sizes`]).
         pub(super) fn new(dims: [usize; 4]) -> Result<Self> {
+            let (rows, len) = super::gpu_sizes(dims)?;
             let mut g = [0i32; 4];
-            for (d, v) in g.iter_mut().zip(dims) {
-                *d = int(v, "selective_scan")?;
+            for (v, dim) in g.iter_mut().zip(dims) {
+                *v = int(dim, OP)?;
             }
-            Ok(Self(g))
+            Ok(Self {
+                geo: Geo(g),
+                rows,
+                len,
+                n: dims[3],
+            })
         }
 
         /// The kernel instance whose register state holds `n`.
         fn kernel(&self) -> Result<&'static str> {
-            match self.0[3] as usize {
+            match self.n {
                 0..=16 => Ok("scan_fwd_n16"),
                 17..=32 => Ok("scan_fwd_n32"),
                 33..=MAX_STATE_GPU => Ok("scan_fwd_n64"),
                 n => Err(KernelError::Param {
-                    op: "selective_scan",
+                    op: OP,
                     msg: format!("state size {n} exceeds the GPU kernel's {MAX_STATE_GPU}"),
                 }
                 .into()),
@@ -197,20 +233,40 @@ mod gpu {
             bcl: &Layout,
             dev: &CudaDevice,
         ) -> Result<CudaSlice<T>> {
-            let ud = view(uds, udl, "selective_scan", "ud")?;
-            let a = view(as_, al, "selective_scan", "a")?;
-            let bc = view(bcs, bcl, "selective_scan", "bc")?;
-            let rows = (self.0[0] * self.0[1]) as usize;
+            let ud = view(uds, udl, OP, "ud")?;
+            let a = view(as_, al, OP, "a")?;
+            let bc = view(bcs, bcl, OP, "bc")?;
             let f = func::<T>(dev, &SCAN, self.kernel()?)?;
+            // The kernel keeps its row index in an int.
+            let cfg = threads_for(self.rows, THREADS, i32::MAX as u32, OP)?;
             // SAFETY: the kernel writes all B * D * L elements.
-            let y = unsafe { dev.alloc::<T>(rows * self.0[2] as usize) }?;
+            let y = unsafe { dev.alloc::<T>(self.len) }?;
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
-            b.arg(self).arg(&ud).arg(&a).arg(&bc).arg(&y);
-            let cfg = blocks_of(rows.div_ceil(THREADS as usize), THREADS);
+            b.arg(&self.geo).arg(&ud).arg(&a).arg(&bc).arg(&y);
             // SAFETY: the arguments match the kernel's signature.
             unsafe { b.launch(cfg) }.w()?;
             Ok(y)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gpu_sizes_refuse_rows_past_32_bits() {
+        assert_eq!(super::gpu_sizes([2, 3, 5, 16]).unwrap(), (6, 30));
+        // Each dimension fits an int, their product does not: it used to wrap in i32.
+        let e = super::gpu_sizes([1 << 16, 1 << 16, 1, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("size 4294967296 exceeds the kernels' 32-bit indices"),
+            "{e}"
+        );
+        assert!(super::gpu_sizes([1 << 15, 1 << 16, 1, 1]).is_err());
+        assert!(super::gpu_sizes([1, 1 << 20, 1, 1 << 12]).is_err());
+        // Outputs are indexed in size_t: only their count must not overflow.
+        assert!(super::gpu_sizes([1 << 10, 1 << 10, 1 << 20, 16]).is_ok());
     }
 }

@@ -430,7 +430,7 @@ mod gpu {
     use candle_core::{Layout, Result, WithDType};
 
     use super::{smem_bytes, MAX_SMEM_GPU};
-    use crate::cuda::{func, int, view, BLOCK, SPECTRAL};
+    use crate::cuda::{blocks_of, func, int, view, BLOCK, SPECTRAL};
     use crate::KernelError;
 
     /// The kernels' `Plane` struct: `h, w, k = w/2 + 1`.
@@ -501,7 +501,7 @@ mod gpu {
             }
             // SAFETY: the kernels write all out_len elements.
             let out = unsafe { dev.alloc::<T>(self.out_len) }?;
-            if self.planes * self.out_len == 0 {
+            if self.planes == 0 || self.out_len == 0 {
                 return Ok(out);
             }
             let stream = dev.cuda_stream();
@@ -516,9 +516,9 @@ mod gpu {
             }
             b.arg(&out);
             let cfg = LaunchConfig {
-                grid_dim: (self.planes as u32, 1, 1),
-                block_dim: (BLOCK, 1, 1),
+                // At most MAX_SMEM_GPU bytes (checked in `new`), so the conversion is exact.
                 shared_mem_bytes: self.smem as u32,
+                ..blocks_of(self.planes, BLOCK, "spectral")?
             };
             // SAFETY: the arguments match the kernel's signature.
             unsafe { b.launch(cfg) }.w()?;

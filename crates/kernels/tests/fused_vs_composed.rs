@@ -3,21 +3,44 @@
 
 use candle_core::{Device, Tensor};
 use tokenmix_kernels::{
-    composed, DepthwiseConv2d, MlpActivation, MlpWeights, PoolMixer, PoolMixerNhwc, Window,
+    composed, DepthwiseConv2d, MlpActivation, MlpPlan, MlpWeights, PoolMixer, PoolMixerNhwc, Window,
 };
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
+    let d = (a - b)
         .unwrap()
         .flatten_all()
         .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // A NaN anywhere counts as an infinite difference, so it fails every `d < tol` check.
+    d.iter().fold(0f32, |m, v| {
+        if v.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max(v.abs())
+        }
+    })
+}
+
+/// Thread counts the kernels whose work split depends on `rayon::current_num_threads()` are
+/// tested under, whatever this machine's core count: a single thread, two, and more than the
+/// kernels' block sizes give work for.
+const POOL_SIZES: [usize; 3] = [1, 2, 16];
+
+/// `f(threads)` run inside a rayon pool of each of [`POOL_SIZES`], with the results.
+fn in_pools<T: Send>(f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    POOL_SIZES
+        .iter()
+        .map(|&threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| f(threads))
+        })
+        .collect()
 }
 
 fn randn(shape: &[usize]) -> Tensor {
@@ -515,6 +538,10 @@ fn channel_last_conv_rejects_bad_operands() {
 
 #[test]
 fn self_attention_matches_batched_matmuls() {
+    in_pools(|_| self_attention_cases());
+}
+
+fn self_attention_cases() {
     // (batch, tokens, heads, head_dim): one token, a token count above the kernel's 128-row
     // score block, odd sizes.
     for (b, n, h, d) in [
@@ -768,14 +795,16 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
             |t| Ok(reference_conv_nhwc(&t[0], &t[1], Some(&t[2]), s, p)),
         );
     }
-    for (b, n, h, d) in [(2, 7, 3, 4), (1, 130, 2, 3)] {
-        check_grads(
-            &format!("self attention {b}x{n}x{h}x{d}"),
-            &[randn(&[b, n, 3, h, d])],
-            |t| tokenmix_kernels::self_attention(&t[0], 0.5),
-            |t| composed::self_attention(&t[0], 0.5),
-        );
-    }
+    in_pools(|threads| {
+        for (b, n, h, d) in [(2, 7, 3, 4), (1, 130, 2, 3)] {
+            check_grads(
+                &format!("self attention {b}x{n}x{h}x{d} on {threads} threads"),
+                &[randn(&[b, n, 3, h, d])],
+                |t| tokenmix_kernels::self_attention(&t[0], 0.5),
+                |t| composed::self_attention(&t[0], 0.5),
+            );
+        }
+    });
     for k in [3, 5] {
         let (got, probe) = input_gradient(&x, |x| tokenmix_kernels::pool_mixer(x, k));
         let want = pool_mixer_adjoint(&probe, k);
@@ -984,9 +1013,13 @@ fn residual_mlp_matches_its_composition() {
         scale: 0.8,
         bias: -0.3,
     };
-    // (leading axes, C, H, N, activation, biases): one row; a few rows (one block across the
-    // threads); 1221 rows of a narrow MLP (blocks per thread); 700 rows of a wide one (128-row
-    // blocks and a partial last block); N != C.
+    // (leading axes, C, H, N, activation, biases): one row; a few rows; 1221 rows of a narrow
+    // MLP and 300 of a small one (one block on one thread, blocks on two, split products on 16);
+    // 700 rows of a wide one (128-row blocks and a partial last block on 1 and 2 threads);
+    // weights over the blocking limit (never blocks); 2300 rows of a tiny MLP (blocks on 16
+    // threads too); N != C.
+    let big_weights = 64 * 2100 * 4 * 2 > 1 << 20;
+    assert!(big_weights);
     let cases = [
         (vec![1, 1], 1, 1, 1, MlpActivation::Gelu, (false, false)),
         (vec![2, 7], 5, 20, 5, MlpActivation::Gelu, (true, true)),
@@ -1000,49 +1033,93 @@ fn residual_mlp_matches_its_composition() {
             (true, false),
         ),
         (vec![1, 300], 24, 96, 24, star, (false, true)),
+        (vec![300], 64, 2100, 64, MlpActivation::Gelu, (true, true)),
+        (vec![2300], 8, 32, 8, star, (true, false)),
     ];
-    for (lead, c, h, n, act, biases) in cases {
-        let w = mlp_weights(c, h, n, act, biases);
-        let rows: usize = lead.iter().product();
-        let x = randn(&[lead.clone(), vec![c]].concat());
-        let base = randn(&[lead.clone(), vec![n]].concat());
-        // The same values as `(rows, C)` through a transposed (non-contiguous) view.
-        let strided = x
-            .reshape((rows, c))
-            .unwrap()
-            .t()
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .t()
-            .unwrap();
-        assert!(rows == 1 || c == 1 || !strided.is_contiguous());
-        let flat_base = base.reshape((rows, n)).unwrap();
-        for (x, base) in [(&x, &base), (&strided, &flat_base)] {
-            let fused = tokenmix_kernels::residual_mlp(x, base, &w).unwrap();
-            let reference = reference_mlp(x, base, &w).unwrap();
-            let d = max_abs_diff(&fused, &reference);
-            assert!(d < 1e-4, "{lead:?}x{c} -> {h} -> {n}: max diff {d}");
-            let composed = composed::residual_mlp(&x.reshape((rows, c)).unwrap(), &flat_base, &w)
-                .unwrap()
-                .reshape(base.dims())
-                .unwrap();
-            assert!(max_abs_diff(&composed, &reference) < 1e-4);
+    let plans = in_pools(|threads| {
+        let mut plans = Vec::new();
+        for (lead, c, h, n, act, biases) in &cases {
+            let (c, h, n) = (*c, *h, *n);
+            let w = mlp_weights(c, h, n, *act, *biases);
+            let rows: usize = lead.iter().product();
+            let plan = w.cpu_plan(rows).unwrap();
+            check_residual_mlp(lead, &w);
+            plans.push((threads, rows, h, plan));
         }
+        plans
+    });
+    let plans: Vec<_> = plans.into_iter().flatten().collect();
+    for &(threads, rows, h, plan) in &plans {
+        let what = format!("{rows} rows, hidden {h}, {threads} threads: {plan:?}");
+        match plan {
+            MlpPlan::Serial => assert_eq!(threads, 1, "{what}"),
+            MlpPlan::SplitProducts => assert!(threads > 1, "{what}"),
+            MlpPlan::Blocks { rows: block, count } => {
+                assert!(h != 2100, "{what}: weights over 1 MiB in blocks");
+                assert!(count > 1 && block * (count - 1) < rows && rows <= block * count);
+            }
+        }
+    }
+    let seen = |threads: usize, f: &dyn Fn(&MlpPlan) -> bool| {
+        plans.iter().any(|p| p.0 == threads && f(&p.3))
+    };
+    let blocks = |p: &MlpPlan| matches!(p, MlpPlan::Blocks { .. });
+    let partial = |p: &MlpPlan| matches!(p, MlpPlan::Blocks { rows, .. } if 700 % rows != 0);
+    assert!(seen(1, &|p| *p == MlpPlan::Serial) && seen(1, &blocks) && seen(1, &partial));
+    for threads in [2, 16] {
+        assert!(
+            seen(threads, &|p| *p == MlpPlan::SplitProducts),
+            "{threads} threads"
+        );
+        assert!(seen(threads, &blocks), "{threads} threads");
+    }
+}
+
+/// The fused `residual_mlp` on `x` `(lead..., C)` and its flattened, transposed-view twin
+/// against [`reference_mlp`] and the composition.
+fn check_residual_mlp(lead: &[usize], w: &MlpWeights) {
+    let (c, h, n) = w.dims().unwrap();
+    let rows: usize = lead.iter().product();
+    let x = randn(&[lead, &[c]].concat());
+    let base = randn(&[lead, &[n]].concat());
+    // The same values as `(rows, C)` through a transposed (non-contiguous) view.
+    let strided = x
+        .reshape((rows, c))
+        .unwrap()
+        .t()
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .t()
+        .unwrap();
+    assert!(rows == 1 || c == 1 || !strided.is_contiguous());
+    let flat_base = base.reshape((rows, n)).unwrap();
+    for (x, base) in [(&x, &base), (&strided, &flat_base)] {
+        let fused = tokenmix_kernels::residual_mlp(x, base, w).unwrap();
+        let reference = reference_mlp(x, base, w).unwrap();
+        let d = max_abs_diff(&fused, &reference);
+        assert!(d < 1e-4, "{lead:?}x{c} -> {h} -> {n}: max diff {d}");
+        let composed = composed::residual_mlp(&x.reshape((rows, c)).unwrap(), &flat_base, w)
+            .unwrap()
+            .reshape(base.dims())
+            .unwrap();
+        assert!(max_abs_diff(&composed, &reference) < 1e-4);
     }
 }
 
 #[test]
 fn residual_mlp_has_the_gradients_of_its_composition() {
-    for (rows, c, h, n) in [(5, 3, 7, 3), (600, 8, 1100, 6)] {
-        let w = mlp_weights(c, h, n, MlpActivation::Gelu, (true, true));
-        check_grads(
-            "residual_mlp",
-            &[randn(&[rows, c]), randn(&[rows, n])],
-            |t| tokenmix_kernels::residual_mlp(&t[0], &t[1], &w),
-            |t| reference_mlp(&t[0], &t[1], &w),
-        );
-    }
+    in_pools(|threads| {
+        for (rows, c, h, n) in [(5, 3, 7, 3), (600, 8, 1100, 6)] {
+            let w = mlp_weights(c, h, n, MlpActivation::Gelu, (true, true));
+            check_grads(
+                &format!("residual_mlp {rows} rows on {threads} threads"),
+                &[randn(&[rows, c]), randn(&[rows, n])],
+                |t| tokenmix_kernels::residual_mlp(&t[0], &t[1], &w),
+                |t| reference_mlp(&t[0], &t[1], &w),
+            );
+        }
+    });
 }
 
 #[test]
@@ -1083,6 +1160,30 @@ fn residual_mlp_rejects_mismatched_operands() {
 
 #[test]
 fn linear_matches_matmul_plus_bias() {
+    in_pools(|_| linear_cases());
+    let err = |x: &[usize], w: &[usize], b: &[usize]| {
+        tokenmix_kernels::linear(&randn(x), &randn(w), &randn(b))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&[2, 4], &[3, 5], &[5]);
+    assert!(
+        e.contains("linear: input has shape [2, 4], expected (..., 3)"),
+        "{e}"
+    );
+    let e = err(&[2, 3], &[3, 5], &[4]);
+    assert!(
+        e.contains("linear: bias has shape [4], expected [5]"),
+        "{e}"
+    );
+    let e = err(&[2, 3], &[3, 5, 1], &[5]);
+    assert!(
+        e.contains("linear: weight has shape [3, 5, 1], expected a matrix (K, N)"),
+        "{e}"
+    );
+}
+
+fn linear_cases() {
     // (leading axes, K, N): one element, odd sizes, more rows than one pass task.
     for (lead, k, n) in [
         (vec![1], 1, 1),
@@ -1123,26 +1224,6 @@ fn linear_matches_matmul_plus_bias() {
         &[randn(&[2, 9, 7]), randn(&[7, 5]), randn(&[5])],
         |t| tokenmix_kernels::linear(&t[0], &t[1], &t[2]),
         |t| t[0].broadcast_matmul(&t[1])?.broadcast_add(&t[2]),
-    );
-    let err = |x: &[usize], w: &[usize], b: &[usize]| {
-        tokenmix_kernels::linear(&randn(x), &randn(w), &randn(b))
-            .unwrap_err()
-            .to_string()
-    };
-    let e = err(&[2, 4], &[3, 5], &[5]);
-    assert!(
-        e.contains("linear: input has shape [2, 4], expected (..., 3)"),
-        "{e}"
-    );
-    let e = err(&[2, 3], &[3, 5], &[4]);
-    assert!(
-        e.contains("linear: bias has shape [4], expected [5]"),
-        "{e}"
-    );
-    let e = err(&[2, 3], &[3, 5, 1], &[5]);
-    assert!(
-        e.contains("linear: weight has shape [3, 5, 1], expected a matrix (K, N)"),
-        "{e}"
     );
 }
 

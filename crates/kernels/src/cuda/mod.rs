@@ -8,6 +8,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDevice, Map1, Map2, Map3, WrapErr, S};
 use candle_core::{CudaStorage, DType, Layout, Result, WithDType};
 
+use crate::sizes::{grid_x, thread_blocks};
+pub(crate) use crate::sizes::{int, product};
 use crate::KernelError;
 
 /// One `.cu` file's PTX and the name candle caches its module under.
@@ -70,28 +72,37 @@ pub(crate) fn view<'a, T>(
 
 /// A grid-stride launch over `n` elements.
 pub(crate) fn grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 1 << 16);
-    blocks_of(blocks, BLOCK)
+    // At most 2^16 blocks, so the conversion is exact.
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
+    config(blocks, BLOCK)
 }
 
-/// `blocks` blocks of `threads` threads, no dynamic shared memory.
-pub(crate) fn blocks_of(blocks: usize, threads: u32) -> LaunchConfig {
+/// `blocks` blocks of `threads` threads, no dynamic shared memory; more blocks than a grid's x
+/// dimension holds are refused.
+pub(crate) fn blocks_of(blocks: usize, threads: u32, op: &'static str) -> Result<LaunchConfig> {
+    Ok(config(grid_x(blocks, op)?, threads))
+}
+
+/// One thread per item for `items` items in blocks of `threads`, for a kernel whose 32-bit flat
+/// thread index must not pass `max_index` (see [`thread_blocks`]).
+pub(crate) fn threads_for(
+    items: usize,
+    threads: u32,
+    max_index: u32,
+    op: &'static str,
+) -> Result<LaunchConfig> {
+    Ok(config(
+        thread_blocks(items, threads, max_index, op)?,
+        threads,
+    ))
+}
+
+fn config(blocks: u32, threads: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
+        grid_dim: (blocks, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// An `i32` kernel argument; sizes beyond `i32::MAX` are refused.
-pub(crate) fn int(v: usize, op: &'static str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        KernelError::Param {
-            op,
-            msg: format!("size {v} exceeds the kernels' 32-bit indices"),
-        }
-        .into()
-    })
 }
 
 /// A storage on `like`'s device holding `slice`.
