@@ -67,6 +67,30 @@ pub enum ConvInit {
     KaimingFanOut,
 }
 
+/// Implements [`Architecture::common`] and [`Architecture::set_common`] inside an
+/// `impl Architecture` for a config whose shared fields are `in_chans`, `num_classes` and
+/// `drop_path_rate: f64`.
+macro_rules! common_fields {
+    () => {
+        fn common(&self) -> $crate::Common {
+            $crate::Common {
+                in_chans: self.in_chans,
+                num_classes: self.num_classes,
+                drop_path_rate: Some(self.drop_path_rate),
+            }
+        }
+
+        fn set_common(&mut self, c: $crate::Common) {
+            self.in_chans = c.in_chans;
+            self.num_classes = c.num_classes;
+            if let Some(rate) = c.drop_path_rate {
+                self.drop_path_rate = rate;
+            }
+        }
+    };
+}
+pub(crate) use common_fields;
+
 /// The architecture of one family: builds the model and knows its size rules.
 pub trait Architecture: DynFamily + Debug + Send + Sync {
     /// Builds the model, reading its tensors from `vb`.

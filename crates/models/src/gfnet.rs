@@ -19,7 +19,7 @@ use crate::args::{parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::check_take;
-use crate::{Architecture, Common, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 use tokenmix_kernels::resize::bicubic;
 
 /// Hyper-parameters of a [`Gfnet`], named as GFNet's constructor arguments.
@@ -191,19 +191,7 @@ impl Architecture for GfnetConfig {
         (0..self.depth).map(info).collect()
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
-    }
+    crate::arch::common_fields!();
 
     fn check(&self) -> std::result::Result<(), String> {
         let (s, p) = (self.img_size, self.patch_size);

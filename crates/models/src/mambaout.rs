@@ -19,7 +19,7 @@ use crate::args::{only, parse, present, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::{check_take, pruned_error};
-use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of [`MambaOut`], named as timm's `MambaOut` kwargs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,19 +146,7 @@ impl Architecture for MambaOutConfig {
         Ok(Box::new(MambaOut::new(self, vb)?))
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
-    }
+    crate::arch::common_fields!();
 
     /// Every stage, `stages.{i}`: stride 4 after the stem, doubled by every later stage.
     fn feature_info(&self) -> Vec<FeatureInfo> {

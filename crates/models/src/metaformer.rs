@@ -24,7 +24,7 @@ use crate::args::{parse, present, set, ImgSize, PerStage};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::{check_take, pruned_error};
-use crate::{Architecture, Common, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Depths and widths of the registered variants.
 const S12: ([usize; 4], [usize; 4]) = ([2, 2, 6, 2], [64, 128, 320, 512]);
@@ -335,13 +335,7 @@ impl Architecture for MetaFormerConfig {
         Ok(Box::new(MetaFormer::new(self, vb)?))
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
+    crate::arch::common_fields!();
 
     /// Every stage, `stages.{i}`: stride 4 after the stem, doubled by each downsampler (there is
     /// one wherever the width changes; timm's list assumes one in every stage after the first).
@@ -356,12 +350,6 @@ impl Architecture for MetaFormerConfig {
             FeatureInfo::new(dim, reduction, format!("stages.{i}"))
         };
         self.dims.iter().enumerate().map(info).collect()
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
     }
 
     /// The per-stage lists agree and sizes are sane.

@@ -19,7 +19,7 @@ use crate::args::{only, parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::check_take;
-use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Which block the model stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,19 +241,7 @@ impl Architecture for MlpMixerConfig {
         Ok(Box::new(MlpMixer::new(self, vb)?))
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
-    }
+    crate::arch::common_fields!();
 
     /// Every block, `blocks.{i}`, at the patch stride (as timm).
     fn feature_info(&self) -> Vec<FeatureInfo> {

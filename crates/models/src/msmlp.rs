@@ -20,7 +20,7 @@ use crate::args::{parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::{check_take, pruned_error};
-use crate::{Architecture, Common, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of an [`MsMlp`], named as `MS_MLP`'s constructor arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,19 +156,7 @@ impl Architecture for MsMlpConfig {
         (0..self.depths.len()).map(info).collect()
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
-    }
+    crate::arch::common_fields!();
 
     fn check(&self) -> std::result::Result<(), String> {
         let n = self.depths.len();

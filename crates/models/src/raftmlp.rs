@@ -23,7 +23,7 @@ use crate::args::{only, parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::{check_take, pruned_error};
-use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// One level of a RaftMLP (the reference's `layers` entries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,19 +190,7 @@ impl Architecture for RaftMlpConfig {
         self.layers.iter().enumerate().map(info).collect()
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
-    }
+    crate::arch::common_fields!();
 
     fn needs_classifier(&self) -> bool {
         true

@@ -24,7 +24,7 @@ use crate::args::{parse, set};
 use crate::features::{check_take, pruned_error};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::{Architecture, Common, Family, FeatureInfo, ImageModel, Indices, Ratio};
+use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of an [`RcVit`], named as the reference's `RCViT` keyword arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,19 +153,7 @@ impl Architecture for RcVitConfig {
         Ok(Box::new(RcVit::new(self, vb)?))
     }
 
-    fn common(&self) -> Common {
-        Common {
-            in_chans: self.in_chans,
-            num_classes: self.num_classes,
-            drop_path_rate: Some(self.drop_path_rate),
-        }
-    }
-
-    fn set_common(&mut self, c: Common) {
-        self.in_chans = c.in_chans;
-        self.num_classes = c.num_classes;
-        set(&mut self.drop_path_rate, c.drop_path_rate);
-    }
+    crate::arch::common_fields!();
 
     /// Every stage, `network.{k}` (the reference's index, downsamplers included).
     fn feature_info(&self) -> Vec<FeatureInfo> {
