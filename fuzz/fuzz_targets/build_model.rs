@@ -60,17 +60,29 @@ fn zero_checkpoint(specs: &[(String, Vec<usize>)]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let device = Device::Cpu;
     let _ = load_from_bytes(text, EMPTY, &device);
 
-    let Ok(hub) = serde_json::from_str::<HubConfig>(text) else { return };
-    let Ok(entry) = model_entry(&hub.architecture) else { return };
-    let Ok(cfg) = resolve_arch(entry, hub.pretrained_cfg.as_ref(), hub.num_classes, &hub.model_args)
-    else {
+    let Ok(hub) = serde_json::from_str::<HubConfig>(text) else {
         return;
     };
-    let Ok(specs) = expected_tensors(&cfg) else { return };
+    let Ok(entry) = model_entry(&hub.architecture) else {
+        return;
+    };
+    let Ok(cfg) = resolve_arch(
+        entry,
+        hub.pretrained_cfg.as_ref(),
+        hub.num_classes,
+        &hub.model_args,
+    ) else {
+        return;
+    };
+    let Ok(specs) = expected_tensors(&cfg) else {
+        return;
+    };
     let params = specs
         .iter()
         .map(|(_, s)| s.iter().map(|&d| d as u64).fold(1u64, u64::saturating_mul))
