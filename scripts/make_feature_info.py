@@ -8,7 +8,8 @@ The JSON maps each timm model name to its `feature_info` list (`num_chs`, `reduc
 `module`), as `timm.create_model(name)` builds it (weights are never downloaded: the models are
 built on the `meta` device), and records the timm and torch versions and this command.
 
-The intermediates files hold, for the fixture's `input` (from its reference.safetensors):
+The intermediates files hold (with the fixture's own provenance, these versions and this command
+in their `__metadata__`), for the fixture's `input` (from its reference.safetensors):
 * caformer_s18: `indices=[0, 2]` (`take.0`, `take.2`) and `indices=2` (`last2.2`, `last2.3`), NCHW;
 * mixer_s16_224: every block with `norm=False` (`raw.{i}`) and with `norm=True` (`norm.{i}`), NCHW.
 
@@ -18,10 +19,13 @@ Usage (venv outside the repo with torch, timm, safetensors):
 import argparse
 import json
 import os
+import shlex
 import sys
 
 import torch
 import timm
+import safetensors
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 # Every model of tokenmix's zoo that timm has (the MetaFormer variants, MambaOut, the MLP-Mixer
@@ -63,6 +67,25 @@ def fixture_model(fixtures, case):
     return model, x, d
 
 
+def save_intermediates(d, tensors, what):
+    """`intermediates.safetensors` of fixture `d`, its `__metadata__` naming what produced it."""
+    with safe_open(os.path.join(d, "model.safetensors"), "pt") as f:
+        fixture = f.metadata() or {}
+    meta = {
+        "generator": "scripts/make_feature_info.py (tokenmix)",
+        "command": "python scripts/make_feature_info.py " + shlex.join(sys.argv[1:]),
+        "fixture": os.path.basename(os.path.normpath(d)),
+        "fixture_command": fixture.get("command", "unknown"),
+        "reference": f"timm {timm.__version__} {what}, on the fixture's model.safetensors and reference input",
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "safetensors": safetensors.__version__,
+        "file": "intermediates.safetensors",
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "intermediates.safetensors"),
+              metadata=meta)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
@@ -88,14 +111,14 @@ def main():
         take = model.forward_intermediates(x, indices=[2, 0], intermediates_only=True)
         last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
         tensors = {"take.0": take[0], "take.2": take[1], "last2.2": last2[0], "last2.3": last2[1]}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "intermediates.safetensors"))
+        save_intermediates(d, tensors, "MetaFormer.forward_intermediates(indices=[2, 0] and 2)")
 
         model, x, d = fixture_model(args.out, "mixer_s16_224")
         raw = model.forward_intermediates(x, intermediates_only=True)
         normed = model.forward_intermediates(x, norm=True, intermediates_only=True)
         tensors = {f"raw.{i}": t for i, t in enumerate(raw)}
         tensors.update({f"norm.{i}": t for i, t in enumerate(normed)})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "intermediates.safetensors"))
+        save_intermediates(d, tensors, "MlpMixer.forward_intermediates(norm=False and norm=True)")
     print("feature info and intermediates written to", os.path.abspath(args.out))
 
 

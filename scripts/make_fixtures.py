@@ -10,25 +10,70 @@ Every parameter is re-drawn at random (weights ~ N(0, 1/fan_in), gains ~ U(0.5, 
 ~ N(0, 0.5)), so a 1e-5 layer scale or a zero bias cannot hide a wrong mixer.
 
 References: timm for PoolFormer v1/v2, ConvFormer, CAFormer, MambaOut and the MLP-Mixer family;
-the authors' code, from checkouts given on the command line and never committed, for
-IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to timm names with
-timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet), MS-MLP (JegZheng/MS-MLP) and
-RaftMLP (okojoalg/raft-mlp, needs `einops`) and AFFNet (microsoft/TokenMixers, needs `einops`,
-`requests`, `ujson`, `psutil`), the last four with their own tensor names. The Mamba block is a plain PyTorch reference of
-state-spaces/mamba's `selective_scan_ref` equations written here (Vim-style bidirectional).
+the authors' code for IdentityFormer and RandFormer (sail-sg/metaformer; checkpoints converted to
+timm names with timm's own `checkpoint_filter_fn`), GFNet (raoyongming/GFNet), MS-MLP
+(JegZheng/MS-MLP), RaftMLP (okojoalg/raft-mlp) and AFFNet (microsoft/TokenMixers), the last four
+with their own tensor names. The Mamba block of MambaFormer and MambaMixer is Vision Mamba's
+bidirectional `Mamba` (hustvl/Vim `mamba-1p1p1/mamba_ssm/modules/mamba_simple.py`,
+`bimamba_type="v2"`, `if_divide_out=True`) on state-spaces/mamba's pure-PyTorch reference path
+(`mamba_inner_ref` and `selective_scan_ref` from `mamba_ssm/ops/selective_scan_interface.py`) and
+Dao-AILab/causal-conv1d's `causal_conv1d_ref`, imported from the checkouts with their CUDA/Triton
+extensions stubbed (see `mamba_reference`). What remains tokenmix's own: the MambaFormer layout
+(timm's MetaFormer with that block in stages 2-3), the whole MambaMixer model around the blocks
+(the paper has no public code), the identity-`out_proj` adapter standing in for Vim's fused
+`mamba_inner_fn_no_out_proj`, and GFNet's checkpoint resize (inlined in GFNet's `main_gfnet.py`).
 
-Usage (venv outside the repo with torch, timm, safetensors):
-    python scripts/make_fixtures.py --metaformer-repo /path/to/sail-sg/metaformer \
-        --gfnet-repo /path/to/raoyongming/GFNet --msmlp-repo /path/to/JegZheng/MS-MLP \
-        --raftmlp-repo /path/to/okojoalg/raft-mlp \
-        --affnet-repo "/path/to/microsoft/TokenMixers/Adaptive Frequency Filters" [--out DIR]
+The authors' code is never committed: each `--*-repo` is a checkout or a bare git directory (as
+`git clone --bare` or the session `fetch` mirrors give); from a bare directory the files listed in
+`REPOS` are extracted with `git archive HEAD` into a temporary directory outside the repository,
+imported from there and deleted at the end.
+
+Provenance: `__metadata__` of every model.safetensors, reference.safetensors and
+expected.safetensors records the generator, the exact command, the seed, the python / torch / timm
+/ safetensors / numpy / einops versions, the fixture, the reference (`reference`), the URL, commit
+and paths of each authors' repository used (`reference_sources`, JSON) and what is tokenmix's own
+reading rather than the reference's code (`tokenmix_reading`). Read it with
+`safetensors.safe_open(path, "pt").metadata()`.
+
+Regenerating (venv outside the repo: torch 2.15.0, timm 1.0.31, safetensors 0.8.0, numpy 2.4.6,
+einops 0.8.2, Pillow, and for AFFNet requests, ujson, psutil); the fixtures in the repo were written
+from these commits:
+    sail-sg/metaformer 64c534ab8f65105fd21713b38e3393a449ca742d
+    raoyongming/GFNet 2de48b626ea805de82a7f389fed930af1ae0340d
+    JegZheng/MS-MLP a10d34d955c6061c767600937b534abd8a200871
+    okojoalg/raft-mlp 6060d5d95e142acf80cea6d180adfb075cbe87d0
+    microsoft/TokenMixers 99dbe38c2a5c3ea3c655b8c42c763a6d595e18f9
+    state-spaces/mamba e9594ce1c732d97440f0332fdc43170a2294dbfa
+    hustvl/Vim dd0358ad1e42701f22afbefa0717cc8825cf9f45
+    Dao-AILab/causal-conv1d 0d2252d161f25f7907bbd05985c08ab98d255874
+
+    for r in sail-sg/metaformer raoyongming/GFNet JegZheng/MS-MLP okojoalg/raft-mlp \
+             microsoft/TokenMixers state-spaces/mamba hustvl/Vim Dao-AILab/causal-conv1d; do
+        git clone --bare https://github.com/$r /tmp/src/${r#*/}.git
+        # pin the commit above: git --git-dir=/tmp/src/${r#*/}.git update-ref --no-deref HEAD COMMIT
+    done
+    S=/tmp/src
+    python scripts/make_fixtures.py --metaformer-repo $S/metaformer.git --gfnet-repo $S/GFNet.git \
+        --msmlp-repo $S/MS-MLP.git --raftmlp-repo $S/raft-mlp.git --affnet-repo $S/TokenMixers.git \
+        --mamba-repo $S/mamba.git --vim-repo $S/Vim.git --causal-conv1d-repo $S/causal-conv1d.git [--out DIR]
+    python scripts/make_feature_info.py    # feature_info.json and the two intermediates files
+
+Every random draw comes from one seeded generator, in a fixed order, and every reference runs on
+the CPU in f32, so the same versions rewrite the same tensors (only the `command` metadata, which
+names the local paths, differs).
 """
 import argparse
 from functools import partial
 import json
 import math
 import os
+import platform
+import shlex
+import subprocess
 import sys
+import tarfile
+import tempfile
+import io
 
 import torch
 import torch.nn as nn
@@ -36,9 +81,78 @@ import timm
 from timm.models import metaformer as tmf
 from timm.models import mlp_mixer as tmm
 from timm.models._hub import save_for_hf
+import safetensors
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 INPUT_SHAPE = (2, 3, 32, 64)  # batch 2, non-square
+SEED = 20261124
+
+# The authors' repositories: command-line option -> (GitHub repository, the paths the fixtures use).
+REPOS = {
+    "metaformer": ("sail-sg/metaformer", ["metaformer_baselines.py"]),
+    "gfnet": ("raoyongming/GFNet", ["gfnet.py"]),
+    "msmlp": ("JegZheng/MS-MLP", ["models"]),
+    "raftmlp": ("okojoalg/raft-mlp", ["libs"]),
+    "affnet": ("microsoft/TokenMixers", ["Adaptive Frequency Filters"]),
+    "mamba": ("state-spaces/mamba", ["mamba_ssm/ops/selective_scan_interface.py", "mamba_ssm/utils/torch.py"]),
+    "vim": ("hustvl/Vim", ["mamba-1p1p1/mamba_ssm/modules/mamba_simple.py"]),
+    "causal-conv1d": ("Dao-AILab/causal-conv1d", ["causal_conv1d/causal_conv1d_interface.py"]),
+}
+
+MAMBA_SOURCES = ("mamba", "vim", "causal-conv1d")
+
+# What every fixture's `__metadata__` records besides its own reference (filled in by main()).
+PROVENANCE = {}
+# Option -> {"url", "commit", "paths"} of each authors' checkout used (filled in by main()).
+SOURCES = {}
+
+
+def git(*args):
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def source(option, path, tmp):
+    """The directory to import an authors' repository from, and its provenance.
+
+    `path` is a checkout (its HEAD commit is recorded, with "+dirty" if `git status` shows local
+    changes) or a bare git directory (as the `fetch` mirrors are), whose needed paths are
+    extracted with `git archive HEAD` into `tmp`, outside the repository."""
+    repo, paths = REPOS[option]
+    path = os.path.abspath(path)
+    bare = os.path.isfile(os.path.join(path, "HEAD")) and os.path.isdir(os.path.join(path, "objects"))
+    if bare:
+        commit = git("--git-dir", path, "rev-parse", "HEAD")
+        out = os.path.join(tmp, option)
+        os.makedirs(out)
+        archive = subprocess.run(["git", "--git-dir", path, "archive", "--format=tar", "HEAD", *paths],
+                                 check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as t:
+            t.extractall(out, filter="data")
+    else:
+        commit = git("-C", path, "rev-parse", "HEAD")
+        if git("-C", path, "status", "--porcelain", "--", *paths):
+            commit += "+dirty"
+        out = git("-C", path, "rev-parse", "--show-toplevel")
+    SOURCES[option] = {"url": f"https://github.com/{repo}", "commit": commit, "paths": paths}
+    return out
+
+
+def stamp(d, reference, sources=(), tokenmix_reading=None):
+    """Writes the provenance into `__metadata__` of every safetensors file of fixture `d`
+    (the model checkpoint and the reference outputs), keeping what the writer put there."""
+    meta = dict(PROVENANCE)
+    meta["fixture"] = os.path.basename(os.path.normpath(d))
+    meta["reference"] = reference
+    meta["reference_sources"] = json.dumps({REPOS[k][0]: SOURCES[k] for k in sources}) if sources else "none"
+    meta["tokenmix_reading"] = tokenmix_reading or "none: the model is built and run by the reference's own code"
+    for name in sorted(os.listdir(d)):
+        if name in ("model.safetensors", "reference.safetensors", "expected.safetensors"):
+            path = os.path.join(d, name)
+            with safe_open(path, "pt") as f:
+                old = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            save_file(tensors, path, metadata={**old, **meta, "file": name})
 
 
 def randomize_(model, gen):
@@ -83,71 +197,92 @@ def write_reference(out_dir, x, logits, feats):
               os.path.join(out_dir, "reference.safetensors"))
 
 
-def selective_scan_ref(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False):
-    """The equations of state-spaces/mamba's `selective_scan_ref` (mamba_ssm/ops/
-    selective_scan_interface.py), for real A, B and C of shape (B, N, L): a plain PyTorch loop
-    over the sequence."""
-    import torch.nn.functional as F
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    x = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]))
-    ys = []
-    for i in range(u.shape[2]):
-        x = delta_a[:, :, i] * x + delta_b_u[:, :, i]
-        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
-    out = torch.stack(ys, dim=2) + u * D[:, None]
-    return out if z is None else out * F.silu(z)
+def mamba_reference(mamba_src, vim_src, conv_src):
+    """The bidirectional Mamba block of Vision Mamba (hustvl/Vim's `mamba-1p1p1/mamba_ssm/modules/
+    mamba_simple.py`, `Mamba(bimamba_type="v2", if_divide_out=True)` as Vim's models build it),
+    running on state-spaces/mamba's reference path: `mamba_ssm/ops/selective_scan_interface.py`
+    imported from the mamba checkout, its `mamba_inner_ref` with `selective_scan_fn` pointed at its
+    own `selective_scan_ref`, and Dao-AILab/causal-conv1d's `causal_conv1d_ref` as
+    `causal_conv1d_fn`. The CUDA/Triton extensions those files import (`selective_scan_cuda`,
+    `causal_conv1d_cuda` through `causal_conv1d.cpp_functions`, `mamba_ssm.ops.triton.*`) are
+    stubbed in `sys.modules`; none of their code runs.
 
+    The one piece written here is `mamba_inner_fn_no_out_proj` (the fused CUDA function Vim's
+    bimamba v2 path calls, which has no reference in either repository): `mamba_inner_ref` with an
+    identity `out_proj`, transposed back to (B, D, L). Multiplying by an identity is exact.
 
-class MambaRef(tmf.Attention):
-    """The Mamba block of state-spaces/mamba (`Mamba.forward`'s reference path, no fused kernels),
-    bidirectional as Vision Mamba's "bimamba v2" (backward parameters with a `_b` suffix, the two
-    directions added and halved). It subclasses timm's metaformer `Attention` only so that timm's
-    `MetaFormerStage` runs it on (B, N, C) tokens."""
+    Returns `(Mamba class, selective_scan_interface module)`."""
+    import importlib.util
+    import types
 
-    def __init__(self, dim, d_state=16, d_conv=4, expand=2, **kwargs):
-        nn.Module.__init__(self)
-        inner, self.rank, self.n = expand * dim, math.ceil(dim / 16), d_state
-        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
-        for sfx in ("", "_b"):
-            setattr(self, "conv1d" + sfx, nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1))
-            setattr(self, "x_proj" + sfx, nn.Linear(inner, self.rank + 2 * d_state, bias=False))
-            setattr(self, "dt_proj" + sfx, nn.Linear(self.rank, inner, bias=True))
-            a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(inner, 1)
-            setattr(self, "A" + sfx + "_log", nn.Parameter(torch.log(a)))
-            setattr(self, "D" + sfx, nn.Parameter(torch.ones(inner)))
-        self.out_proj = nn.Linear(inner, dim, bias=False)
+    def module(name, path=None, **attrs):
+        if path is None:
+            mod = types.ModuleType(name)
+            mod.__path__ = []
+            mod.__dict__.update(attrs)
+            sys.modules[name] = mod
+            return mod
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
 
-    def branch(self, x, z, sfx):
-        import torch.nn.functional as F
-        L = x.shape[-1]
-        x = F.silu(getattr(self, "conv1d" + sfx)(x)[..., :L])
-        x_dbl = getattr(self, "x_proj" + sfx)(x.transpose(1, 2))
-        dt, B, C = torch.split(x_dbl, [self.rank, self.n, self.n], dim=-1)
-        dt_proj = getattr(self, "dt_proj" + sfx)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)
-        A = -torch.exp(getattr(self, "A" + sfx + "_log").float())
-        return selective_scan_ref(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), getattr(self, "D" + sfx).float(),
-                                  z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True)
+    # causal-conv1d: its interface file; the compiled kernels it imports are stubbed.
+    cc = module("causal_conv1d")
+    module("causal_conv1d.cpp_functions", causal_conv1d_fwd_function=None, causal_conv1d_bwd_function=None,
+           causal_conv1d_update_function=None)
+    cci = module("causal_conv1d.causal_conv1d_interface",
+                 os.path.join(conv_src, "causal_conv1d", "causal_conv1d_interface.py"))
+    cc.causal_conv1d_fn, cc.causal_conv1d_update = cci.causal_conv1d_ref, None
 
-    def forward(self, hidden):
-        xz = self.in_proj(hidden).transpose(1, 2)
-        x, z = xz.chunk(2, dim=1)
-        out = self.branch(x, z, "")
-        out_b = self.branch(x.flip(-1), z.flip(-1), "_b")
-        return self.out_proj(((out + out_b.flip(-1)) / 2).transpose(1, 2))
+    # state-spaces/mamba: the selective-scan interface and the helper module it imports.
+    for pkg in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.utils", "mamba_ssm.ops.triton"):
+        module(pkg)
+    module("mamba_ssm.utils.torch", os.path.join(mamba_src, "mamba_ssm", "utils", "torch.py"))
+    module("mamba_ssm.ops.triton.layer_norm", _layer_norm_fwd=None)  # Triton; fused path only
+    ssi = module("mamba_ssm.ops.selective_scan_interface",
+                 os.path.join(mamba_src, "mamba_ssm", "ops", "selective_scan_interface.py"))
+    assert ssi.causal_conv1d_fn is cci.causal_conv1d_ref
+    ssi.selective_scan_fn = ssi.selective_scan_ref
+
+    def mamba_inner_fn_no_out_proj(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, A, B=None,
+                                   C=None, D=None, delta_bias=None, B_proj_bias=None, C_proj_bias=None,
+                                   delta_softplus=True):
+        eye = torch.eye(A.shape[0], dtype=xz.dtype)
+        y = ssi.mamba_inner_ref(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, eye, None, A,
+                                B, C, D, delta_bias, B_proj_bias, C_proj_bias, delta_softplus)
+        return y.transpose(1, 2)
+
+    def fused_only(*args, **kwargs):
+        raise RuntimeError("fused CUDA path; not used by bimamba v2")
+
+    ssi.mamba_inner_fn_no_out_proj = mamba_inner_fn_no_out_proj
+    ssi.bimamba_inner_fn = fused_only
+    vim = module("vim_mamba_simple", os.path.join(vim_src, "mamba-1p1p1", "mamba_ssm", "modules", "mamba_simple.py"))
+
+    class VimMamba(tmf.Attention, vim.Mamba):
+        """Vim's `Mamba(d_model=dim, bimamba_type="v2", if_divide_out=True)`. It subclasses timm's
+        metaformer `Attention` only so that timm's `MetaFormerStage` runs it on (B, N, C) tokens
+        (the stage checks `issubclass(token_mixer, Attention)`); none of Attention's code runs."""
+
+        forward = vim.Mamba.forward
+
+        def __init__(self, dim, d_state=16, expand=2, **kwargs):
+            vim.Mamba.__init__(self, dim, d_state=d_state, expand=expand, bimamba_type="v2", if_divide_out=True)
+            assert self.use_fast_path and self.dt_rank == math.ceil(dim / 16)
+
+    return VimMamba, ssi
 
 
 class MambaMixerRef(nn.Module):
     """tokenmix's reading of MambaMixer (arXiv 2403.19888, no official code): patch embedding,
     blocks of a bidirectional Mamba over tokens and one over channels, each pre-normed and
-    residual, each fed a learned weighted sum of all earlier features; LayerNorm, mean, head."""
+    residual, each fed a learned weighted sum of all earlier features; LayerNorm, mean, head.
+    The Mamba blocks are `mamba` (Vim's, see `mamba_reference`)."""
 
-    def __init__(self, img_size, patch_size, embed_dim, depth, num_classes, in_chans=3, d_state=16, expand=2):
+    def __init__(self, mamba, img_size, patch_size, embed_dim, depth, num_classes, in_chans=3, d_state=16,
+                 expand=2):
         super().__init__()
         n = (img_size[0] // patch_size) * (img_size[1] // patch_size)
         self.patch_embed = nn.Module()
@@ -157,10 +292,10 @@ class MambaMixerRef(nn.Module):
             b = nn.Module()
             b.token_weights = nn.Parameter(torch.eye(1 + 2 * i)[-1])
             b.token_norm = nn.LayerNorm(embed_dim, eps=1e-6)
-            b.token_mixer = MambaRef(embed_dim, d_state=d_state, expand=expand)
+            b.token_mixer = mamba(embed_dim, d_state=d_state, expand=expand)
             b.channel_weights = nn.Parameter(torch.eye(2 + 2 * i)[-1])
             b.channel_norm = nn.LayerNorm(embed_dim, eps=1e-6)
-            b.channel_mixer = MambaRef(n, d_state=d_state, expand=expand)
+            b.channel_mixer = mamba(n, d_state=d_state, expand=expand)
             self.blocks.append(b)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -190,9 +325,9 @@ def mamba_init_(model, gen):
                 p.copy_(torch.rand(p.shape, generator=gen) * 2 - 3)
 
 
-def mambamixer_case(out, gen):
+def mambamixer_case(out, mamba, gen):
     args = dict(img_size=[16, 32], patch_size=8, embed_dim=24, depth=2, num_classes=10)
-    model = MambaMixerRef(**args).eval()
+    model = MambaMixerRef(mamba, **args).eval()
     randomize_(model, gen)
     mamba_init_(model, gen)
     x = torch.randn((2, 3, 16, 32), generator=gen)
@@ -204,6 +339,13 @@ def mambamixer_case(out, gen):
     d = os.path.join(out, "mambamixer_ti")
     write_model_dir(d, "mambamixer_ti", model.state_dict(), args, cfg, args["embed_dim"])
     write_reference(d, x, logits, feats)
+    stamp(d, "make_fixtures.py MambaMixerRef around hustvl/Vim's bidirectional Mamba (bimamba v2, if_divide_out) "
+             "on state-spaces/mamba's mamba_inner_ref + selective_scan_ref and causal-conv1d's causal_conv1d_ref",
+          MAMBA_SOURCES,
+          "the MambaMixer model (arXiv 2403.19888 has no public code): patch embedding, token and channel "
+          "Mamba blocks with pre-norm, residuals and learned weighted sums of all earlier features, final "
+          "LayerNorm, mean pool and head are tokenmix's reading of the paper (MambaMixerRef); the Mamba "
+          "blocks are Vim's code; mamba_inner_fn_no_out_proj is mamba_inner_ref with an identity out_proj")
 
 
 def raftmlp_cases(out, rf, gen):
@@ -232,6 +374,7 @@ def raftmlp_cases(out, rf, gen):
         d = os.path.join(out, case)
         write_model_dir(d, "raftmlp_s", model.state_dict(), args, cfg, 32)
         write_reference(d, x, logits, feats)
+        stamp(d, "okojoalg/raft-mlp libs.models.RaftMLP", ("raftmlp",))
 
 
 def affnet_case(out, aff_repo, gen):
@@ -285,14 +428,16 @@ def affnet_case(out, aff_repo, gen):
     d = os.path.join(out, "affnet_et")
     write_model_dir(d, "affnet_et", model.state_dict(), args, cfg, 128)
     write_reference(d, x, logits, feats)
+    stamp(d, "microsoft/TokenMixers 'Adaptive Frequency Filters' affnet.models.classification.affnet.AffNet, "
+             "small widths through its get_configuration", ("affnet",))
 
 
-def mambaformer_case(out, gen):
+def mambaformer_case(out, mamba, gen):
     """tokenmix's MambaFormer (CAFormer with Mamba mixers in stages 2-3) built as a timm
-    MetaFormer around the reference Mamba block."""
+    MetaFormer around Vim's bidirectional Mamba block (`mamba_reference`)."""
     args = dict(depths=[1, 1, 2, 1], dims=[16, 24, 32, 48], num_classes=10)
     kwargs = {**timm_kwargs("caformer_s18"), **args}
-    kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, MambaRef, MambaRef]
+    kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, mamba, mamba]
     model = tmf.MetaFormer(**kwargs).eval()
     randomize_(model, gen)
     mamba_init_(model, gen)
@@ -304,6 +449,13 @@ def mambaformer_case(out, gen):
     d = os.path.join(out, "mambaformer_s18")
     write_model_dir(d, "mambaformer_s18", model.state_dict(), args, cfg, args["dims"][-1])
     write_reference(d, x, logits, feats)
+    stamp(d, f"timm {timm.__version__} timm.models.metaformer.MetaFormer (caformer_s18 kwargs + model_args) with "
+             "hustvl/Vim's bidirectional Mamba (bimamba v2, if_divide_out) as the stage 2-3 token mixer, on "
+             "state-spaces/mamba's mamba_inner_ref + selective_scan_ref and causal-conv1d's causal_conv1d_ref",
+          MAMBA_SOURCES,
+          "the MambaFormer architecture (CAFormer with Mamba token mixers in stages 2-3) is tokenmix's own; "
+          "every module is timm's or Vim's code; mamba_inner_fn_no_out_proj is mamba_inner_ref with an "
+          "identity out_proj")
 
 
 def timm_family(arch):
@@ -361,6 +513,9 @@ def timm_case(out, case, arch, model_args, gen, input_shape=None):
     d = os.path.join(out, case)
     save_for_hf(model, d, model_args=model_args, safe_serialization=True)
     write_reference(d, x, logits, feats)
+    built = (f"timm.create_model({arch!r}, **model_args)" if arch.startswith("mambaout") else
+             f"{type(model).__module__}.{type(model).__name__} ({arch} entry point kwargs + model_args)")
+    stamp(d, f"timm {timm.__version__} {built}, saved by timm's save_for_hf")
 
 
 def random_mixing(mb, num_tokens):
@@ -426,6 +581,8 @@ def sail_case(out, case, arch, sail_kwargs, model_args, timm_kwargs, mb, gen):
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     write_reference(d, x, logits, feats)
+    stamp(d, f"sail-sg/metaformer metaformer_baselines.MetaFormer ({arch} kwargs + overrides), tensors renamed "
+             f"by timm {timm.__version__} metaformer.checkpoint_filter_fn", ("metaformer",))
 
 
 def preprocess_case(out):
@@ -447,6 +604,9 @@ def preprocess_case(out):
         Image.fromarray(pixels).save(os.path.join(d, f"{name}.png"))
         expected[name] = transform(Image.open(os.path.join(d, f"{name}.png")).convert("RGB")).half().contiguous()
     save_file(expected, os.path.join(d, "expected.safetensors"))
+    import PIL
+    stamp(d, f"timm {timm.__version__} timm.data.create_transform (eval; 112x112, crop_pct 0.9, bicubic) on "
+             f"PIL {PIL.__version__} Image.open(...).convert('RGB'); PNGs drawn by numpy formulas, no random draw")
 
 
 def write_model_dir(d, arch, state, model_args, pretrained_cfg, num_features):
@@ -516,6 +676,7 @@ def gfnet_cases(out, gf, gen):
     cfg = gf._cfg()
     write_model_dir(os.path.join(out, "gfnet_ti"), "gfnet_ti", state, args, cfg, 32)
     write_reference(os.path.join(out, "gfnet_ti"), x, logits, feats)
+    stamp(os.path.join(out, "gfnet_ti"), "raoyongming/GFNet gfnet.GFNet", ("gfnet",))
 
     big = gf.GFNet(**dict(args, img_size=96), mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
     big.load_state_dict(gfnet_resize_state(state, 4, 6), strict=True)
@@ -525,6 +686,11 @@ def gfnet_cases(out, gf, gen):
     d = os.path.join(out, "gfnet_resized")
     write_model_dir(d, "gfnet_ti", state, dict(args, img_size=96), cfg, 32)
     write_reference(d, x, logits, feats)
+    stamp(d, "raoyongming/GFNet gfnet.GFNet at img_size 96, loaded (strict) from the gfnet_ti checkpoint resized "
+             "for 64 -> 96", ("gfnet",),
+          "the checkpoint resize (make_fixtures.py gfnet_resize_state) re-types the --finetune interpolation "
+          "inlined in GFNet's main_gfnet.py main() (bicubic pos_embed, align_corners=False; bicubic complex "
+          "filters, align_corners=True), which cannot be imported")
 
 
 def msmlp_case(out, case, ms, args, input_shape, gen):
@@ -548,25 +714,38 @@ def msmlp_case(out, case, ms, args, input_shape, gen):
     d = os.path.join(out, case)
     write_model_dir(d, "msmlp_tiny", model.state_dict(), args, cfg, num_features)
     write_reference(d, x, logits, feats)
+    stamp(d, "JegZheng/MS-MLP models.ms_mlp.MS_MLP", ("msmlp",))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--metaformer-repo", required=True, help="checkout of sail-sg/metaformer")
-    ap.add_argument("--gfnet-repo", required=True, help="checkout of raoyongming/GFNet")
-    ap.add_argument("--msmlp-repo", required=True, help="checkout of JegZheng/MS-MLP")
-    ap.add_argument("--raftmlp-repo", required=True, help="checkout of okojoalg/raft-mlp")
-    ap.add_argument("--affnet-repo", required=True,
-                    help="the 'Adaptive Frequency Filters' folder of a microsoft/TokenMixers checkout")
+    for option, (repo, paths) in REPOS.items():
+        ap.add_argument(f"--{option}-repo", required=True, metavar="PATH",
+                        help=f"checkout or bare git directory of {repo} (uses {', '.join(paths)})")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     args = ap.parse_args()
-    sys.path.insert(0, args.metaformer_repo)
+    tmp = tempfile.mkdtemp(prefix="tokenmix-fixture-sources-")
+    src = {option: source(option, getattr(args, f"{option.replace('-', '_')}_repo"), tmp) for option in REPOS}
+    import einops
+    import timm.layers.helpers  # (binds `timm` in this function too)
+    PROVENANCE.update({
+        "generator": "scripts/make_fixtures.py (tokenmix)",
+        "command": "python scripts/make_fixtures.py " + shlex.join(sys.argv[1:]),
+        "seed": f"torch.Generator().manual_seed({SEED}), one generator drawn through the fixtures in main()'s order",
+        "weights": "redrawn by randomize_: weights N(0, 1/fan_in), gains U(0.5, 1.5), biases N(0, 0.5)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": __import__("numpy").__version__,
+        "einops": einops.__version__,
+    })
+    sys.path.insert(0, src["metaformer"])
     # The sail-sg code imports a module path that timm 1.x moved.
-    import timm.layers.helpers
     sys.modules.setdefault("timm.models.layers.helpers", timm.layers.helpers)
     import metaformer_baselines as mb
 
-    gen = torch.Generator().manual_seed(20261124)
+    gen = torch.Generator().manual_seed(SEED)
     small = dict(depths=[1, 2, 2, 1], dims=[16, 24, 32, 48], num_classes=10)
     timm_case(args.out, "poolformer_s12", "poolformer_s12", small, gen)
     timm_case(args.out, "poolformerv2_s12", "poolformerv2_s12", dict(small, depths=[2, 1, 1, 2]), gen)
@@ -603,11 +782,11 @@ def main():
     import types
     import numpy
     sys.modules.setdefault("numpy.lib.arraypad", types.SimpleNamespace(pad=numpy.pad))
-    sys.path.insert(0, args.gfnet_repo)
+    sys.path.insert(0, src["gfnet"])
     import gfnet as gf
     gfnet_cases(args.out, gf, gen)
 
-    sys.path.insert(0, args.msmlp_repo)
+    sys.path.insert(0, src["msmlp"])
     from models import ms_mlp as ms
     msmlp_case(args.out, "msmlp_tiny", ms,
                dict(img_size=list(INPUT_SHAPE[2:]), embed_dim=14, depths=[1, 1, 1, 1], num_classes=10,
@@ -618,14 +797,17 @@ def main():
                     shift_size=3, shift_dist=[-1, 0, 2], mix_size=[[1, 3, 5], [3, 3, 3]], mlp_ratio=2.0,
                     patch_norm=False), (3, 1, 20, 12), gen)
 
-    sys.path.insert(0, args.raftmlp_repo)
+    sys.path.insert(0, src["raftmlp"])
     from libs import models as rf
     raftmlp_cases(args.out, rf, gen)
-    affnet_case(args.out, args.affnet_repo, gen)
-    mambaformer_case(args.out, gen)
-    mambamixer_case(args.out, gen)
+    affnet_case(args.out, os.path.join(src["affnet"], "Adaptive Frequency Filters"), gen)
+    mamba, _ = mamba_reference(src["mamba"], src["vim"], src["causal-conv1d"])
+    mambaformer_case(args.out, mamba, gen)
+    mambamixer_case(args.out, mamba, gen)
 
     preprocess_case(args.out)
+    import shutil
+    shutil.rmtree(tmp)
     print("fixtures written to", os.path.abspath(args.out))
 
 
