@@ -11,6 +11,11 @@ framework's best round (the fastest latency and the highest images/s of its roun
 slows a run down, as timeit's docs argue) and, per ratio, the range over the rounds' own ratios.
 Prints a markdown table (and --json FILE writes every round's raw numbers).
 
+Models timm does not have come from the authors' code: `--reference FILE` (repeatable) imports
+a model file whose `@register_model` functions add their names to timm's registry, e.g.
+`--reference CAS-ViT/classification/model/rcvit.py --models rcvit_xs` (a checkout outside the
+repo; its imports must be installed in the venv).
+
 Run through scripts/compare_pytorch.sh, which sets up torch + timm in a venv outside the repo.
 """
 import argparse
@@ -25,6 +30,12 @@ import json, resource, statistics, sys, time
 import torch, timm
 name, batch, iters, threads, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
+import importlib.util, os as _os
+for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
+    _spec = importlib.util.spec_from_file_location(_os.path.basename(_path)[:-3], _path)
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
+    _spec.loader.exec_module(_mod)
 model = timm.create_model(name).eval()
 def median_time(x, n):
     model(x)
@@ -45,6 +56,12 @@ import json, os, resource, statistics, sys, time
 import numpy as np, torch, timm, onnxruntime as ort
 name, batch, iters, threads, size, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
+import importlib.util, os as _os
+for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
+    _spec = importlib.util.spec_from_file_location(_os.path.basename(_path)[:-3], _path)
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
+    _spec.loader.exec_module(_mod)
 if not os.path.exists(path):
     model = timm.create_model(name).eval()
     with torch.no_grad():
@@ -152,7 +169,10 @@ def main():
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--tokenmix", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "tokenmix"))
     ap.add_argument("--json", help="write every round's raw results here")
+    ap.add_argument("--reference", action="append", default=[],
+                    help="an authors' model file registering its models with timm (repeatable)")
     args = ap.parse_args()
+    os.environ["TOKENMIX_REFERENCE"] = os.pathsep.join(os.path.abspath(p) for p in args.reference)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     import torch
