@@ -22,7 +22,7 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{only, parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::{check_take, pruned_error};
+use crate::features::{check_take, pruned_error, truncate_after_last};
 use crate::{
     Architecture, Common, ConvInit, Error, Family, FeatureInfo, ImageModel, Indices, Ratio,
 };
@@ -620,9 +620,7 @@ impl ImageModel for AffNet {
     }
 
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.layers.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.layers.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.layers, indices)?;
         self.cfg.channels.truncate(kept);
         self.cfg.aff_depths.truncate(kept.saturating_sub(2));
         self.cfg.num_classes = 0;

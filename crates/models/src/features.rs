@@ -153,6 +153,19 @@ pub(crate) fn check_take(take: &[usize], len: usize) -> Result<usize> {
     }
 }
 
+/// Resolves `indices` over `layers` (stages or blocks) and drops every layer after the last one
+/// taken, for [`ImageModel::prune_intermediate_layers`](crate::ImageModel::prune_intermediate_layers);
+/// returns the taken indices and how many layers are kept.
+pub(crate) fn truncate_after_last<T>(
+    layers: &mut Vec<T>,
+    indices: &Indices,
+) -> Result<(Vec<usize>, usize)> {
+    let take = indices.resolve(layers.len())?;
+    let kept = take[take.len() - 1] + 1;
+    layers.truncate(kept);
+    Ok((take, kept))
+}
+
 /// The message of [`ImageModel::reset_classifier`](crate::ImageModel::reset_classifier) on a
 /// pruned model.
 pub(crate) fn pruned_error<T>() -> Result<T> {

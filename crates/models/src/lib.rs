@@ -168,6 +168,22 @@ pub(crate) fn check_fixed_size(x: &Tensor, size: (usize, usize), why: &str) -> C
     Ok(())
 }
 
+/// Multiply-accumulates of a stem of two `conv 3x3 / 2` (`in_chans -> dim / 2 -> dim`, as
+/// MambaOut's and CAS-ViT's) on an `h x w` image, and the `(h, w)` grid it leaves.
+pub(crate) fn two_conv_stem_macs(
+    in_chans: usize,
+    dim: usize,
+    h: usize,
+    w: usize,
+) -> (u64, (usize, usize)) {
+    let down = |n: usize| n.div_ceil(2);
+    let (h1, w1) = (down(h), down(w));
+    let (h2, w2) = (down(h1), down(w1));
+    let half = dim / 2;
+    let macs = (h1 * w1 * half * in_chans * 9 + h2 * w2 * dim * half * 9) as u64;
+    (macs, (h2, w2))
+}
+
 /// Patch-embeds `x` with `conv` into `(B, N, C)` tokens; returns them and the patch grid.
 pub(crate) fn patch_tokens(
     conv: &candle_nn::Conv2d,

@@ -27,7 +27,7 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::check_take;
+use crate::features::{check_take, truncate_after_last};
 use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices};
 
 /// Hyper-parameters of a [`MambaMixer`].
@@ -320,9 +320,7 @@ impl ImageModel for MambaMixer {
 
     /// Keeps the final norm, which `forward_features` still applies.
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.blocks.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.blocks.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.blocks, indices)?;
         self.cfg.depth = kept;
         self.cfg.num_classes = 0;
         self.head = None;

@@ -18,7 +18,7 @@ use tokenmix_mixers::MixerLayout;
 use crate::args::{only, parse, present, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::{check_take, pruned_error};
+use crate::features::{check_take, pruned_error, truncate_after_last};
 use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of [`MambaOut`], named as timm's `MambaOut` kwargs.
@@ -195,11 +195,8 @@ impl Architecture for MambaOutConfig {
             return 0;
         }
         let down = |n: usize| n.div_ceil(2);
-        let (mut sh, mut sw) = (down(h), down(w));
-        let half = self.dims[0] / 2;
-        let mut total = (sh * sw * half * self.in_chans * 9) as u64;
-        (sh, sw) = (down(sh), down(sw));
-        total += (sh * sw * self.dims[0] * half * 9) as u64;
+        let (mut total, (mut sh, mut sw)) =
+            crate::two_conv_stem_macs(self.in_chans, self.dims[0], h, w);
         let mut prev = self.dims[0];
         for (i, (&dim, &depth)) in self.dims.iter().zip(&self.depths).enumerate() {
             if i > 0 {
@@ -428,9 +425,7 @@ impl ImageModel for MambaOut {
     }
 
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.stages.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.stages.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.stages, indices)?;
         self.cfg.depths.truncate(kept);
         self.cfg.dims.truncate(kept);
         self.cfg.num_classes = 0;

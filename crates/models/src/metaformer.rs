@@ -23,7 +23,7 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, present, set, ImgSize, PerStage};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::{check_take, pruned_error};
+use crate::features::{check_take, pruned_error, truncate_after_last};
 use crate::{Architecture, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Depths and widths of the registered variants.
@@ -785,9 +785,7 @@ impl ImageModel for MetaFormer {
     }
 
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.stages.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.stages.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.stages, indices)?;
         self.cfg
             .resize_stages(kept)
             .map_err(candle_core::Error::msg)?;

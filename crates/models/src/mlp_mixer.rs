@@ -18,7 +18,7 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, SpatialGatingUnit, TokenMixer};
 use crate::args::{only, parse, set, ImgSize};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::check_take;
+use crate::features::{check_take, truncate_after_last};
 use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Which block the model stacks.
@@ -630,9 +630,7 @@ impl ImageModel for MlpMixer {
 
     /// Keeps the final norm, which `forward_features` still applies.
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.blocks.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.blocks.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.blocks, indices)?;
         self.cfg.num_blocks = kept;
         self.cfg.num_classes = 0;
         self.head = None;

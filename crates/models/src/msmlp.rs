@@ -19,7 +19,7 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::{check_take, pruned_error};
+use crate::features::{check_take, pruned_error, truncate_after_last};
 use crate::{Architecture, Error, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// Hyper-parameters of an [`MsMlp`], named as `MS_MLP`'s constructor arguments.
@@ -385,9 +385,7 @@ impl ImageModel for MsMlp {
     }
 
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.stages.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.stages.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.stages, indices)?;
         if let Some(stage) = self.stages.last_mut() {
             stage.downsample = None;
         }

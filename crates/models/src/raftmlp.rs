@@ -22,7 +22,7 @@ use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 use crate::args::{only, parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
-use crate::features::{check_take, pruned_error};
+use crate::features::{check_take, pruned_error, truncate_after_last};
 use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
 
 /// One level of a RaftMLP (the reference's `layers` entries).
@@ -467,9 +467,7 @@ impl ImageModel for RaftMlp {
     }
 
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.levels.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.levels.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.levels, indices)?;
         self.cfg.layers.truncate(kept);
         self.cfg.num_classes = 0;
         self.head_norm = None;

@@ -21,7 +21,7 @@ use tokenmix_mixers::layers::{ActKind, Pointwise};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, set};
-use crate::features::{check_take, pruned_error};
+use crate::features::{check_take, pruned_error, truncate_after_last};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::{Architecture, Family, FeatureInfo, ImageModel, Indices, Ratio};
@@ -198,11 +198,8 @@ impl Architecture for RcVitConfig {
             return 0;
         }
         let down = |n: usize| n.div_ceil(2);
-        let (mut sh, mut sw) = (down(h), down(w));
-        let half = self.embed_dims[0] / 2;
-        let mut total = (sh * sw * half * self.in_chans * 9) as u64;
-        (sh, sw) = (down(sh), down(sw));
-        total += (sh * sw * self.embed_dims[0] * half * 9) as u64;
+        let (mut total, (mut sh, mut sw)) =
+            crate::two_conv_stem_macs(self.in_chans, self.embed_dims[0], h, w);
         for (i, (&dim, &depth)) in self.embed_dims.iter().zip(&self.layers).enumerate() {
             let n = (sh * sw) as u64;
             let (c, hidden) = (dim as u64, (self.mlp_ratios * dim as f64) as u64);
@@ -438,9 +435,7 @@ impl ImageModel for RcVit {
     }
 
     fn prune_intermediate_layers(&mut self, indices: &Indices) -> Result<Vec<usize>> {
-        let take = indices.resolve(self.stages.len())?;
-        let kept = take[take.len() - 1] + 1;
-        self.stages.truncate(kept);
+        let (take, kept) = truncate_after_last(&mut self.stages, indices)?;
         if let Some(stage) = self.stages.last_mut() {
             stage.downsample = None;
         }
