@@ -197,6 +197,3 @@ pub(crate) fn check_token_count(mixer: &'static str, x: &Tensor, expected: usize
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,6 +1,13 @@
-use super::*;
-use candle_core::{DType, Device};
+//! Table-driven tests over every registered mixer, and a mixer registered from outside the
+//! crate.
+
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use tokenmix_mixers::{
+    pooling, register_mixer, registered_mixers, sepconv, MixerConfig, MixerLayout,
+    MixerRegistration, MixerSpec, TokenMixer,
+};
 
 const DIM: usize = 16;
 const GRID: (usize, usize) = (5, 7);
