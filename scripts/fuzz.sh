@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz runs of the checkpoint/config loader, of image decoding + preprocessing, and of
-# config.json -> model build across every family. Needs cargo-fuzz (`cargo install cargo-fuzz`);
+# config.json -> model build across every family, and of PyTorch checkpoint reading. Needs cargo-fuzz (`cargo install cargo-fuzz`);
 # runs on the stable toolchain through RUSTC_BOOTSTRAP.
 #
 # Usage: scripts/fuzz.sh [seconds per target, default 120] [target ...]
@@ -11,9 +11,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-120}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(load_checkpoint decode_image build_model)
+[ ${#targets[@]} -gt 0 ] || targets=(load_checkpoint decode_image build_model load_pth)
 cd "$root/fuzz"
-mkdir -p corpus/load_checkpoint corpus/decode_image corpus/build_model
+mkdir -p corpus/load_checkpoint corpus/decode_image corpus/build_model corpus/load_pth
 # load_checkpoint seeds: each fixture's checkpoint under the poolformer_s12 config (mode byte 0)
 # and under its own config (mode byte 1, then the config length in 4-byte units, the config
 # padded with spaces to that length, then the checkpoint).
@@ -36,6 +36,8 @@ done
 for name in $(grep -oh 'entry!("[^"]*"' "$root"/crates/models/src/*.rs | cut -d'"' -f2); do
   printf '{"architecture": "%s", "num_classes": 10}' "$name" > "corpus/build_model/zoo_$name.json"
 done
+# load_pth seeds: the torch.save fixtures.
+cp "$root"/tests/fixtures/pth/*.pth corpus/load_pth/
 # A dictionary of the config keys the fixtures use.
 mkdir -p target; cat "$root"/tests/fixtures/*/config.json | grep -oE '"[a-z_0-9]+"' | sort -u > target/build_model.dict
 export RUSTC_BOOTSTRAP=1
@@ -43,6 +45,7 @@ for target in "${targets[@]}"; do
   extra=()
   [ "$target" = build_model ] && extra+=(-dict=target/build_model.dict -max_len=4096)
   [ "$target" = load_checkpoint ] && extra+=(-max_len=2000000)
+  [ "$target" = load_pth ] && extra+=(-max_len=600000)
   [ -n "${FUZZ_RUNS:-}" ] && extra+=(-runs="$FUZZ_RUNS")
   nice -n 19 cargo fuzz run --release "$target" "corpus/$target" -- -max_total_time="$secs" \
     -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}" 2>&1 | tee "/tmp/fuzz-$target.log" \

@@ -72,6 +72,29 @@ enum Command {
     /// Train a zoo model (from scratch, from a checkpoint, or resuming a run) on an image-folder
     /// dataset `DATA/{train,val}/<class>/*.png|jpg`.
     Train(Box<TrainArgs>),
+    /// Convert a PyTorch checkpoint (torch.save's format: the .pth files reference repositories
+    /// publish) into a model directory (config.json + model.safetensors) that --model-dir
+    /// loads. The checkpoint is checked as loading checks it; nothing in it is executed.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The PyTorch checkpoint.
+    checkpoint: PathBuf,
+    /// Zoo model the checkpoint holds (its default configuration).
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    model: Option<String>,
+    /// A config.json (architecture, model_args, ...) describing the model instead.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Key of the state dict in the checkpoint (default: the checkpoint itself when it is a
+    /// dict of tensors, else the first of state_dict, model, module, net).
+    #[arg(long)]
+    key: Option<String>,
+    /// Directory to write config.json and model.safetensors to (created if missing).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Where the model comes from: a hub-style directory, or a zoo name plus a weights file.
@@ -88,7 +111,7 @@ struct ModelSource {
     /// Zoo model name (with --weights).
     #[arg(long, requires = "weights")]
     model: Option<String>,
-    /// safetensors checkpoint in timm's layout (with --model).
+    /// Checkpoint in timm's layout (with --model): safetensors, or a PyTorch torch.save file.
     #[arg(long, requires = "model")]
     weights: Option<PathBuf>,
 }
@@ -398,7 +421,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Validate(args) => validate(&args, &parse_device(&args.device)?),
         Command::Bench(args) => bench(&args, &parse_device(&args.device)?),
         Command::Train(args) => train(&args, &parse_device(&args.device)?),
+        Command::Convert(args) => convert(&args),
     }
+}
+
+fn convert(args: &ConvertArgs) -> Result<()> {
+    let config = match (&args.config, &args.model) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        (None, Some(name)) => serde_json::json!({ "architecture": name }).to_string(),
+        (None, None) => bail!("give --model NAME or --config FILE"),
+    };
+    let done = tokenmix::models::convert_to_dir(
+        &config,
+        &args.checkpoint,
+        args.key.as_deref(),
+        &args.out,
+    )?;
+    println!(
+        "{}: {} tensors ({} left out: batch-norm step counters) -> {} ({:.1} MiB)",
+        done.name,
+        done.tensors,
+        done.dropped,
+        args.out.join("model.safetensors").display(),
+        done.bytes as f64 / (1 << 20) as f64
+    );
+    Ok(())
 }
 
 fn list(pattern: &str) -> Result<()> {

@@ -1,4 +1,4 @@
-//! The `tokenmix` binary end to end: listing, info, run, classify, validate, bench, train,
+//! The `tokenmix` binary end to end: listing, info, run, convert, classify, validate, bench, train,
 //! threads, and one-line errors.
 
 use std::path::{Path, PathBuf};
@@ -127,6 +127,79 @@ fn run_writes_the_reference_logits() {
         out.to_str().unwrap(),
     ]);
     assert_one_line_error(&o, "no tensor named 'input'");
+}
+
+/// `convert` turns the authors' CAS-ViT training checkpoint into a model directory that `run`
+/// loads and that gives the authors' logits; a checkpoint of another model, or a file that is
+/// not one, is a one-line error and writes nothing.
+#[test]
+fn convert_writes_a_loadable_model_dir_from_a_pth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("rcvit");
+    let fx = fixture("rcvit_xs_custom");
+    let pth = fixture("pth/rcvit_xs_custom.pth");
+    let o = tokenmix(&[
+        "convert",
+        pth.to_str().unwrap(),
+        "--config",
+        fx.join("config.json").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("rcvit_xs: 253 tensors (31 left out"),
+        "{}",
+        stdout(&o)
+    );
+    let reference = fx.join("reference.safetensors");
+    let logits = dir.path().join("logits.safetensors");
+    let o = tokenmix(&[
+        "run",
+        "--model-dir",
+        out_dir.to_str().unwrap(),
+        "--input",
+        reference.to_str().unwrap(),
+        "--output",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = &candle_core::safetensors::load(&logits, &Device::Cpu).unwrap()["logits"];
+    let want = &candle_core::safetensors::load(&reference, &Device::Cpu).unwrap()["logits"];
+    let err: f32 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert!(err <= 1e-4 * scale, "{err} vs {scale}");
+
+    let elsewhere = dir.path().join("other");
+    let o = tokenmix(&[
+        "convert",
+        pth.to_str().unwrap(),
+        "--model",
+        "poolformer_s12",
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert_one_line_error(
+        &o,
+        "checkpoint does not fit poolformer_s12: 132 missing tensors",
+    );
+    assert!(!elsewhere.exists());
+    let o = tokenmix(&[
+        "convert",
+        fx.join("model.safetensors").to_str().unwrap(),
+        "--model",
+        "rcvit_xs",
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "not a torch.save file");
 }
 
 #[test]

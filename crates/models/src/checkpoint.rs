@@ -197,7 +197,8 @@ fn check_values(
     }
 }
 
-/// Reads every tensor of the safetensors file at `path` onto `device` as f32, with the checks
+/// Reads every tensor of the checkpoint at `path` (safetensors or `torch.save`) onto `device` as
+/// f32, with the checks
 /// model loading applies to each tensor: a tensor of an integer or boolean dtype, or with NaN or
 /// infinite values, is refused (all of them named in one [`Error::WeightMismatch`] about
 /// `model_name`). Which tensors the file must hold is the caller's to check; training uses this
@@ -207,10 +208,13 @@ pub fn read_checked(
     model_name: &str,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    if is_pth(&bytes) {
+        bytes = pth_as_safetensors(&bytes, path, None)?;
+    }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -303,9 +307,10 @@ fn check_tensors(
     }
 }
 
-/// Loads a model of architecture `cfg` (called `model_name` in messages) from the safetensors
-/// file at `path` onto `device`, in f32. f32, f16 and bf16 checkpoints are accepted; the file
-/// must hold exactly the tensors the model needs, with the right shapes.
+/// Loads a model of architecture `cfg` (called `model_name` in messages) from the checkpoint at
+/// `path` onto `device`, in f32: a safetensors file, or a PyTorch `torch.save` file (told apart
+/// by their first bytes, not their names; see [`load_pth`]). f32, f16 and bf16 weights are
+/// accepted; the file must hold exactly the tensors the model needs, with the right shapes.
 pub fn load_safetensors(
     path: &Path,
     cfg: &ArchConfig,
@@ -318,11 +323,78 @@ pub fn load_safetensors(
         path: path.to_path_buf(),
         source,
     })?;
+    if is_pth(&bytes) {
+        let st = pth_as_safetensors(&bytes, path, None)?;
+        return load_expected(&st, path, &expected, cfg, model_name, device);
+    }
     load_expected(&bytes, path, &expected, cfg, model_name, device)
 }
 
-/// [`load_safetensors`] on the bytes of a safetensors file; `path` only names it in errors.
-/// Weights with NaN or infinite values are refused.
+/// Whether `bytes` start as a zip archive (`torch.save`'s format) does.
+pub fn is_pth(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// The state dict of a `torch.save` checkpoint as safetensors bytes (stored dtypes kept).
+fn pth_as_safetensors(bytes: &[u8], path: &Path, key: Option<&str>) -> Result<Vec<u8>> {
+    let tensors = crate::pth::read_state_dict(bytes, path, key)?;
+    crate::pth::to_safetensors(&tensors)
+}
+
+/// Loads a model of architecture `cfg` from the PyTorch checkpoint at `path` (`torch.save`'s
+/// zip format, as the reference repositories publish `.pth` files), with the strictness of
+/// [`load_safetensors`]. The state dict is the file's top-level dict, or the one under `key`,
+/// else under the first of [`crate::pth::STATE_DICT_KEYS`] present; a `module.` prefix on every
+/// name is removed. Nothing in the file is executed.
+pub fn load_pth(
+    path: &Path,
+    cfg: &ArchConfig,
+    model_name: &str,
+    key: Option<&str>,
+    device: &Device,
+) -> Result<Box<dyn ImageModel>> {
+    let expected = checked_tensors(cfg, model_name)?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = pth_as_safetensors(&bytes, path, key)?;
+    load_expected(&st, path, &expected, cfg, model_name, device)
+}
+
+/// The safetensors file of exactly the tensors `cfg` needs, taken from the PyTorch checkpoint
+/// `bytes` (named `path` in errors; state dict chosen as by [`load_pth`]) after the checks
+/// loading applies, each in its stored dtype: what `tokenmix convert` writes.
+pub fn convert_pth(
+    bytes: &[u8],
+    path: &Path,
+    cfg: &ArchConfig,
+    model_name: &str,
+    key: Option<&str>,
+) -> Result<Vec<u8>> {
+    let expected = checked_tensors(cfg, model_name)?;
+    let tensors = crate::pth::read_state_dict(bytes, path, key)?;
+    let st_bytes = crate::pth::to_safetensors(&tensors)?;
+    let st = SafeTensors::deserialize(&st_bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    check_tensors(&st, &expected, cfg).map_err(|details| Error::WeightMismatch {
+        path: path.to_path_buf(),
+        model: model_name.to_string(),
+        details,
+    })?;
+    let wanted: std::collections::HashSet<&str> =
+        expected.iter().map(|(n, _)| n.as_str()).collect();
+    let kept: Vec<(String, crate::pth::PthTensor)> = tensors
+        .into_iter()
+        .filter(|(n, _)| wanted.contains(n.as_str()))
+        .collect();
+    crate::pth::to_safetensors(&kept)
+}
+
+/// [`load_safetensors`] on the bytes of a checkpoint (safetensors or `torch.save`); `path` only
+/// names it in errors. Weights with NaN or infinite values are refused.
 pub fn load_safetensors_bytes(
     bytes: &[u8],
     path: &Path,
@@ -331,6 +403,10 @@ pub fn load_safetensors_bytes(
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
     let expected = checked_tensors(cfg, model_name)?;
+    if is_pth(bytes) {
+        let st = pth_as_safetensors(bytes, path, None)?;
+        return load_expected(&st, path, &expected, cfg, model_name, device);
+    }
     load_expected(bytes, path, &expected, cfg, model_name, device)
 }
 

@@ -39,6 +39,14 @@ pub enum Error {
         /// What the parser said.
         msg: String,
     },
+    /// A file is not a readable PyTorch (`torch.save`) checkpoint.
+    #[error("{}: not a readable PyTorch checkpoint: {msg}", path.display())]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A checkpoint's tensors do not match what the model needs.
     #[error("{}: checkpoint does not fit {model}: {details}", path.display())]
     WeightMismatch {

@@ -8,6 +8,7 @@
 //!   mis-shaped tensor is reported by name), and random weights for benchmarks.
 //! * [`arch`]: the [`Architecture`] trait each family's config implements, and [`ArchConfig`],
 //!   any family's architecture; [`FAMILIES`] registers every family.
+//! * [`pth`]: reading PyTorch `torch.save` checkpoints (`.pth`) without executing them.
 //! * [`loader`]: loading a model directory as the Hugging Face hub serves `timm/<name>` and
 //!   timm's `save_for_hf` writes it (`config.json` + `model.safetensors`), those files' bytes,
 //!   or a bare safetensors file.
@@ -28,6 +29,7 @@ pub mod imagenet;
 pub mod loader;
 pub mod preprocess;
 pub mod pretrained;
+pub mod pth;
 pub mod registry;
 
 use candle_core::{Result as CandleResult, Tensor};
@@ -42,7 +44,9 @@ pub use features::{FeatureFormat, FeatureInfo, Indices};
 pub use gfnet::{Gfnet, GfnetConfig};
 #[cfg(feature = "hub")]
 pub use hub::{load_from_hub, HubSource};
-pub use loader::{load_from_bytes, load_model_dir, load_weights, LoadedModel};
+pub use loader::{
+    convert_to_dir, load_from_bytes, load_model_dir, load_weights, Converted, LoadedModel,
+};
 pub use mamba_mixer::{MambaMixer, MambaMixerConfig};
 pub use mambaout::{MambaOut, MambaOutConfig};
 pub use metaformer::{MetaFormer, MetaFormerConfig};

@@ -170,7 +170,8 @@ pub fn load_from_bytes(config_json: &str, weights: &[u8], device: &Device) -> Re
     Ok(loaded(hub, entry, config, model))
 }
 
-/// Loads the model in `dir` (`config.json` + `model.safetensors`) onto `device`.
+/// Loads the model in `dir` (`config.json` + `model.safetensors`, or `pytorch_model.bin`) onto
+/// `device`.
 ///
 /// The architecture comes from `config.json`'s `architecture` (a zoo name, with or without a
 /// pretrained tag); `model_args` override the named config with timm's kwarg names; the
@@ -189,21 +190,33 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
         source,
     })?;
     let (hub, entry, config) = resolve_config(&text, &config_path)?;
-    let weights = dir.join("model.safetensors");
-    if !weights.is_file() {
-        return Err(Error::Io {
-            path: weights,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "model.safetensors not found (only safetensors checkpoints are supported)",
-            ),
-        });
-    }
+    let weights = checkpoint_in(dir)?;
     let model = load_safetensors(&weights, &config, entry.name, device)?;
     Ok(loaded(hub, entry, config, model))
 }
 
-/// Loads zoo model `name` at its default config from a bare safetensors file.
+/// The checkpoint of a model directory: `model.safetensors`, else `pytorch_model.bin` (the
+/// `torch.save` file older hub repositories hold).
+fn checkpoint_in(dir: &Path) -> Result<std::path::PathBuf> {
+    let safetensors = dir.join("model.safetensors");
+    if safetensors.is_file() {
+        return Ok(safetensors);
+    }
+    let torch = dir.join("pytorch_model.bin");
+    if torch.is_file() {
+        return Ok(torch);
+    }
+    Err(Error::Io {
+        path: safetensors,
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "neither model.safetensors nor pytorch_model.bin is in the directory",
+        ),
+    })
+}
+
+/// Loads zoo model `name` at its default config from a bare checkpoint file (safetensors, or a
+/// PyTorch `torch.save` file).
 pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<LoadedModel> {
     let entry = model_entry(name)?;
     let config = entry.config();
@@ -214,5 +227,71 @@ pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<Loade
         config,
         label_names: None,
         model,
+    })
+}
+
+/// What [`convert_to_dir`] wrote.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The zoo name of the architecture.
+    pub name: String,
+    /// Tensors written to `model.safetensors`.
+    pub tensors: usize,
+    /// Tensors of the checkpoint left out (batch-norm step counters).
+    pub dropped: usize,
+    /// Bytes of `model.safetensors`.
+    pub bytes: usize,
+}
+
+/// Converts the PyTorch checkpoint at `checkpoint` (`torch.save`'s format; state dict found as
+/// [`crate::checkpoint::load_pth`] finds it, or under `key`) into a model directory at `out`
+/// that [`load_model_dir`] loads: `model.safetensors` with exactly the tensors the model
+/// described by `config_json` needs, in their stored dtypes, and a `config.json` naming the
+/// architecture, its `model_args`, classes and preprocessing. The checkpoint is checked as
+/// loading checks it (every missing, unexpected, mis-shaped, non-float or non-finite tensor
+/// named) before anything is written.
+pub fn convert_to_dir(
+    config_json: &str,
+    checkpoint: &Path,
+    key: Option<&str>,
+    out: &Path,
+) -> Result<Converted> {
+    let (hub, entry, config) = resolve_config(config_json, Path::new("config.json"))?;
+    let bytes = std::fs::read(checkpoint).map_err(|source| Error::Io {
+        path: checkpoint.to_path_buf(),
+        source,
+    })?;
+    if !crate::checkpoint::is_pth(&bytes) {
+        return Err(Error::Checkpoint {
+            path: checkpoint.to_path_buf(),
+            msg: "not a torch.save file (a safetensors checkpoint loads as it is)".into(),
+        });
+    }
+    let total = crate::pth::read_state_dict(&bytes, checkpoint, key)?.len();
+    let st = crate::checkpoint::convert_pth(&bytes, checkpoint, &config, entry.name, key)?;
+    let tensors = crate::checkpoint::expected_tensors(&config)?.len();
+    let cfg_json = serde_json::json!({
+        "architecture": hub.architecture,
+        "num_classes": config.num_classes(),
+        "model_args": hub.model_args,
+        "pretrained_cfg": preprocessing(hub.pretrained_cfg, entry, &config),
+        "label_names": hub.label_names,
+    });
+    let write = |name: &str, data: &[u8]| {
+        let path = out.join(name);
+        std::fs::write(&path, data).map_err(|source| Error::Io { path, source })
+    };
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let text = serde_json::to_string_pretty(&cfg_json).map_err(|e| Error::config("config", e))?;
+    write("model.safetensors", &st)?;
+    write("config.json", text.as_bytes())?;
+    Ok(Converted {
+        name: entry.name.to_string(),
+        tensors,
+        dropped: total.saturating_sub(tensors),
+        bytes: st.len(),
     })
 }

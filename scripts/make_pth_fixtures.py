@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch-checkpoint fixtures of tests/fixtures/pth/ with torch.save itself.
+
+Files (all written by torch.save; PROVENANCE.json records torch's version and this command):
+  * plain.pth: a state dict (OrderedDict) of small tensors covering what the reader must handle:
+    f32 / f16 / bf16 / f64 / int64 storages, a transposed (non-contiguous) view, two views of one
+    storage at different offsets, a 0-d tensor and an nn.Parameter. values.json lists every
+    tensor's name, dtype, shape and elements (row-major), in the dict's order, for the Rust test to compare against.
+  * plain_p4.pth: the same state dict pickled with protocol 4 (FRAME, MEMOIZE, STACK_GLOBAL).
+  * nested.pth: a training checkpoint as DeiT-style scripts write it ({'state_dict': ...,
+    'epoch', 'args' (argparse.Namespace), 'optimizer'}) whose names carry DataParallel's `module.`
+    prefix.
+  * legacy.pth: plain.pth's dict in the pre-1.6 format (_use_new_zipfile_serialization=False).
+  * whole_model.pth: a pickled nn.Module (not a state dict).
+  * rcvit_xs_custom.pth (with --casvit-repo): the weights of tests/fixtures/rcvit_xs_custom loaded
+    into the authors' RCViT (strict load_state_dict), saved from its state_dict() (batch-norm
+    num_batches_tracked included) as the authors' training checkpoints hold it, under 'model'
+    beside 'epoch', 'optimizer' and 'args'.
+
+Usage (venv outside the repo with torch, timm, einops, safetensors):
+    python scripts/make_pth_fixtures.py [--casvit-repo DIR --casvit-commit COMMIT] \
+        [--out tests/fixtures/pth]
+"""
+import argparse
+import collections
+import importlib.util
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+
+def plain_state_dict():
+    base = torch.arange(12, dtype=torch.float32) * 0.5 - 2.0
+    sd = collections.OrderedDict()
+    sd["f32"] = base.reshape(3, 4)
+    sd["f32_t"] = (torch.arange(6, dtype=torch.float32) + 0.25).reshape(2, 3).t()
+    shared = torch.arange(10, dtype=torch.float32)
+    sd["view_a"] = shared[2:5]
+    sd["view_b"] = shared[6:10].reshape(2, 2)
+    sd["f16"] = torch.tensor([[1.5, -2.0], [0.125, 65504.0]], dtype=torch.float16)
+    sd["bf16"] = torch.tensor([3.0, -0.5, 1e10], dtype=torch.bfloat16)
+    sd["f64"] = torch.tensor([1.0 / 3.0, -7.0], dtype=torch.float64)
+    sd["i64"] = torch.tensor(7, dtype=torch.int64)
+    sd["param"] = torch.nn.Parameter(torch.tensor([[0.5, 1.5, 2.5]]))
+    return sd
+
+
+def values_json(sd):
+    out = []
+    for name, t in sd.items():
+        t = t.detach()
+        out.append({
+            "name": name,
+            "dtype": str(t.dtype).replace("torch.", ""),
+            "shape": list(t.shape),
+            "values": [float(v) for v in t.to(torch.float64).reshape(-1).tolist()],
+        })
+    return out
+
+
+def load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # timm's register_model looks the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--casvit-repo")
+    ap.add_argument("--casvit-commit")
+    ap.add_argument("--out", default="tests/fixtures/pth")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    out = lambda name: os.path.join(args.out, name)
+
+    sd = plain_state_dict()
+    torch.save(sd, out("plain.pth"))
+    torch.save(sd, out("plain_p4.pth"), pickle_protocol=4)
+    with open(out("values.json"), "w") as f:
+        json.dump(values_json(sd), f, indent=1)
+    torch.save(sd, out("legacy.pth"), _use_new_zipfile_serialization=False)
+    training = {
+        "state_dict": collections.OrderedDict(
+            (f"module.{k}", v) for k, v in list(sd.items())[:3]
+        ),
+        "epoch": 12,
+        "args": argparse.Namespace(model="tiny", lr=1e-3, drop_path=0.1, betas=(0.9, 0.999)),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1, 2]}]},
+    }
+    torch.save(training, out("nested.pth"))
+    torch.save(torch.nn.Linear(2, 3), out("whole_model.pth"))
+
+    files = ["plain.pth", "plain_p4.pth", "legacy.pth", "nested.pth", "whole_model.pth"]
+    provenance = {
+        "torch": torch.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "writer": "torch.save (protocol 2 unless named)",
+    }
+    if args.casvit_repo:
+        rcvit = load_module(
+            os.path.join(args.casvit_repo, "classification", "model", "rcvit.py"), "rcvit"
+        )
+        fixture = os.path.join(os.path.dirname(args.out.rstrip("/")), "rcvit_xs_custom")
+        with open(os.path.join(fixture, "config.json")) as f:
+            model_args = json.load(f)["model_args"]
+        model = rcvit.RCViT(**model_args)
+        model.load_state_dict(load_file(os.path.join(fixture, "model.safetensors")), strict=True)
+        checkpoint = {
+            "model": model.state_dict(),
+            "epoch": 299,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 6e-3, "weight_decay": 0.05}]},
+            "args": argparse.Namespace(model="rcvit_xs", input_size=224, lr=6e-3),
+        }
+        torch.save(checkpoint, out("rcvit_xs_custom.pth"))
+        files.append("rcvit_xs_custom.pth")
+        provenance["rcvit_xs_custom.pth"] = {
+            "reference": "https://github.com/Tianfang-Zhang/CAS-ViT classification/model/rcvit.py",
+            "commit": args.casvit_commit,
+            "weights": "tests/fixtures/rcvit_xs_custom/model.safetensors",
+        }
+    provenance["files"] = files
+    with open(out("PROVENANCE.json"), "w") as f:
+        json.dump(provenance, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
