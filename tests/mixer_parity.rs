@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use tokenmix::mixers::MixerConfig;
+use tokenmix::mixers::{MixerConfig, MixerLayout};
 
 /// Builds the registered default of mixer `kind` from its fixture's weights and checks its
 /// output against the reference's (relative L2 and max abs, 1e-4).
@@ -25,7 +25,15 @@ fn check(kind: &str) {
         .unwrap()
         .build(dim, vb)
         .unwrap();
-    let got = mixer.forward(&input).unwrap();
+    // The fixtures are channel-first, as PyTorch runs them.
+    let got = match mixer.layout() {
+        MixerLayout::ChannelsLast => {
+            let x = input.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+            let y = mixer.forward(&x).unwrap();
+            y.permute((0, 3, 1, 2)).unwrap()
+        }
+        _ => mixer.forward(&input).unwrap(),
+    };
     assert_eq!(got.dims(), want.dims());
     let diff = (&got - &want).unwrap();
     let scalar = |t: Tensor| -> f32 { t.to_scalar().unwrap() };

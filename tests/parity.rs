@@ -222,3 +222,42 @@ fn affnet_matches_the_reference() {
 fn rcvit_matches_cas_vit() {
     check("rcvit_xs_custom");
 }
+
+/// CAS-ViT folds its batch norms into the neighbouring convolutions and products when its
+/// weights are frozen; with trainable weights (a `VarMap`) it runs the norms unfolded. Both give
+/// the authors' logits, and the trainable model's gradients reach the norms.
+#[test]
+fn rcvit_trainable_path_matches_cas_vit() {
+    let dir = fixture("rcvit_xs_custom");
+    let device = Device::Cpu;
+    let frozen = load_model_dir(&dir, &device).unwrap();
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &device).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for (name, t) in weights {
+            data.insert(name, candle_core::Var::from_tensor(&t).unwrap());
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let trainable = frozen.config.build(vb).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
+    let logits = trainable.forward_t(&reference["input"], false).unwrap();
+    let err = rel_l2(&logits, &reference["logits"]);
+    assert!(
+        err <= TOLERANCE,
+        "trainable path: relative L2 error {err:e}"
+    );
+    let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    for name in [
+        "network.0.0.norm1.weight",
+        "network.0.0.norm2.bias",
+        "patch_embed.1.weight",
+    ] {
+        let g = grads.get(data[name].as_tensor()).expect(name);
+        let norm: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "{name}: zero gradient");
+    }
+}

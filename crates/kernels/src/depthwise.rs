@@ -128,6 +128,186 @@ impl DepthwiseConv2d {
     }
 }
 
+impl DepthwiseConv2d {
+    /// The CPU forward pass of the `(B, C, H, W)` op, with the bias (one value per channel)
+    /// added as each output plane is written.
+    fn cpu_forward(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w, k, ho, wo) = self.check(xl, wl)?;
+        let (s, p) = (self.stride, self.padding);
+        let x = contiguous_f32(xs, xl, "depthwise_conv2d", "input")?;
+        let wt = contiguous_f32(ws, wl, "depthwise_conv2d", "weight")?;
+        let mut out = vec![0f32; b * c * ho * wo];
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let bias_of = |ch: usize| bias.map_or(0.0, |b| b[ch]);
+        if s == 1 && hp * wp <= MAX_PADDED_PLANE {
+            let geo = PlaneGeo { w, k, p, wo };
+            out.par_chunks_mut(ho * wo).enumerate().for_each_init(
+                || vec![0f32; hp * wp],
+                |padded, (plane, dst)| {
+                    let ch = plane % c;
+                    let src = &x[plane * h * w..(plane + 1) * h * w];
+                    let kern = &wt[ch * k * k..(ch + 1) * k * k];
+                    conv_plane_s1(src, kern, bias_of(ch), padded, dst, geo);
+                },
+            );
+        } else {
+            out.par_chunks_mut(ho * wo)
+                .enumerate()
+                .for_each(|(plane, dst)| {
+                    let ch = plane % c;
+                    let src = &x[plane * h * w..(plane + 1) * h * w];
+                    let kern = &wt[ch * k * k..(ch + 1) * k * k];
+                    dst.fill(bias_of(ch));
+                    conv_plane(src, h, w, kern, k, s, p, dst, ho, wo);
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
+    }
+}
+
+/// Largest zero-padded input plane (elements) the stride-1 path copies into its scratch.
+const MAX_PADDED_PLANE: usize = 1 << 20;
+
+/// Sizes of one plane of the stride-1 path: input width `w`, kernel `k`, padding `p`, output
+/// width `wo`.
+#[derive(Debug, Clone, Copy)]
+struct PlaneGeo {
+    w: usize,
+    k: usize,
+    p: usize,
+    wo: usize,
+}
+
+/// One output plane of a stride-1 depthwise convolution: the input plane is copied into the
+/// zero-padded scratch `padded` (`(h + 2p) x (w + 2p)`, borders left zero), then each output row
+/// is the bias plus the `k x k` taps over shifted slices of `k` padded rows (3x3: all nine taps
+/// in one pass, so each output element is written once).
+#[inline(always)]
+fn conv_plane_s1_body(
+    src: &[f32],
+    kern: &[f32],
+    bias: f32,
+    padded: &mut [f32],
+    dst: &mut [f32],
+    g: PlaneGeo,
+) {
+    let (k, p, wo) = (g.k, g.p, g.wo);
+    let wp = g.w + 2 * p;
+    for (y, row) in src.chunks_exact(g.w).enumerate() {
+        padded[(y + p) * wp + p..][..g.w].copy_from_slice(row);
+    }
+    for (oy, out) in dst.chunks_exact_mut(wo).enumerate() {
+        let rows = &padded[oy * wp..(oy + k) * wp];
+        if k == 3 {
+            let (r0, r1, r2) = (&rows[..wp], &rows[wp..2 * wp], &rows[2 * wp..3 * wp]);
+            let t: [f32; 9] = kern[..9].try_into().unwrap_or([0.0; 9]);
+            let (a0, a1, a2) = (&r0[..wo], &r0[1..wo + 1], &r0[2..wo + 2]);
+            let (b0, b1, b2) = (&r1[..wo], &r1[1..wo + 1], &r1[2..wo + 2]);
+            let (c0, c1, c2) = (&r2[..wo], &r2[1..wo + 1], &r2[2..wo + 2]);
+            for x in 0..wo {
+                out[x] = bias
+                    + t[0] * a0[x]
+                    + t[1] * a1[x]
+                    + t[2] * a2[x]
+                    + t[3] * b0[x]
+                    + t[4] * b1[x]
+                    + t[5] * b2[x]
+                    + t[6] * c0[x]
+                    + t[7] * c1[x]
+                    + t[8] * c2[x];
+            }
+        } else {
+            out.fill(bias);
+            for ky in 0..k {
+                let r = &rows[ky * wp..(ky + 1) * wp];
+                for kx in 0..k {
+                    let wv = kern[ky * k + kx];
+                    for (o, i) in out.iter_mut().zip(&r[kx..kx + wo]) {
+                        *o += wv * i;
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`conv_plane_s1_body`], on wide vectors where the CPU has them.
+    fn conv_plane_s1(
+        src: &[f32],
+        kern: &[f32],
+        bias: f32,
+        padded: &mut [f32],
+        dst: &mut [f32],
+        g: PlaneGeo,
+    ) => conv_plane_s1_body
+}
+
+/// Candle custom op: [`DepthwiseConv2d`] with a `(C)` bias added as the output is written (one
+/// pass over the output instead of two), CPU only.
+#[derive(Debug, Clone, Copy)]
+pub struct DepthwiseConv2dBias {
+    conv: DepthwiseConv2d,
+}
+
+impl DepthwiseConv2dBias {
+    /// The op for `stride >= 1` and any padding.
+    pub fn new(stride: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            conv: DepthwiseConv2d::new(stride, padding)?,
+        })
+    }
+}
+
+impl CustomOp3 for DepthwiseConv2dBias {
+    fn name(&self) -> &'static str {
+        "tokenmix-depthwise-conv2d-bias"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.conv.grads(x, w, grad)?;
+        let gb = grad.sum((0, 2, 3))?;
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = xl.shape().dims4()?.1;
+        if bl.shape().dims() != [c] {
+            return Err(KernelError::Shape {
+                op: "depthwise_conv2d",
+                what: "bias",
+                expected: format!("[{c}]"),
+                found: bl.shape().dims().to_vec(),
+            }
+            .into());
+        }
+        let bias = contiguous_f32(bs, bl, "depthwise_conv2d", "bias")?;
+        self.conv.cpu_forward(xs, xl, ws, wl, Some(&bias))
+    }
+}
+
 impl CustomOp2 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
         "tokenmix-depthwise-conv2d"
@@ -151,20 +331,7 @@ impl CustomOp2 for DepthwiseConv2d {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, w, k, ho, wo) = self.check(xl, wl)?;
-        let (s, p) = (self.stride, self.padding);
-        let x = contiguous_f32(xs, xl, "depthwise_conv2d", "input")?;
-        let wt = contiguous_f32(ws, wl, "depthwise_conv2d", "weight")?;
-        let mut out = vec![0f32; b * c * ho * wo];
-        out.par_chunks_mut(ho * wo)
-            .enumerate()
-            .for_each(|(plane, dst)| {
-                let ch = plane % c;
-                let src = &x[plane * h * w..(plane + 1) * h * w];
-                let kern = &wt[ch * k * k..(ch + 1) * k * k];
-                conv_plane(src, h, w, kern, k, s, p, dst, ho, wo);
-            });
-        Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
+        self.cpu_forward(xs, xl, ws, wl, None)
     }
 
     #[cfg(feature = "cuda")]

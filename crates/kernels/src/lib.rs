@@ -59,7 +59,7 @@ use std::sync::OnceLock;
 pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
 pub use conv::{Im2ColNhwc, Window};
-pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dNhwc};
+pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
 pub use error::KernelError;
 pub use mlp::{Linear, MlpActivation, MlpPlan, MlpWeights, ResidualMlp};
 pub use norm::{ChannelNorm, NormAxes};
@@ -106,7 +106,16 @@ pub fn depthwise_conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let y = if use_fused(x) && same_dtype(x, &[weight]) {
+    let fused = use_fused(x) && same_dtype(x, &[weight]);
+    if let (true, true, Some(b)) = (fused, x.device().is_cpu(), bias) {
+        if b.dtype() == x.dtype() {
+            let op = DepthwiseConv2dBias::new(stride, padding)?;
+            return x
+                .contiguous()?
+                .apply_op3(&weight.contiguous()?, &b.contiguous()?, op);
+        }
+    }
+    let y = if fused {
         let op = DepthwiseConv2d::new(stride, padding)?;
         x.contiguous()?.apply_op2(&weight.contiguous()?, op)?
     } else {

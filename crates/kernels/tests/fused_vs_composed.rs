@@ -66,6 +66,9 @@ fn depthwise_conv_matches_grouped_conv() {
         (1, 2, 8, 7, 7, 1, 0),
         (2, 3, 5, 7, 4, 1, 2),
         (1, 8, 17, 19, 11, 1, 5),
+        (2, 3, 1, 1, 3, 1, 1),
+        (1, 2, 2, 9, 3, 1, 2),
+        (1, 2, 6, 5, 3, 1, 0),
     ];
     for (b, c, h, w, k, s, p) in cases {
         let weight = randn(&[c, 1, k, k]);
@@ -80,6 +83,15 @@ fn depthwise_conv_matches_grouped_conv() {
             assert!(d < 1e-4, "k={k} s={s} p={p} {h}x{w}: max diff {d}");
             let public = tokenmix_kernels::depthwise_conv2d(&x, &weight, None, s, p).unwrap();
             assert!(max_abs_diff(&public, &reference) < 1e-4);
+            // The bias added while the output is written (DepthwiseConv2dBias).
+            let bias = randn(&[c]);
+            let with_bias =
+                tokenmix_kernels::depthwise_conv2d(&x, &weight, Some(&bias), s, p).unwrap();
+            let reference = reference
+                .broadcast_add(&bias.reshape((c, 1, 1)).unwrap())
+                .unwrap();
+            let d = max_abs_diff(&with_bias, &reference);
+            assert!(d < 1e-4, "bias k={k} s={s} p={p} {h}x{w}: max diff {d}");
         }
     }
 }
@@ -768,6 +780,21 @@ fn fused_ops_have_the_gradients_of_their_compositions() {
             &[x, w],
             |t| tokenmix_kernels::depthwise_conv2d(&t[0], &t[1], None, s, p),
             |t| composed::depthwise_conv2d(&t[0], &t[1], s, p),
+        );
+        let b = randn(&[3]);
+        let x = if s == 2 {
+            randn(&[2, 3, 8, 6])
+        } else {
+            randn(&[2, 3, 7, 5])
+        };
+        check_grads(
+            &format!("depthwise with bias k{k} s{s}"),
+            &[x, randn(&[3, 1, k, k]), b],
+            |t| tokenmix_kernels::depthwise_conv2d(&t[0], &t[1], Some(&t[2]), s, p),
+            |t| {
+                composed::depthwise_conv2d(&t[0], &t[1], s, p)?
+                    .broadcast_add(&t[2].reshape((3, 1, 1))?)
+            },
         );
     }
     for (c, k, s, p) in [(5, 3, 1, 1), (18, 7, 1, 3), (4, 3, 2, 1)] {

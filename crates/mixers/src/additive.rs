@@ -8,15 +8,16 @@
 //! sigmoid vector (global average pool, 1x1), added, passed through a depthwise 3x3, multiplied
 //! by the value and projected by another depthwise 3x3.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-use tokenmix_kernels::depthwise_conv2d;
+use tokenmix_kernels::depthwise_conv2d_nhwc;
 
 use crate::layers::{BatchNorm, Pointwise};
 use crate::{MixerLayout, MixerSpec, TokenMixer};
 
-/// A depthwise 3x3 convolution with bias, padding 1 (checkpoint `weight` `[C, 1, 3, 3]`, `bias`).
+/// A depthwise 3x3 convolution with bias, padding 1, of channel-last maps (checkpoint `weight`
+/// `[C, 1, 3, 3]`, `bias`).
 #[derive(Debug, Clone)]
 struct Depthwise3x3 {
     weight: Tensor,
@@ -30,15 +31,30 @@ impl Depthwise3x3 {
             bias: vb.get(dim, "bias")?,
         })
     }
+
+    /// This convolution followed by `bn`, as one convolution (weights and bias scaled per
+    /// channel; exact up to rounding).
+    fn with_batch_norm(&self, bn: &BatchNorm) -> Result<Self> {
+        let (scale, shift) = bn.scale_shift()?;
+        let c = scale.dim(0)?;
+        Ok(Self {
+            weight: self.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?,
+            bias: ((&self.bias * &scale)? + shift)?,
+        })
+    }
+
+    fn trainable(&self) -> bool {
+        self.weight.is_variable() || self.bias.is_variable()
+    }
 }
 
 impl Module for Depthwise3x3 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        depthwise_conv2d(x, &self.weight, Some(&self.bias), 1, 1)
+        depthwise_conv2d_nhwc(x, &self.weight, Some(&self.bias), 1, 1)
     }
 }
 
-/// The reference's `SpatialOperation` then `ChannelOperation` on `(B, C, H, W)`:
+/// The reference's `SpatialOperation` then `ChannelOperation` on channel-last `(B, H, W, C)`:
 /// `t = x * sigmoid(1x1_{C->1}(relu(bn(dw3x3(x)))))`, then `t * sigmoid(1x1_{C->C}(mean_hw(t)))`.
 /// Checkpoint names `0.block.{0,1,3}` (spatial) and `1.block.1` (channel).
 #[derive(Debug, Clone)]
@@ -47,57 +63,115 @@ struct Gates {
     spatial_bn: BatchNorm,
     spatial_proj: Pointwise,
     channel_proj: Pointwise,
+    /// `spatial_dw` with `spatial_bn` folded in, kept unless trainable.
+    spatial_folded: crate::layers::Derived<Depthwise3x3>,
 }
 
 impl Gates {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let (spatial, channel) = (vb.pp(0).pp("block"), vb.pp(1).pp("block"));
-        let sp = MixerLayout::Spatial;
+        let cl = MixerLayout::ChannelsLast;
         Ok(Self {
             spatial_dw: Depthwise3x3::new(dim, spatial.pp(0))?,
             spatial_bn: BatchNorm::new(dim, spatial.pp(1))?,
-            spatial_proj: Pointwise::conv1x1(dim, 1, false, sp, spatial.pp(3))?,
-            channel_proj: Pointwise::conv1x1(dim, dim, false, sp, channel.pp(1))?,
+            spatial_proj: Pointwise::conv1x1(dim, 1, false, cl, spatial.pp(3))?,
+            channel_proj: Pointwise::conv1x1(dim, dim, false, cl, channel.pp(1))?,
+            spatial_folded: Default::default(),
         })
+    }
+
+    fn trainable(&self) -> bool {
+        self.spatial_dw.trainable()
+            || self.spatial_bn.trainable()
+            || self.spatial_proj.trainable()
+            || self.channel_proj.trainable()
     }
 }
 
 impl Module for Gates {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let s = self.spatial_bn.forward(&self.spatial_dw.forward(x)?)?.relu()?;
+        let trainable = self.spatial_dw.trainable() || self.spatial_bn.trainable();
+        let conv = self.spatial_folded.get(trainable, || {
+            self.spatial_dw.with_batch_norm(&self.spatial_bn)
+        })?;
+        let s = conv.forward(x)?.relu()?;
         let s = candle_nn::ops::sigmoid(&self.spatial_proj.forward(&s)?)?;
         let t = x.broadcast_mul(&s)?;
-        let pooled = t.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
+        let pooled = spatial_mean(&t)?;
         let c = candle_nn::ops::sigmoid(&self.channel_proj.forward(&pooled)?)?;
         t.broadcast_mul(&c)
     }
 }
 
-/// CAS-ViT's additive token mixer on `(B, C, H, W)`:
+/// The mean over the positions of a channel-last `(B, H, W, C)` map, `(B, 1, 1, C)`, as one
+/// matrix product per image (candle's reductions over a middle axis walk it element by element).
+fn spatial_mean(t: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = t.dims4()?;
+    let weights = Tensor::full(1.0 / (h * w) as f32, (1, h * w), t.device())?.to_dtype(t.dtype())?;
+    weights
+        .broadcast_matmul(&t.reshape((b, h * w, c))?)?
+        .reshape((b, 1, 1, c))
+}
+
+/// CAS-ViT's additive token mixer on channel-last `(B, H, W, C)`:
 /// `[q, k, v] = qkv(x)` (1x1, no bias), `proj(dwc(gates_q(q) + gates_k(k)) * v)` with `dwc` and
 /// `proj` depthwise 3x3 convolutions with biases. Checkpoint names `qkv`, `oper_q`, `oper_k`,
-/// `dwc`, `proj`.
+/// `dwc`, `proj`; `qkv`'s weight `[3C, C, 1, 1]` runs as three products so that `q`, `k` and
+/// `v` come out contiguous.
 #[derive(Debug, Clone)]
 pub struct AdditiveTokenMixer {
-    qkv: Pointwise,
+    q: Pointwise,
+    k: Pointwise,
+    v: Pointwise,
     oper_q: Gates,
     oper_k: Gates,
     dwc: Depthwise3x3,
     proj: Depthwise3x3,
-    dim: usize,
 }
 
 impl AdditiveTokenMixer {
     /// Loads the mixer for `dim` channels; `qkv_bias` is the reference's `attn_bias`.
     pub fn new(dim: usize, qkv_bias: bool, vb: VarBuilder) -> Result<Self> {
+        let qkv = vb.pp("qkv");
+        let weight = qkv.get((3 * dim, dim, 1, 1), "weight")?;
+        let bias = qkv_bias.then(|| qkv.get(3 * dim, "bias")).transpose()?;
+        let part = |i: usize| -> Result<Pointwise> {
+            let b = bias.as_ref().map(|b| b.narrow(0, i * dim, dim)).transpose()?;
+            Pointwise::from_tensors(
+                weight.narrow(0, i * dim, dim)?,
+                b,
+                MixerLayout::ChannelsLast,
+            )
+        };
         Ok(Self {
-            qkv: Pointwise::conv1x1(dim, 3 * dim, qkv_bias, MixerLayout::Spatial, vb.pp("qkv"))?,
+            q: part(0)?,
+            k: part(1)?,
+            v: part(2)?,
             oper_q: Gates::new(dim, vb.pp("oper_q"))?,
             oper_k: Gates::new(dim, vb.pp("oper_k"))?,
             dwc: Depthwise3x3::new(dim, vb.pp("dwc"))?,
             proj: Depthwise3x3::new(dim, vb.pp("proj"))?,
-            dim,
         })
+    }
+
+    /// This mixer with a per-channel affine of its input (the block's batch norm in front of
+    /// it, `scale`, `shift` `(C)`) folded into the q, k and v products.
+    pub fn with_input_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
+        Ok(Self {
+            q: self.q.with_input_affine(scale, shift)?,
+            k: self.k.with_input_affine(scale, shift)?,
+            v: self.v.with_input_affine(scale, shift)?,
+            ..self.clone()
+        })
+    }
+
+    /// Whether any of its weights is a trainable variable.
+    pub fn trainable(&self) -> bool {
+        self.q.trainable()
+            || self.oper_q.trainable()
+            || self.oper_k.trainable()
+            || self.dwc.trainable()
+            || self.proj.trainable()
     }
 }
 
@@ -107,15 +181,13 @@ impl TokenMixer for AdditiveTokenMixer {
     }
 
     fn layout(&self) -> MixerLayout {
-        MixerLayout::Spatial
+        MixerLayout::ChannelsLast
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
-        let part = |i: usize| qkv.narrow(1, i * self.dim, self.dim);
-        let q = self.oper_q.forward(&part(0)?)?;
-        let k = self.oper_k.forward(&part(1)?)?;
-        let mixed = (self.dwc.forward(&(q + k)?)? * part(2)?)?;
+        let q = self.oper_q.forward(&self.q.forward(x)?)?;
+        let k = self.oper_k.forward(&self.k.forward(x)?)?;
+        let mixed = (self.dwc.forward(&(q + k)?)? * self.v.forward(x)?)?;
         self.proj.forward(&mixed)
     }
 }

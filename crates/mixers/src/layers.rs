@@ -261,13 +261,14 @@ impl Module for Act {
 /// A value computed from a layer's weights (a re-arranged matrix, folded statistics), made on
 /// first use and kept: not at load time, so that describing a model allocates nothing. When the
 /// weights are trainable variables, which an optimizer may update in place, it is recomputed on
-/// every call instead, so it never goes stale.
+/// every call instead, so it never goes stale. Clones of a layer share what it has derived (and
+/// what either derives later), so a layer kept inside another derived value keeps its own.
 #[derive(Debug, Clone)]
-pub struct Derived<T>(std::sync::OnceLock<T>);
+pub struct Derived<T>(std::sync::Arc<std::sync::OnceLock<T>>);
 
 impl<T> Default for Derived<T> {
     fn default() -> Self {
-        Self(std::sync::OnceLock::new())
+        Self(std::sync::Arc::new(std::sync::OnceLock::new()))
     }
 }
 
@@ -367,6 +368,51 @@ impl Pointwise {
 }
 
 impl Pointwise {
+    /// The layer of a loaded `weight` `[out, in]` or `[out, in, 1, 1]` and optional `bias`
+    /// `[out]`, applied in `layout`.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>, layout: MixerLayout) -> Result<Self> {
+        let (out_dim, in_dim) = (weight.dim(0)?, weight.dim(1)?);
+        Ok(Self {
+            bias,
+            weight,
+            matrix: Derived::default(),
+            layout,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// This map with a per-channel affine `x * scale + shift` of its input (`scale`, `shift`
+    /// `(in)`, e.g. a batch norm in front of it) folded in: `W diag(scale)`, bias
+    /// `b + W shift`. Exact up to rounding.
+    pub fn with_input_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
+        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+        let extra = w.matmul(&shift.reshape((self.in_dim, 1))?)?.flatten_all()?;
+        let bias = match &self.bias {
+            Some(b) => (b + extra)?,
+            None => extra,
+        };
+        let weight = w
+            .broadcast_mul(&scale.reshape((1, self.in_dim))?)?
+            .reshape(self.weight.shape())?;
+        Self::from_tensors(weight, Some(bias), self.layout)
+    }
+
+    /// This map followed by a per-channel affine `y * scale + shift` of its output (`scale`,
+    /// `shift` `(out)`, e.g. a batch norm after it) folded in: `diag(scale) W`, bias
+    /// `b * scale + shift`. Exact up to rounding.
+    pub fn with_output_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
+        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+        let bias = match &self.bias {
+            Some(b) => ((b * scale)? + shift)?,
+            None => shift.clone(),
+        };
+        let weight = w
+            .broadcast_mul(&scale.reshape((self.out_dim, 1))?)?
+            .reshape(self.weight.shape())?;
+        Self::from_tensors(weight, Some(bias), self.layout)
+    }
+
     /// The weight as the layout multiplies by it (see the `matrix` field).
     fn matrix(&self) -> Result<Tensor> {
         self.matrix
@@ -383,7 +429,7 @@ impl Pointwise {
     }
 
     /// Whether the weight or the bias is a trainable variable.
-    fn trainable(&self) -> bool {
+    pub fn trainable(&self) -> bool {
         self.weight.is_variable() || self.bias.as_ref().is_some_and(|b| b.is_variable())
     }
 
@@ -516,8 +562,20 @@ impl Mlp {
         shortcut + drop_path.forward_t(&self.forward(x)?, train)?
     }
 
+    /// This MLP with a per-channel affine of its input (a batch norm in front of it) folded
+    /// into `fc1` (see [`Pointwise::with_input_affine`]).
+    pub fn with_input_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
+        Ok(Self {
+            fc1: self.fc1.with_input_affine(scale, shift)?,
+            act: self.act.clone(),
+            fc2: self.fc2.clone(),
+            output_scale: self.output_scale.clone(),
+            fused: Derived::default(),
+        })
+    }
+
     /// Whether any weight (the activation's and the output scale's included) trains.
-    fn trainable(&self) -> bool {
+    pub fn trainable(&self) -> bool {
         let act = match &self.act {
             Act::StarRelu(a) => a.scale.is_variable() || a.bias.is_variable(),
             _ => false,
@@ -662,6 +720,40 @@ impl Module for ConvNhwc {
     }
 }
 
+/// A dense `k x k` convolution (stride, zero padding, optional bias) of channel-first maps
+/// `(B, Cin, H, W) -> (B, Cout, Ho, Wo)` with a checkpoint's `weight` `[Cout, Cin, k, k]` and
+/// `bias` `[Cout]`: the input is permuted to channel-last, convolved by [`ConvNhwc`]'s kernel
+/// (patches gathered into rows, one matrix product) and the output permuted back. candle's CPU
+/// `conv2d` gathers its patches element by element; this is several times faster for the stems
+/// and downsamplers of the channel-first backbones.
+#[derive(Debug, Clone)]
+pub struct ConvNchw {
+    conv: ConvNhwc,
+}
+
+impl ConvNchw {
+    /// Loads `weight` (and `bias` if `bias`) of a `kernel x kernel` convolution from `in_dim`
+    /// to `out_dim` channels with `stride` and `padding`.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        window: tokenmix_kernels::Window,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: ConvNhwc::new(in_dim, out_dim, window, bias, vb)?,
+        })
+    }
+}
+
+impl Module for ConvNchw {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
+        y.permute((0, 3, 1, 2))?.contiguous()
+    }
+}
+
 /// Mean over the spatial axes of `(B, C, H, W)`, giving `(B, C)`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.mean(D::Minus1)?.mean(D::Minus1)
@@ -775,11 +867,39 @@ impl BatchNorm {
     }
 }
 
+impl BatchNorm {
+    /// The per-channel `(scale, shift)` `(C)` this norm multiplies by and adds:
+    /// `weight / sqrt(running_var + eps)` and `bias - running_mean * scale`.
+    pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let scale = (&self.weight / (&self.running_var + Self::EPS)?.sqrt()?)?;
+        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// The norm of a channel-last tensor `(..., C)`.
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        let (scale, shift) = self.scale_shift()?;
+        x.broadcast_mul(&scale)?.broadcast_add(&shift)
+    }
+
+    /// Whether any of its four tensors is a trainable variable.
+    pub fn trainable(&self) -> bool {
+        [
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        ]
+        .iter()
+        .any(|t| t.is_variable())
+    }
+}
+
+/// The norm of a channel-first `(B, C, H, W)` tensor.
 impl Module for BatchNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
-        let scale = (&self.weight / (&self.running_var + Self::EPS)?.sqrt()?)?;
-        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
+        let (scale, shift) = self.scale_shift()?;
         x.broadcast_mul(&scale.reshape((c, 1, 1))?)?
             .broadcast_add(&shift.reshape((c, 1, 1))?)
     }

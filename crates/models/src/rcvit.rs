@@ -2,7 +2,9 @@
 //! for Efficient Mobile Applications", arXiv 2408.03703) with the tensor names and registered
 //! names of Tianfang-Zhang/CAS-ViT (`classification/model/rcvit.py`, `RCViT`, `rcvit_{xs,s,m,t}`).
 //!
-//! Everything runs channel-first `(B, C, H, W)`: a stem of two `conv 3x3 / 2 -> BN -> ReLU`,
+//! Inputs and features are channel-first `(B, C, H, W)`; inside, the model runs channel-last
+//! `(B, H, W, C)` (one matrix product per 1x1 convolution, the fused residual MLP), and every
+//! batch norm that sits next to a convolution or product is folded into it. A stem of two `conv 3x3 / 2 -> BN -> ReLU`,
 //! stages of additive blocks (`x + local(x)`, `x + mixer(BN(x))`, `x + mlp(BN(x))`, with the
 //! local integration `1x1 -> BN -> dw 3x3 -> GELU -> 1x1` and CAS-ViT's additive token mixer),
 //! `conv 3x3 / 2 -> BN` between stages, and a head `BN -> mean -> (head + dist_head) / 2` (the
@@ -10,13 +12,13 @@
 //! running statistics, in training too.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokenmix_kernels::depthwise_conv2d;
-use tokenmix_mixers::additive::AdditiveTokenMixerConfig;
-use tokenmix_mixers::layers::{drop_path_rates, global_avg_pool, BatchNorm, DropPath, Mlp};
+use tokenmix_kernels::depthwise_conv2d_nhwc;
+use tokenmix_mixers::additive::{AdditiveTokenMixer, AdditiveTokenMixerConfig};
+use tokenmix_mixers::layers::{drop_path_rates, global_avg_pool, BatchNorm, Derived, DropPath, Mlp};
 use tokenmix_mixers::layers::{ActKind, Pointwise};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
@@ -218,35 +220,51 @@ impl Architecture for RcVitConfig {
 }
 
 /// A `conv 3x3 / 2, padding 1` with bias, then a batch norm (the reference's `Embedding` and
-/// stem convolutions).
+/// stem convolutions), on channel-last maps; the norm is folded into the convolution (exact, as
+/// the norm uses its running statistics).
 #[derive(Debug)]
 struct ConvBn {
-    conv: Conv2d,
+    weight: Tensor,
+    bias: Tensor,
     bn: BatchNorm,
+    /// `(matrix, bias)` of the folded convolution for [`tokenmix_kernels::conv2d_nhwc`], kept
+    /// unless trainable.
+    folded: Derived<(Tensor, Tensor)>,
 }
+
+const DOWN: tokenmix_kernels::Window = tokenmix_kernels::Window {
+    kernel: 3,
+    stride: 2,
+    padding: 1,
+};
 
 impl ConvBn {
     fn new(cin: usize, cout: usize, conv: VarBuilder, bn: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
         Ok(Self {
-            conv: candle_nn::conv2d(cin, cout, 3, cfg, conv)?,
+            weight: conv.get((cout, cin, 3, 3), "weight")?,
+            bias: conv.get(cout, "bias")?,
             bn: BatchNorm::new(cout, bn)?,
+            folded: Derived::default(),
         })
+    }
+
+    fn fold(&self) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = self.bn.scale_shift()?;
+        let matrix = tokenmix_kernels::conv_weight_matrix(&self.weight)?.broadcast_mul(&scale)?;
+        Ok((matrix, ((&self.bias * &scale)? + shift)?))
     }
 }
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?)
+        let trainable = self.weight.is_variable() || self.bn.trainable();
+        let (matrix, bias) = self.folded.get(trainable, || self.fold())?;
+        tokenmix_kernels::conv2d_nhwc(x, &matrix, Some(&bias), DOWN)
     }
 }
 
 /// The reference's `LocalIntegration`: `1x1 -> BN -> dw 3x3 -> GELU -> 1x1`, all with biases
-/// (`network.0`, `.1`, `.2`, `.4`).
+/// (`network.0`, `.1`, `.2`, `.4`), on channel-last maps; the norm is folded into the first 1x1.
 #[derive(Debug)]
 struct LocalIntegration {
     expand: Pointwise,
@@ -254,62 +272,97 @@ struct LocalIntegration {
     dw_weight: Tensor,
     dw_bias: Tensor,
     project: Pointwise,
+    /// `expand` with `bn` folded in, kept unless trainable.
+    folded: Derived<Pointwise>,
 }
 
 impl LocalIntegration {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
-        let sp = MixerLayout::Spatial;
+        let cl = MixerLayout::ChannelsLast;
         let dw = vb.pp(2);
         Ok(Self {
-            expand: Pointwise::conv1x1(dim, dim, true, sp, vb.pp(0))?,
+            expand: Pointwise::conv1x1(dim, dim, true, cl, vb.pp(0))?,
             bn: BatchNorm::new(dim, vb.pp(1))?,
             dw_weight: dw.get((dim, 1, 3, 3), "weight")?,
             dw_bias: dw.get(dim, "bias")?,
-            project: Pointwise::conv1x1(dim, dim, true, sp, vb.pp(4))?,
+            project: Pointwise::conv1x1(dim, dim, true, cl, vb.pp(4))?,
+            folded: Derived::default(),
         })
     }
 }
 
 impl Module for LocalIntegration {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.bn.forward(&self.expand.forward(x)?)?;
-        let h = depthwise_conv2d(&h, &self.dw_weight, Some(&self.dw_bias), 1, 1)?;
+        let trainable = self.expand.trainable() || self.bn.trainable();
+        let expand = self.folded.get(trainable, || {
+            let (scale, shift) = self.bn.scale_shift()?;
+            self.expand.with_output_affine(&scale, &shift)
+        })?;
+        let h = expand.forward(x)?;
+        let h = depthwise_conv2d_nhwc(&h, &self.dw_weight, Some(&self.dw_bias), 1, 1)?;
         self.project.forward(&tokenmix_kernels::gelu(&h)?)
     }
 }
 
-/// The reference's `AdditiveBlock` on `(B, C, H, W)`: `x + local(x)`, then
-/// `x + drop_path(mixer(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`.
+/// The reference's `AdditiveBlock` on channel-last `(B, H, W, C)`: `x + local(x)`, then
+/// `x + drop_path(mixer(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`. With frozen weights
+/// `norm1` is folded into the mixer's q, k, v products and `norm2` into the MLP's `fc1` (exact:
+/// the norms use their running statistics), so the block reads its input unnormed.
 #[derive(Debug)]
 struct Block {
     local: LocalIntegration,
     norm1: BatchNorm,
-    mixer: Box<dyn TokenMixer>,
+    mixer: AdditiveTokenMixer,
     norm2: BatchNorm,
     mlp: Mlp,
     drop_path: DropPath,
+    folded: Derived<(AdditiveTokenMixer, Mlp)>,
 }
 
 impl Block {
     fn new(cfg: &RcVitConfig, dim: usize, drop_path: DropPath, vb: VarBuilder) -> Result<Self> {
         let hidden = (cfg.mlp_ratios * dim as f64) as usize;
-        let sp = MixerLayout::Spatial;
+        let cl = MixerLayout::ChannelsLast;
         Ok(Self {
             local: LocalIntegration::new(dim, vb.pp("local_perception").pp("network"))?,
             norm1: BatchNorm::new(dim, vb.pp("norm1"))?,
-            mixer: cfg.mixer().build(dim, vb.pp("attn"))?,
+            mixer: AdditiveTokenMixer::new(dim, cfg.attn_bias, vb.pp("attn"))?,
             norm2: BatchNorm::new(dim, vb.pp("norm2"))?,
-            mlp: Mlp::conv1x1(dim, hidden, ActKind::Gelu, true, sp, vb.pp("mlp"))?,
+            mlp: Mlp::conv1x1(dim, hidden, ActKind::Gelu, true, cl, vb.pp("mlp"))?,
             drop_path,
+            folded: Derived::default(),
         })
+    }
+
+    fn trainable(&self) -> bool {
+        self.norm1.trainable()
+            || self.norm2.trainable()
+            || self.mixer.trainable()
+            || self.mlp.trainable()
+    }
+
+    fn fold(&self) -> Result<(AdditiveTokenMixer, Mlp)> {
+        let (s1, t1) = self.norm1.scale_shift()?;
+        let (s2, t2) = self.norm2.scale_shift()?;
+        Ok((
+            self.mixer.with_input_affine(&s1, &t1)?,
+            self.mlp.with_input_affine(&s2, &t2)?,
+        ))
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = (x + self.local.forward(x)?)?;
-        let mixed = self.mixer.forward(&self.norm1.forward(&x)?)?;
-        let x = (&x + self.drop_path.forward_t(&mixed, train)?)?;
-        self.mlp
-            .forward_residual(&self.norm2.forward(&x)?, &x, self.drop_path, train)
+        if self.trainable() {
+            let mixed = self.mixer.forward(&self.norm1.forward_channels_last(&x)?)?;
+            let x = (&x + self.drop_path.forward_t(&mixed, train)?)?;
+            let normed = self.norm2.forward_channels_last(&x)?;
+            return self
+                .mlp
+                .forward_residual(&normed, &x, self.drop_path, train);
+        }
+        let (mixer, mlp) = self.folded.get(false, || self.fold())?;
+        let x = (&x + self.drop_path.forward_t(&mixer.forward(&x)?, train)?)?;
+        mlp.forward_residual(&x, &x, self.drop_path, train)
     }
 }
 
@@ -401,6 +454,16 @@ impl ImageModel for RcVit {
         self.forward_intermediates_t(x, &all, false, train)
     }
 
+    /// Only the last stage's map is laid out channel-first for the head.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let last = self.stages.len().saturating_sub(1);
+        let features = self.forward_intermediates_t(x, &[last], false, train)?;
+        match features.last() {
+            Some(f) => self.forward_head(f),
+            None => candle_core::bail!("model produced no features"),
+        }
+    }
+
     /// `norm` is ignored: the head norm belongs to the classifier (as `fork_feat` models
     /// norm each output with their own layers, which classification checkpoints lack).
     fn forward_intermediates_t(
@@ -411,15 +474,16 @@ impl ImageModel for RcVit {
         train: bool,
     ) -> Result<Vec<Tensor>> {
         let last = check_take(take, self.stages.len())?;
+        let x = x.permute((0, 2, 3, 1))?.contiguous()?;
         let stem = |x: &Tensor| -> Result<Tensor> { self.stem.0.forward(x)?.relu() };
-        let mut x = self.stem.1.forward(&stem(x)?)?.relu()?;
+        let mut x = self.stem.1.forward(&stem(&x)?)?.relu()?;
         let mut features = Vec::with_capacity(take.len());
         for (i, stage) in self.stages.iter().enumerate().take(last + 1) {
             for block in &stage.blocks {
                 x = block.forward_t(&x, train)?;
             }
             if take.contains(&i) {
-                features.push(x.clone());
+                features.push(x.permute((0, 3, 1, 2))?.contiguous()?);
             }
             if let Some(d) = &stage.downsample {
                 if i < last {
