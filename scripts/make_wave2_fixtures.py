@@ -18,9 +18,14 @@ References (checkouts given on the command line, never committed):
   * additive_token_mixer and the rcvit_xs fixture (small `model_args`): Tianfang-Zhang/CAS-ViT,
     classification/model/rcvit.py, `AdditiveTokenMixer` and `rcvit_xs` (needs timm, einops).
 
+  * hsm_ssd and the EfficientViM_M1 fixture (small `model_args`, distillation heads, square
+    96x96 input: the reference reshapes its maps as H x H): mlvlab/EfficientViM,
+    classification/models/EfficientViM.py, `HSMSSD` and `EfficientViM`.
+
 Usage (venv outside the repo with torch, timm, einops, safetensors):
     python scripts/make_wave2_fixtures.py --casvit-repo /path/to/Tianfang-Zhang/CAS-ViT \
-        --casvit-commit COMMIT [--out tests/fixtures]
+        --casvit-commit COMMIT [--efficientvim-repo /path/to/mlvlab/EfficientViM \
+        --efficientvim-commit COMMIT] [--out tests/fixtures]
 """
 import argparse
 import importlib.util
@@ -28,6 +33,7 @@ import json
 import math
 import os
 import sys
+import types
 
 import torch
 from safetensors.torch import save_file
@@ -60,10 +66,10 @@ def load_module(path, name):
     return module
 
 
-def write(out, kind, module, metadata, gen):
+def write(out, kind, module, metadata, gen, shape=INPUT_SHAPE):
     randomize_(module, gen)
     module.eval()
-    x = torch.randn(INPUT_SHAPE, generator=gen)
+    x = torch.randn(shape, generator=gen)
     with torch.no_grad():
         y = module(x)
     tensors = {
@@ -78,14 +84,15 @@ def write(out, kind, module, metadata, gen):
     print(f"{kind}: {len(tensors) - 2} tensors, output {tuple(y.shape)}")
 
 
-def write_model(out, name, model, model_args, metadata, gen):
-    """A model directory for `name` built with `model_args`, with its stage outputs."""
+def write_model(out, name, model, model_args, metadata, gen, stages, feature=lambda o: o,
+                shape=IMAGE_SHAPE):
+    """A model directory for `name` built with `model_args`, with the outputs of `stages`
+    (`feature` picks the map from a stage's output)."""
     randomize_(model, gen)
     model.eval()
-    x = torch.randn(IMAGE_SHAPE, generator=gen)
-    stages = [m for m in model.network if not hasattr(m, "proj")]
+    x = torch.randn(shape, generator=gen)
     features = []
-    hooks = [s.register_forward_hook(lambda _m, _i, o: features.append(o)) for s in stages]
+    hooks = [s.register_forward_hook(lambda _m, _i, o: features.append(feature(o))) for s in stages]
     with torch.no_grad():
         logits = model(x)
     for h in hooks:
@@ -124,6 +131,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--casvit-repo", required=True)
     ap.add_argument("--casvit-commit", required=True)
+    ap.add_argument("--efficientvim-repo")
+    ap.add_argument("--efficientvim-commit")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
@@ -148,14 +157,69 @@ def main():
         gen,
     )
     model_args = {"layers": [1, 1, 2, 1], "embed_dims": [16, 24, 32, 40], "num_classes": 5}
+    model = rcvit.RCViT(**model_args)
     write_model(
         args.out,
         "rcvit_xs_custom",
         # rcvit_xs's other arguments are RCViT's defaults.
-        rcvit.RCViT(**model_args),
+        model,
         model_args,
         {**casvit, "module": "RCViT (rcvit_xs's defaults, small model_args)"},
         gen,
+        [m for m in model.network if not hasattr(m, "proj")],
+    )
+    if args.efficientvim_repo:
+        write_efficientvim(args, common, gen)
+
+
+def write_efficientvim(args, common, gen):
+    """EfficientViM (mlvlab/EfficientViM): the HSM-SSD mixer alone and a small model with
+    distillation heads, on square inputs (the reference reshapes its maps as H x H)."""
+    sys.path.insert(0, os.path.join(args.efficientvim_repo, "classification"))
+    # fvcore is imported only for the reference's FLOP counter.
+    fvcore, fvcore_nn = types.ModuleType("fvcore"), types.ModuleType("fvcore.nn")
+    fvcore_nn.flop_count = None
+    sys.modules.update({"fvcore": fvcore, "fvcore.nn": fvcore_nn})
+    from models import EfficientViM as evim
+
+    meta = {
+        **common,
+        "reference": "https://github.com/mlvlab/EfficientViM classification/models/EfficientViM.py",
+        "commit": args.efficientvim_commit,
+    }
+
+    class Mixer(evim.HSMSSD):
+        """HSMSSD on a (B, C, H, W) map: the reference flattens it and returns (y, h)."""
+
+        def forward(self, x):
+            return super().forward(x.flatten(2))[0]
+
+    write(
+        os.path.join(args.out, "mixers"),
+        "hsm_ssd",
+        Mixer(d_model=24, state_dim=64),
+        {**meta, "module": "HSMSSD (d_model 24, state_dim 64: the mixer's defaults)"},
+        gen,
+        shape=(2, 24, 7, 7),
+    )
+    model_args = {
+        "embed_dim": [16, 24, 32],
+        "depths": [1, 2, 1],
+        "state_dim": [6, 5, 4],
+        "num_classes": 5,
+        "distillation": True,
+    }
+    model = evim.EfficientViM(**model_args)
+    write_model(
+        args.out,
+        "EfficientViM_M1_custom",
+        model,
+        model_args,
+        {**meta, "module": "EfficientViM (EfficientViM_M1's defaults, small model_args)"},
+        gen,
+        list(model.stages),
+        feature=lambda o: o[1],
+        shape=(2, 3, 96, 96),
     )
 
 

@@ -51,3 +51,8 @@ fn check(kind: &str) {
 fn additive_token_mixer_matches_cas_vit() {
     check("additive_token_mixer");
 }
+
+#[test]
+fn hsm_ssd_matches_efficientvim() {
+    check("hsm_ssd");
+}

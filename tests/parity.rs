@@ -261,3 +261,8 @@ fn rcvit_trainable_path_matches_cas_vit() {
         assert!(norm > 0.0, "{name}: zero gradient");
     }
 }
+
+#[test]
+fn efficientvim_matches_mlvlab() {
+    check("EfficientViM_M1_custom");
+}

@@ -754,6 +754,101 @@ impl Module for ConvNchw {
     }
 }
 
+/// Whether a [`ConvBnNhwc`] convolves each channel alone or all channels together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKind {
+    /// A dense convolution, weight `[Cout, Cin, k, k]`.
+    Dense,
+    /// A depthwise convolution, weight `[C, 1, k, k]` (`Cin == Cout`).
+    Depthwise,
+}
+
+/// A convolution (dense or depthwise, stride, zero padding, optional bias) followed by a batch
+/// norm, on channel-last maps `(B, H, W, Cin) -> (B, Ho, Wo, Cout)`, with the norm folded into
+/// the convolution's weights and bias (exact: the norm is evaluated with its running
+/// statistics). Checkpoint names: the convolution's `weight` (and `bias`) and the norm's four
+/// tensors, each under its own prefix (e.g. timm-style `conv` / `norm`, or `0` / `1` inside a
+/// `Sequential`). The folded weights are kept unless any tensor trains.
+#[derive(Debug, Clone)]
+pub struct ConvBnNhwc {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    bn: BatchNorm,
+    window: tokenmix_kernels::Window,
+    kind: ConvKind,
+    /// `(weight, bias)` as the kernel takes them: the `[k * k * Cin, Cout]` matrix for dense
+    /// convolutions, `[C, 1, k, k]` for depthwise ones.
+    folded: Derived<(Tensor, Tensor)>,
+}
+
+impl ConvBnNhwc {
+    /// Loads the convolution from `conv` (with a `bias` if `bias`) and the norm from `bn`.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        window: tokenmix_kernels::Window,
+        kind: ConvKind,
+        bias: bool,
+        conv: VarBuilder,
+        bn: VarBuilder,
+    ) -> Result<Self> {
+        let k = window.kernel;
+        let weight = match kind {
+            ConvKind::Dense => conv.get((out_dim, in_dim, k, k), "weight")?,
+            ConvKind::Depthwise => conv.get((out_dim, 1, k, k), "weight")?,
+        };
+        Ok(Self {
+            weight,
+            bias: bias.then(|| conv.get(out_dim, "bias")).transpose()?,
+            bn: BatchNorm::new(out_dim, bn)?,
+            window,
+            kind,
+            folded: Derived::default(),
+        })
+    }
+
+    fn trainable(&self) -> bool {
+        self.weight.is_variable()
+            || self.bias.as_ref().is_some_and(|b| b.is_variable())
+            || self.bn.trainable()
+    }
+
+    fn fold(&self) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = self.bn.scale_shift()?;
+        let bias = match &self.bias {
+            Some(b) => ((b * &scale)? + &shift)?,
+            None => shift,
+        };
+        let weight = match self.kind {
+            ConvKind::Dense => {
+                tokenmix_kernels::conv_weight_matrix(&self.weight)?.broadcast_mul(&scale)?
+            }
+            ConvKind::Depthwise => {
+                let c = scale.dim(0)?;
+                self.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
+            }
+        };
+        Ok((weight, bias))
+    }
+}
+
+impl Module for ConvBnNhwc {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = self.folded.get(self.trainable(), || self.fold())?;
+        let w = self.window;
+        match self.kind {
+            ConvKind::Dense => tokenmix_kernels::conv2d_nhwc(x, &weight, Some(&bias), w),
+            ConvKind::Depthwise => tokenmix_kernels::depthwise_conv2d_nhwc(
+                x,
+                &weight,
+                Some(&bias),
+                w.stride,
+                w.padding,
+            ),
+        }
+    }
+}
+
 /// Mean over the spatial axes of `(B, C, H, W)`, giving `(B, C)`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.mean(D::Minus1)?.mean(D::Minus1)

@@ -28,7 +28,7 @@
 //! (PoolFormer), [`random_mixing`] (RandFormer), [`sepconv`] (ConvFormer), [`attention`]
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
-//! [`aff`] (AFFNet), [`additive`] (CAS-ViT). [`layers`] holds the building blocks the backbones share (norms,
+//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -70,6 +70,7 @@ registry! {
     raft::RaftTokenMixingConfig,
     aff::AdaptiveFrequencyFilterConfig,
     additive::AdditiveTokenMixerConfig,
+    hsm_ssd::HsmSsdConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;

@@ -7,7 +7,8 @@
 //! with `align_corners=True` to the new `(g, g/2 + 1)` grid.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+use tokenmix_mixers::layers::ConvNhwc;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -271,7 +272,7 @@ struct Block {
 #[derive(Debug)]
 pub struct Gfnet {
     cfg: GfnetConfig,
-    patch_embed: Conv2d,
+    patch_embed: ConvNhwc,
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: Norm,
@@ -285,10 +286,6 @@ impl Gfnet {
         let (d, g) = (cfg.embed_dim, cfg.grid());
         let tokens = MixerLayout::Tokens;
         let ln = NormConfig::LAYER_NORM;
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
         let hidden = (cfg.mlp_ratio * d as f64) as usize;
         let drop_paths = cfg.drop_paths();
         let blocks = (0..cfg.depth)
@@ -305,13 +302,7 @@ impl Gfnet {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
-            patch_embed: candle_nn::conv2d(
-                cfg.in_chans,
-                d,
-                cfg.patch_size,
-                conv_cfg,
-                vb.pp("patch_embed").pp("proj"),
-            )?,
+            patch_embed: crate::patch_embed(cfg.in_chans, d, cfg.patch_size, vb.pp("patch_embed").pp("proj"))?,
             pos_embed: vb.get((1, g * g, d), "pos_embed")?,
             blocks,
             norm: ln.build(d, tokens, vb.pp("norm"))?,

@@ -39,6 +39,7 @@ pub use affnet::{AffNet, AffNetConfig};
 pub use arch::{
     ArchConfig, Architecture, Common, ConvInit, DynFamily, Family, Ratio, Registration,
 };
+pub use efficientvim::{EfficientVim, EfficientVimConfig};
 pub use error::{Error, Result};
 pub use features::{FeatureFormat, FeatureInfo, Indices};
 pub use gfnet::{Gfnet, GfnetConfig};
@@ -188,15 +189,33 @@ pub(crate) fn two_conv_stem_macs(
     (macs, (h2, w2))
 }
 
-/// Patch-embeds `x` with `conv` into `(B, N, C)` tokens; returns them and the patch grid.
+/// The patch embedding of the isotropic families: a `patch x patch` convolution with stride
+/// `patch` and a bias (checkpoint `weight` `[dim, in_chans, patch, patch]`, `bias`), run
+/// channel-last so that its output rows are the tokens.
+pub(crate) fn patch_embed(
+    in_chans: usize,
+    dim: usize,
+    patch: usize,
+    vb: VarBuilder,
+) -> CandleResult<tokenmix_mixers::layers::ConvNhwc> {
+    let window = tokenmix_kernels::Window {
+        kernel: patch,
+        stride: patch,
+        padding: 0,
+    };
+    tokenmix_mixers::layers::ConvNhwc::new(in_chans, dim, window, true, vb)
+}
+
+/// Patch-embeds `x` `(B, C, H, W)` with `conv` (see [`patch_embed`]) into `(B, N, C)` tokens;
+/// returns them and the patch grid.
 pub(crate) fn patch_tokens(
-    conv: &candle_nn::Conv2d,
+    conv: &tokenmix_mixers::layers::ConvNhwc,
     x: &Tensor,
 ) -> CandleResult<(Tensor, (usize, usize))> {
     use candle_core::Module;
-    let x = conv.forward(x)?;
-    let (_, _, gh, gw) = x.dims4()?;
-    Ok((x.flatten_from(2)?.transpose(1, 2)?.contiguous()?, (gh, gw)))
+    let y = conv.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
+    let (b, gh, gw, c) = y.dims4()?;
+    Ok((y.reshape((b, gh * gw, c))?, (gh, gw)))
 }
 
 /// `(B, N, C)` tokens on a `grid` as a `(B, C, gh, gw)` map.
@@ -260,4 +279,5 @@ families! {
     raftmlp::RaftMlpConfig,
     affnet::AffNetConfig,
     rcvit::RcVitConfig,
+    efficientvim::EfficientVimConfig,
 }

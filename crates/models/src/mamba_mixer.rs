@@ -16,7 +16,8 @@
 //! The channel mixer sees the tokens as features, so the input size is fixed by `img_size`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+use tokenmix_mixers::layers::ConvNhwc;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -207,7 +208,7 @@ fn weighted(weights: &Tensor, history: &[Tensor]) -> Result<Tensor> {
 #[derive(Debug)]
 pub struct MambaMixer {
     cfg: MambaMixerConfig,
-    patch_embed: Conv2d,
+    patch_embed: ConvNhwc,
     blocks: Vec<Block>,
     norm: Norm,
     head: Option<Linear>,
@@ -220,10 +221,6 @@ impl MambaMixer {
         let (c, n) = (cfg.embed_dim, cfg.num_tokens());
         let tokens = MixerLayout::Tokens;
         let ln = NormConfig::LAYER_NORM;
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
         let drop_paths = drop_path_rates(cfg.drop_path_rate, cfg.depth);
         let blocks = (0..cfg.depth)
             .map(|i| {
@@ -241,13 +238,7 @@ impl MambaMixer {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
-            patch_embed: candle_nn::conv2d(
-                cfg.in_chans,
-                c,
-                cfg.patch_size,
-                conv_cfg,
-                vb.pp("patch_embed").pp("proj"),
-            )?,
+            patch_embed: crate::patch_embed(cfg.in_chans, c, cfg.patch_size, vb.pp("patch_embed").pp("proj"))?,
             blocks,
             norm: ln.build(c, tokens, vb.pp("norm"))?,
             head: crate::optional_linear(c, cfg.num_classes, vb.pp("head"))?,

@@ -6,7 +6,8 @@
 //! divisible by `patch_size`) is part of the configuration.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+use tokenmix_mixers::layers::ConvNhwc;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -531,7 +532,7 @@ impl Block {
 #[derive(Debug)]
 pub struct MlpMixer {
     cfg: MlpMixerConfig,
-    stem: Conv2d,
+    stem: ConvNhwc,
     stem_norm: Option<TokenNorm>,
     blocks: Vec<Block>,
     /// Every block's stochastic depth (uniform, as timm's `MlpMixer`).
@@ -545,17 +546,7 @@ impl MlpMixer {
     pub fn new(cfg: &MlpMixerConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::msg)?;
         let d = cfg.embed_dim;
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
-        let stem = candle_nn::conv2d(
-            cfg.in_chans,
-            d,
-            cfg.patch_size,
-            conv_cfg,
-            vb.pp("stem").pp("proj"),
-        )?;
+        let stem = crate::patch_embed(cfg.in_chans, d, cfg.patch_size, vb.pp("stem").pp("proj"))?;
         let stem_norm = cfg
             .stem_norm
             .then(|| token_norm(cfg, d, vb.pp("stem").pp("norm")))
