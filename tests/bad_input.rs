@@ -185,7 +185,11 @@ fn unreadable_config_is_reported() {
 fn missing_weights_file_is_reported() {
     let dir = copy_fixture("poolformer_s12");
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    assert!(load_err(dir.path()).contains("model.safetensors not found"));
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("model.safetensors: neither model.safetensors nor pytorch_model.bin"),
+        "{err}"
+    );
     assert!(load_err(&dir.path().join("nope")).contains("no such model directory"));
 }
 

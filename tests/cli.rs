@@ -698,7 +698,7 @@ fn threads_apply_to_every_command_and_errors_print_once() {
             empty.to_str().unwrap(),
             img.to_str().unwrap(),
         ]),
-        "model.safetensors not found",
+        "neither model.safetensors nor pytorch_model.bin is in the directory",
     );
     once(
         &tokenmix(&[
