@@ -223,12 +223,10 @@ fn rcvit_matches_cas_vit() {
     check("rcvit_xs_custom");
 }
 
-/// CAS-ViT folds its batch norms into the neighbouring convolutions and products when its
-/// weights are frozen; with trainable weights (a `VarMap`) it runs the norms unfolded. Both give
-/// the authors' logits, and the trainable model's gradients reach the norms.
-#[test]
-fn rcvit_trainable_path_matches_cas_vit() {
-    let dir = fixture("rcvit_xs_custom");
+/// Loads fixture `name` as trainable variables (a `VarMap`), checks its logits against the
+/// reference and that the gradient of a loss reaches each tensor of `grads`.
+fn check_trainable(name: &str, grads: &[&str]) {
+    let dir = fixture(name);
     let device = Device::Cpu;
     let frozen = load_model_dir(&dir, &device).unwrap();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &device).unwrap();
@@ -247,22 +245,118 @@ fn rcvit_trainable_path_matches_cas_vit() {
     let err = rel_l2(&logits, &reference["logits"]);
     assert!(
         err <= TOLERANCE,
-        "trainable path: relative L2 error {err:e}"
+        "{name} trainable: relative L2 error {err:e}"
     );
-    let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let grad_store = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     let data = varmap.data().lock().unwrap();
-    for name in [
-        "network.0.0.norm1.weight",
-        "network.0.0.norm2.bias",
-        "patch_embed.1.weight",
-    ] {
-        let g = grads.get(data[name].as_tensor()).expect(name);
+    for tensor in grads {
+        let g = grad_store.get(data[*tensor].as_tensor()).expect(tensor);
         let norm: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert!(norm > 0.0, "{name}: zero gradient");
+        assert!(norm > 0.0, "{name} {tensor}: zero gradient");
     }
+}
+
+/// CAS-ViT folds its batch norms into the neighbouring convolutions and products when its
+/// weights are frozen; with trainable weights (a `VarMap`) it runs the norms unfolded. Both give
+/// the authors' logits, and the trainable model's gradients reach the norms.
+#[test]
+fn rcvit_trainable_path_matches_cas_vit() {
+    check_trainable(
+        "rcvit_xs_custom",
+        &[
+            "network.0.0.norm1.weight",
+            "network.0.0.norm2.bias",
+            "patch_embed.1.weight",
+        ],
+    );
+}
+
+/// EfficientViM with trainable weights: the folded batch norms are re-derived each pass and the
+/// gradients reach the stem, the channel LayerNorms, the mixer and the head weights.
+#[test]
+fn efficientvim_trainable_path_matches_mlvlab() {
+    check_trainable(
+        "EfficientViM_M1_custom",
+        &[
+            "patch_embed.conv.0.conv.weight",
+            "patch_embed.conv.0.norm.weight",
+            "stages.0.blocks.0.norm.weight",
+            // Not `mixer.A`: added along the softmax's axis, it gets no gradient (in the
+            // reference too).
+            "stages.0.blocks.0.mixer.BCdt_proj.conv.weight",
+            "stages.0.blocks.0.alpha",
+            "norm.3.weight",
+            "weights",
+        ],
+    );
 }
 
 #[test]
 fn efficientvim_matches_mlvlab() {
     check("EfficientViM_M1_custom");
+}
+
+/// Every fixture model loaded as trainable variables passes a gradient to every tensor a
+/// training step updates (all but batch-norm statistics, frozen random matrices and tensors
+/// whose gradient is zero by construction), so no op on the way drops it.
+#[test]
+fn every_trained_tensor_gets_a_gradient() {
+    let frozen = |n: &str| {
+        n.ends_with("running_mean")
+            || n.ends_with("running_var")
+            || n.ends_with("random_matrix")
+            || n.ends_with("num_batches_tracked")
+            // EfficientViM's `A` is added along the axis its softmax normalises.
+            || n.ends_with("mixer.A")
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        // The `_resized` fixtures hold tensors the loader resizes to the model's.
+        let resized = dir.to_string_lossy().ends_with("_resized");
+        if !dir.join("reference.safetensors").is_file() || resized {
+            continue;
+        }
+        let device = Device::Cpu;
+        let model = load_model_dir(&dir, &device).unwrap();
+        let weights =
+            candle_core::safetensors::load(dir.join("model.safetensors"), &device).unwrap();
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (name, t) in weights {
+                data.insert(name, candle_core::Var::from_tensor(&t).unwrap());
+            }
+        }
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let trainable = model.config.build(vb).unwrap();
+        let reference =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
+        let logits = trainable.forward_t(&reference["input"], true).unwrap();
+        let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            if frozen(name) {
+                continue;
+            }
+            let flows = grads.get(var.as_tensor()).is_some_and(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            });
+            if !flows {
+                missing.push(format!(
+                    "{}: {name}",
+                    dir.file_name().unwrap().to_string_lossy()
+                ));
+            }
+        }
+    }
+    missing.sort();
+    assert!(missing.is_empty(), "no gradient: {missing:#?}");
 }

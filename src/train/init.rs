@@ -49,6 +49,11 @@ pub fn initial_value(
         }
         "bias" => fill(0.0),
         "weight" if shape.len() <= 1 => fill(1.0),
+        // A norm's gain stored with unit axes around its channels (EfficientViM's
+        // LayerNorm1D / LayerNorm2D, `[1, C, 1]` / `[1, C, 1, 1]`).
+        "weight" if name.contains("norm") && shape.iter().filter(|&&d| d != 1).count() <= 1 => {
+            fill(1.0)
+        }
         "weight" if shape.len() == 4 && conv_init == ConvInit::KaimingFanOut => {
             let fan_out = shape[0] * shape[2] * shape[3];
             let std = (2.0 / fan_out as f32).sqrt();

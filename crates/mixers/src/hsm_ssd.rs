@@ -68,7 +68,12 @@ impl HsmSsd {
         let part = |i: usize| bcdt.narrow(2, i * n, n);
         // (B, N, L): the softmax runs over the positions.
         let dt = part(2)?.broadcast_add(&self.a)?.transpose(1, 2)?.contiguous()?;
-        let weights = candle_nn::ops::softmax_last_dim(&dt)?;
+        // candle-nn's fused softmax passes no gradient; trainable mixers take the composed one.
+        let weights = if self.a.is_variable() {
+            candle_nn::ops::softmax(&dt, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&dt)?
+        };
         let ab = (weights * part(0)?.transpose(1, 2)?)?;
         let state = ab.matmul(&x.reshape((b, l, c))?)?;
         let hz = self.hz_proj.forward(&state)?;

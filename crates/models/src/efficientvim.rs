@@ -18,12 +18,12 @@
 //! runs any `H x W`, and the two agree on square inputs (the parity fixture's).
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokenmix_kernels::Window;
 use tokenmix_mixers::hsm_ssd::{HsmSsd, HsmSsdConfig};
-use tokenmix_mixers::layers::{ConvBnNhwc, ConvKind, Pointwise};
+use tokenmix_mixers::layers::{ConvBnNhwc, ConvKind, Norm, NormConfig, NormKind, Pointwise};
 use tokenmix_mixers::{MixerConfig, MixerLayout};
 
 use crate::args::{parse, set};
@@ -183,6 +183,13 @@ impl Architecture for EfficientVimConfig {
         Ok(())
     }
 
+    /// The reference leaves its convolutions at PyTorch's default (fan-based) initialization;
+    /// with batch norms on running statistics, `std 0.02` would shrink the stem's output a
+    /// thousandfold.
+    fn conv_init(&self) -> crate::ConvInit {
+        crate::ConvInit::KaimingFanOut
+    }
+
     fn ratios(&self) -> Vec<Ratio> {
         let ratio = |&dim| Ratio::of("mlp_ratio", self.mlp_ratio, dim);
         self.embed_dim.iter().map(ratio).collect()
@@ -248,12 +255,22 @@ fn conv_layer(
 }
 
 /// A channel LayerNorm stored as the reference's `LayerNorm1D` / `LayerNorm2D`
-/// (`weight`, `bias` shaped `[1, C, 1]` or `[1, C, 1, 1]`), applied over the last axis.
-fn channel_norm(dim: usize, dims: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    let shape: Vec<usize> = [1, dim].into_iter().chain(std::iter::repeat_n(1, dims - 2)).collect();
+/// (`weight`, `bias` shaped `[1, C, 1]` or `[1, C, 1, 1]`; eps 1e-5, biased variance), applied
+/// over the last axis of channel-last tensors. (tokenmix's fused norm, which has a backward
+/// pass: candle-nn's `LayerNorm` passes no gradient through its fast path.)
+fn channel_norm(dim: usize, dims: usize, vb: VarBuilder) -> Result<Norm> {
+    let shape: Vec<usize> = [1, dim]
+        .into_iter()
+        .chain(std::iter::repeat_n(1, dims - 2))
+        .collect();
     let weight = vb.get(shape.as_slice(), "weight")?.flatten_all()?;
     let bias = vb.get(shape.as_slice(), "bias")?.flatten_all()?;
-    Ok(LayerNorm::new(weight, bias, 1e-5))
+    let cfg = NormConfig {
+        kind: NormKind::LayerNorm,
+        eps: 1e-5,
+        bias: true,
+    };
+    Ok(Norm::from_tensors(cfg, MixerLayout::ChannelsLast, weight, Some(bias)))
 }
 
 /// The mean over the positions of `(B, ..., C)` tokens viewed as `(B, L, C)`, `(B, C)`, as one
@@ -272,7 +289,7 @@ fn token_mean(x: &Tensor) -> Result<Tensor> {
 struct Block {
     alpha: Tensor,
     dwconv1: ConvBnNhwc,
-    norm: LayerNorm,
+    norm: Norm,
     mixer: HsmSsd,
     dwconv2: ConvBnNhwc,
     fc1: ConvBnNhwc,
@@ -387,7 +404,7 @@ impl Heads {
 
     /// `sum_i softmax(weights)_i * fc_i(pooled_i)`.
     fn forward(&self, pooled: &[Tensor]) -> Result<Tensor> {
-        let weights = candle_nn::ops::softmax_last_dim(&self.weights)?;
+        let weights = candle_nn::ops::softmax(&self.weights, D::Minus1)?;
         let mut z: Option<Tensor> = None;
         for (i, (fc, p)) in self.fcs.iter().zip(pooled).enumerate() {
             let term = fc.forward(p)?.broadcast_mul(&weights.get(i)?)?;
@@ -404,7 +421,7 @@ impl Heads {
 /// the classifiers.
 #[derive(Debug)]
 struct Head {
-    norms: Vec<LayerNorm>,
+    norms: Vec<Norm>,
     heads: Option<Heads>,
     dist: Option<Heads>,
 }
