@@ -30,9 +30,22 @@ import json, resource, statistics, sys, time
 import torch, timm
 name, batch, iters, threads, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
-import importlib.util, os as _os
+import importlib, importlib.util, os as _os, types as _types
+try:
+    import fvcore.nn  # noqa: F401  (EfficientViM imports its FLOP counter)
+except ImportError:
+    _fv, _fvnn = _types.ModuleType("fvcore"), _types.ModuleType("fvcore.nn")
+    _fvnn.flop_count = None
+    sys.modules.update({"fvcore": _fv, "fvcore.nn": _fvnn})
 for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
-    _spec = importlib.util.spec_from_file_location(_os.path.basename(_path)[:-3], _path)
+    _dir, _name = _os.path.dirname(_path), _os.path.basename(_path)[:-3]
+    if _os.path.exists(_os.path.join(_dir, "__init__.py")):
+        # A module of a package with relative imports (EfficientViM's models/): import it
+        # as package.module.
+        sys.path.insert(0, _os.path.dirname(_dir))
+        importlib.import_module(_os.path.basename(_dir) + "." + _name)
+        continue
+    _spec = importlib.util.spec_from_file_location(_name, _path)
     _mod = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
     _spec.loader.exec_module(_mod)
@@ -56,9 +69,22 @@ import json, os, resource, statistics, sys, time
 import numpy as np, torch, timm, onnxruntime as ort
 name, batch, iters, threads, size, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
-import importlib.util, os as _os
+import importlib, importlib.util, os as _os, types as _types
+try:
+    import fvcore.nn  # noqa: F401  (EfficientViM imports its FLOP counter)
+except ImportError:
+    _fv, _fvnn = _types.ModuleType("fvcore"), _types.ModuleType("fvcore.nn")
+    _fvnn.flop_count = None
+    sys.modules.update({"fvcore": _fv, "fvcore.nn": _fvnn})
 for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
-    _spec = importlib.util.spec_from_file_location(_os.path.basename(_path)[:-3], _path)
+    _dir, _name = _os.path.dirname(_path), _os.path.basename(_path)[:-3]
+    if _os.path.exists(_os.path.join(_dir, "__init__.py")):
+        # A module of a package with relative imports (EfficientViM's models/): import it
+        # as package.module.
+        sys.path.insert(0, _os.path.dirname(_dir))
+        importlib.import_module(_os.path.basename(_dir) + "." + _name)
+        continue
+    _spec = importlib.util.spec_from_file_location(_name, _path)
     _mod = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
     _spec.loader.exec_module(_mod)

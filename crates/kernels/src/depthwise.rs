@@ -304,7 +304,7 @@ impl CustomOp3 for DepthwiseConv2dBias {
             .into());
         }
         let bias = contiguous_f32(bs, bl, "depthwise_conv2d", "bias")?;
-        self.conv.cpu_forward(xs, xl, ws, wl, Some(&bias))
+        self.conv.cpu_forward(xs, xl, ws, wl, Some(bias))
     }
 }
 

@@ -149,7 +149,7 @@ impl MixerSpec for HsmSsdConfig {
             ));
         }
         let inner = self.ssd_expand * dim as f64;
-        if !(self.ssd_expand.is_finite() && inner >= 1.0 && inner <= 65_536.0) {
+        if !(self.ssd_expand.is_finite() && (1.0..=65_536.0).contains(&inner)) {
             return Err(config_error(
                 "hsm_ssd",
                 format!(

@@ -534,7 +534,7 @@ fn long(b: &[u8]) -> Value {
 }
 
 fn pairs(xs: Vec<Value>) -> Step<Vec<(Value, Value)>> {
-    if xs.len() % 2 != 0 {
+    if !xs.len().is_multiple_of(2) {
         return Err("a dict has a key without a value".into());
     }
     let mut it = xs.into_iter();
