@@ -85,6 +85,10 @@ struct ConvertArgs {
     /// Zoo model the checkpoint holds (its default configuration).
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     model: Option<String>,
+    /// `model_args` for --model, as JSON with the reference's keyword names (e.g.
+    /// '{"distillation": true}' for a distilled checkpoint).
+    #[arg(long, requires = "model")]
+    model_args: Option<String>,
     /// A config.json (architecture, model_args, ...) describing the model instead.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -349,7 +353,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 17] = [
+const DEFAULT_BENCH: [&str; 18] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -367,6 +371,7 @@ const DEFAULT_BENCH: [&str; 17] = [
     "raftmlp_s",
     "affnet_et",
     "rcvit_xs",
+    "EfficientViM_M1",
 ];
 
 fn main() {
@@ -429,7 +434,14 @@ fn convert(args: &ConvertArgs) -> Result<()> {
     let config = match (&args.config, &args.model) {
         (Some(path), _) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,
-        (None, Some(name)) => serde_json::json!({ "architecture": name }).to_string(),
+        (None, Some(name)) => {
+            let args: serde_json::Value = match &args.model_args {
+                Some(text) => serde_json::from_str(text)
+                    .with_context(|| format!("--model-args is not JSON: {text}"))?,
+                None => serde_json::json!({}),
+            };
+            serde_json::json!({ "architecture": name, "model_args": args }).to_string()
+        }
         (None, None) => bail!("give --model NAME or --config FILE"),
     };
     let done = tokenmix::models::convert_to_dir(

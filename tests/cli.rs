@@ -177,6 +177,24 @@ fn convert_writes_a_loadable_model_dir_from_a_pth() {
     let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
     assert!(err <= 1e-4 * scale, "{err} vs {scale}");
 
+    // The same model named with --model and --model-args.
+    let again = dir.path().join("again");
+    let o = tokenmix(&[
+        "convert",
+        pth.to_str().unwrap(),
+        "--model",
+        "rcvit_xs",
+        "--model-args",
+        r#"{"layers": [1, 1, 2, 1], "embed_dims": [16, 24, 32, 40], "num_classes": 5}"#,
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(again.join("model.safetensors")).unwrap(),
+        std::fs::read(out_dir.join("model.safetensors")).unwrap()
+    );
+
     let elsewhere = dir.path().join("other");
     let o = tokenmix(&[
         "convert",

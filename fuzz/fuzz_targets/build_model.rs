@@ -104,6 +104,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let chans = model.model.in_chans();
     if let Ok(x) = Tensor::zeros((1, chans, h, w), DType::F32, &device) {
-        let _ = model.forward(&x);
+        let out = model.forward(&x);
+        // `TOKENMIX_FUZZ_TRACE=1 .../build_model corpus/build_model -runs=0` lists which corpus
+        // entries reach the forward pass, and of which family.
+        if std::env::var_os("TOKENMIX_FUZZ_TRACE").is_some() {
+            eprintln!("forward {} {h}x{w}: {}", model.name, if out.is_ok() { "ok" } else { "error" });
+        }
     }
 });
