@@ -172,6 +172,20 @@ impl DepthwiseConv2d {
     }
 }
 
+/// Fails unless the bias layout `bl` is `[c]`.
+fn check_bias(bl: &Layout, c: usize) -> Result<()> {
+    if bl.shape().dims() == [c] {
+        return Ok(());
+    }
+    Err(KernelError::Shape {
+        op: "depthwise_conv2d",
+        what: "bias",
+        expected: format!("[{c}]"),
+        found: bl.shape().dims().to_vec(),
+    }
+    .into())
+}
+
 /// Largest zero-padded input plane (elements) the stride-1 path copies into its scratch.
 const MAX_PADDED_PLANE: usize = 1 << 20;
 
@@ -294,15 +308,7 @@ impl CustomOp3 for DepthwiseConv2dBias {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let c = xl.shape().dims4()?.1;
-        if bl.shape().dims() != [c] {
-            return Err(KernelError::Shape {
-                op: "depthwise_conv2d",
-                what: "bias",
-                expected: format!("[{c}]"),
-                found: bl.shape().dims().to_vec(),
-            }
-            .into());
-        }
+        check_bias(bl, c)?;
         let bias = contiguous_f32(bs, bl, "depthwise_conv2d", "bias")?;
         self.conv.cpu_forward(xs, xl, ws, wl, Some(bias))
     }
@@ -541,15 +547,7 @@ impl CustomOp3 for DepthwiseConv2dNhwc {
         let (_, _, _, _, k, ho, wo) =
             self.conv
                 .check_dims([b, c, h, w], found, wl.shape().dims())?;
-        if bl.shape().dims() != [c] {
-            return Err(KernelError::Shape {
-                op: "depthwise_conv2d",
-                what: "bias",
-                expected: format!("[{c}]"),
-                found: bl.shape().dims().to_vec(),
-            }
-            .into());
-        }
+        check_bias(bl, c)?;
         let op = "depthwise_conv2d";
         let x = contiguous_f32(xs, xl, op, "input")?;
         let wt = contiguous_f32(ws, wl, op, "weight")?;
