@@ -25,11 +25,9 @@ import subprocess
 import sys
 import tempfile
 
-TIMM_WORKER = r"""
-import json, resource, statistics, sys, time
-import torch, timm
-name, batch, iters, threads, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-torch.set_num_threads(threads)
+# Imports the authors' model files named in $TOKENMIX_REFERENCE into a worker, so their
+# @register_model names are in timm's registry (pasted into both workers below).
+REFERENCE_IMPORT = r"""
 import importlib, importlib.util, os as _os, types as _types
 try:
     import fvcore.nn  # noqa: F401  (EfficientViM imports its FLOP counter)
@@ -49,6 +47,19 @@ for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pa
     _mod = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
     _spec.loader.exec_module(_mod)
+"""
+
+def worker(template):
+    """A worker's code with the reference import pasted in."""
+    return template.replace("#REFERENCE_IMPORT\n", REFERENCE_IMPORT)
+
+
+TIMM_WORKER = r"""
+import json, resource, statistics, sys, time
+import torch, timm
+name, batch, iters, threads, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+#REFERENCE_IMPORT
 model = timm.create_model(name).eval()
 def median_time(x, n):
     model(x)
@@ -69,25 +80,7 @@ import json, os, resource, statistics, sys, time
 import numpy as np, torch, timm, onnxruntime as ort
 name, batch, iters, threads, size, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(threads)
-import importlib, importlib.util, os as _os, types as _types
-try:
-    import fvcore.nn  # noqa: F401  (EfficientViM imports its FLOP counter)
-except ImportError:
-    _fv, _fvnn = _types.ModuleType("fvcore"), _types.ModuleType("fvcore.nn")
-    _fvnn.flop_count = None
-    sys.modules.update({"fvcore": _fv, "fvcore.nn": _fvnn})
-for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
-    _dir, _name = _os.path.dirname(_path), _os.path.basename(_path)[:-3]
-    if _os.path.exists(_os.path.join(_dir, "__init__.py")):
-        # A module of a package with relative imports (EfficientViM's models/): import it
-        # as package.module.
-        sys.path.insert(0, _os.path.dirname(_dir))
-        importlib.import_module(_os.path.basename(_dir) + "." + _name)
-        continue
-    _spec = importlib.util.spec_from_file_location(_name, _path)
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
-    _spec.loader.exec_module(_mod)
+#REFERENCE_IMPORT
 if not os.path.exists(path):
     model = timm.create_model(name).eval()
     with torch.no_grad():
@@ -123,7 +116,7 @@ def run_ort(python, name, batch, iters, threads, size, onnx_path):
     """ONNX Runtime's CPU provider on the timm model exported to `onnx_path` (exported there by the
     first call; None if the export or the run fails)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([python, "-c", ORT_WORKER, name, str(batch), str(iters), str(threads), str(size), onnx_path],
+    proc = subprocess.run([python, "-c", worker(ORT_WORKER), name, str(batch), str(iters), str(threads), str(size), onnx_path],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"{name}: ONNX export/run failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -133,7 +126,7 @@ def run_ort(python, name, batch, iters, threads, size, onnx_path):
 
 def run_timm(python, name, batch, iters, threads, size):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([python, "-c", TIMM_WORKER, name, str(batch), str(iters), str(threads), str(size)],
+    out = subprocess.run([python, "-c", worker(TIMM_WORKER), name, str(batch), str(iters), str(threads), str(size)],
                          capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
