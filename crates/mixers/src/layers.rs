@@ -720,40 +720,6 @@ impl Module for ConvNhwc {
     }
 }
 
-/// A dense `k x k` convolution (stride, zero padding, optional bias) of channel-first maps
-/// `(B, Cin, H, W) -> (B, Cout, Ho, Wo)` with a checkpoint's `weight` `[Cout, Cin, k, k]` and
-/// `bias` `[Cout]`: the input is permuted to channel-last, convolved by [`ConvNhwc`]'s kernel
-/// (patches gathered into rows, one matrix product) and the output permuted back. candle's CPU
-/// `conv2d` gathers its patches element by element; this is several times faster for the stems
-/// and downsamplers of the channel-first backbones.
-#[derive(Debug, Clone)]
-pub struct ConvNchw {
-    conv: ConvNhwc,
-}
-
-impl ConvNchw {
-    /// Loads `weight` (and `bias` if `bias`) of a `kernel x kernel` convolution from `in_dim`
-    /// to `out_dim` channels with `stride` and `padding`.
-    pub fn new(
-        in_dim: usize,
-        out_dim: usize,
-        window: tokenmix_kernels::Window,
-        bias: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        Ok(Self {
-            conv: ConvNhwc::new(in_dim, out_dim, window, bias, vb)?,
-        })
-    }
-}
-
-impl Module for ConvNchw {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
-        y.permute((0, 3, 1, 2))?.contiguous()
-    }
-}
-
 /// Whether a [`ConvBnNhwc`] convolves each channel alone or all channels together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvKind {
