@@ -13,7 +13,9 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use tokenmix_kernels::depthwise_conv2d_nhwc;
 
-use crate::layers::{BatchNorm, Pointwise};
+use tokenmix_kernels::Window;
+
+use crate::layers::{position_mean, ConvBnNhwc, ConvKind, Pointwise};
 use crate::{MixerLayout, MixerSpec, TokenMixer};
 
 /// A depthwise 3x3 convolution with bias, padding 1, of channel-last maps (checkpoint `weight`
@@ -29,17 +31,6 @@ impl Depthwise3x3 {
         Ok(Self {
             weight: vb.get((dim, 1, 3, 3), "weight")?,
             bias: vb.get(dim, "bias")?,
-        })
-    }
-
-    /// This convolution followed by `bn`, as one convolution (weights and bias scaled per
-    /// channel; exact up to rounding).
-    fn with_batch_norm(&self, bn: &BatchNorm) -> Result<Self> {
-        let (scale, shift) = bn.scale_shift()?;
-        let c = scale.dim(0)?;
-        Ok(Self {
-            weight: self.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?,
-            bias: ((&self.bias * &scale)? + shift)?,
         })
     }
 
@@ -59,12 +50,10 @@ impl Module for Depthwise3x3 {
 /// Checkpoint names `0.block.{0,1,3}` (spatial) and `1.block.1` (channel).
 #[derive(Debug, Clone)]
 struct Gates {
-    spatial_dw: Depthwise3x3,
-    spatial_bn: BatchNorm,
+    /// The depthwise 3x3 and its batch norm, folded into one convolution.
+    spatial_conv: ConvBnNhwc,
     spatial_proj: Pointwise,
     channel_proj: Pointwise,
-    /// `spatial_dw` with `spatial_bn` folded in, kept unless trainable.
-    spatial_folded: crate::layers::Derived<Depthwise3x3>,
 }
 
 impl Gates {
@@ -72,17 +61,26 @@ impl Gates {
         let (spatial, channel) = (vb.pp(0).pp("block"), vb.pp(1).pp("block"));
         let cl = MixerLayout::ChannelsLast;
         Ok(Self {
-            spatial_dw: Depthwise3x3::new(dim, spatial.pp(0))?,
-            spatial_bn: BatchNorm::new(dim, spatial.pp(1))?,
+            spatial_conv: ConvBnNhwc::new(
+                dim,
+                dim,
+                Window {
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                ConvKind::Depthwise,
+                true,
+                spatial.pp(0),
+                spatial.pp(1),
+            )?,
             spatial_proj: Pointwise::conv1x1(dim, 1, false, cl, spatial.pp(3))?,
             channel_proj: Pointwise::conv1x1(dim, dim, false, cl, channel.pp(1))?,
-            spatial_folded: Default::default(),
         })
     }
 
     fn trainable(&self) -> bool {
-        self.spatial_dw.trainable()
-            || self.spatial_bn.trainable()
+        self.spatial_conv.trainable()
             || self.spatial_proj.trainable()
             || self.channel_proj.trainable()
     }
@@ -90,27 +88,14 @@ impl Gates {
 
 impl Module for Gates {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let trainable = self.spatial_dw.trainable() || self.spatial_bn.trainable();
-        let conv = self.spatial_folded.get(trainable, || {
-            self.spatial_dw.with_batch_norm(&self.spatial_bn)
-        })?;
-        let s = conv.forward(x)?.relu()?;
+        let s = self.spatial_conv.forward(x)?.relu()?;
         let s = candle_nn::ops::sigmoid(&self.spatial_proj.forward(&s)?)?;
         let t = x.broadcast_mul(&s)?;
-        let pooled = spatial_mean(&t)?;
+        let (b, c) = (t.dim(0)?, t.dim(3)?);
+        let pooled = position_mean(&t)?.reshape((b, 1, 1, c))?;
         let c = candle_nn::ops::sigmoid(&self.channel_proj.forward(&pooled)?)?;
         t.broadcast_mul(&c)
     }
-}
-
-/// The mean over the positions of a channel-last `(B, H, W, C)` map, `(B, 1, 1, C)`, as one
-/// matrix product per image (candle's reductions over a middle axis walk it element by element).
-fn spatial_mean(t: &Tensor) -> Result<Tensor> {
-    let (b, h, w, c) = t.dims4()?;
-    let weights = Tensor::full(1.0 / (h * w) as f32, (1, h * w), t.device())?.to_dtype(t.dtype())?;
-    weights
-        .broadcast_matmul(&t.reshape((b, h * w, c))?)?
-        .reshape((b, 1, 1, c))
 }
 
 /// CAS-ViT's additive token mixer on channel-last `(B, H, W, C)`:

@@ -773,7 +773,8 @@ impl ConvBnNhwc {
         })
     }
 
-    fn trainable(&self) -> bool {
+    /// Whether the convolution's or the norm's tensors are trainable variables.
+    pub fn trainable(&self) -> bool {
         self.weight.is_variable()
             || self.bias.as_ref().is_some_and(|b| b.is_variable())
             || self.bn.trainable()
@@ -813,6 +814,18 @@ impl Module for ConvBnNhwc {
             ),
         }
     }
+}
+
+/// The mean over the positions of channel-last `(B, ..., C)` tokens or maps (viewed as
+/// `(B, L, C)`), giving `(B, C)`: one matrix product per sample (candle's reductions over a
+/// middle axis walk it element by element).
+pub fn position_mean(x: &Tensor) -> Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(D::Minus1)?);
+    let l = x.elem_count() / (b * c).max(1);
+    let weights = Tensor::full(1.0 / l as f32, (1, l), x.device())?.to_dtype(x.dtype())?;
+    weights
+        .broadcast_matmul(&x.reshape((b, l, c))?)?
+        .reshape((b, c))
 }
 
 /// Mean over the spatial axes of `(B, C, H, W)`, giving `(B, C)`.

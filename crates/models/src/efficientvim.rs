@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokenmix_kernels::Window;
 use tokenmix_mixers::hsm_ssd::{HsmSsd, HsmSsdConfig};
-use tokenmix_mixers::layers::{ConvBnNhwc, ConvKind, Norm, NormConfig, NormKind, Pointwise};
+use tokenmix_mixers::layers::{position_mean, ConvBnNhwc, ConvKind, Norm, NormConfig, NormKind, Pointwise};
 use tokenmix_mixers::{MixerConfig, MixerLayout};
 
 use crate::args::{parse, set};
@@ -273,17 +273,6 @@ fn channel_norm(dim: usize, dims: usize, vb: VarBuilder) -> Result<Norm> {
     Ok(Norm::from_tensors(cfg, MixerLayout::ChannelsLast, weight, Some(bias)))
 }
 
-/// The mean over the positions of `(B, ..., C)` tokens viewed as `(B, L, C)`, `(B, C)`, as one
-/// matrix product per sample.
-fn token_mean(x: &Tensor) -> Result<Tensor> {
-    let (b, c) = (x.dim(0)?, x.dim(D::Minus1)?);
-    let l = x.elem_count() / (b * c).max(1);
-    let weights = Tensor::full(1.0 / l as f32, (1, l), x.device())?.to_dtype(x.dtype())?;
-    weights
-        .broadcast_matmul(&x.reshape((b, l, c))?)?
-        .reshape((b, c))
-}
-
 /// The reference's `EfficientViMBlock` on channel-last `(B, H, W, C)`.
 #[derive(Debug)]
 struct Block {
@@ -366,7 +355,7 @@ impl Module for PatchMerging {
         let x = (x + self.dwconv1.forward(x)?)?;
         let h = self.down.forward(&self.expand.forward(&x)?.relu()?)?.relu()?;
         let (b, c) = (h.dim(0)?, h.dim(3)?);
-        let pooled = token_mean(&h)?.reshape((b, 1, 1, c))?;
+        let pooled = position_mean(&h)?.reshape((b, 1, 1, c))?;
         let gate = self.se_expand.forward(&self.se_reduce.forward(&pooled)?.relu()?)?;
         let h = h.broadcast_mul(&candle_nn::ops::sigmoid(&gate)?)?;
         let x = self.project.forward(&h)?;
@@ -534,16 +523,16 @@ impl ImageModel for EfficientVim {
         let (maps, states) = self.run(x, &[last], last)?;
         let (Some(head), Some(map)) = (&self.head, maps.last()) else {
             let map = maps.last().ok_or_else(|| candle_core::Error::msg("no stages"))?;
-            return token_mean(map);
+            return position_mean(map);
         };
-        let final_pooled = token_mean(&head.norms[3].forward(map)?)?;
+        let final_pooled = position_mean(&head.norms[3].forward(map)?)?;
         let Some(heads) = &head.heads else {
             return Ok(final_pooled);
         };
         let mut pooled = states
             .iter()
             .zip(&head.norms)
-            .map(|(h, norm)| token_mean(&norm.forward(h)?))
+            .map(|(h, norm)| position_mean(&norm.forward(h)?))
             .collect::<Result<Vec<_>>>()?;
         pooled.push(final_pooled);
         let z = heads.forward(&pooled)?;

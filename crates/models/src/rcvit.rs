@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokenmix_kernels::depthwise_conv2d_nhwc;
 use tokenmix_mixers::additive::{AdditiveTokenMixer, AdditiveTokenMixerConfig};
 use tokenmix_mixers::layers::{drop_path_rates, global_avg_pool, BatchNorm, Derived, DropPath, Mlp};
-use tokenmix_mixers::layers::{ActKind, Pointwise};
+use tokenmix_mixers::layers::{ActKind, ConvBnNhwc, ConvKind, Pointwise};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, set};
@@ -220,47 +220,14 @@ impl Architecture for RcVitConfig {
 }
 
 /// A `conv 3x3 / 2, padding 1` with bias, then a batch norm (the reference's `Embedding` and
-/// stem convolutions), on channel-last maps; the norm is folded into the convolution (exact, as
-/// the norm uses its running statistics).
-#[derive(Debug)]
-struct ConvBn {
-    weight: Tensor,
-    bias: Tensor,
-    bn: BatchNorm,
-    /// `(matrix, bias)` of the folded convolution for [`tokenmix_kernels::conv2d_nhwc`], kept
-    /// unless trainable.
-    folded: Derived<(Tensor, Tensor)>,
-}
-
-const DOWN: tokenmix_kernels::Window = tokenmix_kernels::Window {
-    kernel: 3,
-    stride: 2,
-    padding: 1,
-};
-
-impl ConvBn {
-    fn new(cin: usize, cout: usize, conv: VarBuilder, bn: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: conv.get((cout, cin, 3, 3), "weight")?,
-            bias: conv.get(cout, "bias")?,
-            bn: BatchNorm::new(cout, bn)?,
-            folded: Derived::default(),
-        })
-    }
-
-    fn fold(&self) -> Result<(Tensor, Tensor)> {
-        let (scale, shift) = self.bn.scale_shift()?;
-        let matrix = tokenmix_kernels::conv_weight_matrix(&self.weight)?.broadcast_mul(&scale)?;
-        Ok((matrix, ((&self.bias * &scale)? + shift)?))
-    }
-}
-
-impl Module for ConvBn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let trainable = self.weight.is_variable() || self.bn.trainable();
-        let (matrix, bias) = self.folded.get(trainable, || self.fold())?;
-        tokenmix_kernels::conv2d_nhwc(x, &matrix, Some(&bias), DOWN)
-    }
+/// stem convolutions), on channel-last maps, the norm folded into the convolution.
+fn conv_bn(cin: usize, cout: usize, conv: VarBuilder, bn: VarBuilder) -> Result<ConvBnNhwc> {
+    let window = tokenmix_kernels::Window {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    ConvBnNhwc::new(cin, cout, window, ConvKind::Dense, true, conv, bn)
 }
 
 /// The reference's `LocalIntegration`: `1x1 -> BN -> dw 3x3 -> GELU -> 1x1`, all with biases
@@ -370,7 +337,7 @@ impl Block {
 #[derive(Debug)]
 struct Stage {
     blocks: Vec<Block>,
-    downsample: Option<ConvBn>,
+    downsample: Option<ConvBnNhwc>,
 }
 
 /// `BN -> mean over (H, W) -> (head + dist_head) / 2`.
@@ -385,7 +352,7 @@ struct Head {
 #[derive(Debug)]
 pub struct RcVit {
     cfg: RcVitConfig,
-    stem: (ConvBn, ConvBn),
+    stem: (ConvBnNhwc, ConvBnNhwc),
     stages: Vec<Stage>,
     /// `None` once pruned.
     head: Option<Head>,
@@ -397,8 +364,8 @@ impl RcVit {
         cfg.validate().map_err(candle_core::Error::msg)?;
         let (dim0, p) = (cfg.embed_dims[0], vb.pp("patch_embed"));
         let stem = (
-            ConvBn::new(cfg.in_chans, dim0 / 2, p.pp(0), p.pp(1))?,
-            ConvBn::new(dim0 / 2, dim0, p.pp(3), p.pp(4))?,
+            conv_bn(cfg.in_chans, dim0 / 2, p.pp(0), p.pp(1))?,
+            conv_bn(dim0 / 2, dim0, p.pp(3), p.pp(4))?,
         );
         let mut drop_paths =
             drop_path_rates(cfg.drop_path_rate, cfg.layers.iter().sum()).into_iter();
@@ -416,7 +383,7 @@ impl RcVit {
                 .downsamples_after(i)
                 .then(|| {
                     let d = net.pp(k + 1);
-                    ConvBn::new(dim, cfg.embed_dims[i + 1], d.pp("proj"), d.pp("norm"))
+                    conv_bn(dim, cfg.embed_dims[i + 1], d.pp("proj"), d.pp("norm"))
                 })
                 .transpose()?;
             stages.push(Stage { blocks, downsample });
