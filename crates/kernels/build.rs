@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNELS: [&str; 7] = [
+const KERNELS: [&str; 8] = [
     "activation",
     "depthwise",
     "norm",
@@ -18,6 +18,7 @@ const KERNELS: [&str; 7] = [
     "scan",
     "shift",
     "spectral",
+    "wavelet",
 ];
 
 fn main() {

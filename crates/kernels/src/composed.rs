@@ -91,6 +91,111 @@ pub fn conv2d_nhwc(
     })
 }
 
+/// Checks the operands of [`crate::conv_transpose2d_nhwc`] (`x` `(B, H, W, Cin)`, `matrix`
+/// `(Cin, k * k * Cout)`, `bias` `(Cout)`) and returns `Cout`.
+pub fn check_conv_transpose_nhwc(
+    x: &Tensor,
+    matrix: &Tensor,
+    bias: Option<&Tensor>,
+    k: usize,
+) -> Result<usize> {
+    let (_, _, _, cin) = x.dims4()?;
+    let shape_error = |what: &'static str, expected: String, t: &Tensor| {
+        Err(KernelError::Shape {
+            op: "conv_transpose2d_nhwc",
+            what,
+            expected,
+            found: t.dims().to_vec(),
+        }
+        .into())
+    };
+    let cout = match matrix.dims() {
+        [rows, cols] if *rows == cin && k > 0 && cols % (k * k) == 0 => cols / (k * k),
+        _ => return shape_error("weight matrix", format!("[{cin}, {k}*{k}*Cout]"), matrix),
+    };
+    match bias {
+        Some(b) if b.dims() != [cout] => shape_error("bias", format!("[{cout}]"), b),
+        _ => Ok(cout),
+    }
+}
+
+/// [`crate::conv_transpose2d_nhwc`] as candle ops: `x` permuted to `(B, Cin, H, W)`, candle's
+/// `conv_transpose2d` with the weight `(Cin, Cout, k, k)` rebuilt from `matrix`, bias added,
+/// permuted back.
+pub fn conv_transpose2d_nhwc(
+    x: &Tensor,
+    matrix: &Tensor,
+    bias: Option<&Tensor>,
+    window: crate::Window,
+) -> Result<Tensor> {
+    let (_, _, _, cin) = x.dims4()?;
+    let k = window.kernel;
+    let cout = check_conv_transpose_nhwc(x, matrix, bias, k)?;
+    let weight = matrix
+        .reshape((cin, k, k, cout))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?;
+    via_channels_first(x, |x| {
+        let y = x.conv_transpose2d(&weight, window.padding, 0, window.stride, 1)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((cout, 1, 1))?),
+            None => Ok(y),
+        }
+    })
+}
+
+/// [`crate::haar_dwt`] as candle ops: odd sizes zero-padded, the four pixels of every 2x2 block
+/// taken by reshapes and narrows, the butterflies by adds and subtracts, the bands interleaved
+/// by a stack and a reshape.
+pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    let x = x.pad_with_zeros(1, 0, 2 * ho - h)?.pad_with_zeros(2, 0, 2 * wo - w)?;
+    let blocks = x.reshape((b, ho, 2, wo, 2, c))?;
+    let at = |dy: usize, dx: usize| -> Result<Tensor> {
+        blocks.narrow(2, dy, 1)?.narrow(4, dx, 1)?.reshape((b, ho, wo, c))
+    };
+    let (pa, pb, pc, pd) = (at(0, 0)?, at(0, 1)?, at(1, 0)?, at(1, 1)?);
+    let (s0, s1) = ((&pa + &pb)?, (&pc + &pd)?);
+    let (d0, d1) = ((&pa - &pb)?, (&pc - &pd)?);
+    let low = ((&s0 + &s1)? * 0.5)?;
+    let highs = Tensor::stack(
+        &[((&s0 - &s1)? * 0.5)?, ((&d0 + &d1)? * 0.5)?, ((&d0 - &d1)? * 0.5)?],
+        4,
+    )?
+    .reshape((b, ho, wo, 3 * c))?;
+    Tensor::cat(&[low, highs], 3)
+}
+
+/// [`crate::haar_dwt_adjoint`] as candle ops: the bands split out, the butterflies inverted,
+/// the four pixels of every block interleaved back and the padding of odd sizes dropped.
+pub fn haar_dwt_adjoint(coeffs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let (b, ho, wo, c4) = coeffs.dims4()?;
+    let c = c4 / 4;
+    if ho != height.div_ceil(2) || wo != width.div_ceil(2) || c4 % 4 != 0 {
+        return Err(KernelError::Shape {
+            op: "haar_dwt_adjoint",
+            what: "coefficients",
+            expected: format!("(B, {}, {}, 4C)", height.div_ceil(2), width.div_ceil(2)),
+            found: coeffs.dims().to_vec(),
+        }
+        .into());
+    }
+    let low = coeffs.narrow(3, 0, c)?;
+    let highs = coeffs.narrow(3, c, 3 * c)?.reshape((b, ho, wo, c, 3))?;
+    let band = |k: usize| -> Result<Tensor> { highs.narrow(4, k, 1)?.reshape((b, ho, wo, c)) };
+    let (g1, g2, g3) = (band(0)?, band(1)?, band(2)?);
+    let (s0, s1) = ((&low + &g1)?, (&g2 + &g3)?);
+    let (d0, d1) = ((&low - &g1)?, (&g2 - &g3)?);
+    let top = Tensor::stack(&[((&s0 + &s1)? * 0.5)?, ((&s0 - &s1)? * 0.5)?], 3)?;
+    let bottom = Tensor::stack(&[((&d0 + &d1)? * 0.5)?, ((&d0 - &d1)? * 0.5)?], 3)?;
+    Tensor::stack(&[top, bottom], 2)?
+        .reshape((b, 2 * ho, 2 * wo, c))?
+        .narrow(1, 0, height)?
+        .narrow(2, 0, width)?
+        .contiguous()
+}
+
 /// [`crate::self_attention`] as candle ops: q, k, v split out of `qkv` `(B, N, 3, H, D)` as
 /// contiguous `(B, H, N, D)`, `softmax(scale · q kᵀ)` by batched matmul, times v, heads
 /// concatenated into `(B, N, H * D)`.

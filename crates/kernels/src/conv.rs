@@ -130,11 +130,12 @@ impl CustomOp1 for Im2ColNhwc {
 }
 
 /// The adjoint of [`Im2ColNhwc`]: rows `(B * Ho * Wo, k * k * C)` summed back into the
-/// `(B, H, W, C)` map they were read from.
+/// `(B, H, W, C)` map they were read from (the backward of a convolution, and the scatter of a
+/// transposed convolution). Its backward is [`Im2ColNhwc`].
 #[derive(Debug, Clone, Copy)]
-struct Col2ImNhwc {
-    window: Window,
-    input: (usize, usize, usize, usize),
+pub(crate) struct Col2ImNhwc {
+    pub(crate) window: Window,
+    pub(crate) input: (usize, usize, usize, usize),
 }
 
 impl CustomOp1 for Col2ImNhwc {
@@ -177,5 +178,10 @@ impl CustomOp1 for Col2ImNhwc {
             }
         });
         Ok((CpuStorage::F32(dx), Shape::from(self.input)))
+    }
+
+    fn bwd(&self, _cols: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = Im2ColNhwc::new(self.window);
+        Ok(Some(grad.contiguous()?.apply_op1(op)?))
     }
 }

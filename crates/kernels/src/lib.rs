@@ -30,6 +30,10 @@
 //! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`bias_gelu`]: a bias add and GELU in one
 //!   pass; [`star_relu`]: StarReLU in one pass; [`squared_relu`]: SquaredReLU in one pass.
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
+//! * [`haar_dwt`]: WaveMix's one-level 2-D Haar wavelet transform of channel-last maps, bands
+//!   in its channel order; [`haar_dwt_adjoint`] its adjoint (and inverse).
+//! * [`conv_transpose2d_nhwc`]: transposed convolution of channel-last maps as one matrix
+//!   product and a scatter of its rows ([`conv_transpose_weight_matrix`]).
 #![deny(missing_docs)]
 
 mod activation;
@@ -52,6 +56,7 @@ mod simd;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod sizes;
 mod spectral;
+mod wavelet;
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::sync::OnceLock;
@@ -67,6 +72,7 @@ pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
 pub use shift::MixShiftOp;
 pub use spectral::{Irfft2, Rfft2, SpectralFilter};
+pub use wavelet::{HaarDwt, HaarDwtAdjoint};
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
 pub fn fused_enabled() -> bool {
@@ -197,6 +203,93 @@ pub fn conv2d_nhwc(
         None => rows.matmul(matrix)?,
     };
     y.reshape((b, ho, wo, cout))
+}
+
+/// The `(Cin, k * k * Cout)` matrix [`conv_transpose2d_nhwc`] multiplies pixels by, from a
+/// transposed convolution's weight `(Cin, Cout, k, k)` (PyTorch's `ConvTranspose2d` layout):
+/// columns ordered `(ky, kx, cout)`, contiguous.
+pub fn conv_transpose_weight_matrix(weight: &Tensor) -> Result<Tensor> {
+    let (cin, cout, kh, kw) = weight.dims4()?;
+    if kh != kw {
+        return Err(KernelError::Shape {
+            op: "conv_transpose_weight_matrix",
+            what: "weight",
+            expected: "a square kernel (Cin, Cout, k, k)".into(),
+            found: weight.dims().to_vec(),
+        }
+        .into());
+    }
+    weight
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((cin, kh * kw * cout))
+}
+
+/// Transposed convolution of a channel-last `x` `(B, H, W, Cin)` by `matrix`
+/// `(Cin, k * k * Cout)` (see [`conv_transpose_weight_matrix`]) over `window` (no output
+/// padding), plus an optional `bias` `(Cout)`: output `(B, Ho, Wo, Cout)` with
+/// `Ho = (H - 1) * stride - 2 * padding + k`, the values of PyTorch's `conv_transpose2d` of `x`
+/// permuted to `(B, Cin, H, W)`, permuted back. On the CPU every pixel is multiplied by `matrix`
+/// in one product and the rows are summed into the output (the adjoint of the patch gather of
+/// [`conv2d_nhwc`]); elsewhere the input is permuted around candle's `conv_transpose2d`.
+pub fn conv_transpose2d_nhwc(
+    x: &Tensor,
+    matrix: &Tensor,
+    bias: Option<&Tensor>,
+    window: Window,
+) -> Result<Tensor> {
+    let (b, h, w, cin) = x.dims4()?;
+    let (k, s, p) = (window.kernel, window.stride, window.padding);
+    let cout = composed::check_conv_transpose_nhwc(x, matrix, bias, k)?;
+    let out_len = |n: usize| ((n.max(1) - 1) * s + k).checked_sub(2 * p).filter(|&o| o > 0);
+    let (Some(ho), Some(wo)) = (out_len(h), out_len(w)) else {
+        return Err(KernelError::Param {
+            op: "conv_transpose2d_nhwc",
+            msg: format!("a {h}x{w} input gives no output with kernel {k}, stride {s}, padding {p}"),
+        }
+        .into());
+    };
+    // Checks the kernel and stride; without output padding the window maps Ho back onto H.
+    window.output(ho, wo)?;
+    if !(x.device().is_cpu() && use_fused(x) && same_dtype(x, &[matrix])) {
+        return composed::conv_transpose2d_nhwc(x, matrix, bias, window);
+    }
+    let rows = x.reshape((b * h * w, cin))?.matmul(matrix)?;
+    let op = conv::Col2ImNhwc {
+        window,
+        input: (b, ho, wo, cout),
+    };
+    let y = rows.apply_op1(op)?;
+    match bias {
+        Some(bias) => y.broadcast_add(bias),
+        None => Ok(y),
+    }
+}
+
+/// WaveMix's one-level 2-D Haar transform of a channel-last map `x` `(B, H, W, C)`: output
+/// `(B, ceil(H/2), ceil(W/2), 4C)` holding at channel `c` the approximation
+/// `(a + b + c + d) / 2` of each 2x2 block `[[a, b], [c, d]]` and at channels `C + 3c + {0, 1, 2}`
+/// its details `(a + b - c - d) / 2`, `(a - b + c - d) / 2`, `(a - b - c + d) / 2` (pywt `db1`,
+/// zero mode: odd sizes padded with zeros at the end). One pass on the CPU (f32) and on CUDA;
+/// the composition [`composed::haar_dwt`] elsewhere. Differentiable.
+pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
+    x.dims4()?;
+    if use_fused(x) {
+        x.contiguous()?.apply_op1(HaarDwt)
+    } else {
+        composed::haar_dwt(x)
+    }
+}
+
+/// The adjoint of [`haar_dwt`] for a `height x width` map: coefficients
+/// `(B, ceil(H/2), ceil(W/2), 4C)` to `(B, H, W, C)`; for even sizes the inverse transform.
+pub fn haar_dwt_adjoint(coeffs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let op = HaarDwtAdjoint { height, width };
+    if use_fused(coeffs) {
+        coeffs.contiguous()?.apply_op1(op)
+    } else {
+        composed::haar_dwt_adjoint(coeffs, height, width)
+    }
 }
 
 /// A linear layer on the last axis: `x w + bias` for `x` `(..., K)`, `w` `(K, N)` (a `Linear`

@@ -264,6 +264,19 @@ fn mix_shift_cuda_matches_cpu() {
 }
 
 #[test]
+fn haar_dwt_cuda_matches_cpu() {
+    for (b, h, w, c) in [(1, 6, 4, 3), (2, 7, 9, 5), (2, 56, 56, 48)] {
+        for x in [randn(&[b, h, w, c]), strided(&[b, h, w, c])] {
+            check("haar_dwt", &[x], 1.0, |t| tokenmix_kernels::haar_dwt(&t[0]));
+        }
+        let coeffs = randn(&[b, h.div_ceil(2), w.div_ceil(2), 4 * c]);
+        check("haar_dwt_adjoint", &[coeffs], 1.0, |t| {
+            tokenmix_kernels::haar_dwt_adjoint(&t[0], h, w)
+        });
+    }
+}
+
+#[test]
 fn spectral_filter_cuda_matches_cpu() {
     for (b, h, w, c) in [(1, 7, 7, 3), (2, 14, 8, 5), (2, 5, 9, 4), (1, 56, 56, 2)] {
         for x in [randn(&[b, h, w, c]), strided(&[b, h, w, c])] {

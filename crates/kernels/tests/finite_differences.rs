@@ -217,6 +217,40 @@ fn pool_mixers_match_finite_differences() {
 }
 
 #[test]
+fn haar_dwt_and_conv_transpose_match_finite_differences() {
+    let mut rng = Rng::new("haar");
+    for (h, w) in [(6, 4), (5, 7)] {
+        check(
+            &format!("haar_dwt {h}x{w}"),
+            &[rng.randn(&[2, h, w, 3], 1.0)],
+            &[0],
+            |t| tokenmix_kernels::haar_dwt(&t[0]),
+        );
+        check(
+            &format!("haar_dwt_adjoint {h}x{w}"),
+            &[rng.randn(&[2, h.div_ceil(2), w.div_ceil(2), 8], 1.0)],
+            &[0],
+            |t| tokenmix_kernels::haar_dwt_adjoint(&t[0], h, w),
+        );
+    }
+    let window = Window {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    check(
+        "conv_transpose2d_nhwc k4 s2 p1",
+        &[
+            rng.randn(&[2, 3, 5, 4], 1.0),
+            rng.randn(&[4, 16 * 3], 0.5),
+            rng.randn(&[3], 1.0),
+        ],
+        &[0, 1, 2],
+        |t| tokenmix_kernels::conv_transpose2d_nhwc(&t[0], &t[1], Some(&t[2]), window),
+    );
+}
+
+#[test]
 fn dense_conv_and_linear_match_finite_differences() {
     let mut rng = Rng::new("dense");
     // (h, w, cin, cout, k, stride, padding): the 1x1 path (a reshape and a linear) and the

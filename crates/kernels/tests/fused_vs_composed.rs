@@ -1291,3 +1291,154 @@ fn gelu_gate_matches_split_and_concatenate() {
         "{e}"
     );
 }
+
+/// The Haar transform written out pixel by pixel from its definition (pywt `db1`, zero mode,
+/// WaveMix's channel order), on a channel-last `(B, H, W, C)` map.
+fn haar_by_definition(x: &Tensor) -> Tensor {
+    let (b, h, w, c) = x.dims4().unwrap();
+    let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let at = |n: usize, y: usize, xx: usize, ch: usize| {
+        if y < h && xx < w {
+            v[((n * h + y) * w + xx) * c + ch]
+        } else {
+            0.0
+        }
+    };
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    let mut out = vec![0f32; b * ho * wo * 4 * c];
+    for n in 0..b {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for ch in 0..c {
+                    let (pa, pb) = (at(n, 2 * oy, 2 * ox, ch), at(n, 2 * oy, 2 * ox + 1, ch));
+                    let (pc, pd) = (at(n, 2 * oy + 1, 2 * ox, ch), at(n, 2 * oy + 1, 2 * ox + 1, ch));
+                    let base = ((n * ho + oy) * wo + ox) * 4 * c;
+                    out[base + ch] = (pa + pb + pc + pd) / 2.0;
+                    out[base + c + 3 * ch] = (pa + pb - pc - pd) / 2.0;
+                    out[base + c + 3 * ch + 1] = (pa - pb + pc - pd) / 2.0;
+                    out[base + c + 3 * ch + 2] = (pa - pb - pc + pd) / 2.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (b, ho, wo, 4 * c), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn haar_dwt_matches_its_definition_and_composition() {
+    for (b, h, w, c) in [(1, 2, 2, 1), (2, 6, 4, 3), (2, 7, 5, 4), (1, 1, 3, 2), (3, 9, 8, 5)] {
+        let permuted = non_contiguous([b, c, h, w]).permute((0, 2, 3, 1)).unwrap();
+        for x in [randn(&[b, h, w, c]), permuted] {
+            let want = haar_by_definition(&x);
+            let fused = in_pools(|_| tokenmix_kernels::haar_dwt(&x).unwrap());
+            let composed = composed::haar_dwt(&x).unwrap();
+            for got in fused.iter().chain([&composed]) {
+                let d = max_abs_diff(got, &want);
+                assert!(d < 1e-5, "{b}x{h}x{w}x{c}: max diff {d}");
+            }
+            let inverse = tokenmix_kernels::haar_dwt_adjoint(&want, h, w).unwrap();
+            let composed_inverse = composed::haar_dwt_adjoint(&want, h, w).unwrap();
+            assert!(max_abs_diff(&inverse, &composed_inverse) < 1e-5);
+            if h % 2 == 0 && w % 2 == 0 {
+                let d = max_abs_diff(&inverse, &x.contiguous().unwrap());
+                assert!(d < 1e-5, "{h}x{w}: the adjoint does not invert, max diff {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn haar_dwt_gradients_match_the_composition() {
+    for (b, h, w, c) in [(2, 6, 4, 3), (1, 7, 5, 2)] {
+        let x = randn(&[b, h, w, c]);
+        check_grads(
+            "haar_dwt",
+            &[x.clone()],
+            |t| tokenmix_kernels::haar_dwt(&t[0]),
+            |t| composed::haar_dwt(&t[0]),
+        );
+        let coeffs = randn(&[b, h.div_ceil(2), w.div_ceil(2), 4 * c]);
+        check_grads(
+            "haar_dwt_adjoint",
+            &[coeffs],
+            |t| tokenmix_kernels::haar_dwt_adjoint(&t[0], h, w),
+            |t| composed::haar_dwt_adjoint(&t[0], h, w),
+        );
+    }
+}
+
+#[test]
+fn haar_dwt_adjoint_rejects_mismatched_coefficients() {
+    let e = tokenmix_kernels::haar_dwt_adjoint(&randn(&[1, 3, 2, 8]), 7, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("coefficients") && e.contains("(B, 4, 3, 4C)"), "{e}");
+    let e = tokenmix_kernels::haar_dwt_adjoint(&randn(&[1, 4, 3, 6]), 7, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("coefficients"), "{e}");
+}
+
+fn fused_conv_transpose_nhwc(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    s: usize,
+    p: usize,
+) -> candle_core::Result<Tensor> {
+    let window = Window {
+        kernel: w.dim(2)?,
+        stride: s,
+        padding: p,
+    };
+    let m = tokenmix_kernels::conv_transpose_weight_matrix(w)?;
+    tokenmix_kernels::conv_transpose2d_nhwc(x, &m, b, window)
+}
+
+/// candle's `conv_transpose2d` of the channel-first `x` by the checkpoint-shaped `weight`
+/// `(Cin, Cout, k, k)`, plus `bias`, back to channel-last.
+fn reference_conv_transpose_nhwc(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    s: usize,
+    p: usize,
+) -> candle_core::Result<Tensor> {
+    let y = x.permute((0, 3, 1, 2))?.conv_transpose2d(w, p, 0, s, 1)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.reshape((b.elem_count(), 1, 1))?)?,
+        None => y,
+    };
+    y.permute((0, 2, 3, 1))
+}
+
+#[test]
+fn channel_last_conv_transpose_matches_candle() {
+    for (b, h, w, cin, cout, k, s, p) in [
+        (2, 3, 5, 4, 3, 4, 2, 1),
+        (1, 4, 4, 6, 5, 4, 2, 1),
+        (2, 5, 3, 3, 2, 3, 1, 1),
+        (1, 1, 1, 2, 3, 4, 2, 1),
+        (3, 2, 3, 5, 4, 2, 2, 0),
+        (1, 3, 4, 3, 2, 3, 2, 1),
+    ] {
+        let weight = randn(&[cin, cout, k, k]);
+        let bias = randn(&[cout]);
+        let permuted = non_contiguous([b, cin, h, w]).permute((0, 2, 3, 1)).unwrap();
+        for x in [randn(&[b, h, w, cin]), permuted] {
+            for bias in [None, Some(&bias)] {
+                let label = format!("{h}x{w} {cin}->{cout} k{k} s{s} p{p}");
+                let want = reference_conv_transpose_nhwc(&x, &weight, bias, s, p).unwrap();
+                let got = fused_conv_transpose_nhwc(&x, &weight, bias, s, p).unwrap();
+                let d = max_abs_diff(&got, &want);
+                assert!(d < 1e-4, "{label}: max diff {d}");
+            }
+        }
+        check_grads(
+            "conv_transpose2d_nhwc",
+            &[randn(&[b, h, w, cin]), weight.clone(), bias.clone()],
+            |t| fused_conv_transpose_nhwc(&t[0], &t[1], Some(&t[2]), s, p),
+            |t| reference_conv_transpose_nhwc(&t[0], &t[1], Some(&t[2]), s, p),
+        );
+    }
+}

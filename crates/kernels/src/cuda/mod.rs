@@ -34,6 +34,7 @@ module!(POOL, "pool");
 module!(SCAN, "scan");
 module!(SHIFT, "shift");
 module!(SPECTRAL, "spectral");
+module!(WAVELET, "wavelet");
 
 /// Threads per block of the element-wise and grid-stride kernels.
 pub(crate) const BLOCK: u32 = 256;
