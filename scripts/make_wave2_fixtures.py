@@ -18,6 +18,11 @@ References (checkouts given on the command line, never committed):
   * additive_token_mixer and the rcvit_xs fixture (small `model_args`): Tianfang-Zhang/CAS-ViT,
     classification/model/rcvit.py, `AdditiveTokenMixer` and `rcvit_xs` (needs timm, einops).
 
+  * wave_block and the wavemix / wavemix_lite fixtures (small `model_args`; the lite one with
+    the `strided` stem): pranavphoenix/WaveMix, wavemix/__init__.py `Level3Waveblock` and
+    Image_Classification/timm.py `WaveMix` (needs timm, einops, PyWavelets; the module's
+    `numpy.lib.function_base` import, gone from numpy 2, is stubbed).
+
   * hsm_ssd and the EfficientViM_M1 fixture (small `model_args`, distillation heads, square
     96x96 input: the reference reshapes its maps as H x H): mlvlab/EfficientViM,
     classification/models/EfficientViM.py, `HSMSSD` and `EfficientViM`.
@@ -25,7 +30,8 @@ References (checkouts given on the command line, never committed):
 Usage (venv outside the repo with torch, timm, einops, safetensors):
     python scripts/make_wave2_fixtures.py --casvit-repo /path/to/Tianfang-Zhang/CAS-ViT \
         --casvit-commit COMMIT [--efficientvim-repo /path/to/mlvlab/EfficientViM \
-        --efficientvim-commit COMMIT] [--out tests/fixtures]
+        --efficientvim-commit COMMIT] [--wavemix-repo /path/to/pranavphoenix/WaveMix \
+        --wavemix-commit COMMIT] [--out tests/fixtures]
 """
 import argparse
 import importlib.util
@@ -85,14 +91,19 @@ def write(out, kind, module, metadata, gen, shape=INPUT_SHAPE):
 
 
 def write_model(out, name, model, model_args, metadata, gen, stages, feature=lambda o: o,
-                shape=IMAGE_SHAPE):
+                shape=IMAGE_SHAPE, residual=False):
     """A model directory for `name` built with `model_args`, with the outputs of `stages`
-    (`feature` picks the map from a stage's output)."""
+    (`feature` picks the map from a stage's output; with `residual` the stage's input is added,
+    for models whose loop adds it)."""
     randomize_(model, gen)
     model.eval()
     x = torch.randn(shape, generator=gen)
     features = []
-    hooks = [s.register_forward_hook(lambda _m, _i, o: features.append(feature(o))) for s in stages]
+
+    def hook(_m, i, o):
+        features.append(feature(o) + i[0] if residual else feature(o))
+
+    hooks = [s.register_forward_hook(hook) for s in stages]
     with torch.no_grad():
         logits = model(x)
     for h in hooks:
@@ -133,6 +144,8 @@ def main():
     ap.add_argument("--casvit-commit", required=True)
     ap.add_argument("--efficientvim-repo")
     ap.add_argument("--efficientvim-commit")
+    ap.add_argument("--wavemix-repo")
+    ap.add_argument("--wavemix-commit")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
@@ -170,6 +183,8 @@ def main():
     )
     if args.efficientvim_repo:
         write_efficientvim(args, common, gen)
+    if args.wavemix_repo:
+        write_wavemix(args, common, gen)
 
 
 def write_efficientvim(args, common, gen):
@@ -221,6 +236,60 @@ def write_efficientvim(args, common, gen):
         feature=lambda o: o[1],
         shape=(2, 3, 96, 96),
     )
+
+
+def write_wavemix(args, common, gen):
+    """WaveMix (pranavphoenix/WaveMix): a level-3 wave block alone, a small level-3 WaveMix
+    with the patchify stem and a small level-1 one (wavemix_lite) with the strided stem."""
+    import numpy
+
+    # wavemix/__init__.py imports numpy.lib.function_base (removed in numpy 2) and never uses it.
+    stub = types.ModuleType("numpy.lib.function_base")
+    stub.hamming = numpy.hamming
+    sys.modules["numpy.lib.function_base"] = stub
+    sys.path.insert(0, args.wavemix_repo)
+    import wavemix
+
+    timm_py = load_module(
+        os.path.join(args.wavemix_repo, "Image_Classification", "timm.py"), "wavemix_timm"
+    )
+    meta = {
+        **common,
+        "reference": "https://github.com/pranavphoenix/WaveMix wavemix/__init__.py, "
+        "Image_Classification/timm.py",
+        "commit": args.wavemix_commit,
+    }
+    write(
+        os.path.join(args.out, "mixers"),
+        "wave_block",
+        wavemix.Level3Waveblock(mult=2, ff_channel=24, final_dim=24, dropout=0.5),
+        {**meta, "module": "Level3Waveblock (mult 2, ff_channel = final_dim = 24: the mixer's defaults)"},
+        gen,
+        shape=(2, 24, 8, 16),
+    )
+    for name, extra in [
+        ("wavemix_custom", {"level": 3}),
+        ("wavemix_lite_custom", {"level": 1, "initial_conv": "strided", "stride": 2}),
+    ]:
+        model_args = {
+            "num_classes": 5,
+            "depth": 2,
+            "mult": 2,
+            "ff_channel": 16,
+            "final_dim": 24,
+            **extra,
+        }
+        model = timm_py.WaveMix(**model_args)
+        write_model(
+            args.out,
+            name,
+            model,
+            model_args,
+            {**meta, "module": f"timm.py WaveMix ({name.split('_custom')[0]}'s kind, small model_args)"},
+            gen,
+            list(model.layers),
+            residual=True,
+        )
 
 
 if __name__ == "__main__":

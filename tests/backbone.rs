@@ -38,11 +38,13 @@ const FIXTURES: &[(&str, &str)] = &[
     ("raftmlp_resized", "classifier"),
     ("affnet_et", "classifier.fc"),
     ("rcvit_xs_custom", "head|dist_head"),
+    ("wavemix_custom", "head.2"),
+    ("wavemix_lite_custom", "head.2"),
 ];
 
 /// Families whose feature maps are per block at the patch stride.
 fn is_isotropic(family: &str) -> bool {
-    matches!(family, "mlp_mixer" | "gfnet" | "mamba_mixer")
+    matches!(family, "mlp_mixer" | "gfnet" | "mamba_mixer" | "wave_mix")
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -53,6 +53,11 @@ fn additive_token_mixer_matches_cas_vit() {
 }
 
 #[test]
+fn wave_block_matches_wavemix() {
+    check("wave_block");
+}
+
+#[test]
 fn hsm_ssd_matches_efficientvim() {
     check("hsm_ssd");
 }

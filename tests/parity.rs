@@ -292,6 +292,30 @@ fn efficientvim_trainable_path_matches_mlvlab() {
 }
 
 #[test]
+fn wavemix_matches_the_authors() {
+    check("wavemix_custom");
+    check("wavemix_lite_custom");
+}
+
+/// WaveMix with trainable weights: the batch norms after the transposed convolutions and in the
+/// stem are unfolded, and the gradients reach every level's layers and the stem.
+#[test]
+fn wavemix_trainable_path_matches_the_authors() {
+    check_trainable(
+        "wavemix_custom",
+        &[
+            "conv.0.weight",
+            "conv.4.weight",
+            "layers.0.reduction.weight",
+            "layers.0.feedforward3.0.weight",
+            "layers.1.feedforward1.4.weight",
+            "layers.1.feedforward2.5.bias",
+            "head.2.weight",
+        ],
+    );
+}
+
+#[test]
 fn efficientvim_matches_mlvlab() {
     check("EfficientViM_M1_custom");
 }

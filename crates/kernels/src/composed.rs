@@ -150,17 +150,26 @@ pub fn conv_transpose2d_nhwc(
 pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
-    let x = x.pad_with_zeros(1, 0, 2 * ho - h)?.pad_with_zeros(2, 0, 2 * wo - w)?;
+    let x = x
+        .pad_with_zeros(1, 0, 2 * ho - h)?
+        .pad_with_zeros(2, 0, 2 * wo - w)?;
     let blocks = x.reshape((b, ho, 2, wo, 2, c))?;
     let at = |dy: usize, dx: usize| -> Result<Tensor> {
-        blocks.narrow(2, dy, 1)?.narrow(4, dx, 1)?.reshape((b, ho, wo, c))
+        blocks
+            .narrow(2, dy, 1)?
+            .narrow(4, dx, 1)?
+            .reshape((b, ho, wo, c))
     };
     let (pa, pb, pc, pd) = (at(0, 0)?, at(0, 1)?, at(1, 0)?, at(1, 1)?);
     let (s0, s1) = ((&pa + &pb)?, (&pc + &pd)?);
     let (d0, d1) = ((&pa - &pb)?, (&pc - &pd)?);
     let low = ((&s0 + &s1)? * 0.5)?;
     let highs = Tensor::stack(
-        &[((&s0 - &s1)? * 0.5)?, ((&d0 + &d1)? * 0.5)?, ((&d0 - &d1)? * 0.5)?],
+        &[
+            ((&s0 - &s1)? * 0.5)?,
+            ((&d0 + &d1)? * 0.5)?,
+            ((&d0 - &d1)? * 0.5)?,
+        ],
         4,
     )?
     .reshape((b, ho, wo, 3 * c))?;

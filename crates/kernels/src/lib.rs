@@ -241,11 +241,17 @@ pub fn conv_transpose2d_nhwc(
     let (b, h, w, cin) = x.dims4()?;
     let (k, s, p) = (window.kernel, window.stride, window.padding);
     let cout = composed::check_conv_transpose_nhwc(x, matrix, bias, k)?;
-    let out_len = |n: usize| ((n.max(1) - 1) * s + k).checked_sub(2 * p).filter(|&o| o > 0);
+    let out_len = |n: usize| {
+        ((n.max(1) - 1) * s + k)
+            .checked_sub(2 * p)
+            .filter(|&o| o > 0)
+    };
     let (Some(ho), Some(wo)) = (out_len(h), out_len(w)) else {
         return Err(KernelError::Param {
             op: "conv_transpose2d_nhwc",
-            msg: format!("a {h}x{w} input gives no output with kernel {k}, stride {s}, padding {p}"),
+            msg: format!(
+                "a {h}x{w} input gives no output with kernel {k}, stride {s}, padding {p}"
+            ),
         }
         .into());
     };

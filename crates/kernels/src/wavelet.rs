@@ -71,7 +71,8 @@ impl CustomOp1 for HaarDwt {
             .enumerate()
             .for_each(|(r, dst)| {
                 let (image, oy) = (r / ho, r % ho);
-                let row = |iy: usize| &x[((image * h) + iy) * w * c..((image * h) + iy + 1) * w * c];
+                let row =
+                    |iy: usize| &x[((image * h) + iy) * w * c..((image * h) + iy + 1) * w * c];
                 let top = row(2 * oy);
                 let bottom = (2 * oy + 1 < h).then(|| row(2 * oy + 1));
                 for (ox, out) in dst.chunks_exact_mut(4 * c).enumerate() {

@@ -1311,7 +1311,10 @@ fn haar_by_definition(x: &Tensor) -> Tensor {
             for ox in 0..wo {
                 for ch in 0..c {
                     let (pa, pb) = (at(n, 2 * oy, 2 * ox, ch), at(n, 2 * oy, 2 * ox + 1, ch));
-                    let (pc, pd) = (at(n, 2 * oy + 1, 2 * ox, ch), at(n, 2 * oy + 1, 2 * ox + 1, ch));
+                    let (pc, pd) = (
+                        at(n, 2 * oy + 1, 2 * ox, ch),
+                        at(n, 2 * oy + 1, 2 * ox + 1, ch),
+                    );
                     let base = ((n * ho + oy) * wo + ox) * 4 * c;
                     out[base + ch] = (pa + pb + pc + pd) / 2.0;
                     out[base + c + 3 * ch] = (pa + pb - pc - pd) / 2.0;
@@ -1326,7 +1329,13 @@ fn haar_by_definition(x: &Tensor) -> Tensor {
 
 #[test]
 fn haar_dwt_matches_its_definition_and_composition() {
-    for (b, h, w, c) in [(1, 2, 2, 1), (2, 6, 4, 3), (2, 7, 5, 4), (1, 1, 3, 2), (3, 9, 8, 5)] {
+    for (b, h, w, c) in [
+        (1, 2, 2, 1),
+        (2, 6, 4, 3),
+        (2, 7, 5, 4),
+        (1, 1, 3, 2),
+        (3, 9, 8, 5),
+    ] {
         let permuted = non_contiguous([b, c, h, w]).permute((0, 2, 3, 1)).unwrap();
         for x in [randn(&[b, h, w, c]), permuted] {
             let want = haar_by_definition(&x);
@@ -1341,7 +1350,10 @@ fn haar_dwt_matches_its_definition_and_composition() {
             assert!(max_abs_diff(&inverse, &composed_inverse) < 1e-5);
             if h % 2 == 0 && w % 2 == 0 {
                 let d = max_abs_diff(&inverse, &x.contiguous().unwrap());
-                assert!(d < 1e-5, "{h}x{w}: the adjoint does not invert, max diff {d}");
+                assert!(
+                    d < 1e-5,
+                    "{h}x{w}: the adjoint does not invert, max diff {d}"
+                );
             }
         }
     }
@@ -1372,7 +1384,10 @@ fn haar_dwt_adjoint_rejects_mismatched_coefficients() {
     let e = tokenmix_kernels::haar_dwt_adjoint(&randn(&[1, 3, 2, 8]), 7, 5)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("coefficients") && e.contains("(B, 4, 3, 4C)"), "{e}");
+    assert!(
+        e.contains("coefficients") && e.contains("(B, 4, 3, 4C)"),
+        "{e}"
+    );
     let e = tokenmix_kernels::haar_dwt_adjoint(&randn(&[1, 4, 3, 6]), 7, 5)
         .unwrap_err()
         .to_string();
@@ -1424,7 +1439,9 @@ fn channel_last_conv_transpose_matches_candle() {
     ] {
         let weight = randn(&[cin, cout, k, k]);
         let bias = randn(&[cout]);
-        let permuted = non_contiguous([b, cin, h, w]).permute((0, 2, 3, 1)).unwrap();
+        let permuted = non_contiguous([b, cin, h, w])
+            .permute((0, 2, 3, 1))
+            .unwrap();
         for x in [randn(&[b, h, w, cin]), permuted] {
             for bias in [None, Some(&bias)] {
                 let label = format!("{h}x{w} {cin}->{cout} k{k} s{s} p{p}");

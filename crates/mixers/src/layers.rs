@@ -455,7 +455,7 @@ impl Pointwise {
     }
 
     /// `act(self(x))`, with the bias add folded into exact GELU's pass.
-    fn forward_act(&self, x: &Tensor, act: &Act) -> Result<Tensor> {
+    pub fn forward_act(&self, x: &Tensor, act: &Act) -> Result<Tensor> {
         match (&self.bias, act) {
             (Some(bias), Act::Gelu) => {
                 let y = self.matmul(x)?;

@@ -28,7 +28,7 @@
 //! (PoolFormer), [`random_mixing`] (RandFormer), [`sepconv`] (ConvFormer), [`attention`]
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
-//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM). [`layers`] holds the building blocks the backbones share (norms,
+//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -71,6 +71,7 @@ registry! {
     aff::AdaptiveFrequencyFilterConfig,
     additive::AdditiveTokenMixerConfig,
     hsm_ssd::HsmSsdConfig,
+    wave::WaveBlockConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
@@ -87,6 +88,7 @@ pub use shift::MixShift;
 pub use spatial_gating::SpatialGatingUnit;
 pub use ssm::Mamba;
 pub use token_mlp::TokenMlp;
+pub use wave::WaveBlock;
 
 /// The tensor layout a token mixer consumes and produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

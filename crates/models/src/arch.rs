@@ -150,6 +150,13 @@ pub trait Architecture: DynFamily + Debug + Send + Sync {
         candle_core::bail!("{name} cannot be resized to {expected:?}")
     }
 
+    /// Renames from the authors' checkpoint names to the model's: `(from, to)` prefixes, the
+    /// first that matches a stored name replacing its start (timm's `checkpoint_filter_fn`, as
+    /// data). Applied to every checkpoint loaded or converted for the model.
+    fn checkpoint_renames(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// How training initializes convolution weights.
     fn conv_init(&self) -> ConvInit {
         ConvInit::TruncNormal

@@ -255,7 +255,40 @@ pub fn read_checked(
     Ok(tensors)
 }
 
-/// Compares the tensors of a safetensors file with what the model needs.
+/// The model's name for a stored tensor `name`: `cfg`'s first matching
+/// [`checkpoint_renames`](crate::Architecture::checkpoint_renames) prefix replaced.
+fn model_name_of(name: &str, cfg: &ArchConfig) -> String {
+    cfg.checkpoint_renames()
+        .iter()
+        .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// The stored name of every tensor a checkpoint holds, keyed by the model's name for it (see
+/// [`model_name_of`]); a second stored tensor for the same model name is returned apart, as
+/// unexpected.
+fn stored_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    cfg: &ArchConfig,
+) -> (HashMap<String, &'a str>, Vec<String>) {
+    let mut names: Vec<&str> = names.into_iter().collect();
+    names.sort_unstable();
+    let (mut by_model, mut duplicates) = (HashMap::with_capacity(names.len()), Vec::new());
+    for name in names {
+        match by_model.entry(model_name_of(name, cfg)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(name);
+            }
+            std::collections::hash_map::Entry::Occupied(e) => {
+                duplicates.push(format!("{name} (a second {})", e.key()))
+            }
+        }
+    }
+    (by_model, duplicates)
+}
+
+/// Compares the tensors of a safetensors file with what the model needs (stored names mapped
+/// to the model's by [`stored_names`]).
 fn check_tensors(
     st: &SafeTensors,
     expected: &[TensorSpec],
@@ -263,14 +296,15 @@ fn check_tensors(
 ) -> std::result::Result<(), String> {
     let wanted: HashMap<&str, &Vec<usize>> =
         expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let (stored, duplicates) = stored_names(st.names(), cfg);
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     let mut bad_dtype = Vec::new();
     let mut non_finite = Vec::new();
     for (name, shape) in expected {
-        match st.tensor(name) {
-            Err(_) => missing.push(name.clone()),
-            Ok(view) => {
+        match stored.get(name).map(|s| st.tensor(s)) {
+            None | Some(Err(_)) => missing.push(name.clone()),
+            Some(Ok(view)) => {
                 if view.shape() != shape.as_slice() && !cfg.can_resize(name, view.shape(), shape) {
                     misshaped.push(format!(
                         "{name} (expected {shape:?}, found {:?})",
@@ -282,11 +316,11 @@ fn check_tensors(
         }
     }
     // Batch-norm step counters carry no weights; checkpoints of BN models have them.
-    let mut unexpected: Vec<String> = st
-        .names()
-        .into_iter()
-        .filter(|n| !wanted.contains_key(*n) && !n.ends_with("num_batches_tracked"))
-        .map(str::to_string)
+    let mut unexpected: Vec<String> = stored
+        .iter()
+        .filter(|(n, _)| !wanted.contains_key(n.as_str()) && !n.ends_with("num_batches_tracked"))
+        .map(|(_, s)| s.to_string())
+        .chain(duplicates)
         .collect();
     missing.sort();
     unexpected.sort();
@@ -388,6 +422,7 @@ pub fn convert_pth(
         expected.iter().map(|(n, _)| n.as_str()).collect();
     let kept: Vec<(String, crate::pth::PthTensor)> = tensors
         .into_iter()
+        .map(|(n, t)| (model_name_of(&n, cfg), t))
         .filter(|(n, _)| wanted.contains(n.as_str()))
         .collect();
     crate::pth::to_safetensors(&kept)
@@ -428,9 +463,11 @@ fn load_expected(
         model: model_name.to_string(),
         details,
     })?;
+    let (stored, _) = stored_names(st.names(), cfg);
     let mut tensors = HashMap::with_capacity(expected.len());
     for (name, shape) in expected {
-        let view = st.tensor(name).map_err(|e| Error::Safetensors {
+        let stored_name = stored.get(name).copied().unwrap_or(name);
+        let view = st.tensor(stored_name).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;

@@ -280,4 +280,5 @@ families! {
     affnet::AffNetConfig,
     rcvit::RcVitConfig,
     efficientvim::EfficientVimConfig,
+    wavemix::WaveMixConfig,
 }

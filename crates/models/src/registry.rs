@@ -241,6 +241,14 @@ mod tests {
             ("rcvit_s", 5_764_224),
             ("rcvit_m", 12_421_520),
             ("rcvit_t", 21_763_120),
+            ("wavemix", 27_857_608),
+            ("wavemix_lite", 12_494_536),
+            ("wavemix_73", 49_416_808),
+            ("wavemix_level4_imagenet_70_42", 62_764_776),
+            ("wavemix_cifar10_94_58", 3_042_550),
+            ("wavemix_cifar10_95_37", 17_073_610),
+            ("wavemix_cifar100_77_82", 10_954_084),
+            ("wavemix_cifar100_78_81", 13_611_492),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
