@@ -16,10 +16,18 @@ Files (all written by torch.save; PROVENANCE.json records torch's version and th
     into the authors' RCViT (strict load_state_dict), saved from its state_dict() (batch-norm
     num_batches_tracked included) as the authors' training checkpoints hold it, under 'model'
     beside 'epoch', 'optimizer' and 'args'.
+  * EfficientViM_M1_custom.pth (with --efficientvim-repo): tests/fixtures/EfficientViM_M1_custom
+    loaded into the authors' EfficientViM, saved as their save_checkpoint_ema writes it: 'model'
+    and 'model_ema' state dicts beside 'epoch', 'max_accuracy', 'optimizer' and 'config' (an
+    argparse.Namespace standing in for their yacs config).
+  * wavemix_custom.pth (with --wavemix-repo): tests/fixtures/wavemix_custom loaded into the
+    authors' wavemix/classification.py WaveMix (classifier `pool.2`, not timm.py's `head.2`),
+    saved as a plain state dict as their released weights are.
 
-Usage (venv outside the repo with torch, timm, einops, safetensors):
+Usage (venv outside the repo with torch, timm, einops, safetensors; PyWavelets for WaveMix):
     python scripts/make_pth_fixtures.py [--casvit-repo DIR --casvit-commit COMMIT] \
-        [--out tests/fixtures/pth]
+        [--efficientvim-repo DIR --efficientvim-commit COMMIT] \
+        [--wavemix-repo DIR --wavemix-commit COMMIT] [--out tests/fixtures/pth]
 """
 import argparse
 import collections
@@ -69,10 +77,35 @@ def load_module(path, name):
     return module
 
 
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+
+def fixture_path(name):
+    return os.path.join(FIXTURES, name, "model.safetensors")
+
+
+def fixture_args(name):
+    with open(os.path.join(FIXTURES, name, "config.json")) as f:
+        return json.load(f)["model_args"]
+
+
+def load_fixture(model, name):
+    """Loads fixture `name`'s weights strictly (batch-norm step counters aside)."""
+    missing, unexpected = model.load_state_dict(load_file(fixture_path(name)), strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (
+        missing,
+        unexpected,
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--casvit-repo")
     ap.add_argument("--casvit-commit")
+    ap.add_argument("--efficientvim-repo")
+    ap.add_argument("--efficientvim-commit")
+    ap.add_argument("--wavemix-repo")
+    ap.add_argument("--wavemix-commit")
     ap.add_argument("--out", default="tests/fixtures/pth")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -122,6 +155,58 @@ def main():
             "reference": "https://github.com/Tianfang-Zhang/CAS-ViT classification/model/rcvit.py",
             "commit": args.casvit_commit,
             "weights": "tests/fixtures/rcvit_xs_custom/model.safetensors",
+        }
+    if args.efficientvim_repo:
+        import types
+
+        sys.path.insert(0, os.path.join(args.efficientvim_repo, "classification"))
+        fvcore, fvcore_nn = types.ModuleType("fvcore"), types.ModuleType("fvcore.nn")
+        fvcore_nn.flop_count = None
+        sys.modules.update({"fvcore": fvcore, "fvcore.nn": fvcore_nn})
+        from models import EfficientViM as evim
+
+        model = evim.EfficientViM(**fixture_args("EfficientViM_M1_custom"))
+        load_fixture(model, "EfficientViM_M1_custom")
+        checkpoint = {
+            "model": model.state_dict(),
+            "model_ema": model.state_dict(),
+            "epoch": 299,
+            "max_accuracy": 72.9,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 2e-3}]},
+            "config": argparse.Namespace(MODEL=argparse.Namespace(NAME="EfficientViM_M1")),
+        }
+        torch.save(checkpoint, out("EfficientViM_M1_custom.pth"))
+        files.append("EfficientViM_M1_custom.pth")
+        provenance["EfficientViM_M1_custom.pth"] = {
+            "reference": "https://github.com/mlvlab/EfficientViM classification/models/EfficientViM.py",
+            "commit": args.efficientvim_commit,
+            "weights": "tests/fixtures/EfficientViM_M1_custom/model.safetensors",
+        }
+    if args.wavemix_repo:
+        import types
+
+        import numpy
+
+        stub = types.ModuleType("numpy.lib.function_base")
+        stub.hamming = numpy.hamming
+        sys.modules["numpy.lib.function_base"] = stub
+        sys.path.insert(0, args.wavemix_repo)
+        from wavemix.classification import WaveMix
+
+        model = WaveMix(**fixture_args("wavemix_custom"))
+        weights = {
+            k.replace("head.2.", "pool.2."): v
+            for k, v in load_file(fixture_path("wavemix_custom")).items()
+        }
+        model.load_state_dict(weights, strict=False)
+        missing = set(model.state_dict()) - set(weights)
+        assert all(k.endswith("num_batches_tracked") for k in missing), missing
+        torch.save(model.state_dict(), out("wavemix_custom.pth"))
+        files.append("wavemix_custom.pth")
+        provenance["wavemix_custom.pth"] = {
+            "reference": "https://github.com/pranavphoenix/WaveMix wavemix/classification.py",
+            "commit": args.wavemix_commit,
+            "weights": "tests/fixtures/wavemix_custom/model.safetensors",
         }
     provenance["files"] = files
     with open(out("PROVENANCE.json"), "w") as f:

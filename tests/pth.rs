@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use tokenmix::models::pth::{read_state_dict, Dtype, PthTensor};
-use tokenmix::models::{checkpoint, load_model_dir, Error};
+use tokenmix::models::{checkpoint, load_model_dir, Error, LoadedModel};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -160,12 +160,13 @@ fn storages_must_hold_what_the_pickle_says() {
     assert!(err.contains("big-endian"), "{err}");
 }
 
-/// The CAS-ViT fixture's weights saved by the authors' RCViT as a training checkpoint load
-/// through every path and give the authors' logits.
-#[test]
-fn authors_checkpoint_loads_and_matches() {
+/// Fixture `name`'s weights as the authors' code saved them (`pth/{name}.pth`) load from a model
+/// directory as `pytorch_model.bin` and give the authors' logits; converted, they hold exactly
+/// the model's tensors under its names and load as safetensors to the same logits. Returns the
+/// loaded model and the checkpoint's bytes.
+fn authors_pth_loads_and_converts(name: &str, model_name: &str) -> (LoadedModel, Vec<u8>) {
     let device = Device::Cpu;
-    let src = fixture("rcvit_xs_custom");
+    let src = fixture(name);
     let reference =
         candle_core::safetensors::load(src.join("reference.safetensors"), &device).unwrap();
     let want = &reference["logits"];
@@ -173,27 +174,29 @@ fn authors_checkpoint_loads_and_matches() {
         let err = (logits - want).unwrap().sqr().unwrap().sum_all().unwrap();
         let norm = want.sqr().unwrap().sum_all().unwrap();
         let rel = (err.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
-        assert!(rel <= 1e-4, "relative L2 error {rel:e}");
+        assert!(rel <= 1e-4, "{name}: relative L2 error {rel:e}");
     };
+    let pth_path = fixture(&format!("pth/{name}.pth"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    std::fs::copy(
-        fixture("pth/rcvit_xs_custom.pth"),
-        dir.path().join("pytorch_model.bin"),
-    )
-    .unwrap();
+    std::fs::copy(&pth_path, dir.path().join("pytorch_model.bin")).unwrap();
     let model = load_model_dir(dir.path(), &device).unwrap();
     check(model.forward(&reference["input"]).unwrap());
 
     // Converted: exactly the model's tensors (no num_batches_tracked), loadable as safetensors.
-    let pth = std::fs::read(fixture("pth/rcvit_xs_custom.pth")).unwrap();
+    let pth = std::fs::read(&pth_path).unwrap();
     let st =
-        checkpoint::convert_pth(&pth, Path::new("c.pth"), &model.config, "rcvit_xs", None).unwrap();
-    let names = candle_core::safetensors::load_buffer(&st, &Device::Cpu)
+        checkpoint::convert_pth(&pth, Path::new("c.pth"), &model.config, model_name, None).unwrap();
+    let converted = candle_core::safetensors::load_buffer(&st, &Device::Cpu).unwrap();
+    let mut names: Vec<String> = converted.into_keys().collect();
+    let mut expected: Vec<String> = checkpoint::expected_tensors(&model.config)
         .unwrap()
-        .len();
-    let expected = checkpoint::expected_tensors(&model.config).unwrap().len();
-    assert_eq!(names, expected);
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected, "{name}");
     std::fs::remove_file(dir.path().join("pytorch_model.bin")).unwrap();
     std::fs::write(dir.path().join("model.safetensors"), &st).unwrap();
     check(
@@ -202,6 +205,65 @@ fn authors_checkpoint_loads_and_matches() {
             .forward(&reference["input"])
             .unwrap(),
     );
+    (model, pth)
+}
+
+/// EfficientViM's training checkpoint layout (`model` and `model_ema` beside the optimizer and
+/// config) loads by its `model` entry.
+#[test]
+fn efficientvim_checkpoint_loads_and_matches() {
+    authors_pth_loads_and_converts("EfficientViM_M1_custom", "EfficientViM_M1");
+}
+
+/// WaveMix's released weights name the classifier `pool.2` (wavemix/classification.py); the
+/// family's declared rename maps it onto timm.py's `head.2`, for `.pth` and safetensors alike.
+#[test]
+fn wavemix_checkpoint_loads_through_its_rename() {
+    let (model, pth) = authors_pth_loads_and_converts("wavemix_custom", "wavemix");
+    let tensors = read_state_dict(&pth, Path::new("w.pth"), None).unwrap();
+    assert!(tensors.iter().any(|(n, _)| n == "pool.2.weight"));
+    assert!(!tensors.iter().any(|(n, _)| n.starts_with("head.")));
+    // A safetensors file with the authors' names loads too.
+    let st = tokenmix::models::pth::to_safetensors(&tensors).unwrap();
+    let loaded = checkpoint::load_safetensors_bytes(
+        &st,
+        Path::new("w.safetensors"),
+        &model.config,
+        "wavemix",
+        &Device::Cpu,
+    );
+    assert!(loaded.is_ok(), "{:?}", loaded.err());
+    // Both names at once is an error naming the second.
+    let mut both = tensors.clone();
+    let head = both
+        .iter()
+        .find(|(n, _)| n == "pool.2.weight")
+        .unwrap()
+        .1
+        .clone();
+    both.push(("head.2.weight".to_string(), head));
+    let st = tokenmix::models::pth::to_safetensors(&both).unwrap();
+    let err = checkpoint::load_safetensors_bytes(
+        &st,
+        Path::new("w.safetensors"),
+        &model.config,
+        "wavemix",
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("unexpected tensors") && err.contains("a second head.2.weight"),
+        "{err}"
+    );
+}
+
+/// The CAS-ViT fixture's weights saved by the authors' RCViT as a training checkpoint load
+/// through every path and give the authors' logits.
+#[test]
+fn authors_checkpoint_loads_and_matches() {
+    let device = Device::Cpu;
+    let (_, pth) = authors_pth_loads_and_converts("rcvit_xs_custom", "rcvit_xs");
 
     // A checkpoint of another model is refused by name.
     let other = load_model_dir(&fixture("poolformer_s12"), &device).unwrap();
