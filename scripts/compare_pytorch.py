@@ -13,8 +13,9 @@ Prints a markdown table (and --json FILE writes every round's raw numbers).
 
 Models timm does not have come from the authors' code: `--reference FILE` (repeatable) imports
 a model file whose `@register_model` functions add their names to timm's registry, e.g.
-`--reference CAS-ViT/classification/model/rcvit.py --models rcvit_xs` (a checkout outside the
-repo; its imports must be installed in the venv).
+`--reference CAS-ViT/classification/model/rcvit.py --models rcvit_xs` or
+`--reference WaveMix/Image_Classification/timm.py --models wavemix_lite` (checkouts outside the
+repo; their imports must be installed in the venv: WaveMix needs PyWavelets).
 
 Run through scripts/compare_pytorch.sh, which sets up torch + timm in a venv outside the repo.
 """
@@ -35,6 +36,12 @@ except ImportError:
     _fv, _fvnn = _types.ModuleType("fvcore"), _types.ModuleType("fvcore.nn")
     _fvnn.flop_count = None
     sys.modules.update({"fvcore": _fv, "fvcore.nn": _fvnn})
+import numpy as _np
+if not hasattr(_np.lib, "function_base"):
+    # WaveMix imports numpy.lib.function_base (gone in numpy 2) and never uses it.
+    _fb = _types.ModuleType("numpy.lib.function_base")
+    _fb.hamming = _np.hamming
+    sys.modules["numpy.lib.function_base"] = _fb
 for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
     _dir, _name = _os.path.dirname(_path), _os.path.basename(_path)[:-3]
     if _os.path.exists(_os.path.join(_dir, "__init__.py")):
@@ -43,7 +50,11 @@ for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pa
         sys.path.insert(0, _os.path.dirname(_dir))
         importlib.import_module(_os.path.basename(_dir) + "." + _name)
         continue
-    _spec = importlib.util.spec_from_file_location(_name, _path)
+    # The checkout root too, for files importing their repository's package (WaveMix's
+    # Image_Classification/timm.py imports wavemix/); the module gets its own name, as WaveMix's
+    # timm.py would shadow timm.
+    sys.path.insert(0, _os.path.dirname(_os.path.abspath(_dir)))
+    _spec = importlib.util.spec_from_file_location("tokenmix_reference_" + _name, _path)
     _mod = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
     _spec.loader.exec_module(_mod)

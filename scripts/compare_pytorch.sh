@@ -8,7 +8,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${TOKENMIX_VENV:-$root/../tokenmix-venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch timm safetensors onnx onnxruntime onnxscript
+  "$venv/bin/pip" install -q torch timm safetensors onnx onnxruntime onnxscript einops PyWavelets
 fi
 (cd "$root" && cargo build --release --quiet)
 exec "$venv/bin/python" "$root/scripts/compare_pytorch.py" "$@"

@@ -287,7 +287,8 @@ def write_wavemix(args, common, gen):
             model_args,
             {**meta, "module": f"timm.py WaveMix ({name.split('_custom')[0]}'s kind, small model_args)"},
             gen,
-            list(model.layers),
+            # The isotropic families' features: the last block's map (WaveMix has no final norm).
+            [model.layers[-1]],
             residual=True,
         )
 

@@ -353,7 +353,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 18] = [
+const DEFAULT_BENCH: [&str; 19] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -372,6 +372,7 @@ const DEFAULT_BENCH: [&str; 18] = [
     "affnet_et",
     "rcvit_xs",
     "EfficientViM_M1",
+    "wavemix_lite",
 ];
 
 fn main() {

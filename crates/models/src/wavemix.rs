@@ -195,13 +195,15 @@ impl Family for WaveMixConfig {
 
     /// `wavemix` and `wavemix_lite` as timm.py registers them (top-1 from their weights' file
     /// names); the others are the configs of the authors' `Saved_weights` scripts, named after
-    /// the scripts (top-1 on their dataset, from the script names).
+    /// the scripts (top-1 on their dataset, from the script names). The level-4 model's input is
+    /// 256²: its maps must halve four times after the stride-4 stem, which the reference's 224²
+    /// does not allow (its scripts give no size).
     #[rustfmt::skip]
     const MODELS: &'static [ModelEntry] = &[
         entry!("wavemix", "wavemix", Some(75.06), ArchConfig::new(WaveMixConfig::new(3, 192, 16)), pretrained: imagenet()),
         entry!("wavemix_lite", "wavemix", Some(71.18), ArchConfig::new(WaveMixConfig::new(1, 192, 16)), pretrained: imagenet()),
         entry!("wavemix_73", "wavemix", Some(73.03), ArchConfig::new(WaveMixConfig::new(3, 256, 16)), pretrained: imagenet()),
-        entry!("wavemix_level4_imagenet_70_42", "wavemix", Some(70.42), ArchConfig::new(WaveMixConfig::new(4, 256, 16).strided(2, 1000)), pretrained: imagenet()),
+        entry!("wavemix_level4_imagenet_70_42", "wavemix", Some(70.42), ArchConfig::new(WaveMixConfig::new(4, 256, 16).strided(2, 1000)), pretrained: PretrainedCfg { input_size: vec![3, 256, 256], ..imagenet() }),
         entry!("wavemix_cifar10_94_58", "wavemix", Some(94.58), ArchConfig::new(WaveMixConfig::new(1, 144, 7).strided(1, 10)), pretrained: PretrainedCfg { num_classes: 10, ..cifar() }),
         entry!("wavemix_cifar10_95_37", "wavemix", Some(95.37), ArchConfig::new(WaveMixConfig::new(1, 320, 8).strided(1, 10)), pretrained: PretrainedCfg { num_classes: 10, ..cifar() }),
         entry!("wavemix_cifar100_77_82", "wavemix", Some(77.82), ArchConfig::new(WaveMixConfig::new(1, 256, 8).strided(1, 100)), pretrained: PretrainedCfg { num_classes: 100, ..cifar() }),
@@ -376,18 +378,10 @@ impl ImageModel for WaveMix {
         self.cfg.num_classes
     }
 
+    /// The last block's map, as the other isotropic families give theirs.
     fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let all: Vec<usize> = (0..self.layers.len()).collect();
-        self.forward_intermediates_t(x, &all, false, train)
-    }
-
-    /// Only the last block's map is laid out channel-first for the head.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let last = self.layers.len().saturating_sub(1);
-        match self.forward_intermediates_t(x, &[last], false, train)?.last() {
-            Some(f) => self.forward_head(f),
-            None => candle_core::bail!("model produced no features"),
-        }
+        self.forward_intermediates_t(x, &[last], false, train)
     }
 
     fn forward_intermediates_t(
