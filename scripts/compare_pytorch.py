@@ -58,6 +58,13 @@ for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pa
     _mod = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _mod  # the authors' @register_model adds their names to timm's
     _spec.loader.exec_module(_mod)
+def _create(name):
+    try:
+        return timm.create_model(name)
+    except TypeError:
+        # Entry points that pass timm's pretrained_cfg on to a constructor that takes no such
+        # argument (WaveMix's wavemix_lite): call the registered function itself.
+        return timm.models.model_entrypoint(name)(pretrained=False)
 """
 
 def worker(template):
@@ -71,7 +78,7 @@ import torch, timm
 name, batch, iters, threads, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 #REFERENCE_IMPORT
-model = timm.create_model(name).eval()
+model = _create(name).eval()
 def median_time(x, n):
     model(x)
     times = []
@@ -93,7 +100,7 @@ name, batch, iters, threads, size, path = sys.argv[1], int(sys.argv[2]), int(sys
 torch.set_num_threads(threads)
 #REFERENCE_IMPORT
 if not os.path.exists(path):
-    model = timm.create_model(name).eval()
+    model = _create(name).eval()
     with torch.no_grad():
         torch.onnx.export(model, torch.randn(1, 3, size, size), path, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
