@@ -1,7 +1,7 @@
 //! Dense convolution on channel-last maps: patches gathered into rows (`im2col`, one copy of
 //! `C` contiguous channels per tap), then one matrix product over the batch.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::KernelError;
@@ -138,20 +138,15 @@ pub(crate) struct Col2ImNhwc {
     pub(crate) input: (usize, usize, usize, usize),
 }
 
-impl CustomOp1 for Col2ImNhwc {
-    fn name(&self) -> &'static str {
-        "tokenmix-col2im-nhwc"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols = crate::error::contiguous_f32(storage, layout, "conv2d_nhwc backward", "grad")?;
-        let (b, h, w, c) = self.input;
+impl Col2ImNhwc {
+    /// Adds the rows `cols` onto `dx` `(B, H, W, C)`, each pixel's taps in one pass.
+    fn scatter(&self, cols: &[f32], dx: &mut [f32]) -> Result<()> {
+        let (_, h, w, c) = self.input;
         let (ho, wo) = self.window.output(h, w)?;
         let k = self.window.kernel;
         let row = k * k * c;
-        let mut dx = vec![0f32; b * h * w * c];
         if dx.is_empty() {
-            return Ok((CpuStorage::F32(dx), Shape::from(self.input)));
+            return Ok(());
         }
         dx.par_chunks_mut(w * c).enumerate().for_each(|(r, dst)| {
             let (image, iy) = (r / h, r % h);
@@ -177,11 +172,75 @@ impl CustomOp1 for Col2ImNhwc {
                 }
             }
         });
+        Ok(())
+    }
+}
+
+impl CustomOp1 for Col2ImNhwc {
+    fn name(&self) -> &'static str {
+        "tokenmix-col2im-nhwc"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let cols = crate::error::contiguous_f32(storage, layout, "conv2d_nhwc backward", "grad")?;
+        let (b, h, w, c) = self.input;
+        let mut dx = vec![0f32; b * h * w * c];
+        self.scatter(cols, &mut dx)?;
         Ok((CpuStorage::F32(dx), Shape::from(self.input)))
     }
 
     fn bwd(&self, _cols: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = Im2ColNhwc::new(self.window);
         Ok(Some(grad.contiguous()?.apply_op1(op)?))
+    }
+}
+
+/// [`Col2ImNhwc`] onto a map that starts as `bias` `(C)` at every pixel: the scatter of a
+/// transposed convolution with its bias, in one pass over the output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Col2ImBiasNhwc(pub(crate) Col2ImNhwc);
+
+impl CustomOp2 for Col2ImBiasNhwc {
+    fn name(&self) -> &'static str {
+        "tokenmix-col2im-bias-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "conv_transpose2d_nhwc";
+        let cols = crate::error::contiguous_f32(s1, l1, op, "rows")?;
+        let bias = crate::error::contiguous_f32(s2, l2, op, "bias")?;
+        let (b, h, w, c) = self.0.input;
+        if bias.len() != c {
+            return Err(crate::error::shape_error_of(
+                op,
+                "bias",
+                format!("[{c}]"),
+                l2.dims(),
+            ));
+        }
+        let mut dx = bias.repeat(b * h * w);
+        self.0.scatter(cols, &mut dx)?;
+        Ok((CpuStorage::F32(dx), Shape::from(self.0.input)))
+    }
+
+    fn bwd(
+        &self,
+        _cols: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = self.0.input.3;
+        let rows = grad
+            .contiguous()?
+            .apply_op1(Im2ColNhwc::new(self.0.window))?;
+        let bias = grad.reshape(((), c))?.sum(0)?;
+        Ok((Some(rows), Some(bias)))
     }
 }

@@ -230,8 +230,8 @@ pub fn conv_transpose_weight_matrix(weight: &Tensor) -> Result<Tensor> {
 /// padding), plus an optional `bias` `(Cout)`: output `(B, Ho, Wo, Cout)` with
 /// `Ho = (H - 1) * stride - 2 * padding + k`, the values of PyTorch's `conv_transpose2d` of `x`
 /// permuted to `(B, Cin, H, W)`, permuted back. On the CPU every pixel is multiplied by `matrix`
-/// in one product and the rows are summed into the output (the adjoint of the patch gather of
-/// [`conv2d_nhwc`]); elsewhere the input is permuted around candle's `conv_transpose2d`.
+/// in one product and the rows are summed into an output that starts as the bias (the adjoint of
+/// the patch gather of [`conv2d_nhwc`]); elsewhere the input is permuted around candle's `conv_transpose2d`.
 pub fn conv_transpose2d_nhwc(
     x: &Tensor,
     matrix: &Tensor,
@@ -265,10 +265,12 @@ pub fn conv_transpose2d_nhwc(
         window,
         input: (b, ho, wo, cout),
     };
-    let y = rows.apply_op1(op)?;
     match bias {
-        Some(bias) => y.broadcast_add(bias),
-        None => Ok(y),
+        Some(bias) if same_dtype(x, &[bias]) => {
+            rows.apply_op2(&bias.contiguous()?, conv::Col2ImBiasNhwc(op))
+        }
+        Some(bias) => rows.apply_op1(op)?.broadcast_add(bias),
+        None => rows.apply_op1(op),
     }
 }
 
