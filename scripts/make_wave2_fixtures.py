@@ -23,6 +23,11 @@ References (checkouts given on the command line, never committed):
     Image_Classification/timm.py `WaveMix` (needs timm, einops, PyWavelets; the module's
     `numpy.lib.function_base` import, gone from numpy 2, is stubbed).
 
+  * inception_mixer and the iformer_small fixture (small `model_args`, img_size 64 run at
+    96x96 so that every position embedding is interpolated; square: the reference views its
+    attention output as sqrt(N) x sqrt(N)): sail-sg/iFormer, models/inception_transformer.py,
+    `Mixer` and `InceptionTransformer`.
+
   * hsm_ssd and the EfficientViM_M1 fixture (small `model_args`, distillation heads, square
     96x96 input: the reference reshapes its maps as H x H): mlvlab/EfficientViM,
     classification/models/EfficientViM.py, `HSMSSD` and `EfficientViM`.
@@ -31,7 +36,8 @@ Usage (venv outside the repo with torch, timm, einops, safetensors):
     python scripts/make_wave2_fixtures.py --casvit-repo /path/to/Tianfang-Zhang/CAS-ViT \
         --casvit-commit COMMIT [--efficientvim-repo /path/to/mlvlab/EfficientViM \
         --efficientvim-commit COMMIT] [--wavemix-repo /path/to/pranavphoenix/WaveMix \
-        --wavemix-commit COMMIT] [--out tests/fixtures]
+        --wavemix-commit COMMIT] [--iformer-repo /path/to/sail-sg/iFormer \
+        --iformer-commit COMMIT] [--out tests/fixtures]
 """
 import argparse
 import importlib.util
@@ -146,6 +152,8 @@ def main():
     ap.add_argument("--efficientvim-commit")
     ap.add_argument("--wavemix-repo")
     ap.add_argument("--wavemix-commit")
+    ap.add_argument("--iformer-repo")
+    ap.add_argument("--iformer-commit")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
@@ -185,6 +193,8 @@ def main():
         write_efficientvim(args, common, gen)
     if args.wavemix_repo:
         write_wavemix(args, common, gen)
+    if args.iformer_repo:
+        write_iformer(args, common, gen)
 
 
 def write_efficientvim(args, common, gen):
@@ -291,6 +301,60 @@ def write_wavemix(args, common, gen):
             [model.layers[-1]],
             residual=True,
         )
+
+
+def write_iformer(args, common, gen):
+    """Inception Transformer (sail-sg/iFormer): the inception mixer alone and a small model."""
+    import timm.layers
+
+    # The reference imports timm 0.5's timm.models.layers.helpers, gone from timm 1.0.
+    helpers = types.ModuleType("timm.models.layers.helpers")
+    helpers.to_2tuple = timm.layers.to_2tuple
+    sys.modules["timm.models.layers.helpers"] = helpers
+    ref = load_module(
+        os.path.join(args.iformer_repo, "models", "inception_transformer.py"), "inception_transformer"
+    )
+    meta = {
+        **common,
+        "reference": "https://github.com/sail-sg/iFormer models/inception_transformer.py",
+        "commit": args.iformer_commit,
+    }
+
+    class Mixer(ref.Mixer):
+        """The reference's Mixer takes (B, H, W, C); the fixtures are channel-first."""
+
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    write(
+        os.path.join(args.out, "mixers"),
+        "inception_mixer",
+        Mixer(64, num_heads=2, qkv_bias=True, attention_head=1, pool_size=2),
+        {**meta, "module": "Mixer (dim 64, num_heads 2: head_dim 32, attention_head 1, pool_size 2)"},
+        gen,
+        shape=(2, 64, 8, 8),
+    )
+    model_args = {
+        "img_size": 64,
+        "embed_dims": [64, 96, 128, 160],
+        "depths": [1, 1, 2, 1],
+        "num_heads": [2, 3, 4, 5],
+        "attention_heads": [1, 2, 2, 3, 3],
+        "use_layer_scale": True,
+        "num_classes": 5,
+    }
+    model = ref.InceptionTransformer(**model_args)
+    write_model(
+        args.out,
+        "iformer_small_custom",
+        model,
+        model_args,
+        {**meta, "module": "InceptionTransformer (small model_args, img_size 64 run at 96x96)"},
+        gen,
+        [model.blocks1, model.blocks2, model.blocks3, model.blocks4],
+        feature=lambda o: o.permute(0, 3, 1, 2),
+        shape=(2, 3, 96, 96),
+    )
 
 
 if __name__ == "__main__":

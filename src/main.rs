@@ -353,7 +353,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 19] = [
+const DEFAULT_BENCH: [&str; 20] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -373,6 +373,7 @@ const DEFAULT_BENCH: [&str; 19] = [
     "rcvit_xs",
     "EfficientViM_M1",
     "wavemix_lite",
+    "iformer_small",
 ];
 
 fn main() {

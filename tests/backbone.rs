@@ -40,6 +40,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("rcvit_xs_custom", "head|dist_head"),
     ("wavemix_custom", "head.2"),
     ("wavemix_lite_custom", "head.2"),
+    ("iformer_small_custom", "head"),
 ];
 
 /// Families whose feature maps are per block at the patch stride.

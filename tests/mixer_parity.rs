@@ -58,6 +58,11 @@ fn wave_block_matches_wavemix() {
 }
 
 #[test]
+fn inception_mixer_matches_iformer() {
+    check("inception_mixer");
+}
+
+#[test]
 fn hsm_ssd_matches_efficientvim() {
     check("hsm_ssd");
 }

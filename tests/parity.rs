@@ -315,6 +315,33 @@ fn wavemix_trainable_path_matches_the_authors() {
     );
 }
 
+/// Run at 96x96 with position embeddings for 64x64, so every stage interpolates its embedding.
+#[test]
+fn iformer_matches_sail_sg() {
+    check("iformer_small_custom");
+}
+
+/// iFormer with trainable weights: the gradients reach the stem, the interpolated position
+/// embeddings, both high-frequency branches, the attention and the layer scales.
+#[test]
+fn iformer_trainable_path_matches_sail_sg() {
+    check_trainable(
+        "iformer_small_custom",
+        &[
+            "patch_embed.proj1.weight",
+            "patch_embed.norm2.weight",
+            "pos_embed1",
+            "pos_embed4",
+            "blocks1.0.attn.high_mixer.proj1.weight",
+            "blocks2.0.attn.high_mixer.proj2.bias",
+            "blocks3.1.attn.low_mixer.qkv.weight",
+            "blocks3.0.layer_scale_1",
+            "blocks4.0.attn.conv_fuse.weight",
+            "norm.weight",
+        ],
+    );
+}
+
 #[test]
 fn efficientvim_matches_mlvlab() {
     check("EfficientViM_M1_custom");

@@ -28,7 +28,7 @@
 //! (PoolFormer), [`random_mixing`] (RandFormer), [`sepconv`] (ConvFormer), [`attention`]
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
-//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix). [`layers`] holds the building blocks the backbones share (norms,
+//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -72,6 +72,7 @@ registry! {
     additive::AdditiveTokenMixerConfig,
     hsm_ssd::HsmSsdConfig,
     wave::WaveBlockConfig,
+    inception::InceptionMixerConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
@@ -79,6 +80,7 @@ pub use attention::Attention;
 pub use gated_conv::GatedConv;
 pub use global_filter::GlobalFilter;
 pub use identity::Identity;
+pub use inception::InceptionMixer;
 pub use linear_tokens::LinearTokens;
 pub use pooling::Pooling;
 pub use raft::RaftTokenMixing;

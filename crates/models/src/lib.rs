@@ -281,4 +281,5 @@ families! {
     rcvit::RcVitConfig,
     efficientvim::EfficientVimConfig,
     wavemix::WaveMixConfig,
+    iformer::IFormerConfig,
 }

@@ -163,7 +163,7 @@ mod tests {
     fn globs_and_substrings_select_models() {
         assert_eq!(list_models("caformer_*").len(), 4);
         assert_eq!(list_models("").len(), all_models().count());
-        assert_eq!(all_models().count(), 82);
+        assert_eq!(all_models().count(), 88);
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
@@ -249,6 +249,12 @@ mod tests {
             ("wavemix_cifar10_95_37", 17_073_610),
             ("wavemix_cifar100_77_82", 10_954_084),
             ("wavemix_cifar100_78_81", 13_611_492),
+            ("iformer_small", 19_866_344),
+            ("iformer_base", 47_866_216),
+            ("iformer_large", 86_637_096),
+            ("iformer_small_384", 20_899_944),
+            ("iformer_base_384", 48_936_296),
+            ("iformer_large_384", 87_743_656),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
