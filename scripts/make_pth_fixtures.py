@@ -23,11 +23,15 @@ Files (all written by torch.save; PROVENANCE.json records torch's version and th
   * wavemix_custom.pth (with --wavemix-repo): tests/fixtures/wavemix_custom loaded into the
     authors' wavemix/classification.py WaveMix (classifier `pool.2`, not timm.py's `head.2`),
     saved as a plain state dict as their released weights are.
+  * iformer_small_custom.pth (with --iformer-repo): tests/fixtures/iformer_small_custom loaded
+    into the authors' InceptionTransformer, saved as a plain state dict as their released
+    weights are (their iformer_* functions call load_state_dict on the file itself).
 
 Usage (venv outside the repo with torch, timm, einops, safetensors; PyWavelets for WaveMix):
     python scripts/make_pth_fixtures.py [--casvit-repo DIR --casvit-commit COMMIT] \
         [--efficientvim-repo DIR --efficientvim-commit COMMIT] \
-        [--wavemix-repo DIR --wavemix-commit COMMIT] [--out tests/fixtures/pth]
+        [--wavemix-repo DIR --wavemix-commit COMMIT] \
+        [--iformer-repo DIR --iformer-commit COMMIT] [--out tests/fixtures/pth]
 """
 import argparse
 import collections
@@ -106,6 +110,8 @@ def main():
     ap.add_argument("--efficientvim-commit")
     ap.add_argument("--wavemix-repo")
     ap.add_argument("--wavemix-commit")
+    ap.add_argument("--iformer-repo")
+    ap.add_argument("--iformer-commit")
     ap.add_argument("--out", default="tests/fixtures/pth")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -207,6 +213,27 @@ def main():
             "reference": "https://github.com/pranavphoenix/WaveMix wavemix/classification.py",
             "commit": args.wavemix_commit,
             "weights": "tests/fixtures/wavemix_custom/model.safetensors",
+        }
+    if args.iformer_repo:
+        import types
+
+        import timm.layers
+
+        helpers = types.ModuleType("timm.models.layers.helpers")
+        helpers.to_2tuple = timm.layers.to_2tuple
+        sys.modules["timm.models.layers.helpers"] = helpers
+        ref = load_module(
+            os.path.join(args.iformer_repo, "models", "inception_transformer.py"),
+            "inception_transformer",
+        )
+        model = ref.InceptionTransformer(**fixture_args("iformer_small_custom"))
+        load_fixture(model, "iformer_small_custom")
+        torch.save(model.state_dict(), out("iformer_small_custom.pth"))
+        files.append("iformer_small_custom.pth")
+        provenance["iformer_small_custom.pth"] = {
+            "reference": "https://github.com/sail-sg/iFormer models/inception_transformer.py",
+            "commit": args.iformer_commit,
+            "weights": "tests/fixtures/iformer_small_custom/model.safetensors",
         }
     provenance["files"] = files
     with open(out("PROVENANCE.json"), "w") as f:

@@ -215,6 +215,12 @@ fn efficientvim_checkpoint_loads_and_matches() {
     authors_pth_loads_and_converts("EfficientViM_M1_custom", "EfficientViM_M1");
 }
 
+/// iFormer's released weights are a plain state dict.
+#[test]
+fn iformer_checkpoint_loads_and_matches() {
+    authors_pth_loads_and_converts("iformer_small_custom", "iformer_small");
+}
+
 /// WaveMix's released weights name the classifier `pool.2` (wavemix/classification.py); the
 /// family's declared rename maps it onto timm.py's `head.2`, for `.pth` and safetensors alike.
 #[test]
