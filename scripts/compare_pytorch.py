@@ -42,6 +42,13 @@ if not hasattr(_np.lib, "function_base"):
     _fb = _types.ModuleType("numpy.lib.function_base")
     _fb.hamming = _np.hamming
     sys.modules["numpy.lib.function_base"] = _fb
+try:
+    import timm.models.layers.helpers  # noqa: F401  (iFormer imports timm 0.5's to_2tuple)
+except ImportError:
+    import timm.layers as _tl
+    _h = _types.ModuleType("timm.models.layers.helpers")
+    _h.to_2tuple = _tl.to_2tuple
+    sys.modules["timm.models.layers.helpers"] = _h
 for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
     _dir, _name = _os.path.dirname(_path), _os.path.basename(_path)[:-3]
     if _os.path.exists(_os.path.join(_dir, "__init__.py")):
