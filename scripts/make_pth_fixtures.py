@@ -26,12 +26,16 @@ Files (all written by torch.save; PROVENANCE.json records torch's version and th
   * iformer_small_custom.pth (with --iformer-repo): tests/fixtures/iformer_small_custom loaded
     into the authors' InceptionTransformer, saved as a plain state dict as their released
     weights are (their iformer_* functions call load_state_dict on the file itself).
+  * ffnet_3_custom.pth.tar (with --ffnet-repo): tests/fixtures/ffnet_3_custom loaded into the
+    authors' (unfused) FFNet, saved as their timm train script's CheckpointSaver writes it:
+    'state_dict' and 'state_dict_ema' beside 'epoch', 'arch', 'optimizer', 'version' and 'args'.
 
 Usage (venv outside the repo with torch, timm, einops, safetensors; PyWavelets for WaveMix):
     python scripts/make_pth_fixtures.py [--casvit-repo DIR --casvit-commit COMMIT] \
         [--efficientvim-repo DIR --efficientvim-commit COMMIT] \
         [--wavemix-repo DIR --wavemix-commit COMMIT] \
-        [--iformer-repo DIR --iformer-commit COMMIT] [--out tests/fixtures/pth]
+        [--iformer-repo DIR --iformer-commit COMMIT] [--ffnet-repo DIR --ffnet-commit COMMIT] \
+        [--out tests/fixtures/pth]
 """
 import argparse
 import collections
@@ -112,6 +116,8 @@ def main():
     ap.add_argument("--wavemix-commit")
     ap.add_argument("--iformer-repo")
     ap.add_argument("--iformer-commit")
+    ap.add_argument("--ffnet-repo")
+    ap.add_argument("--ffnet-commit")
     ap.add_argument("--out", default="tests/fixtures/pth")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -234,6 +240,30 @@ def main():
             "reference": "https://github.com/sail-sg/iFormer models/inception_transformer.py",
             "commit": args.iformer_commit,
             "weights": "tests/fixtures/iformer_small_custom/model.safetensors",
+        }
+    if args.ffnet_repo:
+        import timm.models._builder as builder
+
+        if not hasattr(builder, "_update_default_kwargs"):
+            builder._update_default_kwargs = builder._update_default_model_kwargs
+        ref = load_module(os.path.join(args.ffnet_repo, "models", "ffnet.py"), "ffnet")
+        model = ref.FFNet(**fixture_args("ffnet_3_custom"))
+        load_fixture(model, "ffnet_3_custom")
+        checkpoint = {
+            "epoch": 299,
+            "arch": "ffnet_3",
+            "state_dict": model.state_dict(),
+            "state_dict_ema": model.state_dict(),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 4e-3}]},
+            "version": 2,
+            "args": argparse.Namespace(model="ffnet_3", input_size=[3, 256, 256]),
+        }
+        torch.save(checkpoint, out("ffnet_3_custom.pth.tar"))
+        files.append("ffnet_3_custom.pth.tar")
+        provenance["ffnet_3_custom.pth.tar"] = {
+            "reference": "https://github.com/ysj9909/FFNet models/ffnet.py",
+            "commit": args.ffnet_commit,
+            "weights": "tests/fixtures/ffnet_3_custom/model.safetensors",
         }
     provenance["files"] = files
     with open(out("PROVENANCE.json"), "w") as f:

@@ -28,6 +28,13 @@ References (checkouts given on the command line, never committed):
     attention output as sqrt(N) x sqrt(N)): sail-sg/iFormer, models/inception_transformer.py,
     `Mixer` and `InceptionTransformer`.
 
+  * ffn_token_mixer and the ffnet_3 fixture (small `model_args`, channel-mixer kernels
+    [3, 3, 7, 7] so both its forms are covered, odd non-square 67x93 input): ysj9909/FFNet,
+    models/ffnet.py, `Token_Mixer` and `FFNet`, in their training (unfused) form; the fixture's
+    reference.safetensors also holds `logits_fused`, the logits of the same weights after the
+    reference's own fusion (export_model.py's replace_batchnorm, re-typed here: it calls every
+    module's `fuse`). timm 1.0 renamed the `_update_default_kwargs` it imports; aliased.
+
   * hsm_ssd and the EfficientViM_M1 fixture (small `model_args`, distillation heads, square
     96x96 input: the reference reshapes its maps as H x H): mlvlab/EfficientViM,
     classification/models/EfficientViM.py, `HSMSSD` and `EfficientViM`.
@@ -37,7 +44,8 @@ Usage (venv outside the repo with torch, timm, einops, safetensors):
         --casvit-commit COMMIT [--efficientvim-repo /path/to/mlvlab/EfficientViM \
         --efficientvim-commit COMMIT] [--wavemix-repo /path/to/pranavphoenix/WaveMix \
         --wavemix-commit COMMIT] [--iformer-repo /path/to/sail-sg/iFormer \
-        --iformer-commit COMMIT] [--out tests/fixtures]
+        --iformer-commit COMMIT] [--ffnet-repo /path/to/ysj9909/FFNet --ffnet-commit COMMIT] \
+        [--out tests/fixtures]
 """
 import argparse
 import importlib.util
@@ -154,6 +162,8 @@ def main():
     ap.add_argument("--wavemix-commit")
     ap.add_argument("--iformer-repo")
     ap.add_argument("--iformer-commit")
+    ap.add_argument("--ffnet-repo")
+    ap.add_argument("--ffnet-commit")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
@@ -195,6 +205,8 @@ def main():
         write_wavemix(args, common, gen)
     if args.iformer_repo:
         write_iformer(args, common, gen)
+    if args.ffnet_repo:
+        write_ffnet(args, common, gen)
 
 
 def write_efficientvim(args, common, gen):
@@ -355,6 +367,69 @@ def write_iformer(args, common, gen):
         feature=lambda o: o.permute(0, 3, 1, 2),
         shape=(2, 3, 96, 96),
     )
+
+
+def replace_batchnorm(net):
+    """FFNet's export_model.py fusion: every child with a `fuse` method replaced by its result."""
+    for name, child in net.named_children():
+        if hasattr(child, "fuse"):
+            fused = child.fuse()
+            setattr(net, name, fused)
+            replace_batchnorm(fused)
+        else:
+            replace_batchnorm(child)
+
+
+def write_ffnet(args, common, gen):
+    """FFNet (ysj9909/FFNet): the FFNified token mixer alone and a small model, unfused, with the
+    logits of the reference's fused form beside."""
+    import copy
+
+    import timm.models._builder as builder
+    from safetensors.torch import load_file
+
+    if not hasattr(builder, "_update_default_kwargs"):
+        builder._update_default_kwargs = builder._update_default_model_kwargs
+    ref = load_module(os.path.join(args.ffnet_repo, "models", "ffnet.py"), "ffnet")
+    meta = {
+        **common,
+        "reference": "https://github.com/ysj9909/FFNet models/ffnet.py",
+        "commit": args.ffnet_commit,
+    }
+    write(
+        os.path.join(args.out, "mixers"),
+        "ffn_token_mixer",
+        ref.Token_Mixer(24, 7, 7),
+        {**meta, "module": "Token_Mixer (dim 24, kernel sizes 7 and 7: RepVGG pairs, unfused)"},
+        gen,
+    )
+    model_args = {
+        "embed_dim": [8, 16, 32, 64],
+        "in_dim": 8,
+        "depth": [1, 1, 2, 1],
+        "kernel_sizes": [3, 3, 7, 7],
+        "use_layer_scale": True,
+        "num_classes": 5,
+    }
+    model = ref.FFNet(**model_args)
+    write_model(
+        args.out,
+        "ffnet_3_custom",
+        model,
+        model_args,
+        {**meta, "module": "FFNet (ffnet_3's kind: layer scales; small model_args), unfused"},
+        gen,
+        list(model.stages),
+        shape=(2, 3, 67, 93),
+    )
+    path = os.path.join(args.out, "ffnet_3_custom", "reference.safetensors")
+    reference = load_file(path)
+    fused = copy.deepcopy(model).eval()
+    replace_batchnorm(fused)
+    with torch.no_grad():
+        reference["logits_fused"] = fused(reference["input"]).contiguous()
+    save_file(reference, path, metadata={**meta, "module": "FFNet (fused: logits_fused)"})
+    print("ffnet_3_custom: logits_fused added")
 
 
 if __name__ == "__main__":

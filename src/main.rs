@@ -353,7 +353,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 20] = [
+const DEFAULT_BENCH: [&str; 21] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -374,6 +374,7 @@ const DEFAULT_BENCH: [&str; 20] = [
     "EfficientViM_M1",
     "wavemix_lite",
     "iformer_small",
+    "ffnet_1",
 ];
 
 fn main() {

@@ -41,6 +41,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("wavemix_custom", "head.2"),
     ("wavemix_lite_custom", "head.2"),
     ("iformer_small_custom", "head"),
+    ("ffnet_3_custom", "head"),
 ];
 
 /// Families whose feature maps are per block at the patch stride.

@@ -63,6 +63,11 @@ fn inception_mixer_matches_iformer() {
 }
 
 #[test]
+fn ffn_token_mixer_matches_ffnet() {
+    check("ffn_token_mixer");
+}
+
+#[test]
 fn hsm_ssd_matches_efficientvim() {
     check("hsm_ssd");
 }

@@ -342,6 +342,48 @@ fn iformer_trainable_path_matches_sail_sg() {
     );
 }
 
+/// FFNet from the authors' training (unfused) checkpoint layout, folded at load, on an odd
+/// non-square input: its logits match both the reference's unfused model and the reference's
+/// own fused form (`logits_fused`).
+#[test]
+fn ffnet_matches_its_unfused_and_fused_forms() {
+    check("ffnet_3_custom");
+    let dir = fixture("ffnet_3_custom");
+    let model = load_model_dir(&dir, &Device::Cpu).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let logits = model.forward(&reference["input"]).unwrap();
+    let err = rel_l2(&logits, &reference["logits_fused"]);
+    assert!(
+        err <= TOLERANCE,
+        "ffnet_3_custom against the fused reference: {err:e}"
+    );
+}
+
+/// FFNet with trainable weights: the folds are recomputed each pass, so the gradients reach both
+/// branches of every RepVGG pair, the norms they fold and the layer scales.
+#[test]
+fn ffnet_trainable_path_matches_the_authors() {
+    check_trainable(
+        "ffnet_3_custom",
+        &[
+            "patch_embed.0.c.weight",
+            "patch_embed.2.bn.weight",
+            "stages.0.0.token_mixer.0.main.fc.bn.weight",
+            "stages.0.0.token_mixer.0.main.conv1.weight",
+            "stages.0.0.channel_mixer.main.conv.bn.bias",
+            "stages.2.1.token_mixer.0.main.conv1.conv.c.weight",
+            "stages.2.1.token_mixer.0.main.conv2.conv1.bn.weight",
+            "stages.2.0.proj.0.conv1.c.weight",
+            "stages.2.0.proj.1.conv.bn.weight",
+            "stages.3.1.channel_mixer.main.conv.conv.c.weight",
+            "stages.3.1.channel_mixer.layer_scale",
+            "stages.1.1.token_mixer.0.layer_scale",
+            "norm.weight",
+        ],
+    );
+}
+
 #[test]
 fn efficientvim_matches_mlvlab() {
     check("EfficientViM_M1_custom");

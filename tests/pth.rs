@@ -160,7 +160,7 @@ fn storages_must_hold_what_the_pickle_says() {
     assert!(err.contains("big-endian"), "{err}");
 }
 
-/// Fixture `name`'s weights as the authors' code saved them (`pth/{name}.pth`) load from a model
+/// Fixture `name`'s weights as the authors' code saved them (`pth/{name}.pth` or `.pth.tar`) load from a model
 /// directory as `pytorch_model.bin` and give the authors' logits; converted, they hold exactly
 /// the model's tensors under its names and load as safetensors to the same logits. Returns the
 /// loaded model and the checkpoint's bytes.
@@ -176,7 +176,11 @@ fn authors_pth_loads_and_converts(name: &str, model_name: &str) -> (LoadedModel,
         let rel = (err.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
         assert!(rel <= 1e-4, "{name}: relative L2 error {rel:e}");
     };
-    let pth_path = fixture(&format!("pth/{name}.pth"));
+    let pth_path = ["pth", "pth.tar"]
+        .iter()
+        .map(|ext| fixture(&format!("pth/{name}.{ext}")))
+        .find(|p| p.is_file())
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
     std::fs::copy(&pth_path, dir.path().join("pytorch_model.bin")).unwrap();
@@ -213,6 +217,13 @@ fn authors_pth_loads_and_converts(name: &str, model_name: &str) -> (LoadedModel,
 #[test]
 fn efficientvim_checkpoint_loads_and_matches() {
     authors_pth_loads_and_converts("EfficientViM_M1_custom", "EfficientViM_M1");
+}
+
+/// FFNet's training checkpoints (timm's CheckpointSaver: `state_dict` and `state_dict_ema`,
+/// unfused) load by their `state_dict` and are folded at load.
+#[test]
+fn ffnet_checkpoint_loads_and_matches() {
+    authors_pth_loads_and_converts("ffnet_3_custom", "ffnet_3");
 }
 
 /// iFormer's released weights are a plain state dict.

@@ -50,6 +50,11 @@ impl Scale {
         Self::new_named(dim, layout, "scale", vb)
     }
 
+    /// The scale of a loaded `[dim]` vector (a checkpoint's `(dim, 1, 1)` reshaped).
+    pub fn from_tensor(scale: Tensor, layout: MixerLayout) -> Self {
+        Self { scale, layout }
+    }
+
     /// Loads the `[dim]` vector called `name` (timm's `LayerScale` calls it `gamma`).
     pub fn new_named(dim: usize, layout: MixerLayout, name: &str, vb: VarBuilder) -> Result<Self> {
         Ok(Self {

@@ -28,7 +28,7 @@
 //! (PoolFormer), [`random_mixing`] (RandFormer), [`sepconv`] (ConvFormer), [`attention`]
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
-//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer). [`layers`] holds the building blocks the backbones share (norms,
+//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer), [`ffn`] (MetaMixer / FFNet). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -73,10 +73,12 @@ registry! {
     hsm_ssd::HsmSsdConfig,
     wave::WaveBlockConfig,
     inception::InceptionMixerConfig,
+    ffn::FfnTokenMixerConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
 pub use attention::Attention;
+pub use ffn::FfnTokenMixer;
 pub use gated_conv::GatedConv;
 pub use global_filter::GlobalFilter;
 pub use identity::Identity;

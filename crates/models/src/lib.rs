@@ -282,4 +282,5 @@ families! {
     efficientvim::EfficientVimConfig,
     wavemix::WaveMixConfig,
     iformer::IFormerConfig,
+    ffnet::FfNetConfig,
 }

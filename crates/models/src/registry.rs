@@ -163,7 +163,7 @@ mod tests {
     fn globs_and_substrings_select_models() {
         assert_eq!(list_models("caformer_*").len(), 4);
         assert_eq!(list_models("").len(), all_models().count());
-        assert_eq!(all_models().count(), 88);
+        assert_eq!(all_models().count(), 92);
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
@@ -255,6 +255,11 @@ mod tests {
             ("iformer_small_384", 20_899_944),
             ("iformer_base_384", 48_936_296),
             ("iformer_large_384", 87_743_656),
+            // FFNet in its training (unfused) form, as its checkpoints hold it.
+            ("ffnet_1", 13_775_656),
+            ("ffnet_2", 27_208_408),
+            ("ffnet_3", 48_817_896),
+            ("ffnet_4", 79_868_968),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
