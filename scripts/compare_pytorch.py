@@ -49,6 +49,10 @@ except ImportError:
     _h = _types.ModuleType("timm.models.layers.helpers")
     _h.to_2tuple = _tl.to_2tuple
     sys.modules["timm.models.layers.helpers"] = _h
+import timm.models._builder as _builder
+if not hasattr(_builder, "_update_default_kwargs"):
+    # FFNet imports timm 0.9's name of _update_default_model_kwargs.
+    _builder._update_default_kwargs = _builder._update_default_model_kwargs
 for _path in filter(None, _os.environ.get("TOKENMIX_REFERENCE", "").split(_os.pathsep)):
     _dir, _name = _os.path.dirname(_path), _os.path.basename(_path)[:-3]
     if _os.path.exists(_os.path.join(_dir, "__init__.py")):

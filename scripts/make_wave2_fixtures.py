@@ -342,7 +342,7 @@ def write_iformer(args, common, gen):
         os.path.join(args.out, "mixers"),
         "inception_mixer",
         Mixer(64, num_heads=2, qkv_bias=True, attention_head=1, pool_size=2),
-        {**meta, "module": "Mixer (dim 64, num_heads 2: head_dim 32, attention_head 1, pool_size 2)"},
+        {**meta, "module": "Mixer (dim 64, num_heads 2: head_dim 32 = dim / 2, attention_head 1, pool_size 2: the mixer's defaults)"},
         gen,
         shape=(2, 64, 8, 8),
     )

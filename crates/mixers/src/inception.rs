@@ -22,11 +22,14 @@ use crate::layers::{Act, Pointwise};
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// The reference's `HighMixer` on channel-last maps: `conv1` (1x1, no bias) and `proj1`
-/// (depthwise 3x3, no bias) on the first half of the channels, max-pool and `proj2` (1x1 with
-/// bias) on the second, each followed by GELU.
+/// (depthwise 3x3, no bias) on the first `dim / 2` channels, max-pool and `proj2` (1x1 with
+/// bias) on the rest, each doubling its channels and followed by GELU. (The reference takes
+/// `dim / 2` for both halves, so it needs an even `dim`; here an odd one gives the pooled half the
+/// extra channel.)
 #[derive(Debug, Clone)]
 struct HighMixer {
     half: usize,
+    rest: usize,
     conv1: Pointwise,
     proj1: Tensor,
     proj2: Pointwise,
@@ -34,20 +37,21 @@ struct HighMixer {
 
 impl HighMixer {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
-        let half = dim / 2;
+        let (half, rest) = (dim / 2, dim - dim / 2);
         let cl = MixerLayout::ChannelsLast;
         Ok(Self {
             half,
+            rest,
             conv1: Pointwise::conv1x1(half, 2 * half, false, cl, vb.pp("conv1"))?,
             proj1: vb.pp("proj1").get((2 * half, 1, 3, 3), "weight")?,
-            proj2: Pointwise::conv1x1(half, 2 * half, true, cl, vb.pp("proj2"))?,
+            proj2: Pointwise::conv1x1(rest, 2 * rest, true, cl, vb.pp("proj2"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let conv = self.conv1.forward(&x.narrow(3, 0, self.half)?)?;
         let conv = tokenmix_kernels::gelu(&depthwise_conv2d_nhwc(&conv, &self.proj1, None, 1, 1)?)?;
-        let pooled = max_pool3x3_nhwc(&x.narrow(3, self.half, self.half)?)?;
+        let pooled = max_pool3x3_nhwc(&x.narrow(3, self.half, self.rest)?)?;
         let pooled = self.proj2.forward_act(&pooled, &Act::Gelu)?;
         Tensor::cat(&[conv, pooled], 3)
     }
@@ -143,7 +147,8 @@ impl InceptionMixer {
     /// Loads the mixer of `config` for `dim` channels.
     pub fn new(config: &InceptionMixerConfig, dim: usize, vb: VarBuilder) -> Result<Self> {
         config.validate(dim)?;
-        let low_dim = config.attention_head * config.head_dim;
+        let head_dim = config.head_dim_for(dim);
+        let low_dim = config.attention_head * head_dim;
         let high_dim = dim - low_dim;
         let fused = 2 * high_dim + low_dim;
         Ok(Self {
@@ -151,7 +156,7 @@ impl InceptionMixer {
             high: HighMixer::new(high_dim, vb.pp("high_mixer"))?,
             low: LowMixer::new(
                 config.attention_head,
-                config.head_dim,
+                head_dim,
                 config.pool_size,
                 config.qkv_bias,
                 vb.pp("low_mixer"),
@@ -183,12 +188,13 @@ impl TokenMixer for InceptionMixer {
 
 /// Config of the [`InceptionMixer`]; JSON `{"type": "inception_mixer", "head_dim": 32,
 /// "attention_head": 1, "pool_size": 2, "qkv_bias": true}`. The reference derives `head_dim`
-/// as the block's `dim // num_heads` (32 in every iFormer).
+/// as the block's `dim // num_heads` (32 in every iFormer); `null` means half the block's
+/// width, so that the registered default fits any width.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InceptionMixerConfig {
-    /// Channels per attention head.
-    pub head_dim: usize,
+    /// Channels per attention head; `None` is `dim / 2`.
+    pub head_dim: Option<usize>,
     /// Attention heads; the low-frequency branch takes `attention_head * head_dim` channels.
     pub attention_head: usize,
     /// Side of the average pooling before the attention (iFormer: 2 in stages 1-2, else 1).
@@ -198,14 +204,21 @@ pub struct InceptionMixerConfig {
 }
 
 impl Default for InceptionMixerConfig {
-    /// iFormer's first stage: head dim 32, one attention head, 2x2 pooling, qkv bias.
+    /// One attention head over half the channels, 2x2 pooling, qkv bias.
     fn default() -> Self {
         Self {
-            head_dim: 32,
+            head_dim: None,
             attention_head: 1,
             pool_size: 2,
             qkv_bias: true,
         }
+    }
+}
+
+impl InceptionMixerConfig {
+    /// The head width for a block of `dim` channels.
+    pub fn head_dim_for(&self, dim: usize) -> usize {
+        self.head_dim.unwrap_or(dim / 2)
     }
 }
 
@@ -216,22 +229,22 @@ impl MixerSpec for InceptionMixerConfig {
 
     fn validate(&self, dim: usize) -> Result<()> {
         let bad = |msg: String| Err(config_error("inception_mixer", msg));
-        if !(1..=4096).contains(&self.head_dim) || !(1..=4096).contains(&self.attention_head) {
+        let head_dim = self.head_dim_for(dim);
+        if !(1..=4096).contains(&head_dim) || !(1..=4096).contains(&self.attention_head) {
             return bad(format!(
-                "head_dim and attention_head must be in 1..=4096, got {} and {}",
-                self.head_dim, self.attention_head
+                "head_dim and attention_head must be in 1..=4096, got {head_dim} and {}",
+                self.attention_head
             ));
         }
         if !(1..=64).contains(&self.pool_size) {
             return bad(format!("pool_size must be in 1..=64, got {}", self.pool_size));
         }
-        let low = self.attention_head * self.head_dim;
-        if low >= dim || (dim - low) % 2 != 0 {
+        let low = self.attention_head * head_dim;
+        if low + 2 > dim {
             return bad(format!(
-                "attention_head {} x head_dim {} = {low} attention channels leaves {} of {dim} \
-                 for the high-frequency branches; they need a positive even number",
+                "attention_head {} x head_dim {head_dim} = {low} attention channels leaves {} of {dim} \
+                 for the two high-frequency branches; they need at least 2",
                 self.attention_head,
-                self.head_dim,
                 dim as i64 - low as i64
             ));
         }
@@ -246,13 +259,13 @@ impl MixerSpec for InceptionMixerConfig {
     /// pooled grid, the fuse depthwise 3x3 and the projection.
     fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
         let n = (h * w) as u64;
-        let low = (self.attention_head * self.head_dim) as u64;
+        let low = (self.attention_head * self.head_dim_for(dim)) as u64;
         let high = (dim as u64).saturating_sub(low);
-        let half = high / 2;
+        let (half, rest) = (high / 2, high - high / 2);
         let fused = 2 * high + low;
         let p = self.pool_size.max(1);
         let pooled = if h >= p && w >= p { ((h / p) * (w / p)) as u64 } else { n };
-        let high_macs = n * (2 * half * half + 9 * 2 * half + 2 * half * half);
+        let high_macs = n * (2 * half * half + 9 * 2 * half + 2 * rest * rest);
         let low_macs = pooled * 3 * low * low + 2 * pooled * pooled * low;
         high_macs + low_macs + n * (9 * fused + fused * dim as u64)
     }

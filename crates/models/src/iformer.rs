@@ -92,7 +92,7 @@ impl IFormerConfig {
     /// The mixer of block `j` (over all stages) in stage `i`.
     fn mixer(&self, i: usize, j: usize) -> InceptionMixerConfig {
         InceptionMixerConfig {
-            head_dim: self.embed_dims[i] / self.num_heads[i].max(1),
+            head_dim: Some(self.embed_dims[i] / self.num_heads[i].max(1)),
             attention_head: self.attention_heads.get(j).copied().unwrap_or(1),
             pool_size: if i < 2 { 2 } else { 1 },
             qkv_bias: self.qkv_bias,
