@@ -62,7 +62,7 @@ pub struct RepVggDw {
 impl RepVggDw {
     /// Loads the pair mapping `in_dim` to `out_dim` (a multiple of it) channels.
     pub fn new(in_dim: usize, out_dim: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        if in_dim == 0 || out_dim % in_dim != 0 {
+        if in_dim == 0 || !out_dim.is_multiple_of(in_dim) {
             return Err(config_error(
                 "ffn_token_mixer",
                 format!("a RepVGG depthwise pair needs out channels ({out_dim}) a multiple of its in channels ({in_dim})"),

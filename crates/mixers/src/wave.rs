@@ -253,7 +253,7 @@ impl MixerSpec for WaveBlockConfig {
         if !(1..=4).contains(&self.level) {
             return bad(format!("level must be 1, 2, 3 or 4, got {}", self.level));
         }
-        if dim % 4 != 0 || dim == 0 {
+        if !dim.is_multiple_of(4) || dim == 0 {
             return bad(format!(
                 "the block's width must be a positive multiple of 4 (its reduction keeps a quarter), got {dim}"
             ));
