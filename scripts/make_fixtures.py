@@ -377,9 +377,10 @@ def raftmlp_cases(out, rf, gen):
         stamp(d, "okojoalg/raft-mlp libs.models.RaftMLP", ("raftmlp",))
 
 
-def affnet_case(out, aff_repo, gen):
+def affnet_case(out, aff_repo, gen, attn_norm="layer_norm_2d", fixture="affnet_et"):
     """AFFNet from microsoft/TokenMixers (cvnets), at small widths through its configuration
-    function, swish activation and layer_norm_2d block norms; batch-norm statistics redrawn too."""
+    function, swish activation and `attn_norm` block norms (the code's default layer_norm_2d, or
+    cvnets' per-pixel layer_norm); batch-norm statistics redrawn too."""
     import argparse
     import types
     sys.path.insert(0, aff_repo)
@@ -399,7 +400,8 @@ def affnet_case(out, aff_repo, gen):
     aff.get_configuration = lambda opts: config
     opts = argparse.Namespace()
     for k, v in {"model.classification.affnet.mode": "xx_small", "model.activation.name": "swish",
-                 "model.normalization.name": "batch_norm", "model.classification.n_classes": 10}.items():
+                 "model.normalization.name": "batch_norm", "model.classification.n_classes": 10,
+                 "model.classification.affnet.attn_norm_layer": attn_norm}.items():
         setattr(opts, k, v)
     try:
         import io, contextlib
@@ -423,9 +425,11 @@ def affnet_case(out, aff_repo, gen):
             feats.append(t)
         logits = model(x)
     args = dict(mode="xx_small", num_classes=10, activation="swish", **small)
+    if attn_norm != "layer_norm_2d":
+        args["attn_norm_layer"] = attn_norm
     cfg = dict(input_size=(3, 256, 256), interpolation="bicubic", crop_pct=0.875,
                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    d = os.path.join(out, "affnet_et")
+    d = os.path.join(out, fixture)
     write_model_dir(d, "affnet_et", model.state_dict(), args, cfg, 128)
     write_reference(d, x, logits, feats)
     stamp(d, "microsoft/TokenMixers 'Adaptive Frequency Filters' affnet.models.classification.affnet.AffNet, "

@@ -35,6 +35,11 @@ References (checkouts given on the command line, never committed):
     reference's own fusion (export_model.py's replace_batchnorm, re-typed here: it calls every
     module's `fuse`). timm 1.0 renamed the `_update_default_kwargs` it imports; aliased.
 
+  * affnet_et_layer_norm (with --affnet-repo): AFFNet-ET at small widths as
+    scripts/make_fixtures.py builds it (its `affnet_case`, reused), but with the AFF blocks'
+    norm set to cvnets' `layer_norm` (per pixel over channels, `(x - mean) / (std + eps)`), the
+    authors' training choice, instead of the code's default `layer_norm_2d`.
+
   * hsm_ssd and the EfficientViM_M1 fixture (small `model_args`, distillation heads, square
     96x96 input: the reference reshapes its maps as H x H): mlvlab/EfficientViM,
     classification/models/EfficientViM.py, `HSMSSD` and `EfficientViM`.
@@ -45,7 +50,7 @@ Usage (venv outside the repo with torch, timm, einops, safetensors):
         --efficientvim-commit COMMIT] [--wavemix-repo /path/to/pranavphoenix/WaveMix \
         --wavemix-commit COMMIT] [--iformer-repo /path/to/sail-sg/iFormer \
         --iformer-commit COMMIT] [--ffnet-repo /path/to/ysj9909/FFNet --ffnet-commit COMMIT] \
-        [--out tests/fixtures]
+        [--affnet-repo /path/to/microsoft/TokenMixers --affnet-commit COMMIT] [--out tests/fixtures]
 """
 import argparse
 import importlib.util
@@ -164,6 +169,8 @@ def main():
     ap.add_argument("--iformer-commit")
     ap.add_argument("--ffnet-repo")
     ap.add_argument("--ffnet-commit")
+    ap.add_argument("--affnet-repo")
+    ap.add_argument("--affnet-commit")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
@@ -207,6 +214,8 @@ def main():
         write_iformer(args, common, gen)
     if args.ffnet_repo:
         write_ffnet(args, common, gen)
+    if args.affnet_repo:
+        write_affnet_layer_norm(args, common, gen)
 
 
 def write_efficientvim(args, common, gen):
@@ -430,6 +439,23 @@ def write_ffnet(args, common, gen):
         reference["logits_fused"] = fused(reference["input"]).contiguous()
     save_file(reference, path, metadata={**meta, "module": "FFNet (fused: logits_fused)"})
     print("ffnet_3_custom: logits_fused added")
+
+
+def write_affnet_layer_norm(args, common, gen):
+    """AFFNet-ET with cvnets' per-pixel layer_norm in its AFF blocks, through make_fixtures.py's
+    own AFFNet case (its provenance stamp filled from this script's)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_fixtures as mf
+
+    mf.PROVENANCE.update(common)
+    mf.SOURCES["affnet"] = {
+        "url": "https://github.com/microsoft/TokenMixers",
+        "commit": args.affnet_commit,
+        "paths": ["Adaptive Frequency Filters"],
+    }
+    repo = os.path.join(args.affnet_repo, "Adaptive Frequency Filters")
+    mf.affnet_case(args.out, repo, gen, attn_norm="layer_norm", fixture="affnet_et_layer_norm")
+    print("affnet_et_layer_norm: written")
 
 
 if __name__ == "__main__":

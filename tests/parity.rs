@@ -218,6 +218,13 @@ fn affnet_matches_the_reference() {
     check("affnet_et");
 }
 
+/// AFFNet whose config.json says `attn_norm_layer: layer_norm` (cvnets' per-pixel LayerNorm,
+/// std + eps) loads the same tensor names and matches the authors' model built that way.
+#[test]
+fn affnet_with_cvnets_layer_norm_matches_the_reference() {
+    check("affnet_et_layer_norm");
+}
+
 #[test]
 fn rcvit_matches_cas_vit() {
     check("rcvit_xs_custom");

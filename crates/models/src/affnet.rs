@@ -5,8 +5,9 @@
 //!
 //! The released YAML configs (not in the public repository) fix two choices the code leaves
 //! open; tokenmix makes them configuration fields: the activation (`swish`, the cvnets MobileViT
-//! default) and the block norm (`layer_norm_2d`, i.e. GroupNorm with one group, eps 1e-5, the
-//! code's default for AFF blocks). Batch norms apply their running statistics as a per-channel
+//! default) and the AFF blocks' norm (`attn_norm_layer`: the code's default `layer_norm_2d`,
+//! GroupNorm with one group, or cvnets' `layer_norm`, per pixel over the channels, the authors'
+//! training default; both have the same tensor names, so the loaded config decides). Batch norms apply their running statistics as a per-channel
 //! scale and shift (in training too: they are not updated, the affine parameters are); their
 //! `num_batches_tracked` counters are ignored.
 
@@ -19,7 +20,7 @@ use tokenmix_mixers::aff::AdaptiveFrequencyFilterConfig;
 use tokenmix_mixers::layers::{Act, ActKind, Derived, Norm, NormConfig};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
-use crate::args::{only, parse, set};
+use crate::args::{parse, set};
 use crate::registry::{entry, ModelEntry};
 use crate::{ArchConfig, PretrainedCfg};
 use crate::features::{check_take, pruned_error, truncate_after_last};
@@ -48,6 +49,62 @@ pub struct AffNetConfig {
     pub sparsity_threshold: f64,
     /// Activation everywhere (cvnets' `model.activation.name`).
     pub activation: ActKind,
+    /// The AFF blocks' norm (cvnets' `model.classification.affnet.attn_norm_layer`).
+    #[serde(default)]
+    pub attn_norm_layer: AttnNorm,
+}
+
+/// The norm of AFFNet's AFF blocks (cvnets' `attn_norm_layer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AttnNorm {
+    /// `layer_norm_2d`: GroupNorm with one group over `(C, H, W)`, eps 1e-5 (the code's default).
+    #[default]
+    #[serde(rename = "layer_norm_2d")]
+    LayerNorm2d,
+    /// `layer_norm`: cvnets' `LayerNorm` on channel-first maps, per pixel over the channels,
+    /// `(x - mean) / (std + eps) * weight + bias` with eps 1e-5 added to the standard deviation
+    /// (not to the variance).
+    #[serde(rename = "layer_norm")]
+    LayerNorm,
+}
+
+/// A built [`AttnNorm`] on `(B, C, H, W)`, tensors `weight` and `bias` either way.
+#[derive(Debug)]
+enum BlockNorm {
+    Group(Norm),
+    Pixel { weight: Tensor, bias: Tensor },
+}
+
+impl BlockNorm {
+    const EPS: f64 = 1e-5;
+
+    fn new(kind: AttnNorm, c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            AttnNorm::LayerNorm2d => {
+                Self::Group(NormConfig::GROUP_NORM1.build(c, MixerLayout::Spatial, vb)?)
+            }
+            AttnNorm::LayerNorm => Self::Pixel {
+                weight: vb.get(c, "weight")?.reshape((c, 1, 1))?,
+                bias: vb.get(c, "bias")?.reshape((c, 1, 1))?,
+            },
+        })
+    }
+}
+
+impl Module for BlockNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Group(n) => n.forward(x),
+            Self::Pixel { weight, bias } => {
+                let centred = x.broadcast_sub(&x.mean_keepdim(1)?)?;
+                let std = centred.sqr()?.mean_keepdim(1)?.sqrt()?;
+                centred
+                    .broadcast_div(&(std + Self::EPS)?)?
+                    .broadcast_mul(weight)?
+                    .broadcast_add(bias)
+            }
+        }
+    }
 }
 
 impl AffNetConfig {
@@ -87,6 +144,7 @@ impl AffNetConfig {
             filter_blocks: 8,
             sparsity_threshold: 0.01,
             activation: ActKind::Silu,
+            attn_norm_layer: AttnNorm::LayerNorm2d,
         }
     }
 
@@ -114,8 +172,7 @@ enum Activation {
 }
 
 /// `model_args` of an AFFNet: `mode` (applied first) and the reference's options (`n_classes` or
-/// timm's `num_classes`), with the widths the modes fix; dropout is accepted and ignored,
-/// `attn_norm_layer` only as `layer_norm_2d`.
+/// timm's `num_classes`), with the widths the modes fix; dropout is accepted and ignored.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AffNetArgs {
@@ -129,7 +186,7 @@ struct AffNetArgs {
     aff_depths: Option<Vec<usize>>,
     mv2_expand: Option<f64>,
     ffn_ratio: Option<f64>,
-    attn_norm_layer: Option<Value>,
+    attn_norm_layer: Option<AttnNorm>,
     #[serde(rename = "dropout")]
     _dropout: Option<IgnoredAny>,
     #[serde(rename = "ffn_dropout")]
@@ -143,12 +200,6 @@ struct AffNetArgs {
 impl AffNetArgs {
     fn apply(self, cfg: &mut AffNetConfig) -> crate::Result<()> {
         let family = AffNetConfig::NAME;
-        only(
-            family,
-            "attn_norm_layer",
-            &self.attn_norm_layer,
-            "layer_norm_2d".into(),
-        )?;
         if let Some(mode) = self.mode {
             let preset = AffNetConfig::mode(&mode).ok_or_else(|| {
                 Error::config(
@@ -175,6 +226,7 @@ impl AffNetArgs {
             Activation::Relu => ActKind::Relu,
         });
         set(&mut cfg.activation, activation);
+        set(&mut cfg.attn_norm_layer, self.attn_norm_layer);
         Ok(())
     }
 }
@@ -445,9 +497,9 @@ impl Module for InvertedResidual {
 /// the filter's own residual `m`, inside `AFNO2D_channelfirst` in the reference, is added here).
 #[derive(Debug)]
 struct AffLayer {
-    norm1: Norm,
+    norm1: BlockNorm,
     mlp: InvertedResidual,
-    norm2: Norm,
+    norm2: BlockNorm,
     filter: Box<dyn TokenMixer>,
 }
 
@@ -455,21 +507,20 @@ struct AffLayer {
 #[derive(Debug)]
 struct AffBlock {
     layers: Vec<AffLayer>,
-    norm: Norm,
+    norm: BlockNorm,
     conv_proj: ConvBn,
     fusion: ConvBn,
 }
 
 impl AffBlock {
     fn new(cfg: &AffNetConfig, c: usize, depth: usize, vb: VarBuilder) -> Result<Self> {
-        let gn = NormConfig::GROUP_NORM1;
-        let sp = MixerLayout::Spatial;
+        let norm = |vb: VarBuilder| BlockNorm::new(cfg.attn_norm_layer, c, vb);
         let g = vb.pp("global_rep");
         let layers = (0..depth)
             .map(|j| {
                 let b = g.pp(j);
                 Ok(AffLayer {
-                    norm1: gn.build(c, sp, b.pp("norm1"))?,
+                    norm1: norm(b.pp("norm1"))?,
                     mlp: InvertedResidual::new(
                         c,
                         c,
@@ -478,14 +529,14 @@ impl AffBlock {
                         cfg.activation,
                         b.pp("mlp"),
                     )?,
-                    norm2: gn.build(c, sp, b.pp("norm2"))?,
+                    norm2: norm(b.pp("norm2"))?,
                     filter: cfg.filter().build(c, b.pp("filter"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
-            norm: gn.build(c, sp, g.pp(depth))?,
+            norm: norm(g.pp(depth))?,
             conv_proj: ConvBn::new(c, c, 1, 1, 1, None, vb.pp("conv_proj"))?,
             fusion: ConvBn::new(2 * c, c, 1, 1, 1, Some(cfg.activation), vb.pp("fusion"))?,
         })
