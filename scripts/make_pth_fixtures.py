@@ -146,6 +146,16 @@ def main():
         "command": "python " + " ".join(sys.argv),
         "writer": "torch.save (protocol 2 unless named)",
     }
+
+    def save_authors(obj, file, fixture, reference, commit):
+        """torch.save of fixture `fixture`'s weights as the authors' code holds them, recorded."""
+        torch.save(obj, out(file))
+        files.append(file)
+        provenance[file] = {
+            "reference": reference,
+            "commit": commit,
+            "weights": f"tests/fixtures/{fixture}/model.safetensors",
+        }
     if args.casvit_repo:
         rcvit = load_module(
             os.path.join(args.casvit_repo, "classification", "model", "rcvit.py"), "rcvit"
@@ -161,13 +171,9 @@ def main():
             "optimizer": {"state": {}, "param_groups": [{"lr": 6e-3, "weight_decay": 0.05}]},
             "args": argparse.Namespace(model="rcvit_xs", input_size=224, lr=6e-3),
         }
-        torch.save(checkpoint, out("rcvit_xs_custom.pth"))
-        files.append("rcvit_xs_custom.pth")
-        provenance["rcvit_xs_custom.pth"] = {
-            "reference": "https://github.com/Tianfang-Zhang/CAS-ViT classification/model/rcvit.py",
-            "commit": args.casvit_commit,
-            "weights": "tests/fixtures/rcvit_xs_custom/model.safetensors",
-        }
+        save_authors(
+            checkpoint, "rcvit_xs_custom.pth", "rcvit_xs_custom", "https://github.com/Tianfang-Zhang/CAS-ViT classification/model/rcvit.py", args.casvit_commit
+        )
     if args.efficientvim_repo:
         import types
 
@@ -187,13 +193,9 @@ def main():
             "optimizer": {"state": {}, "param_groups": [{"lr": 2e-3}]},
             "config": argparse.Namespace(MODEL=argparse.Namespace(NAME="EfficientViM_M1")),
         }
-        torch.save(checkpoint, out("EfficientViM_M1_custom.pth"))
-        files.append("EfficientViM_M1_custom.pth")
-        provenance["EfficientViM_M1_custom.pth"] = {
-            "reference": "https://github.com/mlvlab/EfficientViM classification/models/EfficientViM.py",
-            "commit": args.efficientvim_commit,
-            "weights": "tests/fixtures/EfficientViM_M1_custom/model.safetensors",
-        }
+        save_authors(
+            checkpoint, "EfficientViM_M1_custom.pth", "EfficientViM_M1_custom", "https://github.com/mlvlab/EfficientViM classification/models/EfficientViM.py", args.efficientvim_commit
+        )
     if args.wavemix_repo:
         import types
 
@@ -213,13 +215,9 @@ def main():
         model.load_state_dict(weights, strict=False)
         missing = set(model.state_dict()) - set(weights)
         assert all(k.endswith("num_batches_tracked") for k in missing), missing
-        torch.save(model.state_dict(), out("wavemix_custom.pth"))
-        files.append("wavemix_custom.pth")
-        provenance["wavemix_custom.pth"] = {
-            "reference": "https://github.com/pranavphoenix/WaveMix wavemix/classification.py",
-            "commit": args.wavemix_commit,
-            "weights": "tests/fixtures/wavemix_custom/model.safetensors",
-        }
+        save_authors(
+            model.state_dict(), "wavemix_custom.pth", "wavemix_custom", "https://github.com/pranavphoenix/WaveMix wavemix/classification.py", args.wavemix_commit
+        )
     if args.iformer_repo:
         import types
 
@@ -234,13 +232,9 @@ def main():
         )
         model = ref.InceptionTransformer(**fixture_args("iformer_small_custom"))
         load_fixture(model, "iformer_small_custom")
-        torch.save(model.state_dict(), out("iformer_small_custom.pth"))
-        files.append("iformer_small_custom.pth")
-        provenance["iformer_small_custom.pth"] = {
-            "reference": "https://github.com/sail-sg/iFormer models/inception_transformer.py",
-            "commit": args.iformer_commit,
-            "weights": "tests/fixtures/iformer_small_custom/model.safetensors",
-        }
+        save_authors(
+            model.state_dict(), "iformer_small_custom.pth", "iformer_small_custom", "https://github.com/sail-sg/iFormer models/inception_transformer.py", args.iformer_commit
+        )
     if args.ffnet_repo:
         import timm.models._builder as builder
 
@@ -258,13 +252,9 @@ def main():
             "version": 2,
             "args": argparse.Namespace(model="ffnet_3", input_size=[3, 256, 256]),
         }
-        torch.save(checkpoint, out("ffnet_3_custom.pth.tar"))
-        files.append("ffnet_3_custom.pth.tar")
-        provenance["ffnet_3_custom.pth.tar"] = {
-            "reference": "https://github.com/ysj9909/FFNet models/ffnet.py",
-            "commit": args.ffnet_commit,
-            "weights": "tests/fixtures/ffnet_3_custom/model.safetensors",
-        }
+        save_authors(
+            checkpoint, "ffnet_3_custom.pth.tar", "ffnet_3_custom", "https://github.com/ysj9909/FFNet models/ffnet.py", args.ffnet_commit
+        )
     provenance["files"] = files
     with open(out("PROVENANCE.json"), "w") as f:
         json.dump(provenance, f, indent=1)
