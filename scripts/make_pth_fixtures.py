@@ -29,13 +29,22 @@ Files (all written by torch.save; PROVENANCE.json records torch's version and th
   * ffnet_3_custom.pth.tar (with --ffnet-repo): tests/fixtures/ffnet_3_custom loaded into the
     authors' (unfused) FFNet, saved as their timm train script's CheckpointSaver writes it:
     'state_dict' and 'state_dict_ema' beside 'epoch', 'arch', 'optimizer', 'version' and 'args'.
+  * poolformer_s12_sail_custom.pth (with --poolformer-repo): a small PoolFormer built by
+    sail-sg/poolformer's own models/poolformer.py (original names: `network.{0..6}`,
+    `patch_embed.proj`, `layer_scale_1`, `norm`, `head`), every parameter drawn at random, saved as
+    a plain state dict as its released weights are; beside it the fixture directory
+    tests/fixtures/poolformer_s12_sail_custom (config.json with timm's poolformer_s12 keywords,
+    model.safetensors: the same weights under timm's names by timm's own checkpoint_filter_fn,
+    reference.safetensors: input, the sail-sg model's stage outputs and timm's logits on those
+    weights — sail-sg's head norms the whole map before its mean, timm's the pooled vector, and
+    timm's conversion renames only).
 
 Usage (venv outside the repo with torch, timm, einops, safetensors; PyWavelets for WaveMix):
     python scripts/make_pth_fixtures.py [--casvit-repo DIR --casvit-commit COMMIT] \
         [--efficientvim-repo DIR --efficientvim-commit COMMIT] \
         [--wavemix-repo DIR --wavemix-commit COMMIT] \
         [--iformer-repo DIR --iformer-commit COMMIT] [--ffnet-repo DIR --ffnet-commit COMMIT] \
-        [--out tests/fixtures/pth]
+        [--poolformer-repo DIR --poolformer-commit COMMIT] [--out tests/fixtures/pth]
 """
 import argparse
 import collections
@@ -106,6 +115,72 @@ def load_fixture(model, name):
     )
 
 
+def write_sail_poolformer(args, save_authors):
+    """A small PoolFormer from sail-sg/poolformer under its original names, and its fixture
+    directory under timm's names (see the module docstring)."""
+    import timm
+    from safetensors.torch import save_file
+    from timm.models.metaformer import checkpoint_filter_fn
+
+    ref = load_module(os.path.join(args.poolformer_repo, "models", "poolformer.py"), "poolformer")
+    gen = torch.Generator().manual_seed(7)
+    layers, dims = [1, 1, 2, 1], [16, 24, 32, 40]
+    model = ref.PoolFormer(layers, embed_dims=dims, mlp_ratios=[4] * 4, downsamples=[True] * 4,
+                           num_classes=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5 if p.dim() >= 2 else 2))
+    x = torch.randn(2, 3, 64, 96, generator=gen)
+    features = []
+    hooks = [model.network[i].register_forward_hook(lambda _m, _i, o: features.append(o))
+             for i in (0, 2, 4, 6)]
+    with torch.no_grad():
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    name = "poolformer_s12_sail_custom"
+    model_args = {"depths": layers, "dims": dims, "num_classes": 5}
+    # timm's poolformer_s12 entry point sets depths and dims itself; its kwargs with ours on top.
+    from timm.models import metaformer as tmf
+
+    timm_model = tmf.MetaFormer(
+        downsample_norm=None, mlp_act=torch.nn.GELU, mlp_bias=True, norm_layers=tmf.GroupNorm1,
+        layer_scale_init_values=1e-5, res_scale_init_values=None, use_mlp_head=False, **model_args,
+    )
+    timm_weights = checkpoint_filter_fn(model.state_dict(), timm_model)
+    timm_model.load_state_dict(timm_weights, strict=True)
+    # The stage outputs are sail-sg's; the logits timm's: sail-sg's head norms the map (GroupNorm)
+    # before the mean, timm's norms the pooled vector, and timm converts the names only.
+    with torch.no_grad():
+        logits = timm_model.eval()(x)
+    meta = {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "seed": "7",
+        "reference": "https://github.com/sail-sg/poolformer models/poolformer.py (PoolFormer)",
+        "commit": args.poolformer_commit,
+        "model.safetensors": "the same weights renamed by timm's metaformer checkpoint_filter_fn",
+    }
+    d = os.path.join(os.path.dirname(args.out.rstrip("/")), name)
+    os.makedirs(d, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in timm_weights.items()}, os.path.join(d, "model.safetensors"), metadata=meta)
+    reference = {"input": x, "logits": logits}
+    reference.update({f"features.{i}": f.contiguous() for i, f in enumerate(features)})
+    save_file(reference, os.path.join(d, "reference.safetensors"), metadata=meta)
+    config = {
+        "architecture": "poolformer_s12",
+        "num_classes": 5,
+        "model_args": model_args,
+        "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.9,
+                           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 5},
+    }
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_authors(model.state_dict(), f"{name}.pth", name,
+                 "https://github.com/sail-sg/poolformer models/poolformer.py", args.poolformer_commit)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--casvit-repo")
@@ -118,6 +193,8 @@ def main():
     ap.add_argument("--iformer-commit")
     ap.add_argument("--ffnet-repo")
     ap.add_argument("--ffnet-commit")
+    ap.add_argument("--poolformer-repo")
+    ap.add_argument("--poolformer-commit")
     ap.add_argument("--out", default="tests/fixtures/pth")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -255,6 +332,8 @@ def main():
         save_authors(
             checkpoint, "ffnet_3_custom.pth.tar", "ffnet_3_custom", "https://github.com/ysj9909/FFNet models/ffnet.py", args.ffnet_commit
         )
+    if args.poolformer_repo:
+        write_sail_poolformer(args, save_authors)
     provenance["files"] = files
     with open(out("PROVENANCE.json"), "w") as f:
         json.dump(provenance, f, indent=1)

@@ -213,6 +213,13 @@ fn raftmlp_at_another_resolution_matches_the_reference() {
     check("raftmlp_resized");
 }
 
+/// timm's PoolFormer against sail-sg/poolformer's own model (weights renamed by timm's
+/// `checkpoint_filter_fn`).
+#[test]
+fn poolformer_matches_sail_sg() {
+    check("poolformer_s12_sail_custom");
+}
+
 #[test]
 fn affnet_matches_the_reference() {
     check("affnet_et");

@@ -226,6 +226,14 @@ fn ffnet_checkpoint_loads_and_matches() {
     authors_pth_loads_and_converts("ffnet_3_custom", "ffnet_3");
 }
 
+/// sail-sg/poolformer's original names (`network.{0..6}`, `layer_scale_1`, `patch_embed.proj`,
+/// `norm`, `head`) load into timm's PoolFormer through the MetaFormer family's renaming (timm's
+/// `checkpoint_filter_fn` as code), to the logits of the sail-sg model itself.
+#[test]
+fn sail_sg_poolformer_checkpoint_loads_and_matches() {
+    authors_pth_loads_and_converts("poolformer_s12_sail_custom", "poolformer_s12");
+}
+
 /// iFormer's released weights are a plain state dict.
 #[test]
 fn iformer_checkpoint_loads_and_matches() {

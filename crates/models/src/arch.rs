@@ -157,6 +157,23 @@ pub trait Architecture: DynFamily + Debug + Send + Sync {
         &[]
     }
 
+    /// The model's name for each of a checkpoint's tensor `names` (in their order), for layouts
+    /// that only the whole list of names tells apart (sail-sg's original MetaFormer names against
+    /// timm's). The default applies [`checkpoint_renames`](Self::checkpoint_renames) to each.
+    fn checkpoint_names(&self, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .map(|name| {
+                self.checkpoint_renames()
+                    .iter()
+                    .find_map(|(from, to)| {
+                        name.strip_prefix(from).map(|rest| format!("{to}{rest}"))
+                    })
+                    .unwrap_or_else(|| name.to_string())
+            })
+            .collect()
+    }
+
     /// How training initializes convolution weights.
     fn conv_init(&self) -> ConvInit {
         ConvInit::TruncNormal

@@ -255,27 +255,19 @@ pub fn read_checked(
     Ok(tensors)
 }
 
-/// The model's name for a stored tensor `name`: `cfg`'s first matching
-/// [`checkpoint_renames`](crate::Architecture::checkpoint_renames) prefix replaced.
-fn model_name_of(name: &str, cfg: &ArchConfig) -> String {
-    cfg.checkpoint_renames()
-        .iter()
-        .find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
-        .unwrap_or_else(|| name.to_string())
-}
-
-/// The stored name of every tensor a checkpoint holds, keyed by the model's name for it (see
-/// [`model_name_of`]); a second stored tensor for the same model name is returned apart, as
-/// unexpected.
+/// The stored name of every tensor a checkpoint holds, keyed by the model's name for it
+/// ([`Architecture::checkpoint_names`](crate::Architecture::checkpoint_names)); a second stored
+/// tensor for the same model name is returned apart, as unexpected.
 fn stored_names<'a>(
     names: impl IntoIterator<Item = &'a str>,
     cfg: &ArchConfig,
 ) -> (HashMap<String, &'a str>, Vec<String>) {
     let mut names: Vec<&str> = names.into_iter().collect();
     names.sort_unstable();
+    let model_names = cfg.checkpoint_names(&names);
     let (mut by_model, mut duplicates) = (HashMap::with_capacity(names.len()), Vec::new());
-    for name in names {
-        match by_model.entry(model_name_of(name, cfg)) {
+    for (name, model_name) in names.into_iter().zip(model_names) {
+        match by_model.entry(model_name) {
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(name);
             }
@@ -420,9 +412,12 @@ pub fn convert_pth(
     })?;
     let wanted: std::collections::HashSet<&str> =
         expected.iter().map(|(n, _)| n.as_str()).collect();
-    let kept: Vec<(String, crate::pth::PthTensor)> = tensors
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let model_names = cfg.checkpoint_names(&names);
+    let kept: Vec<(String, crate::pth::PthTensor)> = model_names
         .into_iter()
-        .map(|(n, t)| (model_name_of(&n, cfg), t))
+        .zip(tensors)
+        .map(|(n, (_, t))| (n, t))
         .filter(|(n, _)| wanted.contains(n.as_str()))
         .collect();
     crate::pth::to_safetensors(&kept)

@@ -330,7 +330,90 @@ impl Family for MetaFormerConfig {
     ];
 }
 
+/// A checkpoint tensor's name in sail-sg's original code (poolformer's `network.{0..6}` with the
+/// downsamplers between the stages and `layer_scale_1`; metaformer's `downsample_layers`,
+/// `stages.{i}.{j}` and its `MlpHead` as `head`) as timm's `checkpoint_filter_fn` maps it to
+/// timm's names; `poolformer_v1` for poolformer's layout.
+fn sail_sg_name(name: &str, poolformer_v1: bool) -> String {
+    let mut k = name.to_string();
+    if poolformer_v1 {
+        let segments: Vec<String> = k
+            .split('.')
+            .flat_map(|seg| match seg.strip_prefix("layer_scale_") {
+                Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    vec![format!("layer_scale{n}"), "scale".to_string()]
+                }
+                _ => vec![seg.to_string()],
+            })
+            .collect();
+        k = segments.join(".");
+        for (from, to) in [
+            ("network.1", "downsample_layers.1"),
+            ("network.3", "downsample_layers.2"),
+            ("network.5", "downsample_layers.3"),
+            ("network.2", "network.1"),
+            ("network.4", "network.2"),
+            ("network.6", "network.3"),
+            ("network", "stages"),
+        ] {
+            k = k.replace(from, to);
+        }
+    }
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = k.split('.').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(parts.len() + 2);
+    for (i, part) in parts.iter().enumerate() {
+        if *part == "downsample_layers" && parts.get(i + 1).is_some_and(|n| digits(n)) {
+            out.push("stages");
+            continue;
+        }
+        if i > 0 && parts[i - 1] == "downsample_layers" && digits(part) {
+            out.extend([*part, "downsample"]);
+            continue;
+        }
+        if i > 0 && digits(part) && digits(parts[i - 1]) {
+            out.push("blocks");
+        }
+        out.push(part);
+    }
+    let mut k = out.join(".");
+    for (from, to) in [
+        ("downsample.proj", "downsample.conv"),
+        ("patch_embed.proj", "patch_embed.conv"),
+    ] {
+        k = k.replace(from, to);
+    }
+    if let Some(rest) = k.strip_prefix("stages.0.downsample") {
+        k = format!("stem{rest}");
+    }
+    k = k
+        .replace("patch_embed", "stem")
+        .replace("post_norm", "norm")
+        .replace("pre_norm", "norm");
+    if let Some(rest) = k.strip_prefix("head") {
+        k = format!("head.fc{rest}");
+    } else if let Some(rest) = k.strip_prefix("norm") {
+        k = format!("head.norm{rest}");
+    }
+    k
+}
+
 impl Architecture for MetaFormerConfig {
+    /// sail-sg's original PoolFormer and MetaFormer checkpoints (`network.*` or
+    /// `downsample_layers.*`, no `stem.conv.weight`) are read under timm's names, as timm's
+    /// `checkpoint_filter_fn` maps them; timm's own checkpoints are read as they are.
+    fn checkpoint_names(&self, names: &[&str]) -> Vec<String> {
+        let original = !names.contains(&"stem.conv.weight")
+            && names
+                .iter()
+                .any(|n| n.starts_with("network.") || n.starts_with("downsample_layers."));
+        if !original {
+            return names.iter().map(|n| n.to_string()).collect();
+        }
+        let v1 = names.contains(&"network.0.0.mlp.fc1.weight");
+        names.iter().map(|n| sail_sg_name(n, v1)).collect()
+    }
+
     fn build(&self, vb: VarBuilder) -> Result<Box<dyn ImageModel>> {
         Ok(Box::new(MetaFormer::new(self, vb)?))
     }
@@ -824,6 +907,37 @@ impl ImageModel for MetaFormer {
 
 #[cfg(test)]
 mod tests {
+
+    /// sail-sg/metaformer's (v2) and poolformer's (v1) original names, mapped as timm's
+    /// `checkpoint_filter_fn` maps them (expected names worked out from its regexes).
+    #[test]
+    fn sail_sg_names_map_to_timm_names() {
+        let v2 = [
+            ("downsample_layers.0.conv.weight", "stem.conv.weight"),
+            ("downsample_layers.0.post_norm.weight", "stem.norm.weight"),
+            ("downsample_layers.2.pre_norm.weight", "stages.2.downsample.norm.weight"),
+            ("downsample_layers.2.conv.bias", "stages.2.downsample.conv.bias"),
+            ("stages.1.10.token_mixer.qkv.weight", "stages.1.blocks.10.token_mixer.qkv.weight"),
+            ("stages.3.0.res_scale1.scale", "stages.3.blocks.0.res_scale1.scale"),
+            ("norm.weight", "head.norm.weight"),
+            ("head.fc1.weight", "head.fc.fc1.weight"),
+            ("head.norm.bias", "head.fc.norm.bias"),
+        ];
+        for (from, to) in v2 {
+            assert_eq!(sail_sg_name(from, false), to, "{from}");
+        }
+        let v1 = [
+            ("patch_embed.proj.weight", "stem.conv.weight"),
+            ("network.0.1.layer_scale_2", "stages.0.blocks.1.layer_scale2.scale"),
+            ("network.3.proj.bias", "stages.2.downsample.conv.bias"),
+            ("network.6.1.mlp.fc2.weight", "stages.3.blocks.1.mlp.fc2.weight"),
+            ("head.weight", "head.fc.weight"),
+        ];
+        for (from, to) in v1 {
+            assert_eq!(sail_sg_name(from, true), to, "{from}");
+        }
+    }
+
     use super::*;
 
     /// A one-block-per-stage MetaFormer with `mixer` in every stage, its variables drawn at
