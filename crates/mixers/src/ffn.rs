@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use tokenmix_kernels::{depthwise_conv2d_nhwc, Window};
 
-use crate::layers::{BatchNorm, ConvBnNhwc, ConvKind, Derived, Pointwise};
+use crate::layers::{BatchNorm, ConvBnNhwc, ConvKind, Derived};
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// One `Conv2d_BN` branch of a RepVGG pair: a depthwise weight `c.weight` `(out, 1, k, k)` (no
@@ -183,46 +183,12 @@ impl Module for DwConv {
     }
 }
 
-/// A 1x1 convolution without bias followed by a batch norm (`Conv2d_BN`, names `c.weight`,
-/// `bn.*`), on channel-last tensors, the norm folded into the product.
-#[derive(Debug, Clone)]
-pub struct PointwiseBn {
-    conv: Pointwise,
-    bn: BatchNorm,
-    folded: Derived<Pointwise>,
-}
-
-impl PointwiseBn {
-    /// Loads the `in_dim -> out_dim` layer from `vb`.
-    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            conv: Pointwise::conv1x1(in_dim, out_dim, false, MixerLayout::ChannelsLast, vb.pp("c"))?,
-            bn: BatchNorm::new(out_dim, vb.pp("bn"))?,
-            folded: Derived::default(),
-        })
-    }
-
-    /// Whether any of its tensors is a trainable variable.
-    pub fn trainable(&self) -> bool {
-        self.conv.trainable() || self.bn.trainable()
-    }
-}
-
-impl Module for PointwiseBn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let layer = self.folded.get(self.trainable(), || {
-            let (scale, shift) = self.bn.scale_shift()?;
-            self.conv.with_output_affine(&scale, &shift)
-        })?;
-        layer.forward(x)
-    }
-}
-
 /// The FFNified token mixer on channel-last `(B, H, W, C)`: `conv2(GELU(conv1(fc(x))))`, `fc`
 /// a 1x1 convolution with batch norm. Checkpoint names `fc.{c,bn}`, `conv1`, `conv2`.
 #[derive(Debug, Clone)]
 pub struct FfnTokenMixer {
-    fc: PointwiseBn,
+    /// The 1x1 `Conv2d_BN`, its norm folded in.
+    fc: ConvBnNhwc,
     conv1: DwConv,
     conv2: DwConv,
 }
@@ -232,7 +198,19 @@ impl FfnTokenMixer {
     pub fn new(config: &FfnTokenMixerConfig, dim: usize, vb: VarBuilder) -> Result<Self> {
         config.validate(dim)?;
         Ok(Self {
-            fc: PointwiseBn::new(dim, dim, vb.pp("fc"))?,
+            fc: ConvBnNhwc::new(
+                dim,
+                dim,
+                Window {
+                    kernel: 1,
+                    stride: 1,
+                    padding: 0,
+                },
+                ConvKind::Dense,
+                false,
+                vb.pp("fc").pp("c"),
+                vb.pp("fc").pp("bn"),
+            )?,
             conv1: DwConv::token(dim, config.kernel_size1, vb.pp("conv1"))?,
             conv2: DwConv::token(dim, config.kernel_size2, vb.pp("conv2"))?,
         })

@@ -280,12 +280,12 @@ fn stored_names<'a>(
 }
 
 /// Compares the tensors of a safetensors file with what the model needs (stored names mapped
-/// to the model's by [`stored_names`]).
-fn check_tensors(
-    st: &SafeTensors,
+/// to the model's by [`stored_names`]); returns that mapping.
+fn check_tensors<'a>(
+    st: &'a SafeTensors,
     expected: &[TensorSpec],
     cfg: &ArchConfig,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<HashMap<String, &'a str>, String> {
     let wanted: HashMap<&str, &Vec<usize>> =
         expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let (stored, duplicates) = stored_names(st.names(), cfg);
@@ -327,7 +327,7 @@ fn check_tensors(
     .flatten()
     .collect();
     if problems.is_empty() {
-        Ok(())
+        Ok(stored)
     } else {
         Err(problems.join("; "))
     }
@@ -405,20 +405,18 @@ pub fn convert_pth(
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    check_tensors(&st, &expected, cfg).map_err(|details| Error::WeightMismatch {
+    let stored = check_tensors(&st, &expected, cfg).map_err(|details| Error::WeightMismatch {
         path: path.to_path_buf(),
         model: model_name.to_string(),
         details,
     })?;
-    let wanted: std::collections::HashSet<&str> =
-        expected.iter().map(|(n, _)| n.as_str()).collect();
-    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
-    let model_names = cfg.checkpoint_names(&names);
-    let kept: Vec<(String, crate::pth::PthTensor)> = model_names
-        .into_iter()
-        .zip(tensors)
-        .map(|(n, (_, t))| (n, t))
-        .filter(|(n, _)| wanted.contains(n.as_str()))
+    let mut by_stored: HashMap<String, crate::pth::PthTensor> = tensors.into_iter().collect();
+    let kept: Vec<(String, crate::pth::PthTensor)> = expected
+        .iter()
+        .filter_map(|(name, _)| {
+            let t = by_stored.remove(*stored.get(name)?)?;
+            Some((name.clone(), t))
+        })
         .collect();
     crate::pth::to_safetensors(&kept)
 }
@@ -453,12 +451,11 @@ fn load_expected(
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    check_tensors(&st, expected, cfg).map_err(|details| Error::WeightMismatch {
+    let stored = check_tensors(&st, expected, cfg).map_err(|details| Error::WeightMismatch {
         path: path.to_path_buf(),
         model: model_name.to_string(),
         details,
     })?;
-    let (stored, _) = stored_names(st.names(), cfg);
     let mut tensors = HashMap::with_capacity(expected.len());
     for (name, shape) in expected {
         let stored_name = stored.get(name).copied().unwrap_or(name);

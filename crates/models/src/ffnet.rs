@@ -16,10 +16,9 @@ use candle_nn::{Linear, VarBuilder};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokenmix_kernels::Window;
 use tokenmix_mixers::ffn::{DwConv, FfnTokenMixer, FfnTokenMixerConfig, RepVggDw};
 use tokenmix_mixers::layers::{drop_path_rates, global_avg_pool, ActKind, BatchNorm, ConvBnNhwc};
-use tokenmix_mixers::layers::{ConvKind, Derived, DropPath, Mlp, Pointwise, Scale};
+use tokenmix_mixers::layers::{Derived, DropPath, Mlp, Pointwise, Scale};
 use tokenmix_mixers::{MixerLayout, MixerSpec, TokenMixer};
 
 use crate::args::{parse, set};
@@ -262,10 +261,10 @@ struct Block {
     token_mixer: FfnTokenMixer,
     token_scale: Option<Tensor>,
     conv: DwConv,
+    /// The channel MLP with `channel_scale` as its output scale.
     mlp: Mlp,
+    /// The checkpoint's `(C, 1, 1)` layer scale, kept to tell whether it trains.
     channel_scale: Option<Tensor>,
-    /// `mlp` with `channel_scale` folded into its output, for the fused residual MLP.
-    scaled_mlp: Mlp,
     drop_path: DropPath,
 }
 
@@ -284,8 +283,7 @@ impl Block {
             token_mixer: FfnTokenMixer::new(&cfg.mixer(i), dim, token.pp("main"))?,
             token_scale: layer_scale(cfg, dim, &token)?,
             conv: DwConv::channel(dim, cfg.kernel_sizes[i], main.pp("conv"))?,
-            scaled_mlp: mlp.clone().with_output_scale(scale),
-            mlp,
+            mlp: mlp.with_output_scale(scale),
             channel_scale,
             drop_path,
         })
@@ -299,12 +297,12 @@ impl Block {
         let mixed = scaled(self.token_mixer.forward(x)?, &self.token_scale)?;
         let x = (x + self.drop_path.forward_t(&mixed, train)?)?;
         let local = self.conv.forward(&x)?;
+        // The scale is a flattened view of the variable, which the fused residual MLP would not
+        // see as trainable.
         if self.trainable() {
-            let y = scaled(self.mlp.forward(&local)?, &self.channel_scale)?;
-            return &x + self.drop_path.forward_t(&y, train)?;
+            return &x + self.drop_path.forward_t(&self.mlp.forward(&local)?, train)?;
         }
-        self.scaled_mlp
-            .forward_residual(&local, &x, self.drop_path, train)
+        self.mlp.forward_residual(&local, &x, self.drop_path, train)
     }
 }
 
@@ -368,12 +366,7 @@ pub struct FfNet {
 }
 
 fn stem_conv(cin: usize, cout: usize, vb: VarBuilder) -> Result<ConvBnNhwc> {
-    let window = Window {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
-    ConvBnNhwc::new(cin, cout, window, ConvKind::Dense, false, vb.pp("c"), vb.pp("bn"))
+    crate::conv_bn_3x3_s2(cin, cout, false, vb.pp("c"), vb.pp("bn"))
 }
 
 impl FfNet {

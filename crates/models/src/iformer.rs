@@ -16,9 +16,8 @@ use candle_nn::{Linear, VarBuilder};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokenmix_kernels::Window;
 use tokenmix_mixers::inception::{InceptionMixer, InceptionMixerConfig};
-use tokenmix_mixers::layers::{drop_path_rates, ActKind, ConvBnNhwc, ConvKind, DropPath, Mlp};
+use tokenmix_mixers::layers::{drop_path_rates, ActKind, ConvBnNhwc, DropPath, Mlp};
 use tokenmix_mixers::layers::{Norm, NormConfig, Scale};
 use tokenmix_mixers::{MixerLayout, MixerSpec, TokenMixer};
 
@@ -360,12 +359,7 @@ pub struct IFormer {
 }
 
 fn conv_bn(cin: usize, cout: usize, conv: VarBuilder, bn: VarBuilder) -> Result<ConvBnNhwc> {
-    let window = Window {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
-    ConvBnNhwc::new(cin, cout, window, ConvKind::Dense, true, conv, bn)
+    crate::conv_bn_3x3_s2(cin, cout, true, conv, bn)
 }
 
 impl IFormer {

@@ -173,6 +173,25 @@ pub(crate) fn check_fixed_size(x: &Tensor, size: (usize, usize), why: &str) -> C
     Ok(())
 }
 
+/// A `conv 3x3 / 2, padding 1` (with a bias if `bias`) and the batch norm after it, on
+/// channel-last maps, the norm folded in: the stems and downsamplers of CAS-ViT, iFormer and
+/// FFNet.
+pub(crate) fn conv_bn_3x3_s2(
+    cin: usize,
+    cout: usize,
+    bias: bool,
+    conv: VarBuilder,
+    bn: VarBuilder,
+) -> CandleResult<tokenmix_mixers::layers::ConvBnNhwc> {
+    let window = tokenmix_kernels::Window {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    let kind = tokenmix_mixers::layers::ConvKind::Dense;
+    tokenmix_mixers::layers::ConvBnNhwc::new(cin, cout, window, kind, bias, conv, bn)
+}
+
 /// Multiply-accumulates of a stem of two `conv 3x3 / 2` (`in_chans -> dim / 2 -> dim`, as
 /// MambaOut's and CAS-ViT's) on an `h x w` image, and the `(h, w)` grid it leaves.
 pub(crate) fn two_conv_stem_macs(

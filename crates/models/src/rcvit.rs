@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokenmix_kernels::depthwise_conv2d_nhwc;
 use tokenmix_mixers::additive::{AdditiveTokenMixer, AdditiveTokenMixerConfig};
 use tokenmix_mixers::layers::{drop_path_rates, global_avg_pool, BatchNorm, Derived, DropPath, Mlp};
-use tokenmix_mixers::layers::{ActKind, ConvBnNhwc, ConvKind, Pointwise};
+use tokenmix_mixers::layers::{ActKind, ConvBnNhwc, Pointwise};
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, set};
@@ -222,12 +222,7 @@ impl Architecture for RcVitConfig {
 /// A `conv 3x3 / 2, padding 1` with bias, then a batch norm (the reference's `Embedding` and
 /// stem convolutions), on channel-last maps, the norm folded into the convolution.
 fn conv_bn(cin: usize, cout: usize, conv: VarBuilder, bn: VarBuilder) -> Result<ConvBnNhwc> {
-    let window = tokenmix_kernels::Window {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
-    ConvBnNhwc::new(cin, cout, window, ConvKind::Dense, true, conv, bn)
+    crate::conv_bn_3x3_s2(cin, cout, true, conv, bn)
 }
 
 /// The reference's `LocalIntegration`: `1x1 -> BN -> dw 3x3 -> GELU -> 1x1`, all with biases
