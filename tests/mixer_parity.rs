@@ -71,3 +71,65 @@ fn ffn_token_mixer_matches_ffnet() {
 fn hsm_ssd_matches_efficientvim() {
     check("hsm_ssd");
 }
+
+/// Builds the mixer `cfg` from the token fixture `name` (input `(B, N, C)`) and checks its
+/// output against the reference's (relative L2 and max abs, 1e-4).
+fn check_tokens(name: &str, cfg: MixerConfig) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mixers")
+        .join(format!("{name}.safetensors"));
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let input = tensors.remove("input").unwrap();
+    let want = tensors.remove("output").unwrap();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let mixer = cfg.build(input.dim(2).unwrap(), vb).unwrap();
+    assert_eq!(mixer.layout(), MixerLayout::Tokens);
+    compare(name, &mixer.forward(&input).unwrap(), &want);
+    // A non-contiguous view of the same tokens gives the same output.
+    let strided = input.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+    compare(name, &mixer.forward(&strided).unwrap(), &want);
+}
+
+fn compare(name: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.dims(), want.dims());
+    let diff = (got - want).unwrap();
+    let scalar = |t: Tensor| -> f32 { t.to_scalar().unwrap() };
+    let rel = scalar(diff.sqr().unwrap().sum_all().unwrap()).sqrt()
+        / scalar(want.sqr().unwrap().sum_all().unwrap()).sqrt();
+    let max = scalar(diff.abs().unwrap().max_all().unwrap());
+    let size = scalar(want.abs().unwrap().max_all().unwrap());
+    assert!(
+        rel <= 1e-4 && max <= 1e-4 * size.max(1.0),
+        "{name}: rel L2 {rel:e}, max {max:e}"
+    );
+}
+
+fn mixer_from_json(json: &str) -> MixerConfig {
+    MixerConfig::from_json(&serde_json::from_str(json).unwrap()).unwrap()
+}
+
+#[test]
+fn mixer_gating_unit_matches_ninformer() {
+    check_tokens(
+        "mixer_gating_unit",
+        mixer_from_json(
+            r#"{"type": "mixer_gating_unit", "seq_len": 35, "token_dim": 20, "channel_dim": 28}"#,
+        ),
+    );
+}
+
+#[test]
+fn linear_attention_matches_linfusion() {
+    check_tokens(
+        "linear_attention",
+        mixer_from_json(r#"{"type": "linear_attention", "dim_head": 8}"#),
+    );
+    check_tokens(
+        "linear_attention_mid16_bias",
+        mixer_from_json(
+            r#"{"type": "linear_attention", "dim_head": 12, "heads": 2, "bias": true,
+                "projection_mid_dim": 16}"#,
+        ),
+    );
+}

@@ -467,3 +467,15 @@ fn every_trained_tensor_gets_a_gradient() {
     missing.sort();
     assert!(missing.is_empty(), "no gradient: {missing:#?}");
 }
+
+/// NiNformer on a non-square 28x20 input (7x5 patches).
+#[test]
+fn ninformer_matches_the_authors() {
+    check("ninformer_cifar10_custom");
+}
+
+/// A CAFormer-shaped MetaFormer with LinFusion's linear attention in stages 2-3.
+#[test]
+fn linattnformer_matches_linfusion_in_timm_metaformer() {
+    check("linattnformer_s18_custom");
+}

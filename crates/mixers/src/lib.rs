@@ -28,7 +28,8 @@
 //! (PoolFormer), [`random_mixing`] (RandFormer), [`sepconv`] (ConvFormer), [`attention`]
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
-//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer), [`ffn`] (MetaMixer / FFNet). [`layers`] holds the building blocks the backbones share (norms,
+//! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer), [`ffn`] (MetaMixer / FFNet), [`ninformer`] (NiNformer),
+//! [`linear_attention`] (LinFusion). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -74,6 +75,8 @@ registry! {
     wave::WaveBlockConfig,
     inception::InceptionMixerConfig,
     ffn::FfnTokenMixerConfig,
+    ninformer::MixerGatingUnitConfig,
+    linear_attention::LinearAttentionConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
@@ -83,7 +86,9 @@ pub use gated_conv::GatedConv;
 pub use global_filter::GlobalFilter;
 pub use identity::Identity;
 pub use inception::InceptionMixer;
+pub use linear_attention::LinearAttention;
 pub use linear_tokens::LinearTokens;
+pub use ninformer::MixerGatingUnit;
 pub use pooling::Pooling;
 pub use raft::RaftTokenMixing;
 pub use random_mixing::RandomMixing;

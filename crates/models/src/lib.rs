@@ -302,4 +302,5 @@ families! {
     wavemix::WaveMixConfig,
     iformer::IFormerConfig,
     ffnet::FfNetConfig,
+    ninformer::NiNformerConfig,
 }

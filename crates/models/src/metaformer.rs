@@ -18,6 +18,7 @@ use tokenmix_mixers::layers::{
 };
 use tokenmix_mixers::random_mixing::RandomMixingConfig;
 use tokenmix_mixers::ssm::MambaConfig;
+use tokenmix_mixers::linear_attention::LinearAttentionConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
 use crate::args::{parse, present, set, ImgSize, PerStage};
@@ -165,6 +166,24 @@ impl MetaFormerConfig {
             MixerConfig::sepconv(),
             mamba.clone(),
             mamba,
+        ];
+        Self {
+            norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
+            use_mlp_head: true,
+            ..Self::base(depths, dims, mixers)
+        }
+    }
+
+    /// A CAFormer whose attention stages use LinFusion's generalized linear attention instead
+    /// (SepConv in stages 0-1, linear attention with CAFormer's head width in stages 2-3):
+    /// tokenmix's MetaFormer with an O(N) attention.
+    pub fn linattnformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        let linear = MixerConfig::new(LinearAttentionConfig::default());
+        let mixers = vec![
+            MixerConfig::sepconv(),
+            MixerConfig::sepconv(),
+            linear.clone(),
+            linear,
         ];
         Self {
             norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
@@ -327,6 +346,10 @@ impl Family for MetaFormerConfig {
         entry!("mambaformer_s36", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CS36.0, CS36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
         entry!("mambaformer_m36", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CM36.0, CM36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
         entry!("mambaformer_b36", "mambaformer", None, ArchConfig::new(MetaFormerConfig::mambaformer(CB36.0, CB36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("linattnformer_s18", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CS18.0, CS18.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("linattnformer_s36", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CS36.0, CS36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("linattnformer_m36", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CM36.0, CM36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("linattnformer_b36", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CB36.0, CB36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
     ];
 }
 
