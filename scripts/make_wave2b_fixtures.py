@@ -23,10 +23,18 @@ References (checkouts given on the command line, never committed):
     of stages 2-3: the architecture is tokenmix's composition, every module the reference's or
     timm's code.
 
+  * the transnext_micro fixture (small model_args, img_size 96 with pretrain_size 64, so the
+    position-bias coordinates are rescaled) and transnext_micro_AAAA (aggregated attention in
+    every stage, a 5x5 window in stage 2, img_size 64): DaiShiResearch/TransNeXt,
+    classification/transnext.py `TransNeXt` with attention_native.py's `AggregatedAttention`
+    (the pure-PyTorch one it picks without the swattention CUDA package; its `pkg_resources`
+    probe is stubbed). The reference runs square inputs at `img_size` only.
+
 Usage (venv outside the repo with torch, timm, einops, safetensors, diffusers):
     python scripts/make_wave2b_fixtures.py --ninformer-repo /path/to/Abdullah-88/NiNformer \
         --ninformer-commit COMMIT --linfusion-repo /path/to/Huage001/LinFusion \
-        --linfusion-commit COMMIT [--out tests/fixtures]
+        --linfusion-commit COMMIT --transnext-repo /path/to/DaiShiResearch/TransNeXt \
+        --transnext-commit COMMIT [--out tests/fixtures]
 """
 import argparse
 import os
@@ -47,6 +55,8 @@ def main():
     ap.add_argument("--ninformer-commit")
     ap.add_argument("--linfusion-repo")
     ap.add_argument("--linfusion-commit")
+    ap.add_argument("--transnext-repo")
+    ap.add_argument("--transnext-commit")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(1)
@@ -59,6 +69,8 @@ def main():
         write_ninformer(args, common, gen)
     if args.linfusion_repo:
         write_linfusion(args, common, gen)
+    if args.transnext_repo:
+        write_transnext(args, common, gen)
 
 
 def write_ninformer(args, common, gen):
@@ -194,6 +206,68 @@ def write_linfusion(args, common, gen):
         list(model.stages),
         shape=(2, 3, 64, 96),
     )
+
+
+def write_transnext(args, common, gen):
+    """TransNeXt: two small models on square inputs (the reference's only kind)."""
+    import math
+    import types
+    from functools import partial
+
+    # transnext.py asks pkg_resources whether the swattention CUDA package is installed.
+    probe = types.ModuleType("pkg_resources")
+
+    class DistributionNotFound(Exception):
+        pass
+
+    def get_distribution(name):
+        raise DistributionNotFound(name)
+
+    probe.DistributionNotFound = DistributionNotFound
+    probe.get_distribution = get_distribution
+    sys.modules.setdefault("pkg_resources", probe)
+    sys.path.insert(0, os.path.join(args.transnext_repo, "classification"))
+    tn = load_module(
+        os.path.join(args.transnext_repo, "classification", "transnext.py"), "transnext_reference"
+    )
+    meta = {
+        **common,
+        "reference": "https://github.com/DaiShiResearch/TransNeXt classification/transnext.py, "
+        "classification/attention_native.py",
+        "commit": args.transnext_commit,
+    }
+
+    def as_map(o):
+        side = math.isqrt(o.shape[1])
+        return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], side, side)
+
+    cases = [
+        ("transnext_micro_custom", 96, {
+            "img_size": 96, "pretrain_size": 64, "window_size": [3, 3, 3, None],
+            "embed_dims": [16, 24, 32, 40], "num_heads": [2, 2, 4, 4], "mlp_ratios": [8, 8, 4, 4],
+            "depths": [1, 1, 2, 1], "sr_ratios": [8, 4, 2, 1],
+        }),
+        ("transnext_micro_AAAA_custom", 64, {
+            "img_size": 64, "window_size": [3, 5, 3, 3],
+            "embed_dims": [16, 24, 32, 40], "num_heads": [2, 2, 4, 4], "mlp_ratios": [8, 8, 4, 4],
+            "depths": [1, 1, 2, 1], "sr_ratios": [4, 4, 2, 2],
+        }),
+    ]
+    for name, size, extra in cases:
+        model_args = {"patch_size": 4, "qkv_bias": True, "num_classes": 5, **extra}
+        model = tn.TransNeXt(norm_layer=partial(nn.LayerNorm, eps=1e-6), **model_args)
+        write_model(
+            args.out,
+            name,
+            model,
+            model_args,
+            {**meta, "module": "TransNeXt (the registered models' norm_layer, LayerNorm eps "
+                               "1e-6; small model_args)"},
+            gen,
+            [model.norm1, model.norm2, model.norm3, model.norm4],
+            feature=as_map,
+            shape=(2, 3, size, size),
+        )
 
 
 if __name__ == "__main__":

@@ -1048,3 +1048,61 @@ mod tests {
         }
     }
 }
+
+/// TransNeXt's Convolutional GLU channel mixer (`transnext.py` `ConvolutionalGLU`) on
+/// channel-last maps `(B, H, W, C)`: `fc1` (`C -> 2h`) split into `(x, v)`, then
+/// `fc2(GELU(dw3x3(x)) * v)` with `dw3x3` a depthwise 3x3 convolution with bias (padding 1) and
+/// `h = int(2 * hidden / 3)`. Checkpoint names `fc1`, `dwconv.dwconv`, `fc2`. Usable as the
+/// channel MLP of any channel-last block.
+#[derive(Debug, Clone)]
+pub struct ConvGlu {
+    fc1: Pointwise,
+    dw_weight: Tensor,
+    dw_bias: Tensor,
+    fc2: Pointwise,
+    hidden: usize,
+}
+
+impl ConvGlu {
+    /// The width of the gated branch for a `hidden` argument: `int(2 * hidden / 3)`.
+    pub fn gated_width(hidden: usize) -> usize {
+        2 * hidden / 3
+    }
+
+    /// Loads `fc1`, `dwconv.dwconv` and `fc2` for `dim` channels and the reference's
+    /// `hidden_features` argument `hidden` (before its 2/3 reduction).
+    pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let h = Self::gated_width(hidden);
+        let dw = vb.pp("dwconv").pp("dwconv");
+        let layout = MixerLayout::ChannelsLast;
+        Ok(Self {
+            fc1: Pointwise::from_linear(dim, 2 * h, true, layout, vb.pp("fc1"))?,
+            dw_weight: dw.get((h, 1, 3, 3), "weight")?,
+            dw_bias: dw.get(h, "bias")?,
+            fc2: Pointwise::from_linear(h, dim, true, layout, vb.pp("fc2"))?,
+            hidden: h,
+        })
+    }
+
+    /// Multiply-accumulates at one position.
+    pub fn macs_per_position(&self) -> u64 {
+        let (h, c) = (self.hidden as u64, self.fc2.out_dim as u64);
+        c * 2 * h + 9 * h + h * c
+    }
+}
+
+impl Module for ConvGlu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.fc1.forward(x)?;
+        let h = self.hidden;
+        let gate = tokenmix_kernels::depthwise_conv2d_nhwc(
+            &y.narrow(3, 0, h)?,
+            &self.dw_weight,
+            Some(&self.dw_bias),
+            1,
+            1,
+        )?;
+        let gated = (tokenmix_kernels::gelu(&gate)? * y.narrow(3, h, h)?)?;
+        self.fc2.forward(&gated)
+    }
+}

@@ -29,7 +29,7 @@
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
 //! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer), [`ffn`] (MetaMixer / FFNet), [`ninformer`] (NiNformer),
-//! [`linear_attention`] (LinFusion). [`layers`] holds the building blocks the backbones share (norms,
+//! [`linear_attention`] (LinFusion), [`aggregated_attention`] (TransNeXt). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -77,9 +77,11 @@ registry! {
     ffn::FfnTokenMixerConfig,
     ninformer::MixerGatingUnitConfig,
     linear_attention::LinearAttentionConfig,
+    aggregated_attention::AggregatedAttentionConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
+pub use aggregated_attention::AggregatedAttention;
 pub use attention::Attention;
 pub use ffn::FfnTokenMixer;
 pub use gated_conv::GatedConv;

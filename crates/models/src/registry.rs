@@ -163,7 +163,7 @@ mod tests {
     fn globs_and_substrings_select_models() {
         assert_eq!(list_models("caformer_*").len(), 4);
         assert_eq!(list_models("").len(), all_models().count());
-        assert_eq!(all_models().count(), 92);
+        assert_eq!(all_models().count(), 99);
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
@@ -264,6 +264,15 @@ mod tests {
             ("ffnet_2", 27_208_408),
             ("ffnet_3", 48_817_896),
             ("ffnet_4", 79_868_968),
+            ("ninformer_cifar10", 2_652_170),
+            ("ninformer_s16_224", 20_289_688),
+            ("ninformer_b16_224", 72_426_520),
+            // tokenmix's compositions, counted on the reference modules: timm's MetaFormer with
+            // LinFusion's GeneralizedLinearAttention in stages 2-3.
+            ("linattnformer_s18", 33_213_528),
+            ("linattnformer_s36", 49_881_294),
+            ("linattnformer_m36", 70_880_782),
+            ("linattnformer_b36", 124_809_550),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
