@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNELS: [&str; 8] = [
+const KERNELS: [&str; 9] = [
     "activation",
     "depthwise",
+    "neighborhood",
     "norm",
     "pool",
     "scan",

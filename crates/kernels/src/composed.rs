@@ -532,3 +532,78 @@ pub fn mix_shift(x: &Tensor, weights: &Tensor, biases: &Tensor, shifts: &[i32]) 
     }
     Tensor::cat(&outs, 1)
 }
+
+/// Every neighbour of a `height x width` map over a `window`, as candle ops: `x` `(B, heads,
+/// N, d)` viewed as a map, zero-padded by `window / 2` on each side, and each of the
+/// `window * window` shifted views (row-major over the window) reshaped to `(B, heads, N, d)`.
+fn neighbors(x: &Tensor, height: usize, width: usize, window: usize) -> Result<Vec<Tensor>> {
+    let (b, heads, n, d) = x.dims4()?;
+    let r = window / 2;
+    let padded = x
+        .reshape((b, heads, height, width, d))?
+        .pad_with_zeros(2, r, r)?
+        .pad_with_zeros(3, r, r)?;
+    let mut out = Vec::with_capacity(window * window);
+    for dy in 0..window {
+        for dx in 0..window {
+            out.push(
+                padded
+                    .narrow(2, dy, height)?
+                    .narrow(3, dx, width)?
+                    .reshape((b, heads, n, d))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `(1, 1, N, window * window)` mask (u8) of the neighbours inside a `height x width` map: the
+/// neighbours of a map of ones, by [`neighbors`], compared with zero.
+fn neighbors_inside(height: usize, width: usize, window: usize, like: &Tensor) -> Result<Tensor> {
+    let ones = Tensor::ones((1, 1, height * width, 1), DType::F32, like.device())?;
+    Tensor::cat(&neighbors(&ones, height, width, window)?, 3)?.ne(0f32)
+}
+
+/// [`crate::neighborhood_logits`] as candle ops: `k` zero-padded and shifted to every
+/// neighbour ([`neighbors`]), multiplied by `q` and summed over `d`, the logits of the
+/// neighbours outside the map replaced by `-inf` (`where_cond`, so they pass no gradient).
+pub fn neighborhood_logits(
+    q: &Tensor,
+    k: &Tensor,
+    height: usize,
+    width: usize,
+    window: usize,
+) -> Result<Tensor> {
+    crate::neighborhood::logits_dims(q.dims(), k.dims(), height, width, window)?;
+    let cols = neighbors(k, height, width, window)?
+        .iter()
+        .map(|kj| (q * kj)?.sum_keepdim(3))
+        .collect::<Result<Vec<_>>>()?;
+    let logits = Tensor::cat(&cols, 3)?;
+    let inside = neighbors_inside(height, width, window, q)?.broadcast_as(logits.shape())?;
+    let neg_inf = Tensor::new(f32::NEG_INFINITY, q.device())?
+        .to_dtype(q.dtype())?
+        .broadcast_as(logits.shape())?;
+    inside.where_cond(&logits, &neg_inf)
+}
+
+/// [`crate::neighborhood_aggregate`] as candle ops: the weights of the neighbours outside the
+/// map replaced by zero (`where_cond`, so an infinite weight there gives no NaN and no
+/// gradient), then the sum over the neighbours of each weight column times `v` zero-padded and
+/// shifted to that neighbour ([`neighbors`]).
+pub fn neighborhood_aggregate(
+    weights: &Tensor,
+    v: &Tensor,
+    height: usize,
+    width: usize,
+    window: usize,
+) -> Result<Tensor> {
+    crate::neighborhood::aggregate_dims(weights.dims(), v.dims(), height, width, window)?;
+    let inside = neighbors_inside(height, width, window, weights)?.broadcast_as(weights.shape())?;
+    let weights = inside.where_cond(weights, &weights.zeros_like()?)?;
+    let mut out = v.zeros_like()?;
+    for (j, vj) in neighbors(v, height, width, window)?.iter().enumerate() {
+        out = (out + weights.narrow(3, j, 1)?.broadcast_mul(vj)?)?;
+    }
+    Ok(out)
+}

@@ -32,6 +32,10 @@
 //! * [`rfft2_ortho`] / [`irfft2_ortho`]: orthonormal 2-D real FFTs (realfft/rustfft).
 //! * [`haar_dwt`]: WaveMix's one-level 2-D Haar wavelet transform of channel-last maps, bands
 //!   in its channel order; [`haar_dwt_adjoint`] its adjoint (and inverse).
+//! * [`neighborhood_logits`] / [`neighborhood_aggregate`]: TransNeXt's sliding-window attention
+//!   over the `w x w` neighbours of every token of a map (the logits `q · k` of each neighbour,
+//!   `-inf` at padding, and the weighted sum of the neighbours' values), with no unfolded keys
+//!   or values in memory; forward and backward fused on the CPU and on CUDA.
 //! * [`conv_transpose2d_nhwc`]: transposed convolution of channel-last maps as one matrix
 //!   product and a scatter of its rows ([`conv_transpose_weight_matrix`]).
 #![deny(missing_docs)]
@@ -46,6 +50,7 @@ mod depthwise;
 mod error;
 mod grad;
 mod mlp;
+mod neighborhood;
 mod norm;
 mod pool;
 mod ptr;
@@ -67,6 +72,7 @@ pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
 pub use error::KernelError;
 pub use mlp::{Linear, MlpActivation, MlpPlan, MlpWeights, ResidualMlp};
+pub use neighborhood::{NeighborhoodAggregate, NeighborhoodLogits, MAX_NEIGHBORHOOD_WINDOW};
 pub use norm::{ChannelNorm, NormAxes};
 pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
@@ -297,6 +303,55 @@ pub fn haar_dwt_adjoint(coeffs: &Tensor, height: usize, width: usize) -> Result<
         coeffs.contiguous()?.apply_op1(op)
     } else {
         composed::haar_dwt_adjoint(coeffs, height, width)
+    }
+}
+
+/// TransNeXt's sliding-window attention logits: for `q` and `k` `(B, heads, N, d)` with
+/// `N = height * width` tokens in row-major order, `(B, heads, N, window²)` holding
+/// `q[b, h, n] · k[b, h, nbr(n, j)]`, where neighbour `j = (dy + r) * window + (dx + r)`
+/// (`r = window / 2`, `dy, dx` in `-r..=r`) of token `(y, x)` is the token at `(y + dy, x + dx)`
+/// (torch's unfold order), and `-inf` where that lies outside the map (TransNeXt's
+/// `masked_fill`). `window` must be odd, at most [`MAX_NEIGHBORHOOD_WINDOW`]. Differentiable in
+/// `q` and `k` (the `-inf` entries pass no gradient). Fused on the CPU (f32) and on CUDA,
+/// forward and backward, with no unfolded `k` in memory; the composition
+/// [`composed::neighborhood_logits`] elsewhere.
+pub fn neighborhood_logits(
+    q: &Tensor,
+    k: &Tensor,
+    height: usize,
+    width: usize,
+    window: usize,
+) -> Result<Tensor> {
+    let op = NeighborhoodLogits::new(height, width, window)?;
+    neighborhood::logits_dims(q.dims(), k.dims(), height, width, window)?;
+    if use_fused(q) && same_dtype(q, &[k]) {
+        q.contiguous()?.apply_op2(&k.contiguous()?, op)
+    } else {
+        composed::neighborhood_logits(q, k, height, width, window)
+    }
+}
+
+/// TransNeXt's sliding-window aggregation: for `weights` `(B, heads, N, window²)` (the softmax
+/// of [`neighborhood_logits`], say) and `v` `(B, heads, N, d)`, `(B, heads, N, d)` holding
+/// `Σ_j weights[b, h, n, j] v[b, h, nbr(n, j)]` over the neighbours inside the map (the
+/// neighbour order of [`neighborhood_logits`]); the weights of neighbours outside it are never
+/// read (TransNeXt's unfold zero-pads `v`), even when infinite. `window` must be odd, at most
+/// [`MAX_NEIGHBORHOOD_WINDOW`]. Differentiable in both (zero gradient for the weights outside
+/// the map). Fused on the CPU (f32) and on CUDA, forward and backward, with no unfolded `v` in
+/// memory; the composition [`composed::neighborhood_aggregate`] elsewhere.
+pub fn neighborhood_aggregate(
+    weights: &Tensor,
+    v: &Tensor,
+    height: usize,
+    width: usize,
+    window: usize,
+) -> Result<Tensor> {
+    let op = NeighborhoodAggregate::new(height, width, window)?;
+    neighborhood::aggregate_dims(weights.dims(), v.dims(), height, width, window)?;
+    if use_fused(v) && same_dtype(v, &[weights]) {
+        weights.contiguous()?.apply_op2(&v.contiguous()?, op)
+    } else {
+        composed::neighborhood_aggregate(weights, v, height, width, window)
     }
 }
 

@@ -307,3 +307,31 @@ fn fft_pair_cuda_matches_cpu() {
         assert!(rel_diff(&back, &x) < 2e-4, "irfft2 {shape:?}");
     }
 }
+
+#[test]
+fn neighborhood_attention_cuda_matches_cpu() {
+    // (batch, heads, h, w, d, window): odd sizes, a map narrower than the window, and a
+    // TransNeXt-sized stage.
+    for (b, heads, h, w, d, win) in [
+        (2, 2, 5, 7, 3, 3),
+        (1, 2, 1, 4, 5, 5),
+        (2, 3, 6, 9, 8, 7),
+        (1, 2, 56, 56, 32, 3),
+    ] {
+        let shape = [b, heads, h * w, d];
+        let taps = win * win;
+        for q in [randn(&shape), strided(&shape)] {
+            // The logits through softmax (exp(-inf) = 0 outside the map), then the aggregate.
+            let args = [q, randn(&shape), strided(&shape)];
+            check("neighborhood attention", &args, 4.0, |t| {
+                let logits = tokenmix_kernels::neighborhood_logits(&t[0], &t[1], h, w, win)?;
+                let attn = tokenmix_kernels::composed::softmax_last_dim(&logits)?;
+                tokenmix_kernels::neighborhood_aggregate(&attn, &t[2], h, w, win)
+            });
+            let args = [randn(&[b, heads, h * w, taps]), randn(&shape)];
+            check("neighborhood_aggregate", &args, 4.0, |t| {
+                tokenmix_kernels::neighborhood_aggregate(&t[0], &t[1], h, w, win)
+            });
+        }
+    }
+}

@@ -396,3 +396,41 @@ fn selective_scan_matches_finite_differences() {
         |t| tokenmix_kernels::selective_scan(&t[0], &t[1], &t[2], &t[3], &t[4]),
     );
 }
+
+#[test]
+fn neighborhood_attention_matches_finite_differences() {
+    let mut rng = Rng::new("neighborhood");
+    for (h, w, win) in [(5, 7, 3), (4, 3, 5), (1, 4, 3)] {
+        let shape = [2, 2, h * w, 3];
+        check(
+            &format!("neighborhood_aggregate {h}x{w} window {win}"),
+            &[
+                rng.randn(&[2, 2, h * w, win * win], 1.0),
+                rng.randn(&shape, 1.0),
+            ],
+            &[0, 1],
+            |t| tokenmix_kernels::neighborhood_aggregate(&t[0], &t[1], h, w, win),
+        );
+        // The logits through exp (exp(-inf) = 0 outside the map), and the whole attention.
+        check(
+            &format!("neighborhood_logits {h}x{w} window {win}"),
+            &[rng.randn(&shape, 0.5), rng.randn(&shape, 0.5)],
+            &[0, 1],
+            |t| tokenmix_kernels::neighborhood_logits(&t[0], &t[1], h, w, win)?.exp(),
+        );
+        check(
+            &format!("neighborhood attention {h}x{w} window {win}"),
+            &[
+                rng.randn(&shape, 1.0),
+                rng.randn(&shape, 1.0),
+                rng.randn(&shape, 1.0),
+            ],
+            &[0, 1, 2],
+            |t| {
+                let logits = tokenmix_kernels::neighborhood_logits(&t[0], &t[1], h, w, win)?;
+                let attn = tokenmix_kernels::composed::softmax_last_dim(&logits)?;
+                tokenmix_kernels::neighborhood_aggregate(&attn, &t[2], h, w, win)
+            },
+        );
+    }
+}

@@ -1458,3 +1458,315 @@ fn channel_last_conv_transpose_matches_candle() {
         );
     }
 }
+
+/// `(B, heads, N, d)` with its memory laid out as `(B, heads, d, N)` (a transposed view).
+fn tokens_transposed(shape: [usize; 4]) -> Tensor {
+    let [b, heads, n, d] = shape;
+    let t = randn(&[b, heads, d, n]).transpose(2, 3).unwrap();
+    assert!(n == 1 || d == 1 || !t.is_contiguous());
+    t
+}
+
+/// Token `(y + a - r, x + b - r)` of a `h x w` map, if inside.
+fn neighbor_of(h: usize, w: usize, win: usize, n: usize, j: usize) -> Option<usize> {
+    let r = win / 2;
+    let (y, x) = ((n / w) as isize, (n % w) as isize);
+    let sy = y + (j / win) as isize - r as isize;
+    let sx = x + (j % win) as isize - r as isize;
+    let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
+    inside.then_some(sy as usize * w + sx as usize)
+}
+
+/// The neighbourhood logits written out with loops, `-inf` outside the map.
+fn neighborhood_logits_by_definition(
+    q: &Tensor,
+    k: &Tensor,
+    h: usize,
+    w: usize,
+    win: usize,
+) -> Tensor {
+    let (b, heads, n, d) = q.dims4().unwrap();
+    let qv: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
+    let kv: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+    let taps = win * win;
+    let mut out = vec![f32::NEG_INFINITY; b * heads * n * taps];
+    for p in 0..b * heads {
+        for t in 0..n {
+            for j in 0..taps {
+                if let Some(s) = neighbor_of(h, w, win, t, j) {
+                    out[(p * n + t) * taps + j] = (0..d)
+                        .map(|c| qv[(p * n + t) * d + c] * kv[(p * n + s) * d + c])
+                        .sum();
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (b, heads, n, taps), &Device::Cpu).unwrap()
+}
+
+/// The neighbourhood aggregate written out with loops, only neighbours inside the map.
+fn neighborhood_aggregate_by_definition(
+    wts: &Tensor,
+    v: &Tensor,
+    h: usize,
+    w: usize,
+    win: usize,
+) -> Tensor {
+    let (b, heads, n, d) = v.dims4().unwrap();
+    let wv: Vec<f32> = wts.flatten_all().unwrap().to_vec1().unwrap();
+    let vv: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+    let taps = win * win;
+    let mut out = vec![0f32; b * heads * n * d];
+    for p in 0..b * heads {
+        for t in 0..n {
+            for j in 0..taps {
+                if let Some(s) = neighbor_of(h, w, win, t, j) {
+                    let weight = wv[(p * n + t) * taps + j];
+                    for c in 0..d {
+                        out[(p * n + t) * d + c] += weight * vv[(p * n + s) * d + c];
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (b, heads, n, d), &Device::Cpu).unwrap()
+}
+
+/// Logits equal within `tol`, with `-inf` exactly where `want` has it.
+fn assert_logits_match(got: &Tensor, want: &Tensor, tol: f32, what: &str) {
+    assert_eq!(got.dims(), want.dims(), "{what}");
+    let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = if *b == f32::NEG_INFINITY {
+            *a == f32::NEG_INFINITY
+        } else {
+            (a - b).abs() < tol
+        };
+        assert!(ok, "{what}: logit {i} is {a}, expected {b}");
+    }
+}
+
+/// (batch, heads, h, w, d, window): odd sizes, maps narrower or shorter than the window, a
+/// window wider than the whole map, `d` past the eight-lane dot, a 1x1 window.
+const NEIGHBORHOOD_CASES: [(usize, usize, usize, usize, usize, usize); 8] = [
+    (2, 2, 5, 7, 3, 3),
+    (2, 2, 5, 7, 3, 5),
+    (1, 2, 1, 4, 3, 3),
+    (2, 1, 4, 1, 5, 5),
+    (1, 3, 2, 3, 4, 7),
+    (1, 2, 9, 11, 19, 3),
+    (2, 1, 6, 5, 8, 1),
+    (1, 1, 3, 3, 2, 15),
+];
+
+#[test]
+fn neighborhood_ops_match_their_definition_and_composition() {
+    for (b, heads, h, w, d, win) in NEIGHBORHOOD_CASES {
+        let shape = [b, heads, h * w, d];
+        let taps = win * win;
+        let what = format!("{b}x{heads}x{h}x{w}x{d} window {win}");
+        for (q, k) in [
+            (randn(&shape), randn(&shape)),
+            (tokens_transposed(shape), randn(&shape)),
+            (randn(&shape), tokens_transposed(shape)),
+        ] {
+            let want = neighborhood_logits_by_definition(&q, &k, h, w, win);
+            let fused =
+                in_pools(|_| tokenmix_kernels::neighborhood_logits(&q, &k, h, w, win).unwrap());
+            for got in &fused {
+                assert_logits_match(got, &want, 1e-4, &format!("fused logits {what}"));
+            }
+            let composed = composed::neighborhood_logits(&q, &k, h, w, win).unwrap();
+            assert_logits_match(&composed, &want, 1e-4, &format!("composed logits {what}"));
+
+            // Weights: random, the logits themselves (-inf outside the map, which the
+            // composition would turn into NaN times its zero padding if it read them), huge
+            // weights outside the map, and a transposed view.
+            let v = k.clone();
+            let huge: Vec<f32> = want
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&x| if x == f32::NEG_INFINITY { 1e30 } else { x })
+                .collect();
+            let huge = Tensor::from_vec(huge, want.dims(), &Device::Cpu).unwrap();
+            let weights = [
+                randn(&[b, heads, h * w, taps]),
+                fused[0].clone(),
+                huge,
+                tokens_transposed([b, heads, h * w, taps]),
+            ];
+            for wts in weights {
+                let want = neighborhood_aggregate_by_definition(&wts, &v, h, w, win);
+                let fused = in_pools(|_| {
+                    tokenmix_kernels::neighborhood_aggregate(&wts, &v, h, w, win).unwrap()
+                });
+                let composed = composed::neighborhood_aggregate(&wts, &v, h, w, win).unwrap();
+                for got in fused.iter().chain([&composed]) {
+                    let diff = max_abs_diff(got, &want);
+                    assert!(diff < 1e-4, "aggregate {what}: max diff {diff}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn neighborhood_gradients_match_the_composition() {
+    in_pools(|threads| {
+        for (b, heads, h, w, d, win) in NEIGHBORHOOD_CASES {
+            let shape = [b, heads, h * w, d];
+            let what = format!("{b}x{heads}x{h}x{w}x{d} window {win} on {threads} threads");
+            let taps = win * win;
+            // The logits alone (their -inf entries make the probed sum -inf, but its
+            // gradients stay finite: the padding passes none).
+            check_grads(
+                &format!("neighborhood_logits {what}"),
+                &[randn(&shape), tokens_transposed(shape)],
+                |t| tokenmix_kernels::neighborhood_logits(&t[0], &t[1], h, w, win),
+                |t| composed::neighborhood_logits(&t[0], &t[1], h, w, win),
+            );
+            check_grads(
+                &format!("neighborhood_aggregate {what}"),
+                &[randn(&[b, heads, h * w, taps]), randn(&shape)],
+                |t| tokenmix_kernels::neighborhood_aggregate(&t[0], &t[1], h, w, win),
+                |t| composed::neighborhood_aggregate(&t[0], &t[1], h, w, win),
+            );
+            // The attention they make: softmax over the neighbours, then the aggregate.
+            check_grads(
+                &format!("neighborhood attention {what}"),
+                &[randn(&shape), randn(&shape), randn(&shape)],
+                |t| {
+                    let logits = tokenmix_kernels::neighborhood_logits(&t[0], &t[1], h, w, win)?;
+                    let attn = composed::softmax_last_dim(&logits)?;
+                    tokenmix_kernels::neighborhood_aggregate(&attn, &t[2], h, w, win)
+                },
+                |t| {
+                    let logits = composed::neighborhood_logits(&t[0], &t[1], h, w, win)?;
+                    let attn = composed::softmax_last_dim(&logits)?;
+                    composed::neighborhood_aggregate(&attn, &t[2], h, w, win)
+                },
+            );
+        }
+    });
+}
+
+#[test]
+fn neighborhood_gradients_skip_the_padding() {
+    // With weights that are infinite outside the map, the gradients are still finite and the
+    // weights' gradient is zero there.
+    let (h, w, win) = (2, 3, 5);
+    let logits = tokenmix_kernels::neighborhood_logits(
+        &randn(&[1, 2, 6, 4]),
+        &randn(&[1, 2, 6, 4]),
+        h,
+        w,
+        win,
+    )
+    .unwrap();
+    let wts = Var::from_tensor(&logits.neg().unwrap()).unwrap();
+    let v = Var::from_tensor(&randn(&[1, 2, 6, 4])).unwrap();
+    let out = tokenmix_kernels::neighborhood_aggregate(wts.as_tensor(), v.as_tensor(), h, w, win)
+        .unwrap();
+    let g = out.sum_all().unwrap().backward().unwrap();
+    let gw: Vec<f32> = g
+        .get(wts.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let lv: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+    for (gw, l) in gw.iter().zip(&lv) {
+        assert!(gw.is_finite());
+        if *l == f32::NEG_INFINITY {
+            assert_eq!(*gw, 0.0);
+        }
+    }
+    let gv = g.get(v.as_tensor()).unwrap();
+    assert!(max_abs_diff(gv, &gv.zeros_like().unwrap()).is_finite());
+}
+
+#[test]
+fn neighborhood_ops_reject_bad_shapes() {
+    let q = randn(&[2, 3, 12, 4]);
+    let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    let e = err(tokenmix_kernels::neighborhood_logits(&q, &q, 3, 5, 3));
+    assert!(
+        e.contains("neighborhood_logits") && e.contains("(B, heads, 15, d)"),
+        "{e}"
+    );
+    for win in [0, 2, 4, 17] {
+        let e = err(tokenmix_kernels::neighborhood_logits(&q, &q, 3, 4, win));
+        assert!(
+            e.contains("window must be odd") && e.contains(&format!("got {win}")),
+            "{e}"
+        );
+        let e = err(composed::neighborhood_logits(&q, &q, 3, 4, win));
+        assert!(e.contains("window must be odd"), "{e}");
+        let e = err(tokenmix_kernels::neighborhood_aggregate(
+            &randn(&[2, 3, 12, 9]),
+            &q,
+            3,
+            4,
+            win,
+        ));
+        assert!(
+            e.contains("neighborhood_aggregate") && e.contains("window"),
+            "{e}"
+        );
+    }
+    let e = err(tokenmix_kernels::neighborhood_logits(
+        &q,
+        &randn(&[2, 3, 12, 5]),
+        3,
+        4,
+        3,
+    ));
+    assert!(e.contains(": k has shape [2, 3, 12, 5]"), "{e}");
+    let e = err(tokenmix_kernels::neighborhood_logits(
+        &randn(&[3, 12, 4]),
+        &randn(&[3, 12, 4]),
+        3,
+        4,
+        3,
+    ));
+    assert!(e.contains(": q has shape [3, 12, 4]"), "{e}");
+    let e = err(tokenmix_kernels::neighborhood_aggregate(
+        &randn(&[2, 3, 12, 8]),
+        &q,
+        3,
+        4,
+        3,
+    ));
+    assert!(
+        e.contains(": weights has shape") && e.contains("(B, heads, 12, 9)"),
+        "{e}"
+    );
+    let e = err(tokenmix_kernels::neighborhood_aggregate(
+        &randn(&[2, 3, 12, 9]),
+        &randn(&[2, 1, 12, 4]),
+        3,
+        4,
+        3,
+    ));
+    assert!(e.contains(": v has shape [2, 1, 12, 4]"), "{e}");
+    let e = err(composed::neighborhood_aggregate(
+        &randn(&[2, 3, 12, 9]),
+        &randn(&[2, 3, 11, 4]),
+        3,
+        4,
+        3,
+    ));
+    assert!(e.contains(": v has shape"), "{e}");
+    // The ops themselves check their operands too.
+    let e = err(q.apply_op2(
+        &q,
+        tokenmix_kernels::NeighborhoodLogits::new(3, 5, 3).unwrap(),
+    ));
+    assert!(e.contains("neighborhood_logits"), "{e}");
+    assert!(tokenmix_kernels::NeighborhoodAggregate::new(3, 4, 2).is_err());
+}

@@ -29,6 +29,7 @@ macro_rules! module {
 
 module!(ACTIVATION, "activation");
 module!(DEPTHWISE, "depthwise");
+module!(NEIGHBORHOOD, "neighborhood");
 module!(NORM, "norm");
 module!(POOL, "pool");
 module!(SCAN, "scan");
