@@ -30,6 +30,12 @@ References (checkouts given on the command line, never committed):
     (the pure-PyTorch one it picks without the swattention CUDA package; its `pkg_resources`
     probe is stubbed). The reference runs square inputs at `img_size` only.
 
+PyTorch checkpoints (tests/fixtures/pth/, recorded in PROVENANCE-wave2b.json there): the same
+weights saved by torch.save as the authors' code saves them: ninformer_cifar10_custom.pth a plain
+state dict (train.py's `torch.save(model.state_dict(), ...)`), transnext_micro_custom.pth a
+DeiT-style training checkpoint (TransNeXt's main.py: 'model' beside 'optimizer', 'lr_scheduler',
+'epoch' and 'args').
+
 Usage (venv outside the repo with torch, timm, einops, safetensors, diffusers):
     python scripts/make_wave2b_fixtures.py --ninformer-repo /path/to/Abdullah-88/NiNformer \
         --ninformer-commit COMMIT --linfusion-repo /path/to/Huage001/LinFusion \
@@ -37,6 +43,7 @@ Usage (venv outside the repo with torch, timm, einops, safetensors, diffusers):
         --transnext-commit COMMIT [--out tests/fixtures]
 """
 import argparse
+import json
 import os
 import sys
 
@@ -71,6 +78,24 @@ def main():
         write_linfusion(args, common, gen)
     if args.transnext_repo:
         write_transnext(args, common, gen)
+    if PTH:
+        pth_dir = os.path.join(args.out, "pth")
+        with open(os.path.join(pth_dir, "PROVENANCE-wave2b.json"), "w") as f:
+            json.dump({"torch": torch.__version__, "command": common["command"], **PTH}, f,
+                      indent=1)
+
+
+PTH = {}
+
+
+def save_pth(out, obj, file, fixture, reference, commit):
+    """torch.save of fixture `fixture`'s weights as the authors' code holds them, recorded."""
+    torch.save(obj, os.path.join(out, "pth", file))
+    PTH[file] = {
+        "reference": reference,
+        "commit": commit,
+        "weights": f"tests/fixtures/{fixture}/model.safetensors",
+    }
 
 
 def write_ninformer(args, common, gen):
@@ -134,6 +159,8 @@ def write_ninformer(args, common, gen):
         feature=lambda o: o.transpose(1, 2).reshape(o.shape[0], -1, *grid),
         shape=shape,
     )
+    save_pth(args.out, model.state_dict(), "ninformer_cifar10_custom.pth",
+             "ninformer_cifar10_custom", meta["reference"], args.ninformer_commit)
 
 
 def write_linfusion(args, common, gen):
@@ -268,6 +295,16 @@ def write_transnext(args, common, gen):
             feature=as_map,
             shape=(2, 3, size, size),
         )
+        if name == "transnext_micro_custom":
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "weight_decay": 0.05}]},
+                "lr_scheduler": {"last_epoch": 299},
+                "epoch": 299,
+                "args": argparse.Namespace(model="transnext_micro", input_size=size),
+            }
+            save_pth(args.out, checkpoint, f"{name}.pth", name, meta["reference"],
+                     args.transnext_commit)
 
 
 if __name__ == "__main__":

@@ -479,3 +479,36 @@ fn ninformer_matches_the_authors() {
 fn linattnformer_matches_linfusion_in_timm_metaformer() {
     check("linattnformer_s18_custom");
 }
+
+/// TransNeXt at 96x96 with its position bias trained at 64x64 (the coordinates rescale), and the
+/// all-aggregated variant with a 5x5 window in stage 2 (square inputs: the reference's only
+/// kind).
+#[test]
+fn transnext_matches_the_authors() {
+    check("transnext_micro_custom");
+    check("transnext_micro_AAAA_custom");
+}
+
+/// TransNeXt with trainable weights: the position-bias MLP, the query embedding, the temperature
+/// and the local biases get gradients through the shared softmax and the neighbourhood kernels.
+#[test]
+fn transnext_trainable_path_matches_the_authors() {
+    check_trainable(
+        "transnext_micro_custom",
+        &[
+            "patch_embed1.proj.weight",
+            "block1.0.attn.q.weight",
+            "block1.0.attn.kv.weight",
+            "block1.0.attn.temperature",
+            "block1.0.attn.query_embedding",
+            "block1.0.attn.cpb_fc1.weight",
+            "block2.0.attn.relative_pos_bias_local",
+            "block2.0.attn.learnable_tokens",
+            "block3.1.attn.sr.weight",
+            "block3.0.mlp.dwconv.dwconv.weight",
+            "block4.0.attn.qkv.weight",
+            "block4.0.attn.cpb_fc2.bias",
+            "norm4.weight",
+        ],
+    );
+}

@@ -306,3 +306,16 @@ fn authors_checkpoint_loads_and_matches() {
         "{err}"
     );
 }
+
+/// NiNformer's train.py saves a plain state dict.
+#[test]
+fn ninformer_checkpoint_loads_and_matches() {
+    authors_pth_loads_and_converts("ninformer_cifar10_custom", "ninformer_cifar10");
+}
+
+/// TransNeXt's training checkpoints (DeiT-style: `model` beside the optimizer, scheduler, epoch
+/// and args) load by their `model` entry.
+#[test]
+fn transnext_checkpoint_loads_and_matches() {
+    authors_pth_loads_and_converts("transnext_micro_custom", "transnext_micro");
+}

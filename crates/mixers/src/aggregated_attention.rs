@@ -172,6 +172,16 @@ fn poisoned<T>(_: std::sync::PoisonError<T>) -> candle_core::Error {
     candle_core::Error::msg("aggregated_attention: a thread panicked while holding its bias cache")
 }
 
+/// Softmax over the last axis: candle-nn's fused one where nothing trains (it passes no
+/// gradient), the differentiable composition otherwise.
+fn softmax(x: &Tensor, trainable: bool) -> Result<Tensor> {
+    if trainable {
+        tokenmix_kernels::composed::softmax_last_dim(x)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
 /// `(B, N, heads * d)` to `(B, heads, N, d)`.
 fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, n, c) = x.dims3()?;
@@ -249,7 +259,7 @@ impl FullAttention {
         let logits = q
             .matmul(&l2_normalize(&k)?.transpose(2, 3)?)?
             .broadcast_add(&bias)?;
-        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
+        let attn = softmax(&logits, self.common.temperature.is_variable())?;
         let y = merge_heads(&attn.matmul(&v)?)?;
         self.common.proj.forward(&y)?.reshape((b, h, w, c))
     }
@@ -331,7 +341,8 @@ impl LocalPooledAttention {
         let bias = self.common.bias.bias(key, x.device(), x.dtype())?;
         let pooled_logits = q.matmul(&k_pool.transpose(2, 3)?)?.broadcast_add(&bias)?;
 
-        let attn = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&local, &pooled_logits], 3)?)?;
+        let logits = Tensor::cat(&[&local, &pooled_logits], 3)?;
+        let attn = softmax(&logits, self.common.temperature.is_variable())?;
         let (attn_local, attn_pool) = (attn.narrow(3, 0, win * win)?, attn.narrow(3, win * win, pool_len)?);
         let dynamic = q_norm
             .broadcast_matmul(&self.learnable_tokens)?

@@ -303,4 +303,5 @@ families! {
     iformer::IFormerConfig,
     ffnet::FfNetConfig,
     ninformer::NiNformerConfig,
+    transnext::TransNeXtConfig,
 }

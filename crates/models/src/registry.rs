@@ -163,7 +163,7 @@ mod tests {
     fn globs_and_substrings_select_models() {
         assert_eq!(list_models("caformer_*").len(), 4);
         assert_eq!(list_models("").len(), all_models().count());
-        assert_eq!(all_models().count(), 99);
+        assert_eq!(all_models().count(), 104);
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
@@ -267,6 +267,11 @@ mod tests {
             ("ninformer_cifar10", 2_652_170),
             ("ninformer_s16_224", 20_289_688),
             ("ninformer_b16_224", 72_426_520),
+            ("transnext_micro", 12_809_304),
+            ("transnext_tiny", 28_258_960),
+            ("transnext_small", 49_741_564),
+            ("transnext_base", 89_721_496),
+            ("transnext_micro_AAAA", 13_114_008),
             // tokenmix's compositions, counted on the reference modules: timm's MetaFormer with
             // LinFusion's GeneralizedLinearAttention in stages 2-3.
             ("linattnformer_s18", 33_213_528),
