@@ -1474,7 +1474,7 @@ fn neighbor_of(h: usize, w: usize, win: usize, n: usize, j: usize) -> Option<usi
     let sy = y + (j / win) as isize - r as isize;
     let sx = x + (j % win) as isize - r as isize;
     let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
-    inside.then_some(sy as usize * w + sx as usize)
+    inside.then(|| sy as usize * w + sx as usize)
 }
 
 /// The neighbourhood logits written out with loops, `-inf` outside the map.
