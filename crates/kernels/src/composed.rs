@@ -565,7 +565,7 @@ fn neighbors_inside(height: usize, width: usize, window: usize, like: &Tensor) -
 }
 
 /// [`crate::neighborhood_logits`] as candle ops: `k` zero-padded and shifted to every
-/// neighbour ([`neighbors`]), multiplied by `q` and summed over `d`, the logits of the
+/// neighbour, multiplied by `q` and summed over `d`, the logits of the
 /// neighbours outside the map replaced by `-inf` (`where_cond`, so they pass no gradient).
 pub fn neighborhood_logits(
     q: &Tensor,
@@ -590,7 +590,7 @@ pub fn neighborhood_logits(
 /// [`crate::neighborhood_aggregate`] as candle ops: the weights of the neighbours outside the
 /// map replaced by zero (`where_cond`, so an infinite weight there gives no NaN and no
 /// gradient), then the sum over the neighbours of each weight column times `v` zero-padded and
-/// shifted to that neighbour ([`neighbors`]).
+/// shifted to that neighbour.
 pub fn neighborhood_aggregate(
     weights: &Tensor,
     v: &Tensor,
