@@ -353,7 +353,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 21] = [
+const DEFAULT_BENCH: [&str; 24] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -375,6 +375,9 @@ const DEFAULT_BENCH: [&str; 21] = [
     "wavemix_lite",
     "iformer_small",
     "ffnet_1",
+    "ninformer_s16_224",
+    "linattnformer_s18",
+    "transnext_micro",
 ];
 
 fn main() {

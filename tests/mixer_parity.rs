@@ -87,7 +87,13 @@ fn check_tokens(name: &str, cfg: MixerConfig) {
     assert_eq!(mixer.layout(), MixerLayout::Tokens);
     compare(name, &mixer.forward(&input).unwrap(), &want);
     // A non-contiguous view of the same tokens gives the same output.
-    let strided = input.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+    let strided = input
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
     compare(name, &mixer.forward(&strided).unwrap(), &want);
 }
 

@@ -364,7 +364,7 @@ pub struct AggregatedAttention {
 
 #[derive(Debug)]
 enum Kind {
-    Full(FullAttention),
+    Full(Box<FullAttention>),
     Aggregated(Box<LocalPooledAttention>),
 }
 
@@ -375,11 +375,11 @@ impl AggregatedAttention {
         let common = Common::new(cfg, dim, &vb)?;
         let linear = |i, o, bias, vb| Pointwise::from_linear(i, o, bias, MixerLayout::Tokens, vb);
         let kind = if cfg.sr_ratio == 1 {
-            Kind::Full(FullAttention {
+            Kind::Full(Box::new(FullAttention {
                 qkv: linear(dim, 3 * dim, cfg.qkv_bias, vb.pp("qkv"))?,
                 common,
                 pretrain: cfg.pretrain_size,
-            })
+            }))
         } else {
             let (heads, w2) = (cfg.num_heads, cfg.window_size * cfg.window_size);
             Kind::Aggregated(Box::new(LocalPooledAttention {
@@ -476,7 +476,7 @@ impl MixerSpec for AggregatedAttentionConfig {
     fn validate(&self, dim: usize) -> Result<()> {
         let fail = |msg: String| Err(config_error("aggregated_attention", msg));
         let heads = self.num_heads;
-        if heads == 0 || heads > 4096 || dim == 0 || dim % heads != 0 {
+        if heads == 0 || heads > 4096 || dim == 0 || !dim.is_multiple_of(heads) {
             return fail(format!(
                 "num_heads must be in 1..=4096 and divide dim, got {heads} for {dim}"
             ));
