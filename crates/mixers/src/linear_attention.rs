@@ -155,8 +155,11 @@ pub struct LinearAttentionConfig {
     /// Whether `to_out.0` has a bias.
     #[serde(default = "yes")]
     pub out_bias: bool,
-    /// Hidden width of the queries' and keys' non-linear projections: `None` means `dim`, -1
-    /// means no projection (the reference's convention), otherwise the width.
+    /// Hidden width of the queries' and keys' non-linear projections: `None` means
+    /// `heads * dim_head` (the reference's `to_q` width), -1 means no projection (the reference's
+    /// convention), otherwise the width. The projections map the `C` input channels to that
+    /// width and back; the reference only allows `heads * dim_head == C`, where this is its
+    /// `C -> mid -> C`.
     #[serde(default)]
     pub projection_mid_dim: Option<i64>,
 }
@@ -189,7 +192,7 @@ impl LinearAttentionConfig {
     /// The projections' hidden width for `dim` channels, `None` without projections.
     fn mid_dim(&self, dim: usize) -> Option<usize> {
         match self.projection_mid_dim {
-            None => Some(dim),
+            None => Some(self.heads(dim) * self.dim_head),
             Some(-1) => None,
             Some(m) => Some(m as usize),
         }
@@ -210,27 +213,18 @@ impl MixerSpec for LinearAttentionConfig {
             ));
         }
         let heads = self.heads(dim);
-        if heads == 0 || heads > 4096 {
-            return fail(format!("heads must be in 1..=4096, got {heads}"));
+        if heads == 0 || heads > 4096 || heads * self.dim_head > 1 << 20 {
+            return fail(format!(
+                "heads must be in 1..=4096 with heads * dim_head at most 1048576, got {heads} * {}",
+                self.dim_head
+            ));
         }
         match self.projection_mid_dim {
-            Some(m) if m != -1 && !(1..=1 << 20).contains(&m) => {
-                return fail(format!(
-                    "projection_mid_dim must be null, -1 or in 1..=1048576, got {m}"
-                ))
-            }
-            // The reference's projections map the input to the width of `to_q`'s output.
-            Some(-1) => {}
-            _ if heads * self.dim_head != dim => {
-                return fail(format!(
-                    "the non-linear projections need heads * dim_head == dim, got {heads} * {} \
-                     and {dim} (set projection_mid_dim to -1 for none)",
-                    self.dim_head
-                ))
-            }
-            _ => {}
+            Some(m) if m != -1 && !(1..=1 << 20).contains(&m) => fail(format!(
+                "projection_mid_dim must be null, -1 or in 1..=1048576, got {m}"
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
