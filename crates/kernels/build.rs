@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KERNELS: [&str; 9] = [
+const KERNELS: [&str; 10] = [
     "activation",
     "depthwise",
     "neighborhood",
@@ -19,6 +19,7 @@ const KERNELS: [&str; 9] = [
     "scan",
     "shift",
     "spectral",
+    "ssd",
     "wavelet",
 ];
 

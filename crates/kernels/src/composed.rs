@@ -475,6 +475,61 @@ pub fn selective_scan(
     Tensor::stack(&ys, 2)
 }
 
+/// The SSD scan of [`crate::ssd_scan`] in its quadratic dual form, as candle ops: per
+/// `(batch, head)`, `y = (M ⊙ (C Bᵀ)) X` with `M[t, s] = exp(cs_t - cs_s)` over `s ≤ t`
+/// (`cs` the inclusive cumulative sum of `log_decay`), or `exp(e_s - e_t)` over `s ≥ t` for the
+/// reverse scan (`e` the exclusive one). The segment sums of the masked half are replaced by 0
+/// before the `exp` (`where_cond`), so they are never exponentiated to infinity and pass no
+/// gradient. `x` `(B, L, H, P)`, `log_decay` `(B, L, H)`, `b`, `c` `(B, L, G, N)`; `O(L²)`
+/// memory per head. The fallback of the fused op and its backward on CUDA.
+pub fn ssd_scan(
+    x: &Tensor,
+    log_decay: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    reverse: bool,
+) -> Result<Tensor> {
+    let d = crate::ssd::dims(x.dims(), log_decay.dims(), b.dims(), c.dims())?;
+    if d.is_empty() {
+        return Tensor::zeros((d.b, d.l, d.h, d.p), x.dtype(), x.device());
+    }
+    let (bs, l, h, g) = (d.b, d.l, d.h, d.g);
+    let dev = x.device();
+    // (B, H, L)
+    let ld = log_decay.transpose(1, 2)?.contiguous()?;
+    let cs = ld.cumsum(2)?;
+    let (rows, cols) = if reverse {
+        let e = (&cs - &ld)?;
+        (e.neg()?, e)
+    } else {
+        (cs.clone(), cs.neg()?)
+    };
+    // seg[t, s] = rows_t + cols_s.
+    let seg = rows.unsqueeze(3)?.broadcast_add(&cols.unsqueeze(2)?)?;
+    let idx = Tensor::arange(0u32, l as u32, dev)?;
+    let (t, s) = (idx.reshape((l, 1))?, idx.reshape((1, l))?);
+    let mask = if reverse {
+        s.broadcast_ge(&t)?
+    } else {
+        s.broadcast_le(&t)?
+    };
+    let mask = mask.broadcast_as(seg.shape())?;
+    let decay = mask.where_cond(&seg, &seg.zeros_like()?)?.exp()?;
+    let decay = mask.where_cond(&decay, &decay.zeros_like()?)?;
+    // c_t · b_s per group, (B, G, L, L), shared by the heads of the group.
+    let cb = c
+        .transpose(1, 2)?
+        .contiguous()?
+        .matmul(&b.transpose(1, 2)?.transpose(2, 3)?.contiguous()?)?;
+    let m = decay
+        .reshape((bs, g, h / g, l, l))?
+        .broadcast_mul(&cb.unsqueeze(2)?)?
+        .reshape((bs, h, l, l))?;
+    m.matmul(&x.transpose(1, 2)?.contiguous()?)?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
 /// `gelu(x + bias)` with `bias` `[C]` broadcast along axis `channel_axis` of `x`, as candle ops.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tensor> {
     let mut shape = vec![1; x.rank()];

@@ -26,6 +26,10 @@
 //! * [`channel_norm`]: LayerNorm over channels (NCHW or tokens) and GroupNorm with one group.
 //! * [`spectral_filter`]: GFNet's global filter `irfft2(rfft2(x) * W)` (realfft/rustfft).
 //! * [`selective_scan`]: Mamba's selective state-space recurrence.
+//! * [`ssd_scan`]: the Mamba-2 SSD scan (one scalar decay per head) Hydra runs forward and
+//!   reversed, as the state recurrence or, for short sequences, its quadratic dual form
+//!   ([`ssd_scan_with`] picks the form); forward and backward fused on the CPU, the forward on
+//!   CUDA (`src/cuda/ssd.cu`, the backward there by the composition).
 //! * [`mix_shift`]: MS-MLP's channel-group shifts with their depthwise convolutions.
 //! * [`gelu`]: exact (erf) GELU with a vectorized erf; [`bias_gelu`]: a bias add and GELU in one
 //!   pass; [`star_relu`]: StarReLU in one pass; [`squared_relu`]: SquaredReLU in one pass.
@@ -61,6 +65,7 @@ mod simd;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod sizes;
 mod spectral;
+mod ssd;
 mod wavelet;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -78,6 +83,7 @@ pub use pool::{PoolMixer, PoolMixerNhwc};
 pub use scan::SelectiveScan;
 pub use shift::MixShiftOp;
 pub use spectral::{Irfft2, Rfft2, SpectralFilter};
+pub use ssd::{dual_is_faster, SsdPath, SsdScan};
 pub use wavelet::{HaarDwt, HaarDwtAdjoint};
 
 /// Whether fused kernels are enabled (`TOKENMIX_FUSED` is not `0`/`false`/`off`).
@@ -506,6 +512,53 @@ pub fn selective_scan(
         ud.apply_op3(&a.contiguous()?, &bc.contiguous()?, SelectiveScan)
     } else {
         composed::selective_scan(u, delta, a, b, c)
+    }
+}
+
+/// The Mamba-2 SSD scan (one scalar decay per head; Hydra's `mamba_chunk_scan_combined`):
+/// `y[b, t, h] = Σ_s exp(Σ log_decay over the steps between) (c[b, t, g] · b[b, s, g]) x[b, s, h]`
+/// over `s ≤ t`, or `s ≥ t` with `reverse` (the forward scan of the time-flipped inputs,
+/// flipped back). As a recurrence on a state `S` `(P, N)` per `(batch, head)`:
+/// `S_t = exp(log_decay_t) S_{t-1} + x_t ⊗ b_t` (`S_{t+1}` in reverse), `y_t = S_t c_t`.
+///
+/// `x` `(B, L, H, P)` (already multiplied by `dt`), `log_decay` `(B, L, H)` (`dt * A`, any real
+/// value), `b` and `c` `(B, L, G, N)` with `G` dividing `H` (head `h` reads group
+/// `h / (H / G)`); returns `(B, L, H, P)` (zeros where an operand is empty). Differentiable in
+/// all four. On the CPU in f32 the forward is the state recurrence, or the quadratic dual form
+/// for short sequences ([`dual_is_faster`]), and the backward is fused (a scan and its adjoint
+/// scan); on CUDA (f32 / f16 / bf16, `P ≤ 1024`, `N ≤ 128`) the forward is fused and the
+/// backward differentiates [`composed::ssd_scan`], which every other case runs.
+pub fn ssd_scan(
+    x: &Tensor,
+    log_decay: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    reverse: bool,
+) -> Result<Tensor> {
+    ssd_scan_with(x, log_decay, b, c, reverse, SsdPath::Auto)
+}
+
+/// [`ssd_scan`] with the form of the fused CPU forward chosen by `path` (the other devices
+/// and the composed path ignore it).
+pub fn ssd_scan_with(
+    x: &Tensor,
+    log_decay: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    reverse: bool,
+    path: SsdPath,
+) -> Result<Tensor> {
+    let d = ssd::dims(x.dims(), log_decay.dims(), b.dims(), c.dims())?;
+    if d.is_empty() {
+        return Tensor::zeros((d.b, d.l, d.h, d.p), x.dtype(), x.device());
+    }
+    let fits = x.device().is_cpu() || ssd::fits_gpu(d.p, d.n);
+    if use_fused(x) && same_dtype(x, &[log_decay, b, c]) && fits {
+        let bc = Tensor::stack(&[b, c], 2)?.contiguous()?;
+        let op = SsdScan { reverse, path };
+        x.contiguous()?.apply_op3(&log_decay.contiguous()?, &bc, op)
+    } else {
+        composed::ssd_scan(x, log_decay, b, c, reverse)
     }
 }
 

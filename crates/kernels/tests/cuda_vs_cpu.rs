@@ -335,3 +335,29 @@ fn neighborhood_attention_cuda_matches_cpu() {
         }
     }
 }
+
+#[test]
+fn ssd_scan_cuda_matches_cpu() {
+    // (batch, length, heads, head size, groups, state): odd sizes, one step, a Hydra-sized head
+    // (P = N = 64) and the largest state the kernel holds.
+    for (b, l, h, p, g, n) in [
+        (2, 7, 4, 3, 2, 5),
+        (1, 1, 2, 5, 1, 3),
+        (2, 33, 4, 64, 1, 64),
+        (1, 130, 2, 40, 2, 128),
+    ] {
+        for reverse in [false, true] {
+            // Log-decays mostly negative (dt * A), some positive.
+            let ld = randn(&[b, l, h]).affine(0.3, -0.2).unwrap();
+            let args = [
+                randn(&[b, l, h, p]),
+                ld,
+                strided(&[b, l, g, n]),
+                randn(&[b, l, g, n]),
+            ];
+            check(&format!("ssd_scan reverse={reverse}"), &args, 4.0, |t| {
+                tokenmix_kernels::ssd_scan(&t[0], &t[1], &t[2], &t[3], reverse)
+            });
+        }
+    }
+}

@@ -434,3 +434,31 @@ fn neighborhood_attention_matches_finite_differences() {
         );
     }
 }
+
+#[test]
+fn ssd_scan_matches_finite_differences() {
+    let mut rng = Rng::new("ssd");
+    for (l, g) in [(9, 2), (5, 1), (1, 1)] {
+        let (b, h, p, n) = (2, 4, 3, 5);
+        for reverse in [false, true] {
+            for path in [
+                tokenmix_kernels::SsdPath::Recurrent,
+                tokenmix_kernels::SsdPath::Dual,
+            ] {
+                // Log-decays mostly negative, some positive.
+                let ld = rng.randn(&[b, l, h], 0.3).affine(1.0, -0.2).unwrap();
+                check(
+                    &format!("ssd_scan L={l} G={g} reverse={reverse} {path:?}"),
+                    &[
+                        rng.randn(&[b, l, h, p], 1.0),
+                        ld,
+                        rng.randn(&[b, l, g, n], 1.0),
+                        rng.randn(&[b, l, g, n], 1.0),
+                    ],
+                    &[0, 1, 2, 3],
+                    |t| tokenmix_kernels::ssd_scan_with(&t[0], &t[1], &t[2], &t[3], reverse, path),
+                );
+            }
+        }
+    }
+}

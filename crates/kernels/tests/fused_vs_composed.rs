@@ -1770,3 +1770,252 @@ fn neighborhood_ops_reject_bad_shapes() {
     assert!(e.contains("neighborhood_logits"), "{e}");
     assert!(tokenmix_kernels::NeighborhoodAggregate::new(3, 4, 2).is_err());
 }
+
+use tokenmix_kernels::SsdPath;
+
+/// The SSD scan step by step with loops, in f64: the state `S` `(P, N)` of each
+/// `(batch, head)` decayed by `exp(ld_t)` and fed `x_t ⊗ b_t`, read out as `S_t c_t`.
+fn ssd_by_recurrence(x: &Tensor, ld: &Tensor, b: &Tensor, c: &Tensor, reverse: bool) -> Tensor {
+    let (bs, l, h, p) = x.dims4().unwrap();
+    let (_, _, g, n) = b.dims4().unwrap();
+    let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (xv, ldv, bv, cv) = (v(x), v(ld), v(b), v(c));
+    let mut y = vec![0f32; bs * l * h * p];
+    for bi in 0..bs {
+        for hi in 0..h {
+            let gi = hi / (h / g);
+            let mut s = vec![0f64; p * n];
+            for step in 0..l {
+                let t = if reverse { l - 1 - step } else { step };
+                let tok = (bi * l + t) * h + hi;
+                let a = (ldv[tok] as f64).exp();
+                let bc = ((bi * l + t) * g + gi) * n;
+                for pi in 0..p {
+                    let mut acc = 0f64;
+                    for k in 0..n {
+                        let e = &mut s[pi * n + k];
+                        *e = a * *e + xv[tok * p + pi] as f64 * bv[bc + k] as f64;
+                        acc += *e * cv[bc + k] as f64;
+                    }
+                    y[tok * p + pi] = acc as f32;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(y, (bs, l, h, p), &Device::Cpu).unwrap()
+}
+
+/// `t` reversed along axis 1 (time).
+fn flip_time(t: &Tensor) -> Tensor {
+    let l = t.dim(1).unwrap();
+    let idx: Vec<u32> = (0..l as u32).rev().collect();
+    let idx = Tensor::from_vec(idx, l, &Device::Cpu).unwrap();
+    t.contiguous().unwrap().index_select(&idx, 1).unwrap()
+}
+
+/// SSD operands `(x, log_decay, b, c)` for `(B, L, H, P, G, N)`, each a transposed view (not
+/// contiguous) where `transposed`; log-decays mostly negative, some positive.
+fn ssd_inputs(dims: [usize; 6], transposed: bool) -> [Tensor; 4] {
+    let [bs, l, h, p, g, n] = dims;
+    let view = |shape: [usize; 4]| -> Tensor {
+        if transposed {
+            let [a, b, c, d] = shape;
+            randn(&[a, c, b, d]).transpose(1, 2).unwrap()
+        } else {
+            randn(&shape)
+        }
+    };
+    let ld = if transposed {
+        randn(&[bs, h, l]).transpose(1, 2).unwrap()
+    } else {
+        randn(&[bs, l, h])
+    };
+    let ld = ld.affine(0.3, -0.2).unwrap();
+    [
+        view([bs, l, h, p]),
+        ld,
+        view([bs, l, g, n]),
+        view([bs, l, g, n]),
+    ]
+}
+
+const SSD_LENGTHS: [usize; 5] = [1, 2, 7, 33, 130];
+
+#[test]
+fn ssd_scan_matches_the_step_recurrence_and_the_composition() {
+    in_pools(|threads| {
+        for l in SSD_LENGTHS {
+            for g in [1, 2] {
+                for transposed in [false, true] {
+                    let [x, ld, b, c] = ssd_inputs([2, l, 4, 3, g, 5], transposed);
+                    for reverse in [false, true] {
+                        let what = format!(
+                            "L={l} G={g} reverse={reverse} transposed={transposed} \
+                             on {threads} threads"
+                        );
+                        let want = ssd_by_recurrence(&x, &ld, &b, &c, reverse);
+                        let scale = 1.0
+                            + want
+                                .abs()
+                                .unwrap()
+                                .max_all()
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap();
+                        let composed = composed::ssd_scan(&x, &ld, &b, &c, reverse).unwrap();
+                        let diff = max_abs_diff(&composed, &want) / scale;
+                        assert!(diff < 1e-4, "composition {what}: relative diff {diff}");
+                        for path in [SsdPath::Recurrent, SsdPath::Dual, SsdPath::Auto] {
+                            let got =
+                                tokenmix_kernels::ssd_scan_with(&x, &ld, &b, &c, reverse, path)
+                                    .unwrap();
+                            let diff = max_abs_diff(&got, &want) / scale;
+                            assert!(diff < 1e-5, "{path:?} {what}: relative diff {diff}");
+                        }
+                        let public = tokenmix_kernels::ssd_scan(&x, &ld, &b, &c, reverse).unwrap();
+                        assert!(max_abs_diff(&public, &want) / scale < 1e-5, "{what}");
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn reverse_ssd_scan_is_the_forward_scan_of_the_flipped_sequence() {
+    for l in SSD_LENGTHS {
+        let [x, ld, b, c] = ssd_inputs([2, l, 4, 3, 2, 5], true);
+        for path in [SsdPath::Recurrent, SsdPath::Dual] {
+            let reverse = tokenmix_kernels::ssd_scan_with(&x, &ld, &b, &c, true, path).unwrap();
+            let [fx, fld, fb, fc] = [&x, &ld, &b, &c].map(flip_time);
+            let flipped =
+                tokenmix_kernels::ssd_scan_with(&fx, &fld, &fb, &fc, false, path).unwrap();
+            let d = max_abs_diff(&reverse, &flip_time(&flipped));
+            assert!(d < 1e-5, "L={l} {path:?}: max diff {d}");
+        }
+    }
+}
+
+#[test]
+fn ssd_scan_has_the_gradients_of_its_composition() {
+    in_pools(|threads| {
+        for l in [1, 2, 7, 33] {
+            for g in [1, 2] {
+                for reverse in [false, true] {
+                    for path in [SsdPath::Recurrent, SsdPath::Dual] {
+                        let inputs = ssd_inputs([2, l, 4, 3, g, 5], l == 7);
+                        check_grads(
+                            &format!("ssd_scan L={l} G={g} reverse={reverse} {path:?} on {threads} threads"),
+                            &inputs,
+                            |t| tokenmix_kernels::ssd_scan_with(&t[0], &t[1], &t[2], &t[3], reverse, path),
+                            |t| composed::ssd_scan(&t[0], &t[1], &t[2], &t[3], reverse),
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn ssd_scan_of_empty_operands_is_zeros() {
+    for dims in [
+        [0, 5, 4, 3, 2, 5],
+        [2, 0, 4, 3, 2, 5],
+        [2, 5, 4, 0, 2, 5],
+        [2, 5, 4, 3, 2, 0],
+        [2, 5, 0, 3, 1, 5],
+    ] {
+        let [x, ld, b, c] = ssd_inputs(dims, false);
+        for reverse in [false, true] {
+            let y = tokenmix_kernels::ssd_scan(&x, &ld, &b, &c, reverse).unwrap();
+            assert_eq!(y.dims(), x.dims(), "{dims:?}");
+            assert!(y
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .all(|&v| v == 0.0));
+            let y = composed::ssd_scan(&x, &ld, &b, &c, reverse).unwrap();
+            assert_eq!(y.dims(), x.dims(), "{dims:?}");
+        }
+    }
+    // N = 0 through the op itself: y and its gradients are 0.
+    let [x, ld, b, c] = ssd_inputs([2, 5, 4, 3, 2, 0], false);
+    let bc = Tensor::stack(&[&b, &c], 2).unwrap();
+    let y = x
+        .apply_op3(&ld, &bc, tokenmix_kernels::SsdScan::default())
+        .unwrap();
+    assert_eq!(max_abs_diff(&y, &x.zeros_like().unwrap()), 0.0);
+}
+
+#[test]
+fn ssd_scan_rejects_bad_shapes() {
+    let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    let [x, ld, b, c] = ssd_inputs([2, 5, 4, 3, 2, 6], false);
+    let scan = |x: &Tensor, ld: &Tensor, b: &Tensor, c: &Tensor| {
+        err(tokenmix_kernels::ssd_scan(x, ld, b, c, false))
+    };
+    let e = scan(&x.flatten_from(2).unwrap(), &ld, &b, &c);
+    assert!(
+        e.contains("ssd_scan: x has shape [2, 5, 12], expected (B, L, H, P)"),
+        "{e}"
+    );
+    let e = scan(&x, &ld.narrow(1, 0, 4).unwrap(), &b, &c);
+    assert!(
+        e.contains("log_decay has shape [2, 4, 4], expected (2, 5, 4)"),
+        "{e}"
+    );
+    let e = scan(&x, &ld, &b.narrow(1, 0, 4).unwrap(), &c);
+    assert!(
+        e.contains("b has shape [2, 4, 2, 6], expected (2, 5, G, N)"),
+        "{e}"
+    );
+    let e = scan(&x, &ld, &b, &c.narrow(3, 0, 5).unwrap());
+    assert!(
+        e.contains("c has shape [2, 5, 2, 5], expected [2, 5, 2, 6]"),
+        "{e}"
+    );
+    let b3 = randn(&[2, 5, 3, 6]);
+    let e = scan(&x, &ld, &b3, &b3);
+    assert!(
+        e.contains("the 3 groups of b and c do not divide the 4 heads"),
+        "{e}"
+    );
+    let e = err(composed::ssd_scan(&x, &ld, &b3, &b3, true));
+    assert!(e.contains("do not divide"), "{e}");
+}
+
+/// Timings of the two CPU forms (run with `--ignored --nocapture`): the measurements behind
+/// [`tokenmix_kernels::dual_is_faster`].
+#[test]
+#[ignore]
+fn ssd_scan_path_timing() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for (p, n) in [(64, 64), (3, 5), (32, 16), (64, 128)] {
+            for l in [8, 16, 33, 65, 128, 256, 512, 1024] {
+                let [x, ld, b, c] = ssd_inputs([1, l, 4, p, 1, n], false);
+                let time = |path| {
+                    let run = || tokenmix_kernels::ssd_scan_with(&x, &ld, &b, &c, false, path).unwrap();
+                    run();
+                    let reps = (20_000_000 / (l * l * (p + n)).max(l * p * n)).clamp(3, 2000);
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        run();
+                    }
+                    start.elapsed().as_secs_f64() / reps as f64 / 4.0 * 1e3
+                };
+                let (rec, dual) = (time(SsdPath::Recurrent), time(SsdPath::Dual));
+                println!(
+                    "P={p} N={n} L={l}: recurrence {rec:.4} ms/head, dual {dual:.4} ms/head, rule picks {}",
+                    if tokenmix_kernels::dual_is_faster(l, p, n) { "dual" } else { "recurrence" }
+                );
+            }
+        }
+    });
+}

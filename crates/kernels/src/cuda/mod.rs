@@ -35,6 +35,7 @@ module!(POOL, "pool");
 module!(SCAN, "scan");
 module!(SHIFT, "shift");
 module!(SPECTRAL, "spectral");
+module!(SSD, "ssd");
 module!(WAVELET, "wavelet");
 
 /// Threads per block of the element-wise and grid-stride kernels.
