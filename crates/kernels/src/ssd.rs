@@ -646,7 +646,7 @@ mod gpu {
         ) -> Result<CudaSlice<T>> {
             let kernel = self.kernel()?;
             if self.d.is_empty() {
-                return Ok(dev.alloc_zeros::<T>(self.len)?);
+                return dev.alloc_zeros::<T>(self.len);
             }
             let x = view(xs, xl, OP, "x")?;
             let ld = view(lds, ldl, OP, "log_decay")?;
