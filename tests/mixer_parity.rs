@@ -139,3 +139,61 @@ fn linear_attention_matches_linfusion() {
         ),
     );
 }
+
+/// Builds the mixer `cfg` from the channel-first fixture `name` (input `(B, C, H, W)`) and checks
+/// its output against the reference's.
+fn check_map(name: &str, cfg: MixerConfig) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mixers")
+        .join(format!("{name}.safetensors"));
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let input = tensors.remove("input").unwrap();
+    let want = tensors.remove("output").unwrap();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let mixer = cfg.build(input.dim(1).unwrap(), vb).unwrap();
+    assert_eq!(mixer.layout(), MixerLayout::ChannelsLast);
+    let x = input.permute((0, 2, 3, 1)).unwrap();
+    let y = mixer.forward(&x).unwrap().permute((0, 3, 1, 2)).unwrap();
+    compare(name, &y, &want);
+}
+
+/// Hydra from goombalab/hydra on state-spaces/mamba's reference scan: one group, and two groups
+/// of heads with a 5-wide convolution.
+#[test]
+fn hydra_matches_goombalab() {
+    check_tokens(
+        "hydra",
+        mixer_from_json(
+            r#"{"type": "hydra", "d_state": 8, "d_conv": 7, "expand": 2, "headdim": 8, "ngroups": 1}"#,
+        ),
+    );
+    check_tokens(
+        "hydra_g2_conv5",
+        mixer_from_json(
+            r#"{"type": "hydra", "d_state": 6, "d_conv": 5, "expand": 2, "headdim": 12, "ngroups": 2}"#,
+        ),
+    );
+}
+
+/// tokenmix's reading of the Dynamic Spectrum Mixer against the same equations in PyTorch.
+#[test]
+fn dynamic_spectrum_matches_its_reading() {
+    check_map(
+        "dynamic_spectrum",
+        mixer_from_json(
+            r#"{"type": "dynamic_spectrum", "size": [7, 10], "expansion_ratio": 2.0, "num_filters": 4, "reweight_ratio": 0.25}"#,
+        ),
+    );
+}
+
+/// tokenmix's reading of S2AFormer's strip self-attention against the same equations in PyTorch.
+#[test]
+fn strip_attention_matches_its_reading() {
+    check_map(
+        "strip_attention",
+        mixer_from_json(
+            r#"{"type": "strip_attention", "num_heads": 2, "sr_ratio": 2, "qk_ratio": 0.5}"#,
+        ),
+    );
+}

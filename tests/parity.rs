@@ -512,3 +512,35 @@ fn transnext_trainable_path_matches_the_authors() {
         ],
     );
 }
+
+/// A CAFormer-shaped MetaFormer with goombalab/hydra's Hydra in stages 2-3.
+#[test]
+fn hydraformer_matches_hydra_in_timm_metaformer() {
+    check("hydraformer_s18_custom");
+}
+
+/// tokenmix's readings of the two papers without code, against the same equations in PyTorch.
+#[test]
+fn dsm_and_s2aformer_match_their_readings() {
+    check("tokenmix_dsm_s18_custom");
+    check("tokenmix_s2a_t_custom");
+}
+
+/// Hydra with trainable weights: gradients reach the scan's inputs (dt bias, A, B/C through the
+/// convolution), the diagonal and the gated norm.
+#[test]
+fn hydraformer_trainable_path_matches_hydra() {
+    check_trainable(
+        "hydraformer_s18_custom",
+        &[
+            "stages.2.blocks.0.token_mixer.in_proj.weight",
+            "stages.2.blocks.0.token_mixer.conv1d.weight",
+            "stages.2.blocks.0.token_mixer.dt_bias",
+            "stages.2.blocks.0.token_mixer.A_log",
+            "stages.2.blocks.1.token_mixer.D",
+            "stages.2.blocks.1.token_mixer.fc_D.weight",
+            "stages.3.blocks.0.token_mixer.norm.weight",
+            "stages.3.blocks.0.token_mixer.out_proj.weight",
+        ],
+    );
+}

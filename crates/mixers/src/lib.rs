@@ -29,7 +29,9 @@
 //! (CAFormer), [`token_mlp`] (MLP-Mixer, gMixer), [`linear_tokens`] (ResMLP), [`global_filter`]
 //! (GFNet), [`shift`] (MS-MLP), [`ssm`] (bidirectional selective SSM), [`raft`] (RaftMLP),
 //! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer), [`ffn`] (MetaMixer / FFNet), [`ninformer`] (NiNformer),
-//! [`linear_attention`] (LinFusion), [`aggregated_attention`] (TransNeXt). [`layers`] holds the building blocks the backbones share (norms,
+//! [`linear_attention`] (LinFusion), [`aggregated_attention`] (TransNeXt), [`hydra`] (Hydra),
+//! [`spectrum`] (tokenmix's reading of the Dynamic Spectrum Mixer), [`strip_attention`]
+//! (tokenmix's reading of S2AFormer's strip self-attention). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -78,6 +80,9 @@ registry! {
     ninformer::MixerGatingUnitConfig,
     linear_attention::LinearAttentionConfig,
     aggregated_attention::AggregatedAttentionConfig,
+    hydra::HydraConfig,
+    spectrum::DynamicSpectrumConfig,
+    strip_attention::StripAttentionConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
@@ -86,6 +91,7 @@ pub use attention::Attention;
 pub use ffn::FfnTokenMixer;
 pub use gated_conv::GatedConv;
 pub use global_filter::GlobalFilter;
+pub use hydra::Hydra;
 pub use identity::Identity;
 pub use inception::InceptionMixer;
 pub use linear_attention::LinearAttention;
@@ -97,7 +103,9 @@ pub use random_mixing::RandomMixing;
 pub use sepconv::SepConv;
 pub use shift::MixShift;
 pub use spatial_gating::SpatialGatingUnit;
+pub use spectrum::DynamicSpectrum;
 pub use ssm::Mamba;
+pub use strip_attention::StripAttention;
 pub use token_mlp::TokenMlp;
 pub use wave::WaveBlock;
 

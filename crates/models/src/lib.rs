@@ -304,4 +304,6 @@ families! {
     ffnet::FfNetConfig,
     ninformer::NiNformerConfig,
     transnext::TransNeXtConfig,
+    hydra_vit::HydraVitConfig,
+    s2aformer::S2AFormerConfig,
 }

@@ -18,6 +18,8 @@ use tokenmix_mixers::layers::{
 };
 use tokenmix_mixers::random_mixing::RandomMixingConfig;
 use tokenmix_mixers::ssm::MambaConfig;
+use tokenmix_mixers::hydra::HydraConfig;
+use tokenmix_mixers::spectrum::DynamicSpectrumConfig;
 use tokenmix_mixers::linear_attention::LinearAttentionConfig;
 use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
 
@@ -192,6 +194,38 @@ impl MetaFormerConfig {
         }
     }
 
+    /// A CAFormer whose attention stages use Hydra's bidirectional matrix mixer instead (SepConv
+    /// in stages 0-1, Hydra with the reference's defaults in stages 2-3): tokenmix's MetaFormer
+    /// with a quasiseparable mixer.
+    pub fn hydraformer(depths: [usize; 4], dims: [usize; 4]) -> Self {
+        let hydra = MixerConfig::new(HydraConfig::default());
+        let mixers = vec![
+            MixerConfig::sepconv(),
+            MixerConfig::sepconv(),
+            hydra.clone(),
+            hydra,
+        ];
+        Self {
+            norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
+            use_mlp_head: true,
+            ..Self::base(depths, dims, mixers)
+        }
+    }
+
+    /// tokenmix's reading of the Dynamic Spectrum Mixer as a MetaFormer: the
+    /// `dynamic_spectrum` mixer (see [`tokenmix_mixers::spectrum`]) in every stage, for an input
+    /// of `img_size`, ConvFormer's norms and MlpHead.
+    pub fn dsm(depths: [usize; 4], dims: [usize; 4], img_size: (usize, usize)) -> Self {
+        let spectrum = MixerConfig::new(DynamicSpectrumConfig::default());
+        let mut cfg = Self {
+            norm_layers: vec![NormConfig::LAYER_NORM_NO_BIAS; 4],
+            use_mlp_head: true,
+            ..Self::base(depths, dims, vec![spectrum; 4])
+        };
+        cfg.set_random_mixing_size(img_size);
+        cfg
+    }
+
     /// Number of stages.
     pub fn num_stages(&self) -> usize {
         self.depths.len()
@@ -350,6 +384,12 @@ impl Family for MetaFormerConfig {
         entry!("linattnformer_s36", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CS36.0, CS36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
         entry!("linattnformer_m36", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CM36.0, CM36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
         entry!("linattnformer_b36", "linattnformer", None, ArchConfig::new(MetaFormerConfig::linattnformer(CB36.0, CB36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("hydraformer_s18", "hydraformer", None, ArchConfig::new(MetaFormerConfig::hydraformer(CS18.0, CS18.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("hydraformer_s36", "hydraformer", None, ArchConfig::new(MetaFormerConfig::hydraformer(CS36.0, CS36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("hydraformer_m36", "hydraformer", None, ArchConfig::new(MetaFormerConfig::hydraformer(CM36.0, CM36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("hydraformer_b36", "hydraformer", None, ArchConfig::new(MetaFormerConfig::hydraformer(CB36.0, CB36.1)), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("tokenmix_dsm_s18", "tokenmix_dsm", None, ArchConfig::new(MetaFormerConfig::dsm(CS18.0, CS18.1, (224, 224))), pretrained: PretrainedCfg::metaformer(1.0)),
+        entry!("tokenmix_dsm_s36", "tokenmix_dsm", None, ArchConfig::new(MetaFormerConfig::dsm(CS36.0, CS36.1, (224, 224))), pretrained: PretrainedCfg::metaformer(1.0)),
     ];
 }
 

@@ -163,7 +163,7 @@ mod tests {
     fn globs_and_substrings_select_models() {
         assert_eq!(list_models("caformer_*").len(), 4);
         assert_eq!(list_models("").len(), all_models().count());
-        assert_eq!(all_models().count(), 104);
+        assert_eq!(all_models().count(), 115);
         assert!(list_models("s12").iter().all(|m| m.name.contains("s12")));
         assert!(list_models("*_m4?").iter().all(|m| m.name.ends_with("m48")));
         assert!(list_models("nothing*").is_empty());
@@ -278,6 +278,20 @@ mod tests {
             ("linattnformer_s36", 49_881_294),
             ("linattnformer_m36", 70_880_782),
             ("linattnformer_b36", 124_809_550),
+            // The same with goombalab/hydra's Hydra (its defaults) in stages 2-3, and the
+            // isotropic Hydra ViTs counted on the reference Hydra with timm's Mlp.
+            ("hydraformer_s18", 31_206_198),
+            ("hydraformer_s36", 46_927_866),
+            ("hydraformer_m36", 66_371_320),
+            ("hydraformer_b36", 115_741_318),
+            ("hydra_vit_s16_224", 27_003_928),
+            ("hydra_vit_b16_224", 103_969_864),
+            // tokenmix's readings, counted on scripts/make_wave2b_fixtures.py's PyTorch modules.
+            ("tokenmix_dsm_s18", 42_650_988),
+            ("tokenmix_dsm_s36", 69_673_344),
+            ("tokenmix_s2a_t", 3_303_384),
+            ("tokenmix_s2a_s", 15_291_720),
+            ("tokenmix_s2a_b", 29_977_608),
         ];
         for (name, n) in expect {
             assert_eq!(model_entry(name).unwrap().params(), n, "{name}");
