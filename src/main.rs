@@ -250,9 +250,10 @@ struct BenchArgs {
     /// Batch size for the throughput measurement.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Input height and width.
-    #[arg(long, default_value_t = 224)]
-    image_size: usize,
+    /// Input height and width; a comma-separated list (`224,384,512`) measures every model at
+    /// each size, and `--plot` then draws latency and GMACs against the size.
+    #[arg(long, value_delimiter = ',', default_value = "224")]
+    image_size: Vec<usize>,
     /// Timed runs per measurement (after one warm-up run); the median is reported.
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -260,7 +261,8 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Also draw paper top-1 against measured images/s and against GMACs, one labelled point
-    /// per model, families coloured (.svg or .png).
+    /// per model, families coloured (with several sizes: batch-1 latency and GMACs against the
+    /// input size, one line per model) (.svg or .png).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// `cpu`, or `cuda` for the first GPU (builds with `--features cuda`).
@@ -353,7 +355,7 @@ struct TrainArgs {
     device: String,
 }
 
-const DEFAULT_BENCH: [&str; 24] = [
+const DEFAULT_BENCH: [&str; 28] = [
     "poolformer_s12",
     "poolformerv2_s12",
     "identityformer_s12",
@@ -378,6 +380,10 @@ const DEFAULT_BENCH: [&str; 24] = [
     "ninformer_s16_224",
     "linattnformer_s18",
     "transnext_micro",
+    "hydraformer_s18",
+    "hydra_vit_s16_224",
+    "tokenmix_dsm_s18",
+    "tokenmix_s2a_s",
 ];
 
 fn main() {
@@ -839,77 +845,98 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
             args.models.as_deref().unwrap_or("")
         );
     }
-    if args.batch == 0 || args.image_size < 32 {
-        bail!("--batch must be positive and --image-size at least 32");
+    if args.batch == 0 || args.image_size.is_empty() || args.image_size.iter().any(|&s| s < 32) {
+        bail!("--batch must be positive and every --image-size at least 32");
     }
     let threads = match device {
         Device::Cpu => candle_core::utils::get_num_threads(),
         _ => 0,
     };
-    let bar = ProgressBar::new(entries.len() as u64 * 2);
+    let sizes = &args.image_size;
+    let bar = ProgressBar::new((entries.len() * sizes.len()) as u64 * 2);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let s = args.image_size;
     let mut results = Vec::new();
-    for m in entries {
-        let mut cfg = m.config();
-        cfg.set_image_size(s, s);
-        let model = random_model(&cfg, device)?;
-        bar.set_message(format!("{} batch 1", m.name));
-        let x1 = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?;
-        let t1 = median_time(args.iters, device, || Ok(model.forward(&x1)?))?;
-        bar.inc(1);
-        bar.set_message(format!("{} batch {}", m.name, args.batch));
-        let xb = Tensor::randn(0f32, 1.0, (args.batch, 3, s, s), device)?;
-        let tb = median_time(args.iters.div_ceil(2), device, || Ok(model.forward(&xb)?))?;
-        bar.inc(1);
-        results.push(BenchResult {
-            name: m.name.to_string(),
-            family: m.family.to_string(),
-            params: m.params(),
-            gmacs: cfg.macs(s, s) as f64 / 1e9,
-            top1: m.top1,
-            image_size: s,
-            batch: args.batch,
-            latency_ms: t1.as_secs_f64() * 1e3,
-            images_per_s: args.batch as f64 / tb.as_secs_f64(),
-            threads,
-            peak_rss_mb: peak_rss_mb(),
-        });
+    for &s in sizes {
+        for m in &entries {
+            results.push(bench_one(m, s, args, device, threads, &bar)?);
+        }
     }
     bar.finish_and_clear();
     if let Some(path) = &args.plot {
-        bench_figure(&results, threads).save(path)?;
+        let figure = if sizes.len() > 1 {
+            scaling_figure(&results, threads)
+        } else {
+            bench_figure(&results, threads)
+        };
+        figure.save(path)?;
         eprintln!("plot written to {}", path.display());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("{}, {s}x{s} input, random weights", machine_text(threads));
-    println!(
-        "{:<20} {:>9} {:>7} {:>6} {:>12} {:>12}",
-        "model",
-        "params(M)",
-        "GMACs",
-        "top-1",
-        "b1 ms",
-        format!("b{} img/s", args.batch)
-    );
-    for r in &results {
+    for &s in sizes {
+        println!("{}, {s}x{s} input, random weights", machine_text(threads));
         println!(
-            "{:<20} {:>9.1} {:>7.2} {:>6} {:>12.1} {:>12.1}",
-            r.name,
-            r.params as f64 / 1e6,
-            r.gmacs,
-            top1_text(r.top1),
-            r.latency_ms,
-            r.images_per_s
+            "{:<20} {:>9} {:>7} {:>6} {:>12} {:>12}",
+            "model",
+            "params(M)",
+            "GMACs",
+            "top-1",
+            "b1 ms",
+            format!("b{} img/s", args.batch)
         );
+        for r in results.iter().filter(|r| r.image_size == s) {
+            println!(
+                "{:<20} {:>9.1} {:>7.2} {:>6} {:>12.1} {:>12.1}",
+                r.name,
+                r.params as f64 / 1e6,
+                r.gmacs,
+                top1_text(r.top1),
+                r.latency_ms,
+                r.images_per_s
+            );
+        }
     }
     Ok(())
+}
+
+/// Measures zoo model `m` with random weights at `s x s`: batch-1 latency and batch throughput.
+fn bench_one(
+    m: &tokenmix::models::ModelEntry,
+    s: usize,
+    args: &BenchArgs,
+    device: &Device,
+    threads: usize,
+    bar: &ProgressBar,
+) -> Result<BenchResult> {
+    let mut cfg = m.config();
+    cfg.set_image_size(s, s);
+    let model = random_model(&cfg, device)?;
+    bar.set_message(format!("{} {s}x{s} batch 1", m.name));
+    let x1 = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?;
+    let t1 = median_time(args.iters, device, || Ok(model.forward(&x1)?))?;
+    bar.inc(1);
+    bar.set_message(format!("{} {s}x{s} batch {}", m.name, args.batch));
+    let xb = Tensor::randn(0f32, 1.0, (args.batch, 3, s, s), device)?;
+    let tb = median_time(args.iters.div_ceil(2), device, || Ok(model.forward(&xb)?))?;
+    bar.inc(1);
+    Ok(BenchResult {
+        name: m.name.to_string(),
+        family: m.family.to_string(),
+        params: m.params(),
+        gmacs: cfg.macs(s, s) as f64 / 1e9,
+        top1: m.top1,
+        image_size: s,
+        batch: args.batch,
+        latency_ms: t1.as_secs_f64() * 1e3,
+        images_per_s: args.batch as f64 / tb.as_secs_f64(),
+        threads,
+        peak_rss_mb: peak_rss_mb(),
+    })
 }
 
 /// `2 threads` (`1 thread`) on the CPU, `CUDA GPU` (recorded as 0 threads) on a GPU.
@@ -922,6 +949,44 @@ fn machine_text(threads: usize) -> String {
 }
 
 /// Paper top-1 against measured throughput and against GMACs, one point per model.
+/// Batch-1 latency and GMACs against the input side, one line per model.
+fn scaling_figure(results: &[BenchResult], threads: usize) -> plot::Figure {
+    let mut names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+    names.dedup();
+    names.sort_unstable();
+    names.dedup();
+    let lines = |y: fn(&BenchResult) -> f64| -> Vec<plot::Series> {
+        names
+            .iter()
+            .map(|&name| plot::Series {
+                name: name.to_string(),
+                points: results
+                    .iter()
+                    .filter(|r| r.name == name)
+                    .map(|r| (r.image_size as f64, y(r)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let panel = |title: &str, y_label: &str, y: fn(&BenchResult) -> f64| plot::Panel {
+        title: title.to_string(),
+        x_label: "input side (pixels)".to_string(),
+        y_label: y_label.to_string(),
+        log_x: false,
+        kind: plot::PanelKind::Lines(lines(y)),
+    };
+    plot::Figure {
+        title: format!(
+            "cost against resolution ({}, random weights)",
+            machine_text(threads)
+        ),
+        panels: vec![
+            panel("batch-1 latency", "ms", |r| r.latency_ms),
+            panel("multiply-accumulates", "GMACs", |r| r.gmacs),
+        ],
+    }
+}
+
 fn bench_figure(results: &[BenchResult], threads: usize) -> plot::Figure {
     let points = |x: fn(&BenchResult) -> f64| -> Vec<plot::Point> {
         results

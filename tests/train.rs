@@ -33,6 +33,11 @@ fn family_specs() -> Vec<(&'static str, ModelSpec)> {
         "mambamixer_ti",
         "raftmlp_s",
         "affnet_et",
+        "ninformer_cifar10_custom",
+        "linattnformer_s18_custom",
+        "transnext_micro_custom",
+        "hydraformer_s18_custom",
+        "tokenmix_s2a_t_custom",
     ];
     names
         .into_iter()
