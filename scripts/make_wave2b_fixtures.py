@@ -494,7 +494,9 @@ class StripAttentionReading(nn.Module):
         b, c, h, w = x.shape
         r = x
         if self.sr_ratio > 1:
-            r = self.norm(self.sr(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            pad = (0, max(self.sr_ratio - w, 0), 0, max(self.sr_ratio - h, 0))
+            reduced = self.sr(torch.nn.functional.pad(x, pad))
+            r = self.norm(reduced.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         tokens, reduced = x.flatten(2).transpose(1, 2), r.flatten(2).transpose(1, 2)
 
         def heads(t):

@@ -281,7 +281,7 @@ struct LocalPooledAttention {
     kv: Pointwise,
     sr: Pointwise,
     norm: Norm,
-    /// `[heads, 1, window²]`.
+    /// `[heads, window²]`.
     relative_pos_bias_local: Tensor,
     /// `[heads, head_dim, window²]`.
     learnable_tokens: Tensor,
@@ -330,7 +330,7 @@ impl LocalPooledAttention {
         let k_local = l2_normalize(&split_heads(&kv.narrow(2, 0, c)?, heads)?)?;
         let v_local = split_heads(&kv.narrow(2, c, c)?, heads)?;
         let local = tokenmix_kernels::neighborhood_logits(&q, &k_local, h, w, win)?
-            .broadcast_add(&self.relative_pos_bias_local)?;
+            .broadcast_add(&self.relative_pos_bias_local.unsqueeze(1)?)?;
 
         let pooled = adaptive_avg_pool(&tokenmix_kernels::gelu(&self.sr.forward(x)?)?, pool)?;
         let pooled = self.norm.forward(&pooled.reshape((b, pool_len, c))?)?;
@@ -387,9 +387,7 @@ impl AggregatedAttention {
                 kv: linear(dim, 2 * dim, cfg.qkv_bias, vb.pp("kv"))?,
                 sr: Pointwise::conv1x1(dim, dim, true, MixerLayout::ChannelsLast, vb.pp("sr"))?,
                 norm: TORCH_LAYER_NORM.build(dim, MixerLayout::Tokens, vb.pp("norm"))?,
-                relative_pos_bias_local: vb
-                    .get((heads, w2), "relative_pos_bias_local")?
-                    .reshape((heads, 1, w2))?,
+                relative_pos_bias_local: vb.get((heads, w2), "relative_pos_bias_local")?,
                 learnable_tokens: vb.get((heads, dim / heads, w2), "learnable_tokens")?,
                 learnable_bias: vb.get((heads, 1, w2), "learnable_bias")?,
                 common,

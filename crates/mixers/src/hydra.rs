@@ -50,7 +50,8 @@ impl Hydra {
     pub fn new(cfg: &HydraConfig, dim: usize, vb: VarBuilder) -> Result<Self> {
         cfg.validate(dim)?;
         let d_inner = cfg.expand * dim;
-        let nheads = d_inner / cfg.headdim;
+        let headdim = cfg.headdim(dim);
+        let nheads = d_inner / headdim;
         let bc = 2 * 2 * cfg.ngroups * cfg.d_state;
         let conv_dim = d_inner + bc;
         let layout = MixerLayout::Tokens;
@@ -75,7 +76,7 @@ impl Hydra {
             d_state: cfg.d_state,
             ngroups: cfg.ngroups,
             nheads,
-            headdim: cfg.headdim,
+            headdim,
         })
     }
 
@@ -172,7 +173,8 @@ pub struct HydraConfig {
     pub d_conv: usize,
     /// Inner width as a multiple of the channels.
     pub expand: usize,
-    /// Channels per head.
+    /// Channels per head; an inner width smaller than it (which the reference refuses) is one
+    /// head.
     pub headdim: usize,
     /// Groups of heads sharing `B` and `C`.
     pub ngroups: usize,
@@ -203,6 +205,14 @@ impl Default for HydraConfig {
     }
 }
 
+impl HydraConfig {
+    /// Channels per head for `dim` channels: `headdim`, or the whole inner width where that is
+    /// smaller.
+    fn headdim(&self, dim: usize) -> usize {
+        self.headdim.min(self.expand * dim)
+    }
+}
+
 impl MixerSpec for HydraConfig {
     fn kind(&self) -> &'static str {
         "hydra"
@@ -222,7 +232,7 @@ impl MixerSpec for HydraConfig {
             return fail(format!("d_conv must be odd and at most 63, got {}", self.d_conv));
         }
         let inner = self.expand * dim;
-        let p = self.headdim;
+        let p = self.headdim(dim);
         if p == 0 || !inner.is_multiple_of(p) {
             return fail(format!(
                 "headdim {p} must divide the inner width expand * dim = {inner}"
@@ -248,7 +258,7 @@ impl MixerSpec for HydraConfig {
         let (l, c) = ((h * w) as u64, dim as u64);
         let inner = (self.expand * dim) as u64;
         let gn = (self.ngroups * self.d_state) as u64;
-        let heads = inner / self.headdim.max(1) as u64;
+        let heads = inner / self.headdim(dim).max(1) as u64;
         let proj = l * c * (2 * inner + 4 * gn + 2 * heads) + l * inner * c;
         let conv = l * (inner + 4 * gn) * self.d_conv as u64;
         let scans = 2 * 2 * l * inner * self.d_state as u64;

@@ -52,7 +52,7 @@ pub struct DynamicSpectrum {
     pwconv1: Pointwise,
     reweight_fc1: Pointwise,
     reweight_fc2: Pointwise,
-    /// `[K, H * W, C']`.
+    /// `[K, H, W, C']`.
     banks: Tensor,
     pwconv2: Pointwise,
     dct_rows: Tensor,
@@ -69,12 +69,11 @@ impl DynamicSpectrum {
         let (h, w) = cfg.size;
         let layout = MixerLayout::ChannelsLast;
         let linear = |i, o, bias, vb| Pointwise::from_linear(i, o, bias, layout, vb);
-        let banks = vb.get((cfg.num_filters, h, w, mid), "banks")?;
         Ok(Self {
             pwconv1: linear(dim, mid, false, vb.pp("pwconv1"))?,
             reweight_fc1: linear(dim, hidden, true, vb.pp("reweight").pp("fc1"))?,
             reweight_fc2: linear(hidden, cfg.num_filters * mid, true, vb.pp("reweight").pp("fc2"))?,
-            banks: banks.reshape((cfg.num_filters, h * w, mid))?,
+            banks: vb.get((cfg.num_filters, h, w, mid), "banks")?,
             pwconv2: linear(mid, dim, false, vb.pp("pwconv2"))?,
             dct_rows: dct_matrix(h, vb.device())?.to_dtype(vb.dtype())?,
             dct_cols: dct_matrix(w, vb.device())?.to_dtype(vb.dtype())?,
@@ -111,8 +110,9 @@ impl TokenMixer for DynamicSpectrum {
             .forward(&self.reweight_fc1.forward(&pooled)?.relu()?)?
             .reshape((b, k, 1, self.mid))?;
         let r = candle_nn::ops::softmax(&r, 1)?;
+        let banks = self.banks.reshape((k, h * w, self.mid))?;
         let weights = r
-            .broadcast_mul(&self.banks.unsqueeze(0)?)?
+            .broadcast_mul(&banks.unsqueeze(0)?)?
             .sum(1)?
             .reshape((b, h, w, self.mid))?;
         let u = tokenmix_kernels::gelu(&self.pwconv1.forward(x)?)?;

@@ -16,7 +16,8 @@ use crate::ninformer::TORCH_LAYER_NORM;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Strip self-attention on a channel-last map `(B, H, W, C)`: `q = Linear(C -> C_qk)(x)`; the
-/// reduced map `r = LN(dw_{R x R / R}(x))` (`r = x` when `sr_ratio` is 1); `k = Linear(C ->
+/// reduced map `r = LN(dw_{R x R / R}(x))` (`r = x` when `sr_ratio` is 1; a side shorter than
+/// `R` is zero-padded to it first); `k = Linear(C ->
 /// C_qk)(r)`, `v = Linear(C -> C)(r)`; per head `softmax(q kᵀ / sqrt(C_qk / heads)) v`; `proj`.
 /// Checkpoint names (tokenmix's own: the paper has no code): `q`, `sr`, `norm`, `k`, `v`,
 /// `proj`.
@@ -84,13 +85,11 @@ impl TokenMixer for StripAttention {
         let reduced = match &self.reduction {
             Some((weight, bias, norm)) => {
                 let r = self.cfg.sr_ratio;
-                if h < r || w < r {
-                    return Err(config_error(
-                        "strip_attention",
-                        format!("a {h}x{w} map is smaller than the key/value reduction {r}"),
-                    ));
-                }
-                let y = tokenmix_kernels::depthwise_conv2d_nhwc(x, weight, Some(bias), r, 0)?;
+                // A map smaller than the reduction is zero-padded to it (one key and value).
+                let x = x
+                    .pad_with_zeros(1, 0, r.saturating_sub(h))?
+                    .pad_with_zeros(2, 0, r.saturating_sub(w))?;
+                let y = tokenmix_kernels::depthwise_conv2d_nhwc(&x, weight, Some(bias), r, 0)?;
                 norm.forward(&y)?
             }
             None => x.clone(),

@@ -1007,7 +1007,7 @@ mod tests {
     /// random, for a 48x80 input.
     fn random_metaformer(mixer: &MixerConfig) -> MetaFormer {
         use candle_core::{DType, Device};
-        let mut cfg = MetaFormerConfig::poolformer_v2([1, 1, 1, 1], [16, 32, 48, 64]);
+        let mut cfg = MetaFormerConfig::poolformer_v2([1, 1, 1, 1], [16, 32, 64, 128]);
         cfg.num_classes = 10;
         cfg.token_mixers = vec![mixer.clone(); 4];
         cfg.set_random_mixing_size((48, 80));
@@ -1040,8 +1040,8 @@ mod tests {
             let expect = [
                 [2, 16, 12, 20],
                 [2, 32, 6, 10],
-                [2, 48, 3, 5],
-                [2, 64, 2, 3],
+                [2, 64, 3, 5],
+                [2, 128, 2, 3],
             ];
             assert_eq!(dims, expect, "{}", reg.kind);
             let logits = model.forward(&x).unwrap();
