@@ -190,13 +190,28 @@ def write_ninformer(args, common, gen):
              "ninformer_cifar10_custom", meta["reference"], args.ninformer_commit)
 
 
+def caformer_with(mixer, model_args):
+    """timm's MetaFormer with caformer_s18's kwargs, `model_args` on top and `mixer` (a class
+    taking `dim`) as the token mixer of stages 2-3, run on channel-last tokens there (timm's stages
+    do that only for subclasses of its Attention, so the class stands in for it while building)."""
+    from timm.models import metaformer as tmf
+
+    from make_fixtures import timm_kwargs
+
+    kwargs = {**timm_kwargs("caformer_s18"), **model_args}
+    kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, mixer, mixer]
+    attention = tmf.Attention
+    tmf.Attention = mixer
+    try:
+        return tmf.MetaFormer(**kwargs)
+    finally:
+        tmf.Attention = attention
+
+
 def write_linfusion(args, common, gen):
     """LinFusion's generalized linear attention alone (two settings) and in a CAFormer-shaped
     MetaFormer."""
     import timm
-    from timm.models import metaformer as tmf
-
-    from make_fixtures import timm_kwargs
 
     la = load_module(
         os.path.join(args.linfusion_repo, "src", "linfusion", "attention.py"),
@@ -238,15 +253,7 @@ def write_linfusion(args, common, gen):
             return super().forward(x)
 
     model_args = {"depths": [1, 1, 2, 1], "dims": [16, 24, 32, 64], "num_classes": 5}
-    kwargs = {**timm_kwargs("caformer_s18"), **model_args}
-    kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, Mixer, Mixer]
-    # timm's stages run channel-last tokens only for subclasses of its Attention.
-    attention = tmf.Attention
-    tmf.Attention = Mixer
-    try:
-        model = tmf.MetaFormer(**kwargs)
-    finally:
-        tmf.Attention = attention
+    model = caformer_with(Mixer, model_args)
     write_model(
         args.out,
         "linattnformer_s18_custom",
@@ -388,9 +395,6 @@ def hydra_module(args):
 def write_hydra(args, common, gen):
     """Hydra: the mixer alone (one and two groups) and in a CAFormer-shaped MetaFormer."""
     import timm
-    from timm.models import metaformer as tmf
-
-    from make_fixtures import timm_kwargs
 
     hy = hydra_module(args)
     meta = {
@@ -416,14 +420,7 @@ def write_hydra(args, common, gen):
             super().__init__(d_model=dim)
 
     model_args = {"depths": [1, 1, 2, 1], "dims": [16, 24, 32, 64], "num_classes": 5}
-    kwargs = {**timm_kwargs("caformer_s18"), **model_args}
-    kwargs["token_mixers"] = [tmf.SepConv, tmf.SepConv, Mixer, Mixer]
-    attention = tmf.Attention
-    tmf.Attention = Mixer
-    try:
-        model = tmf.MetaFormer(**kwargs)
-    finally:
-        tmf.Attention = attention
+    model = caformer_with(Mixer, model_args)
     write_model(
         args.out,
         "hydraformer_s18_custom",

@@ -9,18 +9,24 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenmix::mixers::{MixerConfig, MixerLayout};
 
-/// Builds the registered default of mixer `kind` from its fixture's weights and checks its
-/// output against the reference's (relative L2 and max abs, 1e-4).
-fn check(kind: &str) {
+/// The fixture `name`'s state dict as a var builder, its input and the reference output.
+fn load(name: &str) -> (VarBuilder<'static>, Tensor, Tensor) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/mixers")
-        .join(format!("{kind}.safetensors"));
+        .join(format!("{name}.safetensors"));
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let input = tensors.remove("input").unwrap();
     let want = tensors.remove("output").unwrap();
-    let dim = input.dim(1).unwrap();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    (vb, input, want)
+}
+
+/// Builds the registered default of mixer `kind` from its fixture's weights and checks its
+/// output against the reference's (relative L2 and max abs, 1e-4).
+fn check(kind: &str) {
+    let (vb, input, want) = load(kind);
+    let dim = input.dim(1).unwrap();
     let mixer = MixerConfig::default_of(kind)
         .unwrap()
         .build(dim, vb)
@@ -34,17 +40,7 @@ fn check(kind: &str) {
         }
         _ => mixer.forward(&input).unwrap(),
     };
-    assert_eq!(got.dims(), want.dims());
-    let diff = (&got - &want).unwrap();
-    let scalar = |t: Tensor| -> f32 { t.to_scalar().unwrap() };
-    let rel = scalar(diff.sqr().unwrap().sum_all().unwrap()).sqrt()
-        / scalar(want.sqr().unwrap().sum_all().unwrap()).sqrt();
-    let max = scalar(diff.abs().unwrap().max_all().unwrap());
-    let size = scalar(want.abs().unwrap().max_all().unwrap());
-    assert!(
-        rel <= 1e-4 && max <= 1e-4 * size.max(1.0),
-        "{kind}: rel L2 {rel:e}, max {max:e}"
-    );
+    compare(kind, &got, &want);
 }
 
 #[test]
@@ -75,14 +71,7 @@ fn hsm_ssd_matches_efficientvim() {
 /// Builds the mixer `cfg` from the token fixture `name` (input `(B, N, C)`) and checks its
 /// output against the reference's (relative L2 and max abs, 1e-4).
 fn check_tokens(name: &str, cfg: MixerConfig) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mixers")
-        .join(format!("{name}.safetensors"));
-    let mut tensors: HashMap<String, Tensor> =
-        candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let input = tensors.remove("input").unwrap();
-    let want = tensors.remove("output").unwrap();
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let (vb, input, want) = load(name);
     let mixer = cfg.build(input.dim(2).unwrap(), vb).unwrap();
     assert_eq!(mixer.layout(), MixerLayout::Tokens);
     compare(name, &mixer.forward(&input).unwrap(), &want);
@@ -143,14 +132,7 @@ fn linear_attention_matches_linfusion() {
 /// Builds the mixer `cfg` from the channel-first fixture `name` (input `(B, C, H, W)`) and checks
 /// its output against the reference's.
 fn check_map(name: &str, cfg: MixerConfig) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mixers")
-        .join(format!("{name}.safetensors"));
-    let mut tensors: HashMap<String, Tensor> =
-        candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let input = tensors.remove("input").unwrap();
-    let want = tensors.remove("output").unwrap();
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let (vb, input, want) = load(name);
     let mixer = cfg.build(input.dim(1).unwrap(), vb).unwrap();
     assert_eq!(mixer.layout(), MixerLayout::ChannelsLast);
     let x = input.permute((0, 2, 3, 1)).unwrap();

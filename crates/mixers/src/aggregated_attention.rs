@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Norm, Pointwise};
+use crate::layers::{softplus, split_heads, Norm, Pointwise};
 use crate::ninformer::TORCH_LAYER_NORM;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
@@ -28,10 +28,6 @@ fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&norm)
 }
 
-/// `log(1 + exp(x))`, computed as `max(x, 0) + log(1 + exp(-|x|))`.
-fn softplus(x: &Tensor) -> Result<Tensor> {
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
-}
 
 /// The rows averaged by `nn.AdaptiveAvgPool1d` from `n` inputs into output `i` of `out`.
 fn adaptive_window(n: usize, out: usize, i: usize) -> std::ops::Range<usize> {
@@ -182,13 +178,6 @@ fn softmax(x: &Tensor, trainable: bool) -> Result<Tensor> {
     }
 }
 
-/// `(B, N, heads * d)` to `(B, heads, N, d)`.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, n, c) = x.dims3()?;
-    x.reshape((b, n, heads, c / heads))?
-        .transpose(1, 2)?
-        .contiguous()
-}
 
 /// `(B, heads, N, d)` to `(B, N, heads * d)`.
 fn merge_heads(x: &Tensor) -> Result<Tensor> {

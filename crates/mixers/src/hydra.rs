@@ -11,13 +11,9 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::Pointwise;
+use crate::layers::{softplus, Pointwise};
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
-/// `log(1 + exp(x))`, computed as `max(x, 0) + log(1 + exp(-|x|))`.
-fn softplus(x: &Tensor) -> Result<Tensor> {
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
-}
 
 /// Hydra on tokens `(B, L, C)`: `in_proj` (`C -> [z | x B_f C_f B_b C_b | dt_f dt_b]`), a
 /// non-causal depthwise convolution (`d_conv`, "same" padding) and SiLU on `x B C`,

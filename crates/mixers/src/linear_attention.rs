@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Norm, Pointwise};
+use crate::layers::{split_heads, Norm, Pointwise};
 use crate::ninformer::TORCH_LAYER_NORM;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
@@ -88,14 +88,6 @@ impl LinearAttention {
         })
     }
 
-    /// `(B, N, heads * dim_head)` to `(B, heads, N, dim_head)`.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.heads, self.dim_head))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     fn projected(x: &Tensor, projection: &Option<NonLinearProjection>) -> Result<Tensor> {
         match projection {
             Some(p) => x + p.forward(x)?,
@@ -122,9 +114,9 @@ impl TokenMixer for LinearAttention {
         let (b, n, _) = x.dims3()?;
         let q = self.to_q.forward(&Self::projected(x, &self.q_projection)?)?;
         let k = self.to_k.forward(&Self::projected(x, &self.k_projection)?)?;
-        let v = self.split_heads(&self.to_v.forward(x)?)?;
-        let q = elu_plus_one(&self.split_heads(&q)?)?;
-        let k = elu_plus_one(&self.split_heads(&k)?)?;
+        let v = split_heads(&self.to_v.forward(x)?, self.heads)?;
+        let q = elu_plus_one(&split_heads(&q, self.heads)?)?;
+        let k = elu_plus_one(&split_heads(&k, self.heads)?)?;
         let inv_n = 1.0 / n as f64;
         // (B, h, N, 1): each query against the mean key.
         let z = (q.matmul(&k.mean_keepdim(D::Minus2)?.transpose(2, 3)?)? + 1e-4)?;

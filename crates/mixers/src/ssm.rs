@@ -9,6 +9,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use serde::{Deserialize, Serialize};
 
+use crate::layers::softplus;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// Hidden width and dt rank of a Mamba block on `dim` channels.
@@ -16,10 +17,6 @@ pub fn widths(dim: usize, expand: usize, dt_rank: Option<usize>) -> (usize, usiz
     (expand * dim, dt_rank.unwrap_or(dim.div_ceil(16)))
 }
 
-/// `log(1 + exp(x))`, computed stably.
-fn softplus(x: &Tensor) -> Result<Tensor> {
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
-}
 
 /// The parameters of one scan direction.
 #[derive(Debug, Clone)]

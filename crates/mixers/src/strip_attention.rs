@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Norm, Pointwise};
+use crate::layers::{split_heads, Norm, Pointwise};
 use crate::ninformer::TORCH_LAYER_NORM;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
@@ -62,13 +62,6 @@ impl StripAttention {
     }
 }
 
-/// `(B, N, heads * d)` to `(B, heads, N, d)`.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, n, c) = x.dims3()?;
-    x.reshape((b, n, heads, c / heads))?
-        .transpose(1, 2)?
-        .contiguous()
-}
 
 impl TokenMixer for StripAttention {
     fn name(&self) -> &'static str {
