@@ -73,7 +73,8 @@ fn position_bias_inputs(
                 w.clone().map(|j| j as f32).sum::<f32>() / w.len() as f32
             })
             .collect();
-        let scale = (pretrain as f32 - 1.0).max(f32::MIN_POSITIVE);
+        // A one-position pre-training grid scales by 1 (the reference divides by zero there).
+        let scale = (pretrain as f32 - 1.0).max(1.0);
         let mut values: Vec<f32> = Vec::new();
         let index = (0..q)
             .flat_map(|a| key_pos.iter().map(move |&kp| (a as f32 - kp) / scale * 8.0))
@@ -426,8 +427,9 @@ pub struct AggregatedAttentionConfig {
     #[serde(default)]
     pub fixed_pool_size: Option<usize>,
     /// The grid `(height, width)` the position bias was trained at (the reference's
-    /// `pretrain_size` divided by the stage's stride), which scales its coordinates; `None`
-    /// means the grid each call runs at.
+    /// `pretrain_size` divided by the stage's stride), which scales its coordinates (by
+    /// `8 / (side - 1)`; by 8 for a one-position side, where the reference divides by zero);
+    /// `None` means the grid each call runs at.
     #[serde(default)]
     pub pretrain_size: Option<(usize, usize)>,
 }
@@ -481,10 +483,9 @@ impl MixerSpec for AggregatedAttentionConfig {
             }
         }
         if let Some((h, w)) = self.pretrain_size {
-            if h < 2 || w < 2 || h > 16_384 || w > 16_384 {
+            if h == 0 || w == 0 || h > 16_384 || w > 16_384 {
                 return fail(format!(
-                    "pretrain_size must be at least 2x2 (its sides minus one scale the \
-                     coordinates) and at most 16384, got {h}x{w}"
+                    "pretrain_size must be in 1..=16384 per side, got {h}x{w}"
                 ));
             }
         }
@@ -507,5 +508,39 @@ impl MixerSpec for AggregatedAttentionConfig {
         let projections = n * c * c + n * c * 2 * c + n * c * c + p * c * 2 * c + n * c * c;
         // Local logits, dynamic bias and aggregation (window² per channel each); pooled ones.
         projections + 3 * n * c * w2 + 2 * n * p * c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-position pre-training grid (a 32x32 input's last stage) gives finite coordinates.
+    #[test]
+    fn a_one_position_pretrain_grid_scales_by_one() {
+        let (table, index) = position_bias_inputs((3, 2), (3, 2), (1, 1));
+        assert!(table.iter().all(|v| v.is_finite()), "{table:?}");
+        assert_eq!(index.len(), 36);
+        // Row 0 against row 2: a distance of 2 at scale 8, log-spaced: log2(17) / 3.
+        let want = 17f32.log2() / 3.0;
+        assert!(table.iter().any(|&v| (v - want).abs() < 1e-6), "{table:?}");
+    }
+
+    /// The coordinates are the reference's: positions relative to the adaptive-pooled key
+    /// positions, times 8 / (pretrain side - 1), then sign * log2(|x| + 1) / 3.
+    #[test]
+    fn position_bias_inputs_follow_the_reference() {
+        let (table, index) = position_bias_inputs((4, 1), (2, 1), (5, 1));
+        // Key rows average query rows {0, 1} and {2, 3}: 0.5 and 2.5.
+        let coord = |d: f32| {
+            let r = d / 4.0 * 8.0;
+            r.signum() * (r.abs() + 1.0).log2() / 3.0
+        };
+        for (q, k) in [(0, 0), (0, 1), (3, 0), (3, 1)] {
+            let row = index[q * 2 + k] as usize;
+            let want = coord(q as f32 - [0.5, 2.5][k]);
+            assert!((table[2 * row] - want).abs() < 1e-6, "q {q} k {k}");
+            assert_eq!(table[2 * row + 1], 0.0);
+        }
     }
 }

@@ -131,7 +131,7 @@ impl TransNeXtConfig {
             qkv_bias: self.qkv_bias,
             sr_ratio: self.sr_ratios[i],
             fixed_pool_size: self.fixed_pool_size.filter(|_| self.sr_ratios[i] > 1),
-            pretrain_size: Some((pretrain.0 / stride, pretrain.1 / stride)),
+            pretrain_size: Some(((pretrain.0 / stride).max(1), (pretrain.1 / stride).max(1))),
         }
     }
 
