@@ -24,7 +24,8 @@ use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// `x / max(|x|_2, 1e-12)` over the last axis (torch's `F.normalize`).
 fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    // Clamped before the square root, so an all-zero row has a zero (not NaN) gradient.
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
     x.broadcast_div(&norm)
 }
 
@@ -169,10 +170,10 @@ fn poisoned<T>(_: std::sync::PoisonError<T>) -> candle_core::Error {
     candle_core::Error::msg("aggregated_attention: a thread panicked while holding its bias cache")
 }
 
-/// Softmax over the last axis: candle-nn's fused one where nothing trains (it passes no
-/// gradient), the differentiable composition otherwise.
-fn softmax(x: &Tensor, trainable: bool) -> Result<Tensor> {
-    if trainable {
+/// Softmax over the last axis: candle-nn's fused one where no gradient flows into `x` (it
+/// passes none), the differentiable composition otherwise.
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
         tokenmix_kernels::composed::softmax_last_dim(x)
     } else {
         candle_nn::ops::softmax_last_dim(x)
@@ -249,7 +250,7 @@ impl FullAttention {
         let logits = q
             .matmul(&l2_normalize(&k)?.transpose(2, 3)?)?
             .broadcast_add(&bias)?;
-        let attn = softmax(&logits, self.common.temperature.is_variable())?;
+        let attn = softmax(&logits)?;
         let y = merge_heads(&attn.matmul(&v)?)?;
         self.common.proj.forward(&y)?.reshape((b, h, w, c))
     }
@@ -307,6 +308,12 @@ impl LocalPooledAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let (n, heads, win) = (h * w, self.common.heads, self.window);
+        if let Some(p) = self.fixed_pool_size.filter(|&p| p > h.min(w)) {
+            return Err(config_error(
+                "aggregated_attention",
+                format!("fixed_pool_size {p} is larger than the {h}x{w} map it pools"),
+            ));
+        }
         let tokens = x.reshape((b, n, c))?;
         let pool = self.pool_grid(h, w);
         let pool_len = pool.0 * pool.1;
@@ -332,7 +339,7 @@ impl LocalPooledAttention {
         let pooled_logits = q.matmul(&k_pool.transpose(2, 3)?)?.broadcast_add(&bias)?;
 
         let logits = Tensor::cat(&[&local, &pooled_logits], 3)?;
-        let attn = softmax(&logits, self.common.temperature.is_variable())?;
+        let attn = softmax(&logits)?;
         let (attn_local, attn_pool) = (attn.narrow(3, 0, win * win)?, attn.narrow(3, win * win, pool_len)?);
         let dynamic = q_norm
             .broadcast_matmul(&self.learnable_tokens)?
@@ -423,7 +430,7 @@ pub struct AggregatedAttentionConfig {
     pub qkv_bias: bool,
     /// Pooling ratio of the summary keys; 1 means full attention.
     pub sr_ratio: usize,
-    /// A fixed pooled grid side instead of `H / sr_ratio`.
+    /// A fixed pooled grid side instead of `H / sr_ratio` (at most the map's shorter side).
     #[serde(default)]
     pub fixed_pool_size: Option<usize>,
     /// The grid `(height, width)` the position bias was trained at (the reference's
@@ -541,6 +548,58 @@ mod tests {
             let want = coord(q as f32 - [0.5, 2.5][k]);
             assert!((table[2 * row] - want).abs() < 1e-6, "q {q} k {k}");
             assert_eq!(table[2 * row + 1], 0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod gradient_tests {
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    use super::*;
+
+    /// With every other weight constant, the key projection (which reaches the output only
+    /// through the shared softmax; the fused candle-nn softmax would cut it) still gets a
+    /// gradient in its key rows, for both attention kinds.
+    #[test]
+    fn keys_get_gradients_through_an_otherwise_frozen_attention() {
+        for (sr_ratio, name) in [(2, "kv.weight"), (1, "qkv.weight")] {
+            let cfg = AggregatedAttentionConfig {
+                sr_ratio,
+                pretrain_size: Some((3, 4)),
+                ..Default::default()
+            };
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            AggregatedAttention::new(&cfg, 8, vb).unwrap();
+            let mut key = None;
+            let weights: std::collections::HashMap<String, Tensor> = varmap
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let t = Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).unwrap();
+                    if k == name {
+                        let var = Var::from_tensor(&t).unwrap();
+                        key = Some(var.clone());
+                        return (k.clone(), var.as_tensor().clone());
+                    }
+                    (k.clone(), t)
+                })
+                .collect();
+            let key = key.unwrap();
+            let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+            let mixer = AggregatedAttention::new(&cfg, 8, vb).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 5, 6, 8), &Device::Cpu).unwrap();
+            let y = mixer.forward(&x).unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            // The key rows: the second block of 8 in `qkv`, the first in `kv`.
+            let first = if sr_ratio == 1 { 8 } else { 0 };
+            let g = grads.get(key.as_tensor()).unwrap().narrow(0, first, 8).unwrap();
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(norm.is_finite() && norm > 0.0, "sr_ratio {sr_ratio}: {norm}");
         }
     }
 }

@@ -1073,6 +1073,11 @@ impl ConvGlu {
     /// `hidden_features` argument `hidden` (before its 2/3 reduction).
     pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         let h = Self::gated_width(hidden);
+        if h == 0 || dim == 0 {
+            candle_core::bail!(
+                "ConvGlu needs channels and a gated width int(2 * {hidden} / 3) of at least one"
+            );
+        }
         let dw = vb.pp("dwconv").pp("dwconv");
         let layout = MixerLayout::ChannelsLast;
         Ok(Self {

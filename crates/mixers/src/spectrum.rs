@@ -12,7 +12,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::Pointwise;
+use crate::layers::{Derived, Pointwise};
 use crate::{check_num_tokens, config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// The orthonormal DCT-II matrix `[n, n]`: `D[k, i] = sqrt(2 / n) c_k cos(pi (2i + 1) k / 2n)`
@@ -55,8 +55,8 @@ pub struct DynamicSpectrum {
     /// `[K, H, W, C']`.
     banks: Tensor,
     pwconv2: Pointwise,
-    dct_rows: Tensor,
-    dct_cols: Tensor,
+    /// The DCT matrices of the height and the width, built on the first call.
+    dct: Derived<(Tensor, Tensor)>,
     cfg: DynamicSpectrumConfig,
     mid: usize,
 }
@@ -75,8 +75,7 @@ impl DynamicSpectrum {
             reweight_fc2: linear(hidden, cfg.num_filters * mid, true, vb.pp("reweight").pp("fc2"))?,
             banks: vb.get((cfg.num_filters, h, w, mid), "banks")?,
             pwconv2: linear(mid, dim, false, vb.pp("pwconv2"))?,
-            dct_rows: dct_matrix(h, vb.device())?.to_dtype(vb.dtype())?,
-            dct_cols: dct_matrix(w, vb.device())?.to_dtype(vb.dtype())?,
+            dct: Derived::default(),
             cfg: *cfg,
             mid,
         })
@@ -116,9 +115,13 @@ impl TokenMixer for DynamicSpectrum {
             .sum(1)?
             .reshape((b, h, w, self.mid))?;
         let u = tokenmix_kernels::gelu(&self.pwconv1.forward(x)?)?;
-        let spectrum = separable(&u, &self.dct_rows, &self.dct_cols)?;
+        let (rows, cols) = self.dct.get(false, || {
+            let matrix = |n| dct_matrix(n, x.device())?.to_dtype(x.dtype());
+            Ok((matrix(h)?, matrix(w)?))
+        })?;
+        let spectrum = separable(&u, &rows, &cols)?;
         let mixed = (spectrum * weights)?;
-        let back = separable(&mixed, &self.dct_rows.t()?, &self.dct_cols.t()?)?;
+        let back = separable(&mixed, &rows.t()?, &cols.t()?)?;
         self.pwconv2.forward(&back)
     }
 }

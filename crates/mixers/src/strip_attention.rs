@@ -93,7 +93,8 @@ impl TokenMixer for StripAttention {
         let v = split_heads(&self.v.forward(&reduced)?.reshape((b, rh * rw, c))?, heads)?;
         let scale = ((self.qk_dim / heads) as f64).powf(-0.5);
         let logits = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
-        let attn = if self.q.trainable() {
+        // candle-nn's fused softmax passes no gradient.
+        let attn = if logits.track_op() {
             tokenmix_kernels::composed::softmax_last_dim(&logits)?
         } else {
             candle_nn::ops::softmax_last_dim(&logits)?
@@ -160,7 +161,7 @@ impl MixerSpec for StripAttentionConfig {
 
     fn macs(&self, dim: usize, h: usize, w: usize) -> u64 {
         let r = self.sr_ratio.max(1);
-        let (n, m) = ((h * w) as u64, ((h / r) * (w / r)).max(1) as u64);
+        let (n, m) = ((h * w) as u64, ((h / r).max(1) * (w / r).max(1)) as u64);
         let (c, qk) = (dim as u64, self.qk_dim(dim) as u64);
         let reduction = if r > 1 { m * c * (r * r) as u64 } else { 0 };
         n * c * qk + reduction + m * c * (qk + c) + n * m * (qk + c) + n * c * c

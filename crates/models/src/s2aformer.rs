@@ -129,8 +129,9 @@ impl Architecture for S2AFormerConfig {
 
     /// Every stage, `stages.{i}`, at strides 4, 8, 16, 32.
     fn feature_info(&self) -> Vec<FeatureInfo> {
-        (0..self.num_stages())
-            .map(|i| FeatureInfo::new(self.embed_dims[i], 4 << i, format!("stages.{i}")))
+        let dims = self.embed_dims.iter().take(self.num_stages());
+        dims.enumerate()
+            .map(|(i, &dim)| FeatureInfo::new(dim, 4 << i, format!("stages.{i}")))
             .collect()
     }
 
@@ -186,7 +187,7 @@ impl Architecture for S2AFormerConfig {
         let c0 = self.embed_dims[0];
         let (h1, w1) = (h.div_ceil(2), w.div_ceil(2));
         let n1 = (h1 * w1) as u64;
-        let stem = n1 * 9 * (self.in_chans * c0 / 2 + (c0 / 2) * (c0 / 2) + (c0 / 2) * c0) as u64;
+        let stem = n1 * 9 * (self.in_chans * (c0 / 2) + (c0 / 2) * (c0 / 2) + (c0 / 2) * c0) as u64;
         let mut cin = c0;
         let mut total = stem;
         for (i, (gh, gw)) in self.stage_sizes(h, w).into_iter().enumerate() {

@@ -124,7 +124,7 @@ impl TransNeXtConfig {
     /// The token mixer of stage `i`.
     fn mixer(&self, i: usize) -> AggregatedAttentionConfig {
         let pretrain = self.pretrain_size.unwrap_or(self.img_size);
-        let stride = 1usize << (i + 2);
+        let stride = self.patch_size << i;
         AggregatedAttentionConfig {
             num_heads: self.num_heads[i],
             window_size: self.window_size[i].unwrap_or(3),
@@ -251,11 +251,9 @@ impl Architecture for TransNeXtConfig {
 
     /// Every stage's normed map, `norm{i+1}`, at strides `patch_size * 2^i`.
     fn feature_info(&self) -> Vec<FeatureInfo> {
-        (0..self.num_stages())
-            .map(|i| {
-                let stride = self.patch_size << i;
-                FeatureInfo::new(self.embed_dims[i], stride, format!("norm{}", i + 1))
-            })
+        let dims = self.embed_dims.iter().take(self.num_stages());
+        dims.enumerate()
+            .map(|(i, &dim)| FeatureInfo::new(dim, self.patch_size << i, format!("norm{}", i + 1)))
             .collect()
     }
 
