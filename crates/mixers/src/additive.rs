@@ -11,39 +11,11 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-use tokenmix_kernels::depthwise_conv2d_nhwc;
 
 use tokenmix_kernels::Window;
 
-use crate::layers::{position_mean, ConvBnNhwc, ConvKind, Pointwise};
+use crate::layers::{position_mean, ConvBnNhwc, ConvKind, Depthwise3x3, Pointwise};
 use crate::{MixerLayout, MixerSpec, TokenMixer};
-
-/// A depthwise 3x3 convolution with bias, padding 1, of channel-last maps (checkpoint `weight`
-/// `[C, 1, 3, 3]`, `bias`).
-#[derive(Debug, Clone)]
-struct Depthwise3x3 {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Depthwise3x3 {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((dim, 1, 3, 3), "weight")?,
-            bias: vb.get(dim, "bias")?,
-        })
-    }
-
-    fn trainable(&self) -> bool {
-        self.weight.is_variable() || self.bias.is_variable()
-    }
-}
-
-impl Module for Depthwise3x3 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        depthwise_conv2d_nhwc(x, &self.weight, Some(&self.bias), 1, 1)
-    }
-}
 
 /// The reference's `SpatialOperation` then `ChannelOperation` on channel-last `(B, H, W, C)`:
 /// `t = x * sigmoid(1x1_{C->1}(relu(bn(dw3x3(x)))))`, then `t * sigmoid(1x1_{C->C}(mean_hw(t)))`.

@@ -1057,8 +1057,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct ConvGlu {
     fc1: Pointwise,
-    dw_weight: Tensor,
-    dw_bias: Tensor,
+    dwconv: Depthwise3x3,
     fc2: Pointwise,
     hidden: usize,
 }
@@ -1078,12 +1077,10 @@ impl ConvGlu {
                 "ConvGlu needs channels and a gated width int(2 * {hidden} / 3) of at least one"
             );
         }
-        let dw = vb.pp("dwconv").pp("dwconv");
         let layout = MixerLayout::ChannelsLast;
         Ok(Self {
             fc1: Pointwise::from_linear(dim, 2 * h, true, layout, vb.pp("fc1"))?,
-            dw_weight: dw.get((h, 1, 3, 3), "weight")?,
-            dw_bias: dw.get(h, "bias")?,
+            dwconv: Depthwise3x3::new(h, vb.pp("dwconv").pp("dwconv"))?,
             fc2: Pointwise::from_linear(h, dim, true, layout, vb.pp("fc2"))?,
             hidden: h,
         })
@@ -1100,13 +1097,7 @@ impl Module for ConvGlu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.fc1.forward(x)?;
         let h = self.hidden;
-        let gate = tokenmix_kernels::depthwise_conv2d_nhwc(
-            &y.narrow(3, 0, h)?,
-            &self.dw_weight,
-            Some(&self.dw_bias),
-            1,
-            1,
-        )?;
+        let gate = self.dwconv.forward(&y.narrow(3, 0, h)?)?;
         let gated = (tokenmix_kernels::gelu(&gate)? * y.narrow(3, h, h)?)?;
         self.fc2.forward(&gated)
     }
@@ -1123,4 +1114,33 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     x.reshape((b, n, heads, c / heads))?
         .transpose(1, 2)?
         .contiguous()
+}
+
+/// A depthwise 3x3 convolution with bias, padding 1, of channel-last maps (checkpoint `weight`
+/// `[C, 1, 3, 3]`, `bias`): CAS-ViT's, TransNeXt's ConvGLU's and S2AFormer's.
+#[derive(Debug, Clone)]
+pub struct Depthwise3x3 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Depthwise3x3 {
+    /// Loads `weight` `[dim, 1, 3, 3]` and `bias` `[dim]`.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((dim, 1, 3, 3), "weight")?,
+            bias: vb.get(dim, "bias")?,
+        })
+    }
+
+    /// Whether either tensor trains.
+    pub fn trainable(&self) -> bool {
+        self.weight.is_variable() || self.bias.is_variable()
+    }
+}
+
+impl Module for Depthwise3x3 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        tokenmix_kernels::depthwise_conv2d_nhwc(x, &self.weight, Some(&self.bias), 1, 1)
+    }
 }

@@ -13,9 +13,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokenmix_kernels::{depthwise_conv2d_nhwc, Window};
+use tokenmix_kernels::Window;
 use tokenmix_mixers::layers::{
-    drop_path_rates, ActKind, ConvNhwc, DropPath, Mlp, Norm, NormConfig, Pointwise,
+    drop_path_rates, ActKind, ConvNhwc, Depthwise3x3, DropPath, Mlp, Norm, NormConfig, Pointwise,
 };
 use tokenmix_mixers::strip_attention::{StripAttention, StripAttentionConfig};
 use tokenmix_mixers::{MixerLayout, MixerSpec, TokenMixer};
@@ -204,38 +204,15 @@ impl Architecture for S2AFormerConfig {
     }
 }
 
-/// A depthwise 3x3 convolution with bias (padding 1) of channel-last maps (`weight`
-/// `[C, 1, 3, 3]`, `bias`).
-#[derive(Debug)]
-struct Dw3x3 {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Dw3x3 {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((dim, 1, 3, 3), "weight")?,
-            bias: vb.get(dim, "bias")?,
-        })
-    }
-}
-
-impl Module for Dw3x3 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        depthwise_conv2d_nhwc(x, &self.weight, Some(&self.bias), 1, 1)
-    }
-}
-
 /// A Hybrid Perception Block (tokenmix's reading).
 #[derive(Debug)]
 struct Block {
-    dwconv: Dw3x3,
+    dwconv: Depthwise3x3,
     norm1: Norm,
     attn: StripAttention,
     norm2: Norm,
     lim_fc1: Pointwise,
-    lim_dw: Dw3x3,
+    lim_dw: Depthwise3x3,
     lim_fc2: Pointwise,
     norm3: Norm,
     mlp: Mlp,
@@ -249,12 +226,12 @@ impl Block {
         let linear = |vb| Pointwise::from_linear(c, c, true, layout, vb);
         let lim = vb.pp("lim");
         Ok(Self {
-            dwconv: Dw3x3::new(c, vb.pp("dwconv"))?,
+            dwconv: Depthwise3x3::new(c, vb.pp("dwconv"))?,
             norm1: ln.build(c, layout, vb.pp("norm1"))?,
             attn: StripAttention::new(&cfg.mixer(i), c, vb.pp("attn"))?,
             norm2: ln.build(c, layout, vb.pp("norm2"))?,
             lim_fc1: linear(lim.pp("fc1"))?,
-            lim_dw: Dw3x3::new(c, lim.pp("dwconv"))?,
+            lim_dw: Depthwise3x3::new(c, lim.pp("dwconv"))?,
             lim_fc2: linear(lim.pp("fc2"))?,
             norm3: ln.build(c, layout, vb.pp("norm3"))?,
             mlp: Mlp::new(c, cfg.hidden(i), ActKind::Gelu, true, layout, vb.pp("mlp"))?,
