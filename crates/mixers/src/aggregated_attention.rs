@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{softplus, split_heads, Norm, Pointwise};
+use crate::layers::{separable_product, softplus, split_heads, Norm, Pointwise};
 use crate::ninformer::TORCH_LAYER_NORM;
 use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
@@ -48,12 +48,10 @@ fn adaptive_pool_matrix(n: usize, out: usize, device: &Device) -> Result<Tensor>
 
 /// `nn.AdaptiveAvgPool2d((oh, ow))` of a channel-last map `(B, H, W, C)`, as two products.
 fn adaptive_avg_pool(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
+    let (_, h, w, _) = x.dims4()?;
     let rows = adaptive_pool_matrix(h, oh, x.device())?.to_dtype(x.dtype())?;
     let cols = adaptive_pool_matrix(w, ow, x.device())?.to_dtype(x.dtype())?;
-    let y = rows.broadcast_matmul(&x.reshape((b, h, w * c))?)?;
-    cols.broadcast_matmul(&y.reshape((b * oh, w, c))?)?
-        .reshape((b, oh, ow, c))
+    separable_product(x, &rows, &cols)
 }
 
 /// The inputs of TransNeXt's continuous position bias for queries on a `query` grid and keys on

@@ -1144,3 +1144,14 @@ impl Module for Depthwise3x3 {
         tokenmix_kernels::depthwise_conv2d_nhwc(x, &self.weight, Some(&self.bias), 1, 1)
     }
 }
+
+/// `rows · x · colsᵀ` for every channel of a channel-last map `(B, H, W, C)`: `rows` `[H', H]`
+/// acts along the height, then `cols` `[W', W]` along the width, giving `(B, H', W', C)`
+/// (separable resampling, pooling and transforms as two products).
+pub fn separable_product(x: &Tensor, rows: &Tensor, cols: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (h2, w2) = (rows.dim(0)?, cols.dim(0)?);
+    let y = rows.broadcast_matmul(&x.reshape((b, h, w * c))?)?;
+    cols.broadcast_matmul(&y.reshape((b * h2, w, c))?)?
+        .reshape((b, h2, w2, c))
+}

@@ -12,7 +12,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Derived, Pointwise};
+use crate::layers::{separable_product, Derived, Pointwise};
 use crate::{check_num_tokens, config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// The orthonormal DCT-II matrix `[n, n]`: `D[k, i] = sqrt(2 / n) c_k cos(pi (2i + 1) k / 2n)`
@@ -29,16 +29,6 @@ pub fn dct_matrix(n: usize, device: &Device) -> Result<Tensor> {
         })
         .collect();
     Tensor::from_vec(m, (n, n), device)
-}
-
-/// `rows · x · colsᵀ` for every channel of a channel-last map `(B, H, W, C)`: `rows` `[H', H]`
-/// acts along the height, `cols` `[W', W]` along the width.
-fn separable(x: &Tensor, rows: &Tensor, cols: &Tensor) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
-    let (h2, w2) = (rows.dim(0)?, cols.dim(0)?);
-    let y = rows.broadcast_matmul(&x.reshape((b, h, w * c))?)?;
-    cols.broadcast_matmul(&y.reshape((b * h2, w, c))?)?
-        .reshape((b, h2, w2, c))
 }
 
 /// The dynamic spectrum mixer on a channel-last map `(B, H, W, C)`:
@@ -119,9 +109,9 @@ impl TokenMixer for DynamicSpectrum {
             let matrix = |n| dct_matrix(n, x.device())?.to_dtype(x.dtype());
             Ok((matrix(h)?, matrix(w)?))
         })?;
-        let spectrum = separable(&u, &rows, &cols)?;
+        let spectrum = separable_product(&u, &rows, &cols)?;
         let mixed = (spectrum * weights)?;
-        let back = separable(&mixed, &rows.t()?, &cols.t()?)?;
+        let back = separable_product(&mixed, &rows.t()?, &cols.t()?)?;
         self.pwconv2.forward(&back)
     }
 }

@@ -282,7 +282,7 @@ fn bilinear_matrix(m: usize, n: usize, dev: &candle_core::Device) -> Result<Tens
 /// A stage's position embedding `(1, n, n, C)` (`pos_embed{i}`) added to a channel-last map,
 /// resized bilinearly when the map is not `n x n` (two products, so it trains at any size).
 fn add_position(x: &Tensor, pos: &Tensor) -> Result<Tensor> {
-    let (_, h, w, c) = x.dims4()?;
+    let (_, h, w, _) = x.dims4()?;
     let (_, n, m, _) = pos.dims4()?;
     if (h, w) == (n, m) {
         return x.broadcast_add(pos);
@@ -290,12 +290,8 @@ fn add_position(x: &Tensor, pos: &Tensor) -> Result<Tensor> {
     let dev = x.device();
     let rows = bilinear_matrix(h, n, dev)?.to_dtype(pos.dtype())?;
     let cols = bilinear_matrix(w, m, dev)?.to_dtype(pos.dtype())?;
-    let along_h = rows.matmul(&pos.reshape((n, m * c))?)?.reshape((h, m, c))?;
-    let along_w = cols
-        .matmul(&along_h.transpose(0, 1)?.reshape((m, h * c))?)?
-        .reshape((w, h, c))?
-        .transpose(0, 1)?;
-    x.broadcast_add(&along_w.unsqueeze(0)?)
+    let resized = tokenmix_mixers::layers::separable_product(pos, &rows, &cols)?;
+    x.broadcast_add(&resized)
 }
 
 /// The reference's `Block` on channel-last `(B, H, W, C)`.
