@@ -168,15 +168,6 @@ fn poisoned<T>(_: std::sync::PoisonError<T>) -> candle_core::Error {
     candle_core::Error::msg("aggregated_attention: a thread panicked while holding its bias cache")
 }
 
-/// Softmax over the last axis: candle-nn's fused one where no gradient flows into `x` (it
-/// passes none), the differentiable composition otherwise.
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        tokenmix_kernels::composed::softmax_last_dim(x)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
-}
 
 
 /// `(B, heads, N, d)` to `(B, N, heads * d)`.
@@ -248,7 +239,7 @@ impl FullAttention {
         let logits = q
             .matmul(&l2_normalize(&k)?.transpose(2, 3)?)?
             .broadcast_add(&bias)?;
-        let attn = softmax(&logits)?;
+        let attn = crate::layers::softmax_last_dim(&logits)?;
         let y = merge_heads(&attn.matmul(&v)?)?;
         self.common.proj.forward(&y)?.reshape((b, h, w, c))
     }
@@ -337,7 +328,7 @@ impl LocalPooledAttention {
         let pooled_logits = q.matmul(&k_pool.transpose(2, 3)?)?.broadcast_add(&bias)?;
 
         let logits = Tensor::cat(&[&local, &pooled_logits], 3)?;
-        let attn = softmax(&logits)?;
+        let attn = crate::layers::softmax_last_dim(&logits)?;
         let (attn_local, attn_pool) = (attn.narrow(3, 0, win * win)?, attn.narrow(3, win * win, pool_len)?);
         let dynamic = q_norm
             .broadcast_matmul(&self.learnable_tokens)?

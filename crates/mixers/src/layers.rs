@@ -929,6 +929,7 @@ pub struct BatchNorm {
     bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
+    eps: f64,
 }
 
 impl BatchNorm {
@@ -937,11 +938,17 @@ impl BatchNorm {
 
     /// Loads the four `[dim]` tensors from `vb`.
     pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_eps(dim, Self::EPS, vb)
+    }
+
+    /// Loads the four `[dim]` tensors from `vb`, for a norm with `eps` added to the variance.
+    pub fn with_eps(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
             bias: vb.get(dim, "bias")?,
             running_mean: vb.get(dim, "running_mean")?,
             running_var: vb.get(dim, "running_var")?,
+            eps,
         })
     }
 }
@@ -950,7 +957,7 @@ impl BatchNorm {
     /// The per-channel `(scale, shift)` `(C)` this norm multiplies by and adds:
     /// `weight / sqrt(running_var + eps)` and `bias - running_mean * scale`.
     pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
-        let scale = (&self.weight / (&self.running_var + Self::EPS)?.sqrt()?)?;
+        let scale = (&self.weight / (&self.running_var + self.eps)?.sqrt()?)?;
         let shift = (&self.bias - (&self.running_mean * &scale)?)?;
         Ok((scale, shift))
     }
@@ -1106,6 +1113,16 @@ impl Module for ConvGlu {
 /// `log(1 + exp(x))`, computed as `max(x, 0) + log(1 + exp(-|x|))` (no overflow).
 pub fn softplus(x: &Tensor) -> Result<Tensor> {
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// Softmax over the last axis: candle-nn's fused one where no gradient flows into `x` (it
+/// passes none), the differentiable composition otherwise.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        tokenmix_kernels::composed::softmax_last_dim(x)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
 }
 
 /// Tokens `(B, N, heads * d)` as `(B, heads, N, d)`, contiguous.

@@ -31,7 +31,8 @@
 //! [`aff`] (AFFNet), [`additive`] (CAS-ViT), [`hsm_ssd`] (EfficientViM), [`wave`] (WaveMix), [`inception`] (Inception Transformer), [`ffn`] (MetaMixer / FFNet), [`ninformer`] (NiNformer),
 //! [`linear_attention`] (LinFusion), [`aggregated_attention`] (TransNeXt), [`hydra`] (Hydra),
 //! [`spectrum`] (tokenmix's reading of the Dynamic Spectrum Mixer), [`strip_attention`]
-//! (tokenmix's reading of S2AFormer's strip self-attention). [`layers`] holds the building blocks the backbones share (norms,
+//! (tokenmix's reading of S2AFormer's strip self-attention), [`tsmixer`] (TSMixer / Tiny Time
+//! Mixers, for patched time series). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -83,6 +84,7 @@ registry! {
     hydra::HydraConfig,
     spectrum::DynamicSpectrumConfig,
     strip_attention::StripAttentionConfig,
+    tsmixer::PatchMixerConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
@@ -107,6 +109,7 @@ pub use spectrum::DynamicSpectrum;
 pub use ssm::Mamba;
 pub use strip_attention::StripAttention;
 pub use token_mlp::TokenMlp;
+pub use tsmixer::{PatchMixer, TsMixerLayer};
 pub use wave::WaveBlock;
 
 /// The tensor layout a token mixer consumes and produces.

@@ -93,12 +93,7 @@ impl TokenMixer for StripAttention {
         let v = split_heads(&self.v.forward(&reduced)?.reshape((b, rh * rw, c))?, heads)?;
         let scale = ((self.qk_dim / heads) as f64).powf(-0.5);
         let logits = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
-        // candle-nn's fused softmax passes no gradient.
-        let attn = if logits.track_op() {
-            tokenmix_kernels::composed::softmax_last_dim(&logits)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&logits)?
-        };
+        let attn = crate::layers::softmax_last_dim(&logits)?;
         let y = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, h, w, c))?;
         self.proj.forward(&y)
     }

@@ -107,10 +107,20 @@ impl SimpleBackend for Recorder {
 /// The tensors `cfg` reads and their parameter count, recorded without allocating any of them;
 /// a model over [`MAX_PARAMS`] or [`MAX_TENSORS`] is an error in `context`.
 fn record(cfg: &ArchConfig, context: &str) -> Result<(Vec<TensorSpec>, u64)> {
+    record_build(|vb| cfg.build(vb).map(drop), context)
+}
+
+/// The tensors `build` reads from the `VarBuilder` it is given and their parameter count,
+/// recorded without allocating any of them; a model over [`MAX_PARAMS`] or [`MAX_TENSORS`] is
+/// an error in `context`.
+pub(crate) fn record_build(
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+    context: &str,
+) -> Result<(Vec<TensorSpec>, u64)> {
     let seen = Arc::new(Mutex::new(Recording::default()));
     let recorder = Recorder { seen: seen.clone() };
     let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
-    let built = cfg.build(vb);
+    let built = build(vb);
     let recording = std::mem::take(
         &mut *seen
             .lock()
@@ -260,11 +270,11 @@ pub fn read_checked(
 /// tensor for the same model name is returned apart, as unexpected.
 fn stored_names<'a>(
     names: impl IntoIterator<Item = &'a str>,
-    cfg: &ArchConfig,
+    rules: &Rules,
 ) -> (HashMap<String, &'a str>, Vec<String>) {
     let mut names: Vec<&str> = names.into_iter().collect();
     names.sort_unstable();
-    let model_names = cfg.checkpoint_names(&names);
+    let model_names = (rules.rename)(&names);
     let (mut by_model, mut duplicates) = (HashMap::with_capacity(names.len()), Vec::new());
     for (name, model_name) in names.into_iter().zip(model_names) {
         match by_model.entry(model_name) {
@@ -279,6 +289,18 @@ fn stored_names<'a>(
     (by_model, duplicates)
 }
 
+/// How a model family reads a checkpoint: its stored names mapped to the model's, the
+/// mis-shaped tensors it can adapt, and the stored tensors it has no use for (batch-norm step
+/// counters always, which carry no weights).
+pub(crate) struct Rules<'a> {
+    /// The model's names for a checkpoint's stored names, in their order.
+    pub rename: &'a dyn Fn(&[&str]) -> Vec<String>,
+    /// Whether tensor `name` stored with shape `found` can be adapted to `expected`.
+    pub can_resize: &'a dyn Fn(&str, &[usize], &[usize]) -> bool,
+    /// Whether a stored tensor (by the model's name for it) is skipped without complaint.
+    pub ignore: &'a dyn Fn(&str) -> bool,
+}
+
 /// Compares the tensors of a safetensors file with what the model needs (stored names mapped
 /// to the model's by [`stored_names`]); returns that mapping.
 fn check_tensors<'a>(
@@ -286,9 +308,23 @@ fn check_tensors<'a>(
     expected: &[TensorSpec],
     cfg: &ArchConfig,
 ) -> std::result::Result<HashMap<String, &'a str>, String> {
+    let rules = Rules {
+        rename: &|names| cfg.checkpoint_names(names),
+        can_resize: &|name, found, expected| cfg.can_resize(name, found, expected),
+        ignore: &|_| false,
+    };
+    check_with(st, expected, &rules)
+}
+
+/// [`check_tensors`] under a family's [`Rules`].
+pub(crate) fn check_with<'a>(
+    st: &'a SafeTensors,
+    expected: &[TensorSpec],
+    rules: &Rules,
+) -> std::result::Result<HashMap<String, &'a str>, String> {
     let wanted: HashMap<&str, &Vec<usize>> =
         expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
-    let (stored, duplicates) = stored_names(st.names(), cfg);
+    let (stored, duplicates) = stored_names(st.names(), rules);
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     let mut bad_dtype = Vec::new();
@@ -297,7 +333,9 @@ fn check_tensors<'a>(
         match stored.get(name).map(|s| st.tensor(s)) {
             None | Some(Err(_)) => missing.push(name.clone()),
             Some(Ok(view)) => {
-                if view.shape() != shape.as_slice() && !cfg.can_resize(name, view.shape(), shape) {
+                if view.shape() != shape.as_slice()
+                    && !(rules.can_resize)(name, view.shape(), shape)
+                {
                     misshaped.push(format!(
                         "{name} (expected {shape:?}, found {:?})",
                         view.shape()
@@ -310,7 +348,11 @@ fn check_tensors<'a>(
     // Batch-norm step counters carry no weights; checkpoints of BN models have them.
     let mut unexpected: Vec<String> = stored
         .iter()
-        .filter(|(n, _)| !wanted.contains_key(n.as_str()) && !n.ends_with("num_batches_tracked"))
+        .filter(|(n, _)| {
+            !wanted.contains_key(n.as_str())
+                && !n.ends_with("num_batches_tracked")
+                && !(rules.ignore)(n)
+        })
         .map(|(_, s)| s.to_string())
         .chain(duplicates)
         .collect();
@@ -447,42 +489,77 @@ fn load_expected(
     model_name: &str,
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
-    let stored = check_tensors(&st, expected, cfg).map_err(|details| Error::WeightMismatch {
-        path: path.to_path_buf(),
-        model: model_name.to_string(),
-        details,
-    })?;
-    let mut tensors = HashMap::with_capacity(expected.len());
+    let rules = Rules {
+        rename: &|names| cfg.checkpoint_names(names),
+        can_resize: &|name, found, expected| cfg.can_resize(name, found, expected),
+        ignore: &|_| false,
+    };
+    let mut tensors = load_checked(bytes, path, expected, &rules, model_name, device)?;
     for (name, shape) in expected {
-        let stored_name = stored.get(name).copied().unwrap_or(name);
-        let view = st.tensor(stored_name).map_err(|e| Error::Safetensors {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        let mut t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
-        if t.dims() != shape.as_slice() {
-            t = cfg.resize_tensor(name, &t, shape)?;
+        if let Some(t) = tensors.get_mut(name) {
+            if t.dims() != shape.as_slice() {
+                *t = cfg.resize_tensor(name, t, shape)?;
+            }
         }
-        tensors.insert(name.clone(), t);
     }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     Ok(cfg.build(vb)?)
 }
 
-/// Builds `cfg` with random weights (normal, std 0.02; norm weights and scales near one), for
-/// benchmarks and tests.
-pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageModel>> {
+/// The `expected` tensors from safetensors `bytes` (named `path` in errors) as f32 on `device`,
+/// under the model's names, after every check of [`check_with`] (all problems named in one
+/// [`Error::WeightMismatch`] about `model_name`); tensors [`Rules::can_resize`] accepted keep
+/// their stored shape.
+pub(crate) fn load_checked(
+    bytes: &[u8],
+    path: &Path,
+    expected: &[TensorSpec],
+    rules: &Rules,
+    model_name: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let stored = check_with(&st, expected, rules).map_err(|details| Error::WeightMismatch {
+        path: path.to_path_buf(),
+        model: model_name.to_string(),
+        details,
+    })?;
+    let mut tensors = HashMap::with_capacity(expected.len());
+    for (name, _) in expected {
+        let stored_name = stored.get(name).copied().unwrap_or(name);
+        let view = st.tensor(stored_name).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        tensors.insert(name.clone(), t);
+    }
+    Ok(tensors)
+}
+
+/// Random weights for the tensors `specs` (normal, std 0.02; norm weights and scales near
+/// one), for benchmarks and tests.
+pub(crate) fn random_tensors(
+    specs: Vec<TensorSpec>,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
-    for (name, shape) in checked_tensors(cfg, "random model")? {
+    for (name, shape) in specs {
         let noise = Tensor::randn(0f32, 0.02, shape.as_slice(), device)?;
         let is_gain =
             name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight"));
         let t = if is_gain { (noise + 1.0)? } else { noise };
         tensors.insert(name, t);
     }
+    Ok(tensors)
+}
+
+/// Builds `cfg` with random weights (normal, std 0.02; norm weights and scales near one), for
+/// benchmarks and tests.
+pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageModel>> {
+    let tensors = random_tensors(checked_tensors(cfg, "random model")?, device)?;
     Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
 }

@@ -15,6 +15,8 @@
 //! * [`hub`]: finding such a directory in the Hugging Face cache by hub id, and (feature `hub`)
 //!   downloading it there.
 //! * [`preprocess`]: timm's evaluation transform (resize, center crop, normalize).
+//! * [`sequence`]: models of 1-D sequences (forecasting, text classification) behind
+//!   [`sequence::SequenceModel`], loading the reference's hub layouts.
 //! * [`features`]: the backbone surface for detection and segmentation ([`FeatureInfo`],
 //!   [`Indices`], [`FeatureFormat`]), used by [`ImageModel::forward_intermediates`].
 #![deny(missing_docs)]
@@ -31,6 +33,7 @@ pub mod preprocess;
 pub mod pretrained;
 pub mod pth;
 pub mod registry;
+pub mod sequence;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;

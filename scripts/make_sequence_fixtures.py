@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Writes the parity fixtures of tokenmix's sequence models from the reference code.
+
+Each fixture is a model directory written by the reference's own `save_pretrained` (its
+`config.json` and `model.safetensors`, exactly the hub layout), plus `reference.safetensors`
+with `input` (a series `(B, context_length, channels)`, batch 2) and `output` (the reference's
+`prediction_outputs`). Every parameter and norm statistic is drawn at random (the draws of
+make_wave2_fixtures.py's `randomize_`: weights ~ N(0, 1/fan_in), biases ~ 0.5 N(0, 1), other
+vectors 0.5 + U(0, 1), running means ~ 0.5 N(0, 1), running variances 0.5 + U(0, 1)); inputs
+mix channels of different levels and spreads. Lengths, patch counts and channel counts are odd
+where the architecture allows. The provenance (script, package versions, seed) is written
+into every file's metadata and into tests/fixtures/sequence/PROVENANCE.json.
+
+References:
+  * PatchTSMixer: Hugging Face transformers, models/patchtsmixer/modeling_patchtsmixer.py
+    (`PatchTSMixerForPrediction`), the installed `transformers` package.
+
+Usage (a venv outside the repo with torch, transformers, safetensors):
+    python scripts/make_sequence_fixtures.py [--out tests/fixtures/sequence]
+"""
+import argparse
+import json
+import math
+import os
+
+import torch
+from safetensors.torch import save_file
+
+SEED = 20261202
+
+
+def randomize_(module, gen):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
+            elif name.endswith("bias"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.5 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+
+
+def series(gen, batch, length, channels):
+    """Random walks plus noise, each channel at its own level and spread."""
+    level = 3.0 * torch.randn(1, 1, channels, generator=gen)
+    spread = 0.2 + 4.0 * torch.rand(1, 1, channels, generator=gen)
+    walk = torch.randn(batch, length, channels, generator=gen).cumsum(1) * 0.3
+    noise = torch.randn(batch, length, channels, generator=gen)
+    return level + spread * (walk + noise)
+
+
+def write(out, name, model, context, channels, metadata, gen):
+    randomize_(model, gen)
+    model.eval()
+    x = series(gen, 2, context, channels)
+    with torch.no_grad():
+        y = model(past_values=x, return_loss=False).prediction_outputs
+    path = os.path.join(out, name)
+    model.save_pretrained(path, safe_serialization=True)
+    save_file(
+        {"input": x.contiguous(), "output": y.contiguous()},
+        os.path.join(path, "reference.safetensors"),
+        metadata=metadata,
+    )
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {params} parameters, output {tuple(y.shape)}")
+
+
+def patchtsmixer(out, metadata, gen):
+    from transformers import PatchTSMixerConfig, PatchTSMixerForPrediction
+
+    cases = {
+        # Overlapping patches (37 steps, patches of 6 every 4: 8 patches from step 3), std
+        # scaling, LayerNorm, gated attention, 3 channels.
+        "patchtsmixer_common": dict(
+            context_length=37, patch_length=6, patch_stride=4, num_input_channels=3,
+            d_model=10, num_layers=2, expansion_factor=3, prediction_length=5,
+            mode="common_channel", gated_attn=True, norm_mlp="LayerNorm", scaling="std",
+        ),
+        # Every option: channel mixing, BatchNorm, two-head self-attention, sin-cos positions,
+        # mean scaling, two of five channels predicted (given unsorted).
+        "patchtsmixer_mix": dict(
+            context_length=41, patch_length=8, patch_stride=8, num_input_channels=5,
+            d_model=12, num_layers=3, expansion_factor=2, prediction_length=7,
+            mode="mix_channel", gated_attn=True, norm_mlp="BatchNorm", self_attn=True,
+            self_attn_heads=2, use_positional_encoding=True, positional_encoding_type="sincos",
+            scaling="mean", prediction_channel_indices=[3, 0],
+        ),
+        # No gates, no scaling, random positions.
+        "patchtsmixer_plain": dict(
+            context_length=30, patch_length=5, patch_stride=3, num_input_channels=1,
+            d_model=9, num_layers=1, expansion_factor=2, prediction_length=4,
+            gated_attn=False, scaling=None, use_positional_encoding=True,
+            positional_encoding_type="random",
+        ),
+    }
+    for name, kwargs in cases.items():
+        config = PatchTSMixerConfig(**kwargs)
+        write(out, name, PatchTSMixerForPrediction(config), kwargs["context_length"],
+              kwargs["num_input_channels"], metadata, gen)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
+                                                  "fixtures", "sequence"))
+    args = ap.parse_args()
+    import transformers
+
+    metadata = {
+        "script": "scripts/make_sequence_fixtures.py",
+        "seed": str(SEED),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    gen = torch.Generator().manual_seed(SEED)
+    os.makedirs(args.out, exist_ok=True)
+    patchtsmixer(args.out, metadata, gen)
+    with open(os.path.join(args.out, "PROVENANCE.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+//! Sequence models against their references: each fixture is a directory the reference's
+//! `save_pretrained` wrote (config.json + model.safetensors, random weights) with the
+//! reference's output for a batch-2 series (scripts/make_sequence_fixtures.py), plus the
+//! loading errors a bad directory or input gets.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use tokenmix::models::sequence::{
+    load_sequence_dir, random_sequence_model, sequence_entry, sequence_models,
+    sequence_param_count, SequenceConfig, SequenceTask,
+};
+use tokenmix::models::Error;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sequence")
+        .join(name)
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let norm = b.sqr().unwrap().sum_all().unwrap();
+    (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()
+}
+
+/// Loads fixture `name` and checks its forecast against the reference's.
+fn check(name: &str) {
+    let dev = Device::Cpu;
+    let dir = fixture(name);
+    let loaded = load_sequence_dir(&dir, &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &dev).unwrap();
+    let y = loaded.forward(&reference["input"]).unwrap();
+    let expected = &reference["output"];
+    assert_eq!(y.dims(), expected.dims(), "{name}");
+    let err = rel_l2(&y, expected);
+    eprintln!("{name}: relative L2 {err:e}");
+    assert!(err <= 1e-4, "{name}: relative L2 error {err:e}");
+}
+
+#[test]
+fn patchtsmixer_common_channel_matches_transformers() {
+    check("patchtsmixer_common");
+}
+
+#[test]
+fn patchtsmixer_mix_channel_self_attention_matches_transformers() {
+    check("patchtsmixer_mix");
+}
+
+#[test]
+fn patchtsmixer_without_gates_or_scaling_matches_transformers() {
+    check("patchtsmixer_plain");
+}
+
+fn config_with(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> String {
+    let text = std::fs::read_to_string(fixture(name).join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(json.as_object_mut().unwrap());
+    serde_json::to_string(&json).unwrap()
+}
+
+/// A copy of fixture `name` with its config edited, in a temporary directory.
+fn edited_dir(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), config_with(name, edit)).unwrap();
+    std::fs::copy(
+        fixture(name).join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    load_sequence_dir(dir, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn unimplemented_options_and_heads_are_refused_by_name() {
+    let nll = edited_dir("patchtsmixer_common", |c| {
+        c.insert("loss".into(), "nll".into());
+    });
+    assert!(
+        load_error(nll.path()).contains("distribution head"),
+        "{}",
+        load_error(nll.path())
+    );
+    let pretrain = edited_dir("patchtsmixer_common", |c| {
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["PatchTSMixerForPretraining"]),
+        );
+    });
+    assert!(load_error(pretrain.path()).contains("PatchTSMixerForPretraining"));
+    let unknown = edited_dir("patchtsmixer_common", |c| {
+        c.insert("model_type".into(), "bert".into());
+    });
+    let msg = load_error(unknown.path());
+    assert!(
+        msg.contains("\"bert\"") && msg.contains("patchtsmixer"),
+        "{msg}"
+    );
+    let mode = edited_dir("patchtsmixer_common", |c| {
+        c.insert("mode".into(), "flatten".into());
+    });
+    assert!(load_error(mode.path()).contains("mode"));
+}
+
+#[test]
+fn a_config_that_does_not_fit_the_weights_names_the_tensors() {
+    let wider = edited_dir("patchtsmixer_common", |c| {
+        c.insert("d_model".into(), 11.into());
+    });
+    let msg = load_error(wider.path());
+    assert!(
+        msg.contains("wrong shape") && msg.contains("model.encoder.patcher.weight"),
+        "{msg}"
+    );
+    let mixed = edited_dir("patchtsmixer_common", |c| {
+        c.insert("mode".into(), "mix_channel".into());
+    });
+    let msg = load_error(mixed.path());
+    assert!(
+        msg.contains("missing") && msg.contains("channel_feature_mixer"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_anything_is_allocated() {
+    let huge = edited_dir("patchtsmixer_common", |c| {
+        c.insert("d_model".into(), 16384.into());
+        c.insert("num_layers".into(), 1024.into());
+        c.insert("context_length".into(), 1_000_000.into());
+        c.insert("patch_length".into(), 16.into());
+        c.insert("patch_stride".into(), 16.into());
+    });
+    let msg = load_error(huge.path());
+    assert!(msg.contains("parameters"), "{msg}");
+    let zero = edited_dir("patchtsmixer_common", |c| {
+        c.insert("patch_stride".into(), 0.into());
+    });
+    assert!(load_error(zero.path()).contains("patch_stride"));
+    let short = edited_dir("patchtsmixer_common", |c| {
+        c.insert("context_length".into(), 6.into());
+    });
+    assert!(load_error(short.path()).contains("context_length"));
+}
+
+#[test]
+fn truncated_or_non_finite_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("patchtsmixer_common");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    assert!(load_error(dir.path()).contains("safetensors"));
+
+    let dev = Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &dev).unwrap();
+    let w = &tensors["head.base_forecast_block.bias"];
+    let nan = (w.ones_like().unwrap() * f64::NAN).unwrap();
+    tensors.insert("head.base_forecast_block.bias".into(), nan);
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    let msg = load_error(dir.path());
+    assert!(
+        msg.contains("NaN") && msg.contains("head.base_forecast_block.bias"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_input_shapes_are_refused_naming_the_expected_shape() {
+    let loaded = load_sequence_dir(&fixture("patchtsmixer_common"), &Device::Cpu).unwrap();
+    let x = Tensor::zeros((2, 36, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = loaded.forward(&x).unwrap_err();
+    assert!(matches!(err, Error::Input(_)), "{err}");
+    assert!(err.to_string().contains("(batch, 37, 3)"), "{err}");
+}
+
+#[test]
+fn a_saved_model_reloads_with_the_same_forecast() {
+    let dev = Device::Cpu;
+    let loaded = load_sequence_dir(&fixture("patchtsmixer_mix"), &dev).unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixture("patchtsmixer_mix").join("model.safetensors"), &dev)
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    tokenmix::models::sequence::save_sequence_dir(dir.path(), &loaded.config, &tensors).unwrap();
+    let again = load_sequence_dir(dir.path(), &dev).unwrap();
+    let reference = candle_core::safetensors::load(
+        fixture("patchtsmixer_mix").join("reference.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let a = loaded.forward(&reference["input"]).unwrap();
+    let b = again.forward(&reference["input"]).unwrap();
+    assert_eq!(rel_l2(&a, &b), 0.0);
+}
+
+#[test]
+fn every_zoo_sequence_model_builds_and_counts_its_parameters() {
+    let dev = Device::Cpu;
+    let counts: Vec<(&str, u64)> = sequence_models()
+        .iter()
+        .map(|e| (e.name, sequence_param_count(&(e.config)()).unwrap()))
+        .collect();
+    // PatchTSMixer at 512 -> 96 with d_model 16 and 8 layers, as transformers counts it.
+    assert!(
+        counts.contains(&("granite-timeseries-patchtsmixer", 275_696)),
+        "{counts:?}"
+    );
+    for entry in sequence_models() {
+        let cfg: SequenceConfig = (entry.config)();
+        let model = random_sequence_model(&cfg, &dev).unwrap();
+        if let SequenceTask::Forecast {
+            context_length,
+            prediction_length,
+            num_input_channels,
+            num_output_channels,
+        } = cfg.task()
+        {
+            let x =
+                Tensor::randn(0f32, 1.0, (2, context_length, num_input_channels), &dev).unwrap();
+            let y = model.forward(&x).unwrap();
+            assert_eq!(
+                y.dims(),
+                &[2, prediction_length, num_output_channels],
+                "{}",
+                entry.name
+            );
+        }
+    }
+    assert!(sequence_entry("no-such-model")
+        .unwrap_err()
+        .to_string()
+        .contains("granite"));
+}
