@@ -216,7 +216,6 @@ fn a_saved_model_reloads_with_the_same_forecast() {
 fn every_zoo_sequence_model_builds_and_counts_its_parameters() {
     let dev = Device::Cpu;
     let counts: Vec<(&str, u64)> = sequence_models()
-        .iter()
         .map(|e| (e.name, sequence_param_count(&(e.config)()).unwrap()))
         .collect();
     // PatchTSMixer at 512 -> 96 with d_model 16 and 8 layers, as transformers counts it.

@@ -109,12 +109,15 @@ pub struct SequenceFamily {
     /// Reads the reference config's keys (every other key is the reference's bookkeeping and
     /// ignored; an option that changes the computation and is not implemented is an error).
     pub from_hf_config: fn(&Map<String, Value>) -> std::result::Result<SequenceConfig, String>,
+    /// The family's named models.
+    pub models: &'static [SequenceEntry],
 }
 
-/// Every sequence family, by `model_type`.
+/// Every sequence family, by `model_type`: one line per family.
 pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[SequenceFamily {
     model_type: "patchtsmixer",
     from_hf_config: patchtsmixer::PatchTsMixerConfig::from_hf,
+    models: patchtsmixer::MODELS,
 }];
 
 /// Any sequence family's architecture.
@@ -188,22 +191,19 @@ pub struct SequenceEntry {
 }
 
 /// The sequence models of the zoo, in registration order.
-pub fn sequence_models() -> &'static [SequenceEntry] {
-    patchtsmixer::MODELS
+pub fn sequence_models() -> impl Iterator<Item = &'static SequenceEntry> {
+    SEQUENCE_FAMILIES.iter().flat_map(|f| f.models.iter())
 }
 
 /// The zoo's sequence model called `name`; an unknown name is an error listing them.
 pub fn sequence_entry(name: &str) -> Result<&'static SequenceEntry> {
-    sequence_models()
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| {
-            let names: Vec<&str> = sequence_models().iter().map(|e| e.name).collect();
-            Error::UnknownModel {
-                name: name.to_string(),
-                hint: format!("; the sequence models are {}", names.join(", ")),
-            }
-        })
+    sequence_models().find(|e| e.name == name).ok_or_else(|| {
+        let names: Vec<&str> = sequence_models().map(|e| e.name).collect();
+        Error::UnknownModel {
+            name: name.to_string(),
+            hint: format!("; the sequence models are {}", names.join(", ")),
+        }
+    })
 }
 
 /// Every tensor `cfg` reads, with its shape, in build order (nothing allocated; refused over
