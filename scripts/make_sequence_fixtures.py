@@ -14,8 +14,10 @@ into every file's metadata and into tests/fixtures/sequence/PROVENANCE.json.
 References:
   * PatchTSMixer: Hugging Face transformers, models/patchtsmixer/modeling_patchtsmixer.py
     (`PatchTSMixerForPrediction`), the installed `transformers` package.
+  * Tiny Time Mixers: IBM's granite-tsfm (PyPI `granite-tsfm`),
+    tsfm_public/models/tinytimemixer/modeling_tinytimemixer.py (`TinyTimeMixerForPrediction`).
 
-Usage (a venv outside the repo with torch, transformers, safetensors):
+Usage (a venv outside the repo with torch, transformers, granite-tsfm, safetensors):
     python scripts/make_sequence_fixtures.py [--out tests/fixtures/sequence]
 """
 import argparse
@@ -105,11 +107,48 @@ def patchtsmixer(out, metadata, gen):
               kwargs["num_input_channels"], metadata, gen)
 
 
+def ttm(out, metadata, gen):
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+    cases = {
+        # The r1/r2 hub architecture at small sizes: 3 adaptive-patching levels (sub-patch
+        # widths 6, 12, 24), 2 layers each, a narrower 2-layer decoder; 45 steps in patches of
+        # 6 (7 patches from step 3), 3 channels, std scaling.
+        "ttm_r1_small": dict(
+            context_length=45, patch_length=6, patch_stride=6, num_input_channels=3,
+            d_model=24, num_layers=2, adaptive_patching_levels=3, decoder_d_model=16,
+            decoder_num_layers=2, prediction_length=7, scaling="std",
+        ),
+        # Channel mixing in encoder and decoder, BatchNorm, mean scaling, two of five channels
+        # predicted (given unsorted), the horizon filtered to 4 of 6 steps, and a level whose
+        # width would fall to 4 (so it stays unsplit).
+        "ttm_mix": dict(
+            context_length=33, patch_length=4, patch_stride=4, num_input_channels=5,
+            d_model=8, num_layers=1, adaptive_patching_levels=2, decoder_d_model=12,
+            decoder_num_layers=2, decoder_mode="mix_channel", mode="mix_channel",
+            norm_mlp="BatchNorm", scaling="mean", prediction_length=6,
+            prediction_channel_indices=[2, 0], prediction_filter_length=4,
+        ),
+        # No decoder, no gates, no scaling, a single patch (so no patch mixer).
+        "ttm_single_patch": dict(
+            context_length=20, patch_length=16, patch_stride=16, num_input_channels=2,
+            d_model=10, num_layers=2, adaptive_patching_levels=1, use_decoder=False,
+            gated_attn=False, scaling=None, prediction_length=3,
+        ),
+    }
+    for name, kwargs in cases.items():
+        config = TinyTimeMixerConfig(**kwargs)
+        write(out, name, TinyTimeMixerForPrediction(config), kwargs["context_length"],
+              kwargs["num_input_channels"], metadata, gen)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                   "fixtures", "sequence"))
     args = ap.parse_args()
+    import importlib.metadata
+
     import transformers
 
     metadata = {
@@ -117,10 +156,12 @@ def main():
         "seed": str(SEED),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "granite-tsfm": importlib.metadata.version("granite-tsfm"),
     }
     gen = torch.Generator().manual_seed(SEED)
     os.makedirs(args.out, exist_ok=True)
     patchtsmixer(args.out, metadata, gen)
+    ttm(args.out, metadata, gen)
     with open(os.path.join(args.out, "PROVENANCE.json"), "w") as f:
         json.dump(metadata, f, indent=2)
         f.write("\n")

@@ -54,6 +54,42 @@ fn patchtsmixer_without_gates_or_scaling_matches_transformers() {
     check("patchtsmixer_plain");
 }
 
+#[test]
+fn ttm_adaptive_patching_and_decoder_match_granite_tsfm() {
+    check("ttm_r1_small");
+}
+
+#[test]
+fn ttm_channel_mixing_filtered_horizon_and_picked_channels_match_granite_tsfm() {
+    check("ttm_mix");
+}
+
+#[test]
+fn ttm_single_patch_without_decoder_matches_granite_tsfm() {
+    check("ttm_single_patch");
+}
+
+#[test]
+fn ttm_options_tokenmix_lacks_are_refused_by_name() {
+    for (key, value) in [
+        ("resolution_prefix_tuning", serde_json::json!(true)),
+        ("enable_forecast_channel_mixing", serde_json::json!(true)),
+        ("register_tokens", serde_json::json!(2)),
+        ("gate_mode", serde_json::json!("glu")),
+        ("exogenous_channel_indices", serde_json::json!([1])),
+    ] {
+        let dir = edited_dir("ttm_r1_small", |c| {
+            c.insert(key.into(), value.clone());
+        });
+        let msg = load_error(dir.path());
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
+    let patches = edited_dir("ttm_r1_small", |c| {
+        c.insert("num_patches".into(), 9.into());
+    });
+    assert!(load_error(patches.path()).contains("num_patches"));
+}
+
 fn config_with(
     name: &str,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
@@ -189,7 +225,14 @@ fn wrong_input_shapes_are_refused_naming_the_expected_shape() {
     let x = Tensor::zeros((2, 36, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = loaded.forward(&x).unwrap_err();
     assert!(matches!(err, Error::Input(_)), "{err}");
-    assert!(err.to_string().contains("(batch, 37, 3)"), "{err}");
+    assert!(err.to_string().contains("(batch, 37, channels)"), "{err}");
+    // Channel-independent weights take any number of channels; mixing ones only theirs.
+    let x = Tensor::randn(0f32, 1.0, (1, 37, 6), &Device::Cpu).unwrap();
+    assert_eq!(loaded.forward(&x).unwrap().dims(), &[1, 5, 6]);
+    let mixing = load_sequence_dir(&fixture("patchtsmixer_mix"), &Device::Cpu).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 41, 4), &Device::Cpu).unwrap();
+    let err = mixing.forward(&x).unwrap_err();
+    assert!(err.to_string().contains("(batch, 41, 5)"), "{err}");
 }
 
 #[test]
@@ -219,6 +262,16 @@ fn every_zoo_sequence_model_builds_and_counts_its_parameters() {
         .map(|e| (e.name, sequence_param_count(&(e.config)()).unwrap()))
         .collect();
     // PatchTSMixer at 512 -> 96 with d_model 16 and 8 layers, as transformers counts it.
+    // TTM: the counts IBM's benchmarking notebooks print for the hub models.
+    for (name, params) in [
+        ("granite-timeseries-ttm-r1", 805_280),
+        ("granite-timeseries-ttm-r1@1024_96_v1", 946_336),
+        ("granite-timeseries-ttm-r2", 805_280),
+        ("granite-timeseries-ttm-r2@1024-96-r2", 2_964_960),
+        ("granite-timeseries-ttm-r2@1536-96-r2", 3_081_120),
+    ] {
+        assert!(counts.contains(&(name, params)), "{name}: {counts:?}");
+    }
     assert!(
         counts.contains(&("granite-timeseries-patchtsmixer", 275_696)),
         "{counts:?}"
@@ -231,17 +284,14 @@ fn every_zoo_sequence_model_builds_and_counts_its_parameters() {
             prediction_length,
             num_input_channels,
             num_output_channels,
+            ..
         } = cfg.task()
         {
-            let x =
-                Tensor::randn(0f32, 1.0, (2, context_length, num_input_channels), &dev).unwrap();
+            let channels = num_input_channels.unwrap_or(3);
+            let x = Tensor::randn(0f32, 1.0, (2, context_length, channels), &dev).unwrap();
             let y = model.forward(&x).unwrap();
-            assert_eq!(
-                y.dims(),
-                &[2, prediction_length, num_output_channels],
-                "{}",
-                entry.name
-            );
+            let out = num_output_channels.unwrap_or(channels);
+            assert_eq!(y.dims(), &[2, prediction_length, out], "{}", entry.name);
         }
     }
     assert!(sequence_entry("no-such-model")

@@ -393,6 +393,9 @@ pub struct TsMixerLayerConfig {
     pub norm_eps: f64,
     /// `mix_channel` mode: a channel mixer first.
     pub mix_channel: bool,
+    /// Omit the patch mixer when there is a single patch (Tiny Time Mixers do; PatchTSMixer
+    /// always has one).
+    pub skip_single_patch: bool,
 }
 
 impl TsMixerLayerConfig {
@@ -410,14 +413,15 @@ impl TsMixerLayerConfig {
     }
 }
 
-/// One `PatchTSMixerLayer` on `(B, V, N, C)`: in `mix_channel` mode
-/// `x + channel_mixer(norm(x))`, then `x + patch_mixer(norm(x))` (per variate), then
+/// One `PatchTSMixerLayer` (or TTM's `TinyTimeMixerLayer`) on `(B, V, N, C)`: in
+/// `mix_channel` mode `x + channel_mixer(norm(x))`, then `x + patch_mixer(norm(x))` (per
+/// variate; TTM leaves it out for a single patch), then
 /// `x + feature_mixer(norm(x))`. Names `channel_feature_mixer.*`, `patch_mixer.*`,
 /// `feature_mixer.*`, each branch's norm under its `norm`.
 #[derive(Debug, Clone)]
 pub struct TsMixerLayer {
     channel: Option<(TsNorm, ChannelMixer)>,
-    patch: (TsNorm, PatchMixer),
+    patch: Option<(TsNorm, PatchMixer)>,
     feature: (TsNorm, FeatureMixer),
 }
 
@@ -432,11 +436,15 @@ impl TsMixerLayer {
         } else {
             None
         };
-        let pvb = vb.pp("patch_mixer");
-        let patch = (
-            norm(pvb.pp("norm"), cfg.d_model)?,
-            PatchMixer::new(&cfg.patch_mixer(), cfg.d_model, pvb)?,
-        );
+        let patch = if cfg.skip_single_patch && cfg.num_patches == 1 {
+            None
+        } else {
+            let pvb = vb.pp("patch_mixer");
+            Some((
+                norm(pvb.pp("norm"), cfg.d_model)?,
+                PatchMixer::new(&cfg.patch_mixer(), cfg.d_model, pvb)?,
+            ))
+        };
         let fvb = vb.pp("feature_mixer");
         let feature = (
             norm(fvb.pp("norm"), cfg.d_model)?,
@@ -457,9 +465,10 @@ impl Module for TsMixerLayer {
         if let Some((norm, mixer)) = &self.channel {
             x = (&x + mixer.forward(&norm.forward(&x)?)?)?;
         }
-        let (norm, mixer) = &self.patch;
-        let tokens = norm.forward(&x)?.reshape((b * v, n, c))?;
-        x = (&x + mixer.forward(&tokens)?.reshape((b, v, n, c))?)?;
+        if let Some((norm, mixer)) = &self.patch {
+            let tokens = norm.forward(&x)?.reshape((b * v, n, c))?;
+            x = (&x + mixer.forward(&tokens)?.reshape((b, v, n, c))?)?;
+        }
         let (norm, mixer) = &self.feature;
         &x + mixer.forward(&norm.forward(&x)?)?
     }

@@ -16,6 +16,7 @@
 //! error naming it, never silently ignored.
 
 pub mod patchtsmixer;
+pub mod tinytimemixer;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -31,18 +32,22 @@ use crate::{Error, Result};
 /// What a sequence model takes and returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequenceTask {
-    /// Forecasting: `(B, context_length, num_input_channels)` f32 values in, the next
-    /// `prediction_length` steps of `num_output_channels` of them out
-    /// (`(B, prediction_length, num_output_channels)`).
+    /// Forecasting: `(B, context_length, V)` f32 values in, the next `prediction_length`
+    /// steps of the predicted channels out (`(B, prediction_length, V')`).
     Forecast {
         /// Time steps the model reads.
         context_length: usize,
         /// Time steps it predicts.
         prediction_length: usize,
-        /// Channels of the input series.
-        num_input_channels: usize,
-        /// Channels it predicts (all, or the config's `prediction_channel_indices`).
-        num_output_channels: usize,
+        /// Channels the input must have: `Some(V)` for models whose weights mix channels,
+        /// `None` for channel-independent ones, which take any number (at least
+        /// `min_input_channels`).
+        num_input_channels: Option<usize>,
+        /// The fewest input channels (one more than the highest predicted channel index).
+        min_input_channels: usize,
+        /// Channels predicted: `Some(V')` (the config's `prediction_channel_indices`, or a
+        /// fixed channel count), `None` for as many as the input has.
+        num_output_channels: Option<usize>,
     },
     /// Classification of token sequences: ids `(B, L)` (u32, `L` at most `max_length`) in,
     /// `(B, num_labels)` logits out.
@@ -114,11 +119,18 @@ pub struct SequenceFamily {
 }
 
 /// Every sequence family, by `model_type`: one line per family.
-pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[SequenceFamily {
-    model_type: "patchtsmixer",
-    from_hf_config: patchtsmixer::PatchTsMixerConfig::from_hf,
-    models: patchtsmixer::MODELS,
-}];
+pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[
+    SequenceFamily {
+        model_type: "patchtsmixer",
+        from_hf_config: patchtsmixer::PatchTsMixerConfig::from_hf,
+        models: patchtsmixer::MODELS,
+    },
+    SequenceFamily {
+        model_type: "tinytimemixer",
+        from_hf_config: tinytimemixer::TinyTimeMixerConfig::from_hf,
+        models: tinytimemixer::MODELS,
+    },
+];
 
 /// Any sequence family's architecture.
 #[derive(Debug)]
@@ -276,16 +288,29 @@ pub fn check_sequence_input(task: SequenceTask, input: &Tensor) -> Result<()> {
         SequenceTask::Forecast {
             context_length,
             num_input_channels,
+            min_input_channels,
             ..
         } => {
-            if dims.len() != 3
-                || dims[0] == 0
-                || dims[1] != context_length
-                || dims[2] != num_input_channels
+            let channels_ok = |c: usize| match num_input_channels {
+                Some(n) => c == n,
+                None => c >= min_input_channels,
+            };
+            if dims.len() != 3 || dims[0] == 0 || dims[1] != context_length || !channels_ok(dims[2])
             {
+                let channels = match num_input_channels {
+                    Some(n) => n.to_string(),
+                    None if min_input_channels > 1 => format!("channels >= {min_input_channels}"),
+                    None => "channels".to_string(),
+                };
                 return Err(Error::Input(format!(
-                    "expected a (batch, {context_length}, {num_input_channels}) series \
+                    "expected a (batch, {context_length}, {channels}) series \
                      (batch, context_length, channels), got shape {dims:?}"
+                )));
+            }
+            if input.dtype() != DType::F32 {
+                return Err(Error::Input(format!(
+                    "series values must be f32, got {:?}",
+                    input.dtype()
                 )));
             }
         }

@@ -197,11 +197,19 @@ impl PatchTsMixerConfig {
             + 1
     }
 
-    /// Channels the head predicts.
-    pub fn num_output_channels(&self) -> usize {
-        self.prediction_channel_indices
-            .as_ref()
-            .map_or(self.num_input_channels, Vec::len)
+    /// What the model takes and returns: any number of channels in `common_channel` mode
+    /// (the weights are shared across channels), exactly `num_input_channels` in
+    /// `mix_channel` mode.
+    pub(crate) fn forecast_task(&self, mixes_channels: bool) -> SequenceTask {
+        let fixed = mixes_channels.then_some(self.num_input_channels);
+        let picked = self.prediction_channel_indices.as_ref();
+        SequenceTask::Forecast {
+            context_length: self.context_length,
+            prediction_length: self.prediction_length,
+            num_input_channels: fixed,
+            min_input_channels: picked.and_then(|ix| ix.iter().max()).map_or(1, |m| m + 1),
+            num_output_channels: picked.map(Vec::len).or(fixed),
+        }
     }
 
     /// The layer config every mixer layer shares.
@@ -217,6 +225,7 @@ impl PatchTsMixerConfig {
             norm: self.norm,
             norm_eps: self.norm_eps,
             mix_channel: self.mix_channel,
+            skip_single_patch: false,
         }
     }
 
@@ -345,12 +354,7 @@ impl SequenceArchitecture for PatchTsMixerConfig {
     }
 
     fn task(&self) -> SequenceTask {
-        SequenceTask::Forecast {
-            context_length: self.context_length,
-            prediction_length: self.prediction_length,
-            num_input_channels: self.num_input_channels,
-            num_output_channels: self.num_output_channels(),
-        }
+        self.forecast_task(self.mix_channel)
     }
 
     fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn SequenceModel>> {
