@@ -2,6 +2,7 @@
 //! checkpoints, train and fine-tune on image folders, and benchmark the token mixers on this
 //! machine.
 
+mod forecast_cli;
 mod plot;
 
 use std::io::Write;
@@ -76,6 +77,9 @@ enum Command {
     /// publish) into a model directory (config.json + model.safetensors) that --model-dir
     /// loads. The checkpoint is checked as loading checks it; nothing in it is executed.
     Convert(ConvertArgs),
+    /// Forecast multivariate series from CSV files: train a sequence model (Tiny Time Mixers,
+    /// PatchTSMixer, ...) against the naive baselines, or predict the steps after a series.
+    Forecast(forecast_cli::ForecastArgs),
 }
 
 #[derive(Args)]
@@ -439,6 +443,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench(&args, &parse_device(&args.device)?),
         Command::Train(args) => train(&args, &parse_device(&args.device)?),
         Command::Convert(args) => convert(&args),
+        Command::Forecast(args) => forecast_cli::run(&args, &Device::Cpu),
     }
 }
 

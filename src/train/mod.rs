@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod error;
+pub mod forecast;
 pub mod init;
 pub mod mixup;
 pub mod optim;
