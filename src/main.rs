@@ -16,6 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokenmix::infer::{self, ClassMap, Prefetch, Shard};
 use tokenmix::models::checkpoint::{expected_tensors, param_count, random_model};
+use tokenmix::models::sequence::{
+    list_sequence_models, sequence_entry, sequence_param_count, SequenceTask,
+};
 use tokenmix::models::{
     list_models, load_model_dir, load_weights, model_entry, LoadedModel, PretrainedCfg,
 };
@@ -480,9 +483,46 @@ fn convert(args: &ConvertArgs) -> Result<()> {
 
 fn list(pattern: &str) -> Result<()> {
     let models = list_models(pattern);
-    if models.is_empty() {
+    let sequence = list_sequence_models(pattern);
+    if models.is_empty() && sequence.is_empty() {
         bail!("no model matches '{pattern}'; run `tokenmix list` to see all");
     }
+    if !models.is_empty() {
+        list_image_models(&models);
+    }
+    if !sequence.is_empty() {
+        if !models.is_empty() {
+            println!();
+        }
+        println!(
+            "{:<38} {:<28} {:>9}  task",
+            "sequence model", "architecture", "params(M)"
+        );
+        for e in sequence {
+            let cfg = (e.config)();
+            let params = sequence_param_count(&cfg)?;
+            let task = match cfg.task() {
+                SequenceTask::Forecast {
+                    context_length,
+                    prediction_length,
+                    ..
+                } => format!("forecast {context_length} -> {prediction_length} steps"),
+                SequenceTask::Classify { num_labels, .. } => {
+                    format!("classify text ({num_labels} labels)")
+                }
+            };
+            println!(
+                "{:<38} {:<28} {:>9.2}  {task}",
+                e.name,
+                cfg.architecture(),
+                params as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list_image_models(models: &[&tokenmix::models::ModelEntry]) {
     println!(
         "{:<20} {:<15} {:>9} {:>7} {:>7}",
         "model", "family", "params(M)", "GMACs", "top-1"
@@ -497,7 +537,6 @@ fn list(pattern: &str) -> Result<()> {
             top1_text(m.top1)
         );
     }
-    Ok(())
 }
 
 /// The paper's top-1 as `83.6`, or `-` where the paper gives none for ImageNet-1k training.
@@ -506,6 +545,19 @@ fn top1_text(top1: Option<f64>) -> String {
 }
 
 fn info(name: &str) -> Result<()> {
+    if let Ok(e) = sequence_entry(name) {
+        let cfg = (e.config)();
+        println!("model:          {}", e.name);
+        println!("source:         {}", e.source);
+        println!("architecture:   {}", cfg.architecture());
+        println!("params:         {}", sequence_param_count(&cfg)?);
+        println!("MACs:           {} per sample", cfg.macs(0));
+        println!(
+            "config.json:    {}",
+            serde_json::to_string_pretty(&cfg.to_hf_config())?
+        );
+        return Ok(());
+    }
     let m = model_entry(name)?;
     let cfg = m.config();
     println!("model:          {}", m.name);

@@ -473,7 +473,13 @@ pub fn adapt_config(
     for (k, v) in model_args {
         map.insert(k.clone(), v.clone());
     }
-    Ok(SequenceConfig::from_hf_json(&json, "model_args")?)
+    Ok(SequenceConfig::from_hf_json(
+        &json,
+        &format!(
+            "{} for this series (context, horizon, channels and model_args)",
+            base.architecture()
+        ),
+    )?)
 }
 
 /// A freshly initialised parameter as PyTorch initialises these layers: linear weights

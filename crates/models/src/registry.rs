@@ -120,16 +120,18 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
 /// Zoo entries whose name matches `pattern`: a shell-style glob if it contains `*` or `?`
 /// (`"caformer_*"`), otherwise a substring (`"s12"`); the empty pattern lists everything.
 pub fn list_models(pattern: &str) -> Vec<&'static ModelEntry> {
-    let is_glob = pattern.contains(['*', '?']);
     all_models()
-        .filter(|m| {
-            if is_glob {
-                glob_match(pattern.as_bytes(), m.name.as_bytes())
-            } else {
-                m.name.contains(pattern)
-            }
-        })
+        .filter(|m| name_matches(pattern, m.name))
         .collect()
+}
+
+/// Whether `name` matches `pattern` as [`list_models`] matches names.
+pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
+    if pattern.contains(['*', '?']) {
+        glob_match(pattern.as_bytes(), name.as_bytes())
+    } else {
+        name.contains(pattern)
+    }
 }
 
 /// The zoo entry for a timm name; a pretrained tag (`poolformer_s12.sail_in1k`) is ignored.

@@ -207,6 +207,14 @@ pub fn sequence_models() -> impl Iterator<Item = &'static SequenceEntry> {
     SEQUENCE_FAMILIES.iter().flat_map(|f| f.models.iter())
 }
 
+/// The sequence models whose name matches `pattern` (a glob with `*` and `?`, else a
+/// substring; the empty pattern lists all), as [`crate::list_models`] matches image models.
+pub fn list_sequence_models(pattern: &str) -> Vec<&'static SequenceEntry> {
+    sequence_models()
+        .filter(|e| crate::registry::name_matches(pattern, e.name))
+        .collect()
+}
+
 /// The zoo's sequence model called `name`; an unknown name is an error listing them.
 pub fn sequence_entry(name: &str) -> Result<&'static SequenceEntry> {
     sequence_models().find(|e| e.name == name).ok_or_else(|| {
