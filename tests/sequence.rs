@@ -299,3 +299,21 @@ fn every_zoo_sequence_model_builds_and_counts_its_parameters() {
         .to_string()
         .contains("granite"));
 }
+
+#[test]
+fn the_hub_config_of_ttm_r1_reads_as_the_zoo_entry() {
+    // The key/values of ibm-granite/granite-timeseries-ttm-r1's config.json (revision main),
+    // as transcribed in tests/fixtures/sequence/hub_configs/.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sequence/hub_configs/granite-timeseries-ttm-r1.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cfg = SequenceConfig::from_hf_json(&json, "ttm-r1").unwrap();
+    assert_eq!(sequence_param_count(&cfg).unwrap(), 805_280);
+    let zoo = (sequence_entry("granite-timeseries-ttm-r1").unwrap().config)();
+    assert_eq!(cfg.to_hf_config(), zoo.to_hf_config());
+    let dev = Device::Cpu;
+    let model = random_sequence_model(&cfg, &dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 512, 7), &dev).unwrap();
+    assert_eq!(model.forward(&x).unwrap().dims(), &[1, 96, 7]);
+}
