@@ -162,14 +162,15 @@ fn train(a: &TrainArgs, device: &Device) -> Result<()> {
         data.train_origins(a.train_stride).len()
     );
     let start = std::time::Instant::now();
-    let (model, tensors, report) = train_forecaster(&cfg, &data, &run, device, |e| {
+    let trained = train_forecaster(&cfg, &data, &run, device, |e| {
         eprintln!(
             "epoch {:>3}  train MSE {:.4}  val MSE {:.4}  MAE {:.4}  ({:.1} s)",
             e.epoch, e.train_loss, e.val.mse, e.val.mae, e.seconds
         );
     })?;
     let seconds = start.elapsed().as_secs_f64();
-    save_sequence_dir(&a.out, &cfg, &tensors)?;
+    let (model, report) = (trained.model, trained.report);
+    save_sequence_dir(&a.out, &cfg, &trained.tensors)?;
     let summary = json!({
         "csv": a.csv,
         "columns": table.names,
@@ -269,7 +270,7 @@ fn forecast_figure(
             let past = &data.values[origin - history..origin + data.horizon];
             let mut lines = vec![
                 line("observed", -(history as i64), col(past)),
-                line(&format!("{name}"), 0, col(&forecast)),
+                line(name, 0, col(&forecast)),
                 line("naive", 0, col(&naive)),
             ];
             if let (Some(s), Some(m)) = (&seasonal, season) {

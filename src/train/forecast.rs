@@ -532,20 +532,29 @@ pub fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
         .collect()
 }
 
+/// A trained forecaster: the model at its best validation epoch, its parameters by name (the
+/// reference's names, ready for
+/// [`save_sequence_dir`](tokenmix_models::sequence::save_sequence_dir)), and what the run
+/// measured.
+#[derive(Debug)]
+pub struct TrainedForecaster {
+    /// The model.
+    pub model: Box<dyn SequenceModel>,
+    /// Its parameters.
+    pub tensors: HashMap<String, Tensor>,
+    /// Epochs and test metrics.
+    pub report: ForecastReport,
+}
+
 /// Trains a forecaster of architecture `cfg` on `data` (see the [module docs](self)), calling
-/// `progress` after every epoch. Returns the model at its best validation epoch, its
-/// parameters by name, and the report with test metrics of it and of the baselines.
+/// `progress` after every epoch.
 pub fn train_forecaster(
     cfg: &SequenceConfig,
     data: &ForecastData,
     run: &ForecastConfig,
     device: &Device,
     mut progress: impl FnMut(&EpochLog),
-) -> Result<(
-    Box<dyn SequenceModel>,
-    HashMap<String, Tensor>,
-    ForecastReport,
-)> {
+) -> Result<TrainedForecaster> {
     let SequenceTask::Forecast {
         context_length,
         prediction_length,
@@ -641,7 +650,11 @@ pub fn train_forecaster(
         epochs,
         best_epoch,
     };
-    Ok((model, best, report))
+    Ok(TrainedForecaster {
+        model,
+        tensors: best,
+        report,
+    })
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ impl MixerSpec for PatchMixerConfig {
     fn validate(&self, dim: usize) -> Result<()> {
         check_num_tokens("patch_mixer", self.num_tokens)?;
         check_expansion("patch_mixer", self.expansion_factor)?;
-        if self.self_attn && (self.self_attn_heads == 0 || dim % self.self_attn_heads != 0) {
+        if self.self_attn && (self.self_attn_heads == 0 || !dim.is_multiple_of(self.self_attn_heads)) {
             return Err(config_error(
                 "patch_mixer",
                 format!(

@@ -289,14 +289,17 @@ fn stored_names<'a>(
     (by_model, duplicates)
 }
 
+/// Whether tensor `name` stored with shape `found` can be adapted to `expected`.
+pub(crate) type CanResize<'a> = &'a dyn Fn(&str, &[usize], &[usize]) -> bool;
+
 /// How a model family reads a checkpoint: its stored names mapped to the model's, the
 /// mis-shaped tensors it can adapt, and the stored tensors it has no use for (batch-norm step
 /// counters always, which carry no weights).
 pub(crate) struct Rules<'a> {
     /// The model's names for a checkpoint's stored names, in their order.
     pub rename: &'a dyn Fn(&[&str]) -> Vec<String>,
-    /// Whether tensor `name` stored with shape `found` can be adapted to `expected`.
-    pub can_resize: &'a dyn Fn(&str, &[usize], &[usize]) -> bool,
+    /// Whether a mis-shaped tensor can be adapted.
+    pub can_resize: CanResize<'a>,
     /// Whether a stored tensor (by the model's name for it) is skipped without complaint.
     pub ignore: &'a dyn Fn(&str) -> bool,
 }

@@ -354,7 +354,7 @@ impl SequenceArchitecture for TinyTimeMixerConfig {
         }
         for (name, d, levels, mix) in blocks {
             for (f, layer) in self.levels(d, levels, mix) {
-                if d % f != 0 {
+                if !d.is_multiple_of(f) {
                     return Err(format!(
                         "{name} ({d}) must be divisible by {f} for adaptive patching"
                     ));
