@@ -25,8 +25,14 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
     let norm = b.sqr().unwrap().sum_all().unwrap();
     let (diff, norm) = (
-        diff.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
-        norm.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+        diff.to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
+        norm.to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
     );
     (diff / norm).sqrt()
 }
@@ -135,7 +141,10 @@ fn the_unused_wrapper_tensors_are_part_of_the_checkpoint() {
 fn the_zoo_entry_has_the_reference_parameter_count() {
     let cfg = (sequence_entry("JDPatchTST").unwrap().config)();
     let jd = cfg.downcast_ref::<JdPatchTstConfig>().unwrap();
-    assert_eq!((jd.seq_len, jd.pred_len, jd.n_heads, jd.e_layers), (96, 96, 2, 1));
+    assert_eq!(
+        (jd.seq_len, jd.pred_len, jd.n_heads, jd.e_layers),
+        (96, 96, 2, 1)
+    );
     // `sum(p.numel() for p in Model(args).parameters())` for the ETTh1 96 -> 96 script.
     assert_eq!(sequence_param_count(&cfg).unwrap(), 3_488_640);
 }
@@ -175,8 +184,19 @@ fn dense_mixer_matches_a_plain_composition_with_its_gradients() {
         assert!(rel_l2(g, p) < 1e-12, "{}", rel_l2(g, p));
     }
     // Central differences of the loss in a few entries of M.
-    let gm = grads.get(&m).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let base = m.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let gm = grads
+        .get(&m)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let base = m
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let eps = 1e-6;
     for idx in [0, 17, heads * n * n - 1] {
         let at = |delta: f64| {
@@ -187,7 +207,11 @@ fn dense_mixer_matches_a_plain_composition_with_its_gradients() {
             loss(&y).to_scalar::<f64>().unwrap()
         };
         let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-        assert!((fd - gm[idx]).abs() < 1e-6 * gm[idx].abs().max(1.0), "{idx}: {fd} vs {}", gm[idx]);
+        assert!(
+            (fd - gm[idx]).abs() < 1e-6 * gm[idx].abs().max(1.0),
+            "{idx}: {fd} vs {}",
+            gm[idx]
+        );
     }
     // A wrong token count is refused before anything is multiplied.
     let short = Tensor::zeros((b, n - 1, heads * d), DType::F64, &dev).unwrap();

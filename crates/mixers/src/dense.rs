@@ -74,7 +74,7 @@ impl TokenMixer for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         check_token_count("dense", x, self.num_tokens)?;
         let (b, n, c) = x.dims3()?;
-        if self.heads == 0 || c % self.heads != 0 {
+        if self.heads == 0 || !c.is_multiple_of(self.heads) {
             return Err(config_error(
                 "dense",
                 format!("{c} channels do not split into {} heads", self.heads),
@@ -124,7 +124,7 @@ impl MixerSpec for DenseMixerConfig {
     fn validate(&self, dim: usize) -> Result<()> {
         check_num_tokens("dense", self.num_tokens)?;
         let h = self.heads;
-        if h == 0 || dim % h != 0 {
+        if h == 0 || !dim.is_multiple_of(h) {
             return Err(config_error(
                 "dense",
                 format!("heads must be positive and divide the {dim} channels, got {h}"),

@@ -234,14 +234,14 @@ impl SequenceArchitecture for JdPatchTstConfig {
         in_range("e_layers", self.e_layers, 1, MAX_LAYERS)?;
         in_range("d_ff", self.d_ff, 1, 1 << 20)?;
         in_range("patches", self.num_patches(), 1, MAX_PATCHES)?;
-        if self.d_model % 2 != 0 {
+        if !self.d_model.is_multiple_of(2) {
             return Err(format!(
-                "d_model must be even (the reference's sin-cos position table has one), got {}",
+                "d_model must be even (the reference's sin-cos position table needs it), got {}",
                 self.d_model
             ));
         }
         let head_dim = self.d_model / self.n_heads;
-        if self.d_model % head_dim != 0 {
+        if !self.d_model.is_multiple_of(head_dim) {
             return Err(format!(
                 "d_model ({}) must be a multiple of d_model / n_heads ({head_dim}), as the \
                  reference's MatrixMixer asserts",
@@ -278,9 +278,8 @@ impl SequenceArchitecture for JdPatchTstConfig {
             self.d_ff as u64,
         );
         let layer = d * p * p + 2 * p * d * f;
-        let per_channel = p * PATCH_LEN as u64 * d
-            + self.e_layers as u64 * layer
-            + p * d * self.pred_len as u64;
+        let per_channel =
+            p * PATCH_LEN as u64 * d + self.e_layers as u64 * layer + p * d * self.pred_len as u64;
         self.enc_in as u64 * per_channel
     }
 
@@ -349,7 +348,11 @@ impl EncoderLayer {
     fn new(cfg: &JdPatchTstConfig, vb: VarBuilder) -> CandleResult<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let attn = vb.pp("attention");
-        let mixer = Dense::new(cfg.num_patches(), cfg.mixer_heads(), attn.pp("matrix_mixer"))?;
+        let mixer = Dense::new(
+            cfg.num_patches(),
+            cfg.mixer_heads(),
+            attn.pp("matrix_mixer"),
+        )?;
         // Created by the reference's MatrixMixer, never used by its dense forward pass.
         attn.pp("in_proj").get((2 * d, d), "weight")?;
         attn.pp("norm").get(d, "weight")?;

@@ -324,9 +324,10 @@ impl Tsm2 {
         let (b, m, p, _) = patches.dims4()?;
         let d = self.cfg.d_model;
         // Every entry of the history is `(B * M, P, d)`, variate-major.
-        let mut history = vec![self
-            .embedding
-            .forward(&patches.reshape((b * m, p, self.cfg.patch_len))?)?];
+        let mut history =
+            vec![self
+                .embedding
+                .forward(&patches.reshape((b * m, p, self.cfg.patch_len))?)?];
         for block in &self.blocks {
             let u = weighted(&block.time_weights, &history)?;
             let t = (&u + block.time_mixer.forward(&block.time_norm.forward(&u)?)?)?;
@@ -346,7 +347,10 @@ impl Tsm2 {
                 .reshape((b * m, p, d))?;
             history.push((v + mixed)?);
         }
-        let h = self.norm.forward(&history[history.len() - 1])?.reshape((b, m, p, d))?;
+        let h = self
+            .norm
+            .forward(&history[history.len() - 1])?
+            .reshape((b, m, p, d))?;
         Ok((h, loc, scale))
     }
 }
