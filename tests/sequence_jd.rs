@@ -82,6 +82,9 @@ fn wrong_input_shapes_are_refused_naming_the_expected_shape() {
             assert!(matches!(err, Error::Input(_)), "{name} {shape:?}: {err}");
             let want = format!("(batch, {}, {})", good.0, good.1);
             assert!(err.to_string().contains(&want), "{name}: {err}");
+            if shape.len() == 3 && shape[0] > 0 {
+                assert!(loaded.model.forward(&x).is_err(), "{name} {shape:?}");
+            }
         }
     }
 }
@@ -217,4 +220,55 @@ fn dense_mixer_matches_a_plain_composition_with_its_gradients() {
     let short = Tensor::zeros((b, n - 1, heads * d), DType::F64, &dev).unwrap();
     let err = mixer.forward(&short).unwrap_err().to_string();
     assert!(err.contains("dense"), "{err}");
+}
+
+#[test]
+fn tsm2_time_mixer_is_causal_and_its_variate_mixer_is_not() {
+    use candle_nn::{VarBuilder, VarMap};
+    use tokenmix::models::sequence::tsm2::Tsm2Config;
+    use tokenmix_mixers::MixerSpec;
+
+    let dev = Device::Cpu;
+    let cfg = Tsm2Config {
+        d_model: 8,
+        d_state: 4,
+        ..Tsm2Config::default()
+    };
+    for (bidirectional, causal) in [(false, true), (true, false)] {
+        let spec = cfg.mixer(bidirectional);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        spec.build(8, vb.clone()).unwrap();
+        for (_, var) in varmap.data().lock().unwrap().iter() {
+            var.set(&Tensor::randn(0f32, 0.5, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let mixer = spec.build(8, vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 8), &dev).unwrap();
+        let bump = Tensor::cat(
+            &[
+                Tensor::zeros((2, 6, 8), DType::F32, &dev).unwrap(),
+                Tensor::ones((2, 3, 8), DType::F32, &dev).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let (a, b) = (
+            mixer.forward(&x).unwrap(),
+            mixer.forward(&(&x + bump).unwrap()).unwrap(),
+        );
+        let early = (a.narrow(1, 0, 6).unwrap() - b.narrow(1, 0, 6).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(
+            early == 0.0,
+            causal,
+            "bidirectional {bidirectional}: {early}"
+        );
+    }
 }

@@ -440,6 +440,15 @@ impl JdPatchTst {
     /// The encoder's output `(B, C, P, d_model)` (after its BatchNorm) and the normalization's
     /// `(mean, std)` `(B, 1, C)` for a series `(B, seq_len, C)`.
     pub fn forward_hidden(&self, x: &Tensor) -> CandleResult<(Tensor, Tensor, Tensor)> {
+        let (_, l, c) = x.dims3()?;
+        if (l, c) != (self.cfg.seq_len, self.cfg.enc_in) {
+            candle_core::bail!(
+                "JDPatchTST expects a (batch, {}, {}) series, got {:?}",
+                self.cfg.seq_len,
+                self.cfg.enc_in,
+                x.dims()
+            );
+        }
         let scaling = Scaling::Std {
             minimum_scale: 1e-5,
         };

@@ -316,6 +316,15 @@ impl Tsm2 {
     /// The normed features after the last block `(B, M, P, d_model)` and the normalization's
     /// `(mean, std)` `(B, 1, M)` for a series `(B, seq_len, M)`.
     pub fn forward_hidden(&self, x: &Tensor) -> CandleResult<(Tensor, Tensor, Tensor)> {
+        let (_, l, m) = x.dims3()?;
+        if (l, m) != (self.cfg.seq_len, self.cfg.num_variates) {
+            candle_core::bail!(
+                "TSM2 expects a (batch, {}, {}) series, got {:?}",
+                self.cfg.seq_len,
+                self.cfg.num_variates,
+                x.dims()
+            );
+        }
         let scaling = Scaling::Std {
             minimum_scale: 1e-5,
         };
