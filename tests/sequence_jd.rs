@@ -69,23 +69,27 @@ fn tsm2_matches_the_pytorch_module_of_the_reading() {
 
 #[test]
 fn wrong_input_shapes_are_refused_naming_the_expected_shape() {
-    for (name, good) in [("jd_patchtst", (45, 3)), ("tsm2", (41, 3))] {
+    for (name, len) in [("jd_patchtst", 45), ("tsm2", 41)] {
         let loaded = load_sequence_dir(&fixture(name), &Device::Cpu).unwrap();
         for shape in [
-            vec![2, good.0 - 1, good.1],
-            vec![2, good.0, good.1 + 1],
-            vec![good.0, good.1],
-            vec![0, good.0, good.1],
+            vec![2, len - 1, 3],
+            vec![2, len + 1, 3],
+            vec![len, 3],
+            vec![0, len, 3],
         ] {
             let x = Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap();
             let err = loaded.forward(&x).unwrap_err();
             assert!(matches!(err, Error::Input(_)), "{name} {shape:?}: {err}");
-            let want = format!("(batch, {}, {})", good.0, good.1);
+            let want = format!("(batch, {len}, channels)");
             assert!(err.to_string().contains(&want), "{name}: {err}");
             if shape.len() == 3 && shape[0] > 0 {
                 assert!(loaded.model.forward(&x).is_err(), "{name} {shape:?}");
             }
         }
+        // No weight depends on the channel count: a 5-channel series runs.
+        let x = Tensor::randn(0f32, 1.0, (2, len, 5), &Device::Cpu).unwrap();
+        let y = loaded.forward(&x).unwrap();
+        assert_eq!(y.dims()[2], 5, "{name}");
     }
 }
 

@@ -68,7 +68,8 @@ pub struct JdPatchTstConfig {
     pub seq_len: usize,
     /// Time steps predicted.
     pub pred_len: usize,
-    /// Channels of the series.
+    /// Channels of the series the model was trained on (the reference's `FlattenHead` keeps
+    /// it and never uses it: the weights are shared by all channels, so any count runs).
     pub enc_in: usize,
     /// Features per patch.
     pub d_model: usize,
@@ -199,8 +200,9 @@ impl SequenceArchitecture for JdPatchTstConfig {
         SequenceTask::Forecast {
             context_length: self.seq_len,
             prediction_length: self.pred_len,
-            num_input_channels: self.enc_in,
-            num_output_channels: self.enc_in,
+            num_input_channels: None,
+            min_input_channels: 1,
+            num_output_channels: None,
         }
     }
 
@@ -440,12 +442,10 @@ impl JdPatchTst {
     /// The encoder's output `(B, C, P, d_model)` (after its BatchNorm) and the normalization's
     /// `(mean, std)` `(B, 1, C)` for a series `(B, seq_len, C)`.
     pub fn forward_hidden(&self, x: &Tensor) -> CandleResult<(Tensor, Tensor, Tensor)> {
-        let (_, l, c) = x.dims3()?;
-        if (l, c) != (self.cfg.seq_len, self.cfg.enc_in) {
+        if x.dims3()?.1 != self.cfg.seq_len {
             candle_core::bail!(
-                "JDPatchTST expects a (batch, {}, {}) series, got {:?}",
+                "JDPatchTST expects a (batch, {}, channels) series, got {:?}",
                 self.cfg.seq_len,
-                self.cfg.enc_in,
                 x.dims()
             );
         }

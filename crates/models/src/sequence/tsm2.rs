@@ -55,7 +55,8 @@ pub struct Tsm2Config {
     pub seq_len: usize,
     /// Horizon `H` (time steps predicted).
     pub pred_len: usize,
-    /// Variates `M` of the series.
+    /// Variates `M` of the series the model was trained on (no weight depends on it: the
+    /// variate mixer scans any number, so any count runs).
     pub num_variates: usize,
     /// Time steps per patch.
     pub patch_len: usize,
@@ -153,8 +154,9 @@ impl SequenceArchitecture for Tsm2Config {
         SequenceTask::Forecast {
             context_length: self.seq_len,
             prediction_length: self.pred_len,
-            num_input_channels: self.num_variates,
-            num_output_channels: self.num_variates,
+            num_input_channels: None,
+            min_input_channels: 1,
+            num_output_channels: None,
         }
     }
 
@@ -316,12 +318,10 @@ impl Tsm2 {
     /// The normed features after the last block `(B, M, P, d_model)` and the normalization's
     /// `(mean, std)` `(B, 1, M)` for a series `(B, seq_len, M)`.
     pub fn forward_hidden(&self, x: &Tensor) -> CandleResult<(Tensor, Tensor, Tensor)> {
-        let (_, l, m) = x.dims3()?;
-        if (l, m) != (self.cfg.seq_len, self.cfg.num_variates) {
+        if x.dims3()?.1 != self.cfg.seq_len {
             candle_core::bail!(
-                "TSM2 expects a (batch, {}, {}) series, got {:?}",
+                "TSM2 expects a (batch, {}, variates) series, got {:?}",
                 self.cfg.seq_len,
-                self.cfg.num_variates,
                 x.dims()
             );
         }
