@@ -15,8 +15,10 @@
 //! is named before anything is built, and a config option tokenmix does not implement is an
 //! error naming it, never silently ignored.
 
+pub mod justdense;
 pub mod patchtsmixer;
 pub mod tinytimemixer;
+pub mod tsm2;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -129,6 +131,16 @@ pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[
         model_type: "tinytimemixer",
         from_hf_config: tinytimemixer::TinyTimeMixerConfig::from_hf,
         models: tinytimemixer::MODELS,
+    },
+    SequenceFamily {
+        model_type: "jd_patchtst",
+        from_hf_config: justdense::JdPatchTstConfig::from_hf,
+        models: justdense::MODELS,
+    },
+    SequenceFamily {
+        model_type: "tsm2",
+        from_hf_config: tsm2::Tsm2Config::from_hf,
+        models: tsm2::MODELS,
     },
 ];
 
