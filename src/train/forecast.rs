@@ -451,8 +451,9 @@ pub fn evaluate_model(
     Ok(data.score(origins, |t| by_origin[&t].clone()))
 }
 
-/// The config `base` adapted to a series: `context_length`, `prediction_length` and
-/// `num_input_channels` set, `model_args` (reference config keys) applied over them, and the
+/// The config `base` adapted to a series: its context length, horizon and channel count set
+/// (under the keys [`forecast_keys`](tokenmix_models::sequence::SequenceArchitecture::forecast_keys)
+/// names), `model_args` (reference config keys) applied over them, and the
 /// result read back through the reference's config path (so it is validated as a hub config
 /// is, and the patch count follows the new context).
 pub fn adapt_config(
@@ -466,9 +467,10 @@ pub fn adapt_config(
     let map = json
         .as_object_mut()
         .with_context(|| "a sequence config is not a JSON object")?;
-    map.insert("context_length".into(), context.into());
-    map.insert("prediction_length".into(), horizon.into());
-    map.insert("num_input_channels".into(), channels.into());
+    let [context_key, horizon_key, channels_key] = base.forecast_keys();
+    map.insert(context_key.into(), context.into());
+    map.insert(horizon_key.into(), horizon.into());
+    map.insert(channels_key.into(), channels.into());
     map.remove("num_patches");
     for (k, v) in model_args {
         map.insert(k.clone(), v.clone());

@@ -188,6 +188,10 @@ impl JdPatchTstConfig {
 }
 
 impl SequenceArchitecture for JdPatchTstConfig {
+    fn forecast_keys(&self) -> [&'static str; 3] {
+        ["seq_len", "pred_len", "enc_in"]
+    }
+
     fn model_type(&self) -> &'static str {
         "jd_patchtst"
     }

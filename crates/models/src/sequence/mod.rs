@@ -7,8 +7,8 @@
 //! [`SequenceTask`].
 //!
 //! A family is one file: its config implements [`SequenceArchitecture`], reading and writing
-//! the reference's `config.json` (Hugging Face transformers' config classes, whose key names it
-//! keeps), and one line of [`SEQUENCE_FAMILIES`] registers it under the config's `model_type`.
+//! the reference's `config.json` with the reference's key names (Hugging Face transformers'
+//! config classes where the reference has one, else the reference constructor's arguments), and one line of [`SEQUENCE_FAMILIES`] registers it under the config's `model_type`.
 //! The named models are [`sequence_models`]. A hub directory (`config.json` +
 //! `model.safetensors`, as `ibm-granite/granite-timeseries-ttm-r2` serves it) loads with
 //! [`load_sequence_dir`], strictly: every missing, unexpected, mis-shaped or non-finite tensor
@@ -98,6 +98,12 @@ pub trait SequenceArchitecture: Debug + Send + Sync {
     /// Multiply-accumulates of one forward pass of one sample (of `len` tokens for text
     /// models; forecasters read their fixed context).
     fn macs(&self, len: usize) -> u64;
+    /// The config keys of a forecaster's context length, horizon and input channel count
+    /// (transformers' names by default; Time-Series-Library models say `seq_len`, `pred_len`,
+    /// ...), for adapting a config to a series.
+    fn forecast_keys(&self) -> [&'static str; 3] {
+        ["context_length", "prediction_length", "num_input_channels"]
+    }
     /// Stored tensors the model has no use for (e.g. buffers an older reference saved).
     fn ignored_tensor(&self, _name: &str) -> bool {
         false

@@ -142,6 +142,10 @@ impl Tsm2Config {
 }
 
 impl SequenceArchitecture for Tsm2Config {
+    fn forecast_keys(&self) -> [&'static str; 3] {
+        ["seq_len", "pred_len", "num_variates"]
+    }
+
     fn model_type(&self) -> &'static str {
         "tsm2"
     }
