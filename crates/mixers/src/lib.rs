@@ -32,7 +32,7 @@
 //! [`linear_attention`] (LinFusion), [`aggregated_attention`] (TransNeXt), [`hydra`] (Hydra),
 //! [`spectrum`] (tokenmix's reading of the Dynamic Spectrum Mixer), [`strip_attention`]
 //! (tokenmix's reading of S2AFormer's strip self-attention), [`tsmixer`] (TSMixer / Tiny Time
-//! Mixers, for patched time series). [`layers`] holds the building blocks the backbones share (norms,
+//! Mixers, for patched time series), [`ponet`] (PoNet's multi-granularity pooling). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -85,6 +85,7 @@ registry! {
     spectrum::DynamicSpectrumConfig,
     strip_attention::StripAttentionConfig,
     tsmixer::PatchMixerConfig,
+    ponet::PoNetMixerConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;
