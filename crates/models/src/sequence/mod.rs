@@ -16,6 +16,7 @@
 //! error naming it, never silently ignored.
 
 pub mod patchtsmixer;
+pub mod ponet;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -114,11 +115,18 @@ pub struct SequenceFamily {
 }
 
 /// Every sequence family, by `model_type`: one line per family.
-pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[SequenceFamily {
-    model_type: "patchtsmixer",
-    from_hf_config: patchtsmixer::PatchTsMixerConfig::from_hf,
-    models: patchtsmixer::MODELS,
-}];
+pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[
+    SequenceFamily {
+        model_type: "patchtsmixer",
+        from_hf_config: patchtsmixer::PatchTsMixerConfig::from_hf,
+        models: patchtsmixer::MODELS,
+    },
+    SequenceFamily {
+        model_type: "ponet",
+        from_hf_config: ponet::PoNetConfig::from_hf,
+        models: ponet::MODELS,
+    },
+];
 
 /// Any sequence family's architecture.
 #[derive(Debug)]
