@@ -292,3 +292,60 @@ fn a_saved_classifier_reloads_and_the_zoo_entry_counts_as_the_reference() {
     let base = (sequence_entry("ponet-base-uncased").unwrap().config)();
     assert_eq!(sequence_param_count(&base).unwrap(), 123_657_986);
 }
+
+#[test]
+fn words_are_encoded_between_the_special_ids_and_a_small_ponet_learns_a_keyword() {
+    use tokenmix::train::text::{train_classifier, Example, TextTrainConfig, WordVocab, UNK_ID};
+    let vocab = WordVocab::build(["b a a", "c b a"], 10, 1);
+    assert_eq!(vocab.words(), ["a", "b", "c"]);
+    let ids = vocab.encode(&["A, b!", "zz c"], 16);
+    assert_eq!(ids, [CLS_ID, 104, 105, SEP_ID, UNK_ID, 106, SEP_ID]);
+    assert_eq!(
+        vocab.encode(&["a a a a", "b b"], 5),
+        [CLS_ID, 104, 104, SEP_ID, SEP_ID]
+    );
+
+    let fillers = ["red", "green", "blue", "cyan", "gray", "pink"];
+    let texts: Vec<(String, usize)> = (0..48)
+        .map(|i| {
+            let mut w: Vec<&str> = (0..6).map(|j| fillers[(i * 7 + j * 5) % 6]).collect();
+            if i % 2 == 1 {
+                w[(i / 2) % 6] = "offer";
+            }
+            (w.join(" "), i % 2)
+        })
+        .collect();
+    let vocab = WordVocab::build(texts.iter().map(|(t, _)| t.as_str()), 100, 1);
+    let data: Vec<Example> = texts
+        .iter()
+        .map(|(t, label)| Example {
+            ids: vocab.encode(&[t.as_str()], 16),
+            label: *label,
+        })
+        .collect();
+    let cfg = PoNetConfig {
+        vocab_size: vocab.vocab_size(),
+        hidden_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 16,
+        ..PoNetConfig::default()
+    };
+    let tc = TextTrainConfig {
+        epochs: 25,
+        batch_size: 16,
+        lr: 3e-3,
+        warmup_steps: 5,
+        ..TextTrainConfig::default()
+    };
+    let mut losses = Vec::new();
+    let clf = train_classifier(&cfg, &data, &tc, &Device::Cpu, |_, loss, _| {
+        losses.push(loss);
+        Ok(())
+    })
+    .unwrap();
+    let acc = clf.accuracy(&data, 16, &Device::Cpu).unwrap();
+    assert!(acc >= 0.95, "accuracy {acc}, losses {losses:?}");
+    assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
+}

@@ -420,7 +420,7 @@ impl MixerSpec for PoNetMixerConfig {
 
     fn validate(&self, dim: usize) -> Result<()> {
         let hd = self.head_dim;
-        if hd == 0 || hd > 4096 || dim == 0 || dim % hd != 0 {
+        if hd == 0 || hd > 4096 || dim == 0 || !dim.is_multiple_of(hd) {
             return Err(config_error(
                 "ponet",
                 format!("head_dim must be in 1..=4096 and divide dim, got {hd} and {dim}"),

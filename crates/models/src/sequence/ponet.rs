@@ -335,7 +335,7 @@ impl SequenceArchitecture for PoNetConfig {
         )?;
         in_range("type_vocab_size", self.type_vocab_size, 1 << 10)?;
         in_range("num_labels", self.num_labels, 1 << 16)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size ({}) must be a multiple of num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads
