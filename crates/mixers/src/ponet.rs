@@ -397,7 +397,8 @@ impl TokenMixer for PoNetMixer {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoNetMixerConfig {
-    /// Channels per head of the global attention pooling (it divides the stage's channels).
+    /// Channels per head of the global attention pooling: a stage of `C` channels has
+    /// `max(C / head_dim, 1)` heads, which must divide `C`.
     pub head_dim: usize,
     /// The reference's `segment_num`: chunks are `N / segment_num + 1` tokens long.
     pub segment_num: usize,
@@ -413,6 +414,13 @@ impl Default for PoNetMixerConfig {
     }
 }
 
+impl PoNetMixerConfig {
+    /// The heads of a stage of `dim` channels.
+    pub fn heads(&self, dim: usize) -> usize {
+        (dim / self.head_dim.max(1)).max(1)
+    }
+}
+
 impl MixerSpec for PoNetMixerConfig {
     fn kind(&self) -> &'static str {
         "ponet"
@@ -420,10 +428,13 @@ impl MixerSpec for PoNetMixerConfig {
 
     fn validate(&self, dim: usize) -> Result<()> {
         let hd = self.head_dim;
-        if hd == 0 || hd > 4096 || dim == 0 || !dim.is_multiple_of(hd) {
+        if hd == 0 || hd > 4096 || dim == 0 || !dim.is_multiple_of(self.heads(dim)) {
             return Err(config_error(
                 "ponet",
-                format!("head_dim must be in 1..=4096 and divide dim, got {hd} and {dim}"),
+                format!(
+                    "head_dim must be in 1..=4096 and give a head count dividing dim, got {hd} \
+                     and {dim}"
+                ),
             ));
         }
         if self.segment_num == 0 || self.segment_num > 1 << 16 {
@@ -441,7 +452,7 @@ impl MixerSpec for PoNetMixerConfig {
     fn build(&self, dim: usize, vb: VarBuilder) -> Result<Box<dyn TokenMixer>> {
         Ok(Box::new(PoNetMixer::new(
             dim,
-            dim / self.head_dim,
+            self.heads(dim),
             self.segment_num,
             vb,
         )?))
