@@ -14,6 +14,7 @@ pub mod init;
 pub mod mixup;
 pub mod optim;
 pub mod schedule;
+pub mod text;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -32,7 +32,8 @@
 //! [`linear_attention`] (LinFusion), [`aggregated_attention`] (TransNeXt), [`hydra`] (Hydra),
 //! [`spectrum`] (tokenmix's reading of the Dynamic Spectrum Mixer), [`strip_attention`]
 //! (tokenmix's reading of S2AFormer's strip self-attention), [`tsmixer`] (TSMixer / Tiny Time
-//! Mixers, for patched time series), [`dense`] (JustDense's per-head dense matrix). [`layers`] holds the building blocks the backbones share (norms,
+//! Mixers, for patched time series), [`dense`] (JustDense's per-head dense matrix), [`ponet`]
+//! (PoNet's multi-granularity pooling). [`layers`] holds the building blocks the backbones share (norms,
 //! activations, scales, MLPs).
 #![deny(missing_docs)]
 
@@ -86,6 +87,7 @@ registry! {
     strip_attention::StripAttentionConfig,
     tsmixer::PatchMixerConfig,
     dense::DenseMixerConfig,
+    ponet::PoNetMixerConfig,
 }
 
 pub use aff::AdaptiveFrequencyFilter;

@@ -17,6 +17,7 @@
 
 pub mod justdense;
 pub mod patchtsmixer;
+pub mod ponet;
 pub mod tinytimemixer;
 pub mod tsm2;
 
@@ -147,6 +148,11 @@ pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[
         model_type: "tsm2",
         from_hf_config: tsm2::Tsm2Config::from_hf,
         models: tsm2::MODELS,
+    },
+    SequenceFamily {
+        model_type: "ponet",
+        from_hf_config: ponet::PoNetConfig::from_hf,
+        models: ponet::MODELS,
     },
 ];
 
