@@ -4,8 +4,9 @@
 //!
 //! Mixers: JustDense's dense matrix (`dense`, 2 heads of `N x N`), linear attention
 //! (`linear_attention`, LinFusion's, 2 heads of 32), the unidirectional Mamba selective scan
-//! (`mamba`, state 16, expansion 2), Hydra's quasiseparable mixer (`hydra`, its defaults) and
-//! softmax attention (`attention`, 2 heads of 32). A length whose predicted time (the last
+//! (`mamba`, state 16, expansion 2), Hydra's quasiseparable mixer (`hydra`, its defaults), PoNet's
+//! multi-granularity pooling (`ponet`, 2 heads of 32, 32 segments) and softmax attention
+//! (`attention`, 2 heads of 32). A length whose predicted time (the last
 //! measured time scaled by the mixer's growth, quadratic for `dense` and `attention`) exceeds
 //! 10 s, or whose dense `N x N` buffers would exceed 8 GiB, is skipped with the reason.
 //!
@@ -19,6 +20,7 @@ use tokenmix::mixers::attention::AttentionConfig;
 use tokenmix::mixers::dense::DenseMixerConfig;
 use tokenmix::mixers::hydra::HydraConfig;
 use tokenmix::mixers::linear_attention::LinearAttentionConfig;
+use tokenmix::mixers::ponet::PoNetMixerConfig;
 use tokenmix::mixers::ssm::MambaConfig;
 use tokenmix::mixers::{MixerConfig, TokenMixer};
 
@@ -65,6 +67,11 @@ fn cases() -> Vec<Case> {
             name: "hydra",
             quadratic: false,
             config: |_| MixerConfig::new(HydraConfig::default()),
+        },
+        Case {
+            name: "ponet",
+            quadratic: false,
+            config: |_| MixerConfig::new(PoNetMixerConfig::default()),
         },
         Case {
             name: "attention",

@@ -4,6 +4,7 @@
 
 mod forecast_cli;
 mod plot;
+mod text_cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,9 @@ enum Command {
     /// Forecast multivariate series from CSV files: train a sequence model (Tiny Time Mixers,
     /// PatchTSMixer, ...) against the naive baselines, or predict the steps after a series.
     Forecast(forecast_cli::ForecastArgs),
+    /// Classify texts with PoNet: train a classifier from scratch on labelled TSV files
+    /// against the majority class, or classify the lines of a file.
+    Text(text_cli::TextArgs),
 }
 
 #[derive(Args)]
@@ -447,6 +451,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(&args, &parse_device(&args.device)?),
         Command::Convert(args) => convert(&args),
         Command::Forecast(args) => forecast_cli::run(&args, &Device::Cpu),
+        Command::Text(args) => text_cli::run(&args, &Device::Cpu),
     }
 }
 
