@@ -40,33 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_sequence_fixtures import randomize_, series  # noqa: E402
+
 SEED = 20261203
 JUSTDENSE_COMMIT = "28285e34e0d9f92b6935e2bbe6362737ea8a010b"
-
-
-def randomize_(module, gen):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
-            elif name.endswith("bias"):
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-
-
-def series(gen, batch, length, channels):
-    """Random walks plus noise, each channel at its own level and spread."""
-    level = 3.0 * torch.randn(1, 1, channels, generator=gen)
-    spread = 0.2 + 4.0 * torch.rand(1, 1, channels, generator=gen)
-    walk = torch.randn(batch, length, channels, generator=gen).cumsum(1) * 0.3
-    noise = torch.randn(batch, length, channels, generator=gen)
-    return level + spread * (walk + noise)
 
 
 def save(out, name, model, config, x, y, metadata):

@@ -22,29 +22,16 @@ Usage (a venv outside the repo with torch, transformers, granite-tsfm, safetenso
 """
 import argparse
 import json
-import math
 import os
+import sys
 
 import torch
 from safetensors.torch import save_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_wave2_fixtures import randomize_  # noqa: E402
+
 SEED = 20261202
-
-
-def randomize_(module, gen):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
-            elif name.endswith("bias"):
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
 
 
 def series(gen, batch, length, channels):
