@@ -297,6 +297,42 @@ impl PatchTsMixerConfig {
         })
     }
 
+    /// The config's keys as `PatchTSMixerConfig` writes them (TTM's config extends them).
+    pub(crate) fn hf_map(&self) -> Map<String, Value> {
+        let json = json!({
+            "architectures": ["PatchTSMixerForPrediction"],
+            "model_type": "patchtsmixer",
+            "context_length": self.context_length,
+            "patch_length": self.patch_length,
+            "patch_stride": self.patch_stride,
+            "num_input_channels": self.num_input_channels,
+            "d_model": self.d_model,
+            "expansion_factor": self.expansion_factor,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "mode": if self.mix_channel { "mix_channel" } else { "common_channel" },
+            "gated_attn": self.gated_attn,
+            "norm_mlp": match self.norm {
+                TsNormKind::LayerNorm => "LayerNorm",
+                TsNormKind::BatchNorm => "BatchNorm",
+            },
+            "self_attn": self.self_attn,
+            "self_attn_heads": self.self_attn_heads,
+            "use_positional_encoding": self.use_positional_encoding,
+            "positional_encoding_type": self.positional_encoding_type,
+            "scaling": self.scaling.hf_value(),
+            "loss": "mse",
+            "norm_eps": self.norm_eps,
+            "head_dropout": self.head_dropout,
+            "prediction_length": self.prediction_length,
+            "prediction_channel_indices": self.prediction_channel_indices,
+        });
+        match json {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
     /// The size rules shared with TTM: lengths, widths and layer counts in range, the
     /// context longer than a patch, channel indices in range.
     pub(crate) fn check_sizes(&self) -> std::result::Result<(), String> {
@@ -366,34 +402,7 @@ impl SequenceArchitecture for PatchTsMixerConfig {
     }
 
     fn to_hf_config(&self) -> Value {
-        json!({
-            "architectures": ["PatchTSMixerForPrediction"],
-            "model_type": "patchtsmixer",
-            "context_length": self.context_length,
-            "patch_length": self.patch_length,
-            "patch_stride": self.patch_stride,
-            "num_input_channels": self.num_input_channels,
-            "d_model": self.d_model,
-            "expansion_factor": self.expansion_factor,
-            "num_layers": self.num_layers,
-            "dropout": self.dropout,
-            "mode": if self.mix_channel { "mix_channel" } else { "common_channel" },
-            "gated_attn": self.gated_attn,
-            "norm_mlp": match self.norm {
-                TsNormKind::LayerNorm => "LayerNorm",
-                TsNormKind::BatchNorm => "BatchNorm",
-            },
-            "self_attn": self.self_attn,
-            "self_attn_heads": self.self_attn_heads,
-            "use_positional_encoding": self.use_positional_encoding,
-            "positional_encoding_type": self.positional_encoding_type,
-            "scaling": self.scaling.hf_value(),
-            "loss": "mse",
-            "norm_eps": self.norm_eps,
-            "head_dropout": self.head_dropout,
-            "prediction_length": self.prediction_length,
-            "prediction_channel_indices": self.prediction_channel_indices,
-        })
+        Value::Object(self.hf_map())
     }
 
     fn macs(&self, _len: usize) -> u64 {

@@ -377,8 +377,7 @@ impl SequenceArchitecture for TinyTimeMixerConfig {
     }
 
     fn to_hf_config(&self) -> Value {
-        let mut json = self.base.to_hf_config();
-        let map = json.as_object_mut().expect("a config is a JSON object");
+        let mut map = self.base.hf_map();
         for key in ["self_attn", "self_attn_heads", "use_positional_encoding"] {
             map.remove(key);
         }
@@ -410,7 +409,7 @@ impl SequenceArchitecture for TinyTimeMixerConfig {
             json!(self.prediction_filter_length),
         );
         map.insert("resolution_prefix_tuning".into(), json!(false));
-        json
+        Value::Object(map)
     }
 
     fn macs(&self, _len: usize) -> u64 {
