@@ -577,19 +577,7 @@ pub fn train_forecaster(
         bail!("epochs and batch size must be at least 1");
     }
     let (model, varmap) = init_model(cfg, run.seed, device)?;
-    let params: Vec<(String, Var)> = {
-        let map = varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::msg("variable map poisoned"))?;
-        let mut p: Vec<(String, Var)> = map
-            .iter()
-            .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        p.sort_by(|a, b| a.0.cmp(&b.0));
-        p
-    };
+    let params = super::trainable(&varmap);
     let adamw = AdamWConfig {
         lr: run.lr,
         weight_decay: run.weight_decay,

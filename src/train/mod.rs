@@ -815,7 +815,9 @@ fn initialise(arch: &ArchConfig, varmap: &VarMap, seed: u64, device: &Device) ->
     Ok(())
 }
 
-fn trainable(varmap: &VarMap) -> Vec<(String, Var)> {
+/// The variables of `varmap` an optimizer updates (all but the frozen buffers of
+/// [`init::is_frozen`]), sorted by name.
+pub(crate) fn trainable(varmap: &VarMap) -> Vec<(String, Var)> {
     sorted_vars(varmap)
         .into_iter()
         .filter(|(name, _)| !init::is_frozen(name))

@@ -290,12 +290,7 @@ pub fn train_classifier(
         );
     }
     let clf = TextClassifier::init(cfg, tc.seed, device)?;
-    let params: Vec<(String, Var)> = {
-        let data = clf.vars.data().lock().unwrap_or_else(|e| e.into_inner());
-        let mut p: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        p.sort_by(|a, b| a.0.cmp(&b.0));
-        p
-    };
+    let params = super::trainable(&clf.vars);
     let mut opt = AdamW::new(
         params,
         AdamWConfig {

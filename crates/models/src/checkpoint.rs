@@ -142,11 +142,16 @@ pub fn expected_tensors(cfg: &ArchConfig) -> Result<Vec<TensorSpec>> {
 /// Number of parameters of `cfg`: every tensor in its checkpoint but batch-norm running
 /// statistics (frozen matrices such as RandFormer's count, as PyTorch counts them).
 pub fn param_count(cfg: &ArchConfig) -> Result<u64> {
-    Ok(expected_tensors(cfg)?
+    Ok(count_params(&expected_tensors(cfg)?))
+}
+
+/// Elements of `specs` but batch-norm running statistics: the parameter count PyTorch reports.
+pub(crate) fn count_params(specs: &[TensorSpec]) -> u64 {
+    specs
         .iter()
         .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
         .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
-        .sum())
+        .sum()
 }
 
 /// The tensors of `cfg`, refusing models over [`MAX_PARAMS`] (in messages about `model_name`).

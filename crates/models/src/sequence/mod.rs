@@ -259,11 +259,7 @@ pub fn sequence_tensors(cfg: &SequenceConfig) -> Result<Vec<TensorSpec>> {
 
 /// Parameters of `cfg`: every tensor but batch-norm running statistics.
 pub fn sequence_param_count(cfg: &SequenceConfig) -> Result<u64> {
-    Ok(sequence_tensors(cfg)?
-        .iter()
-        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
-        .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
-        .sum())
+    Ok(checkpoint::count_params(&sequence_tensors(cfg)?))
 }
 
 /// Builds `cfg` with random weights (normal, std 0.02; norm weights near one).
@@ -284,14 +280,24 @@ pub fn load_sequence_bytes(
     path: &Path,
     device: &Device,
 ) -> Result<Box<dyn SequenceModel>> {
-    let expected = sequence_tensors(cfg)?;
+    load_expected(cfg, &sequence_tensors(cfg)?, bytes, path, device)
+}
+
+/// [`load_sequence_bytes`] with the model's tensor list already recorded.
+fn load_expected(
+    cfg: &SequenceConfig,
+    expected: &[TensorSpec],
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<Box<dyn SequenceModel>> {
     let rules = Rules {
         rename: &|names| names.iter().map(|n| n.to_string()).collect(),
         can_resize: &|_, _, _| false,
         ignore: &|name| cfg.ignored_tensor(name),
     };
     let model_name = cfg.architecture();
-    let tensors = checkpoint::load_checked(bytes, path, &expected, &rules, model_name, device)?;
+    let tensors = checkpoint::load_checked(bytes, path, expected, &rules, model_name, device)?;
     Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
 }
 
@@ -377,12 +383,12 @@ pub fn load_sequence_dir(dir: &Path, device: &Device) -> Result<LoadedSequenceMo
     let config = SequenceConfig::from_hf_json(&json, &config_path.display().to_string())?;
     let weights = dir.join("model.safetensors");
     // The tensor list is recorded (and absurd configs refused) before the file is read.
-    sequence_tensors(&config)?;
+    let expected = sequence_tensors(&config)?;
     let bytes = std::fs::read(&weights).map_err(|source| Error::Io {
         path: weights.clone(),
         source,
     })?;
-    let model = load_sequence_bytes(&config, &bytes, &weights, device)?;
+    let model = load_expected(&config, &expected, &bytes, &weights, device)?;
     Ok(LoadedSequenceModel { config, model })
 }
 
