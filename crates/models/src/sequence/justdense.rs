@@ -201,13 +201,7 @@ impl SequenceArchitecture for JdPatchTstConfig {
     }
 
     fn task(&self) -> SequenceTask {
-        SequenceTask::Forecast {
-            context_length: self.seq_len,
-            prediction_length: self.pred_len,
-            num_input_channels: None,
-            min_input_channels: 1,
-            num_output_channels: None,
-        }
+        SequenceTask::channel_independent_forecast(self.seq_len, self.pred_len)
     }
 
     fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn SequenceModel>> {

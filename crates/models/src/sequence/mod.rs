@@ -64,6 +64,20 @@ pub enum SequenceTask {
     },
 }
 
+impl SequenceTask {
+    /// The task of a forecaster whose weights are shared across channels: any number of
+    /// input channels, all of them predicted.
+    pub fn channel_independent_forecast(context_length: usize, prediction_length: usize) -> Self {
+        Self::Forecast {
+            context_length,
+            prediction_length,
+            num_input_channels: None,
+            min_input_channels: 1,
+            num_output_channels: None,
+        }
+    }
+}
+
 /// A sequence model (see the [module docs](self)).
 pub trait SequenceModel: Send + Sync + Debug {
     /// What it takes and returns.
