@@ -21,6 +21,13 @@ Fixtures, under tests/fixtures/sequence/:
     `attention_mask` (u32) of a batch of 2 and length 23 with [CLS]=101 / [SEP]=102 placed to
     give several segments (adjacent specials included), one row padded, and the reference's
     `logits`. ponet_cls: clsgsepg on, GELU; ponet_plain: clsgsepg off, ReLU, other sizes.
+  * ponet_pretrain: the hub's layout of the pre-trained model (chtan/ponet-base-uncased:
+    `PoNetForPreTraining`, its config.json and pytorch_model.bin, written by save_pretrained
+    without safetensors; the tied MLM decoder stored twice as torch.save stores shared tensors),
+    a 200-token BERT vocab.txt with the tokenizer files BertTokenizerFast.save_pretrained
+    writes, tokenized.json (the fast and slow BERT tokenizers' ids of TEXTS, checked equal), and
+    reference.safetensors with the MLM `prediction_logits` and the sentence-structure
+    `seq_relationship_logits` of a batch like the classifiers' (own generator, SEED + 1).
   * ponet_mixer: the LRA `Attention` module's weights (model.safetensors, its names `W_q.weight`,
     ...), config.json (tokenmix's mixer JSON) and reference.safetensors with `x` (2, 23, 24),
     `mask` (one row padded), `y_masked` (output with the mask) and `y` (without one).
@@ -32,7 +39,7 @@ tests/fixtures/sequence/ponet_PROVENANCE.json.
 Usage (a venv with torch >= 1.12, transformers 4.29.1, safetensors), from the repo root:
     git --git-dir=<PoNet mirror> archive v1.0 models | tar -x -C /tmp/ponet-v1
     git --git-dir=<PoNet mirror> archive cc9a29a examples/LRA/code | tar -x -C /tmp/ponet-lra
-    python scripts/make_ponet_fixtures.py --v1 /tmp/ponet-v1 --lra /tmp/ponet-lra
+    python scripts/make_ponet_fixtures.py --v1 /tmp/ponet-v1 --lra /tmp/ponet-lra [--only NAMES]
 """
 import argparse
 import json
@@ -166,13 +173,93 @@ def mixer_fixture(lra_dir, out, metadata, gen):
     print(f"ponet_mixer: {sorted(weights)}")
 
 
+WORDS = [
+    "the", "a", "cat", "sat", "on", "mat", "dog", "is", "cute", "hello", "my", "play", "##ing",
+    "##ed", "##s", "un", "##bel", "##ie", "##va", "##ble", "caf", "##e", "na", "##ive", "free",
+    "money", "now", "click", "here", "meeting", "at", "noon", "re", ":", "!", ",", ".", "?", "'",
+    "-", "$", "1", "##0", "2", "中", "文", "win", "##ner", "offer",
+]
+
+
+def write_vocab(path, size):
+    """A BERT-style vocab.txt of `size` lines: [PAD], [unused1-99], [UNK], [CLS], [SEP],
+    [MASK], then WORDS and filler tokens."""
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)]
+    tokens += ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tokens += [f"tok{i}" for i in range(size - len(tokens))]
+    assert tokens.index("[CLS]") == CLS and tokens.index("[SEP]") == SEP
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(tokens) + "\n")
+    return tokens
+
+
+TEXTS = [
+    "Hello, my dog is cute!",
+    "The cat sat on the mat.",
+    "Playing, played; plays?",
+    "Unbelievable CAFÉ naïve 中文 xyzzy",
+    "  FREE money\tnow!!  click here\n$100 winner's offer - re: meeting at noon",
+    "",
+]
+
+
+def pretrain_fixture(mp, out, metadata, gen):
+    """The hub's layout of a pre-trained PoNet: PoNetForPreTraining's config.json and
+    pytorch_model.bin (save_pretrained without safetensors) beside a BERT tokenizer's files,
+    with the MLM and sentence-structure logits and the tokenizer's ids of TEXTS."""
+    from transformers import BertTokenizer, BertTokenizerFast
+    from transformers.models.bert.configuration_bert import BertConfig
+
+    path = os.path.join(out, "ponet_pretrain")
+    os.makedirs(path, exist_ok=True)
+    tokens = write_vocab(path, 200)
+    config = BertConfig(vocab_size=len(tokens), hidden_size=24, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=36,
+                        max_position_embeddings=40, type_vocab_size=2)
+    config.clsgsepg = True
+    model = mp.PoNetForPreTraining(config)
+    randomize_(model, gen)
+    model.eval()
+    ids, mask = token_ids(gen, len(tokens))
+    with torch.no_grad():
+        o = model(input_ids=ids, attention_mask=mask)
+    model.save_pretrained(path, safe_serialization=False)
+    fast = BertTokenizerFast(vocab_file=os.path.join(path, "vocab.txt"))
+    fast.save_pretrained(path)
+    slow = BertTokenizer(vocab_file=os.path.join(path, "vocab.txt"))
+    encoded = []
+    for text in TEXTS:
+        a = fast(text, add_special_tokens=False)["input_ids"]
+        b = slow(text, add_special_tokens=False)["input_ids"]
+        assert a == b, (text, a, b)
+        encoded.append({"text": text, "ids": a,
+                        "with_special_tokens": fast(text)["input_ids"]})
+    with open(os.path.join(path, "tokenized.json"), "w") as f:
+        json.dump(encoded, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    save_file(
+        {
+            "input_ids": ids.to(torch.int32).contiguous(),
+            "attention_mask": mask.to(torch.int32).contiguous(),
+            "prediction_logits": o.prediction_logits.contiguous(),
+            "seq_relationship_logits": o.seq_relationship_logits.contiguous(),
+        },
+        os.path.join(path, "reference.safetensors"),
+        metadata=metadata,
+    )
+    print(f"ponet_pretrain: {sorted(os.listdir(path))}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--v1", required=True, help="checkout of PoNet tag v1.0")
     ap.add_argument("--lra", required=True, help="checkout of PoNet examples/LRA/code")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                   "fixtures", "sequence"))
+    ap.add_argument("--only", default="", help="comma-separated fixtures to write (default all)")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    wanted = lambda name: not only or name in only
     import transformers
 
     metadata = {
@@ -192,17 +279,31 @@ def main():
         drop=("tokenizer_class=_TOKENIZER_FOR_DOC,",),
     )
     base = dict(vocab_size=200, max_position_embeddings=32, type_vocab_size=2)
-    text_fixture(mp, args.out, "ponet_cls", dict(
-        base, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40,
-        num_labels=3), True, metadata, gen)
-    text_fixture(mp, args.out, "ponet_plain", dict(
-        base, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=28,
-        num_labels=2, hidden_act="relu", layer_norm_eps=1e-5), False, metadata, gen)
-    mixer_fixture(args.lra, args.out, metadata, gen)
-    with open(os.path.join(args.out, "ponet_PROVENANCE.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
-        f.write("\n")
+    if wanted("ponet_cls"):
+        text_fixture(mp, args.out, "ponet_cls", dict(
+            base, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+            intermediate_size=40, num_labels=3), True, metadata, gen)
+    if wanted("ponet_plain"):
+        text_fixture(mp, args.out, "ponet_plain", dict(
+            base, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+            intermediate_size=28, num_labels=2, hidden_act="relu", layer_norm_eps=1e-5),
+            False, metadata, gen)
+    if wanted("ponet_mixer"):
+        mixer_fixture(args.lra, args.out, metadata, gen)
+    provenance = os.path.join(args.out, "ponet_PROVENANCE.json")
+    record = json.load(open(provenance)) if only and os.path.exists(provenance) else {}
+    if not only:
+        record.update(metadata)
+    if wanted("ponet_pretrain"):
+        # Its own generator, so that it does not depend on which other fixtures are written.
+        import tokenizers
 
+        meta = dict(metadata, seed=str(SEED + 1), tokenizers=tokenizers.__version__)
+        pretrain_fixture(mp, args.out, meta, torch.Generator().manual_seed(SEED + 1))
+        record["ponet_pretrain"] = meta
+    with open(provenance, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
 
 if __name__ == "__main__":
     main()

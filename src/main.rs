@@ -515,6 +515,7 @@ fn list(pattern: &str) -> Result<()> {
                 SequenceTask::Classify { num_labels, .. } => {
                     format!("classify text ({num_labels} labels)")
                 }
+                SequenceTask::MaskedLm { .. } => "text pre-training (masked LM)".to_string(),
             };
             println!(
                 "{:<38} {:<28} {:>9.2}  {task}",

@@ -8,9 +8,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenmix::mixers::ponet::{local_max3, PoNetMixer, SegmentLayout};
 use tokenmix::mixers::MixerConfig;
-use tokenmix::models::sequence::ponet::{segment_index, PoNetConfig, CLS_ID, SEP_ID};
+use tokenmix::models::sequence::ponet::{
+    segment_index, PoNetConfig, PoNetForPreTraining, CLS_ID, SEP_ID,
+};
 use tokenmix::models::sequence::{
-    load_sequence_dir, sequence_entry, sequence_param_count, LoadedSequenceModel,
+    load_sequence_dir, load_sequence_tensors, sequence_entry, sequence_param_count,
+    sequence_tensors, LoadedSequenceModel, SequenceConfig,
 };
 use tokenmix::models::Error;
 
@@ -260,8 +263,15 @@ fn other_heads_and_options_are_refused_by_name() {
             .unwrap_err()
             .to_string()
     };
+    let msg = edit(
+        "architectures",
+        serde_json::json!(["PoNetForTokenClassification"]),
+    );
+    assert!(msg.contains("PoNetForTokenClassification"), "{msg}");
     let msg = edit("architectures", serde_json::json!(["PoNetForPreTraining"]));
-    assert!(msg.contains("PoNetForPreTraining"), "{msg}");
+    assert!(msg.contains("cls.predictions"), "{msg}");
+    let msg = edit("tie_word_embeddings", false.into());
+    assert!(msg.contains("tie_word_embeddings"), "{msg}");
     let msg = edit("position_embedding_type", "relative_key".into());
     assert!(msg.contains("relative_key"), "{msg}");
     let msg = edit("hidden_act", "gelu_fast".into());
@@ -287,10 +297,94 @@ fn a_saved_classifier_reloads_and_the_zoo_entry_counts_as_the_reference() {
     let a = loaded.model.forward_t(&ids, Some(&mask), false).unwrap();
     let b = again.model.forward_t(&ids, Some(&mask), false).unwrap();
     assert_eq!(rel_l2(&a, &b), 0.0);
-    // BERT-base's 109,482,240 + two more 768x768 projections per layer + a 2-class head;
-    // the published checkpoint's size fits this count plus its pre-training heads.
+    // The reference's count (v1.0 `PoNetForPreTraining(BertConfig())`, parameters summed):
+    // BERT-base's 109,482,240 + two more 768x768 projections per layer + the MLM transform,
+    // its bias and the 3-way head; the decoder is the word embedding.
     let base = (sequence_entry("ponet-base-uncased").unwrap().config)();
-    assert_eq!(sequence_param_count(&base).unwrap(), 123_657_986);
+    assert_eq!(base.architecture(), "PoNetForPreTraining");
+    assert_eq!(sequence_param_count(&base).unwrap(), 124_281_405);
+    let cfg = base.downcast_ref::<PoNetConfig>().unwrap().classifier(2);
+    let cls = SequenceConfig::new(cfg);
+    assert_eq!(sequence_param_count(&cls).unwrap(), 123_657_986);
+}
+
+/// The pre-trained model in the hub's layout (config.json, pytorch_model.bin) and its
+/// reference logits.
+#[test]
+fn ponet_pretraining_loads_from_the_hub_layout_and_matches_the_reference() {
+    let name = "ponet_pretrain";
+    let dir = fixture(name);
+    assert!(!dir.join("model.safetensors").exists());
+    let loaded = load(name);
+    assert_eq!(loaded.config.architecture(), "PoNetForPreTraining");
+    let (ids, mask) = inputs(name);
+    let r = reference(name);
+    let mlm = loaded.model.forward_t(&ids, Some(&mask), false).unwrap();
+    let err = rel_l2(&mlm, &r["prediction_logits"]);
+    eprintln!("{name} MLM logits: relative L2 {err:e}");
+    assert!(err <= 1e-4, "MLM logits: relative L2 {err:e}");
+
+    let cfg = loaded.config.downcast_ref::<PoNetConfig>().unwrap().clone();
+    let expected = sequence_tensors(&loaded.config).unwrap();
+    let weights = dir.join("pytorch_model.bin");
+    let tensors = load_sequence_tensors(
+        &weights,
+        &expected,
+        &|n| loaded.config.ignored_tensor(n),
+        "PoNetForPreTraining",
+        &Device::Cpu,
+    )
+    .unwrap();
+    let model = PoNetForPreTraining::new(
+        cfg,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let (mlm2, sso) = model.pretraining_logits(&ids, Some(&mask)).unwrap();
+    assert_eq!(rel_l2(&mlm2, &mlm), 0.0);
+    let err = rel_l2(&sso, &r["seq_relationship_logits"]);
+    eprintln!("{name} sentence-structure logits: relative L2 {err:e}");
+    assert!(err <= 1e-4, "SSO logits: relative L2 {err:e}");
+}
+
+/// An older save's `model_type` "bert" reads as PoNet when its architectures name PoNet; a
+/// plain BERT config is refused, and so is a pre-training checkpoint missing a head tensor.
+#[test]
+fn bert_typed_configs_read_only_as_ponet() {
+    let src = fixture("ponet_pretrain");
+    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("pytorch_model.bin"),
+        dir.path().join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        edit(&mut json);
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        load_sequence_dir(dir.path(), &Device::Cpu)
+    };
+    let bert = with(&|j| j["model_type"] = "bert".into()).unwrap();
+    assert_eq!(bert.config.architecture(), "PoNetForPreTraining");
+    let msg = with(&|j| {
+        j["model_type"] = "bert".into();
+        j["architectures"] = serde_json::json!(["BertForPreTraining"]);
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("BertForPreTraining") && msg.contains("no BERT"),
+        "{msg}"
+    );
+    // The same weights read as a classifier: the heads are extra, the classifier missing.
+    let msg = with(&|j| j["architectures"] = serde_json::json!(["PoNetForSequenceClassification"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("classifier.weight") && msg.contains("cls.seq_relationship"),
+        "{msg}"
+    );
 }
 
 #[test]

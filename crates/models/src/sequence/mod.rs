@@ -23,7 +23,7 @@ pub mod tsm2;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
@@ -61,6 +61,14 @@ pub enum SequenceTask {
         max_length: usize,
         /// Classes.
         num_labels: usize,
+    },
+    /// Masked-language-model pre-training: ids `(B, L)` (u32, `L` at most `max_length`) in,
+    /// `(B, L, vocab_size)` logits of every position's token out.
+    MaskedLm {
+        /// Size of the vocabulary.
+        vocab_size: usize,
+        /// Longest sequence the position embeddings cover.
+        max_length: usize,
     },
 }
 
@@ -167,6 +175,11 @@ pub static SEQUENCE_FAMILIES: &[SequenceFamily] = &[
         model_type: "ponet",
         from_hf_config: ponet::PoNetConfig::from_hf,
         models: ponet::MODELS,
+    },
+    SequenceFamily {
+        model_type: "bert",
+        from_hf_config: ponet::PoNetConfig::from_bert_hf,
+        models: &[],
     },
 ];
 
@@ -366,7 +379,7 @@ pub fn check_sequence_input(task: SequenceTask, input: &Tensor) -> Result<()> {
                 )));
             }
         }
-        SequenceTask::Classify { max_length, .. } => {
+        SequenceTask::Classify { max_length, .. } | SequenceTask::MaskedLm { max_length, .. } => {
             if dims.len() != 2 || dims[0] == 0 || dims[1] == 0 || dims[1] > max_length {
                 return Err(Error::Input(format!(
                     "expected token ids of shape (batch, length) with length in \
@@ -384,9 +397,9 @@ pub fn check_sequence_input(task: SequenceTask, input: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Loads the model in `dir` onto `device`: `config.json` as the reference writes it (its
-/// `model_type` picks the family) and `model.safetensors` with the reference's tensor names.
-pub fn load_sequence_dir(dir: &Path, device: &Device) -> Result<LoadedSequenceModel> {
+/// Reads and validates `dir/config.json` (the reference's keys; its `model_type` picks the
+/// family).
+pub fn read_sequence_config(dir: &Path) -> Result<SequenceConfig> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
         path: config_path.clone(),
@@ -394,14 +407,69 @@ pub fn load_sequence_dir(dir: &Path, device: &Device) -> Result<LoadedSequenceMo
     })?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| Error::config(config_path.display().to_string(), e))?;
-    let config = SequenceConfig::from_hf_json(&json, &config_path.display().to_string())?;
-    let weights = dir.join("model.safetensors");
-    // The tensor list is recorded (and absurd configs refused) before the file is read.
-    let expected = sequence_tensors(&config)?;
-    let bytes = std::fs::read(&weights).map_err(|source| Error::Io {
-        path: weights.clone(),
+    SequenceConfig::from_hf_json(&json, &config_path.display().to_string())
+}
+
+/// The weights file of a reference directory: `model.safetensors`, else `pytorch_model.bin`
+/// (the hub's older layout, a `torch.save` archive).
+pub fn sequence_weights_path(dir: &Path) -> Result<PathBuf> {
+    ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Io {
+            path: dir.join("model.safetensors"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the directory has neither model.safetensors nor pytorch_model.bin",
+            ),
+        })
+}
+
+/// The checkpoint at `path` (safetensors, or a `torch.save` archive told apart by its first
+/// bytes) as safetensors bytes.
+fn checkpoint_bytes(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
         source,
     })?;
+    if checkpoint::is_pth(&bytes) {
+        let tensors = crate::pth::read_state_dict(&bytes, path, None)?;
+        return crate::pth::to_safetensors(&tensors);
+    }
+    Ok(bytes)
+}
+
+/// The `expected` tensors of the checkpoint at `path` as f32 on `device`, with the strict
+/// checks of loading (every expected tensor present, shaped and finite; every other stored
+/// tensor an error unless `ignore` accepts its name; all problems named in one error about
+/// `model_name`). For building a model from part of a checkpoint, e.g. a classifier from a
+/// pre-trained encoder.
+pub fn load_sequence_tensors(
+    path: &Path,
+    expected: &[TensorSpec],
+    ignore: &dyn Fn(&str) -> bool,
+    model_name: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bytes = checkpoint_bytes(path)?;
+    let rules = Rules {
+        rename: &|names| names.iter().map(|n| n.to_string()).collect(),
+        can_resize: &|_, _, _| false,
+        ignore,
+    };
+    checkpoint::load_checked(&bytes, path, expected, &rules, model_name, device)
+}
+
+/// Loads the model in `dir` onto `device`: `config.json` as the reference writes it (its
+/// `model_type` picks the family) and `model.safetensors` (else `pytorch_model.bin`) with the
+/// reference's tensor names.
+pub fn load_sequence_dir(dir: &Path, device: &Device) -> Result<LoadedSequenceModel> {
+    let config = read_sequence_config(dir)?;
+    let weights = sequence_weights_path(dir)?;
+    // The tensor list is recorded (and absurd configs refused) before the file is read.
+    let expected = sequence_tensors(&config)?;
+    let bytes = checkpoint_bytes(&weights)?;
     let model = load_expected(&config, &expected, &bytes, &weights, device)?;
     Ok(LoadedSequenceModel { config, model })
 }

@@ -17,9 +17,14 @@
 //! reference's default when none are passed). In training, dropout (`hidden_dropout_prob`,
 //! `classifier_dropout`) is applied where the reference applies it.
 //!
-//! Implemented: `PoNetForSequenceClassification` (its logits; the loss is the caller's).
-//! Refused by name: `PoNetForPreTraining` (MLM + sentence-structure heads),
-//! `PoNetForTokenClassification`, the bare `PoNetModel`, position embeddings other than
+//! Implemented: `PoNetForSequenceClassification` (its logits; the loss is the caller's) and
+//! `PoNetForPreTraining`, the class of the authors' published checkpoint
+//! (`chtan/ponet-base-uncased`): BERT's masked-LM head, whose decoder is the word embedding
+//! (tied, as the reference ties it: a stored `cls.predictions.decoder.*` copy is not read), and
+//! the 3-way sentence-structure head on the pooler. Its directory is read as the hub holds it
+//! (`config.json` with `model_type` `"ponet"`, or `"bert"` as an older save may say, and
+//! `pytorch_model.bin` or `model.safetensors`). Refused by name: `PoNetForTokenClassification`,
+//! the bare `PoNetModel`, untied output embeddings, position embeddings other than
 //! `"absolute"`, and activations other than `gelu`, `relu` and `silu`.
 
 use candle_core::{DType, Module, Result as CandleResult, Tensor};
@@ -43,9 +48,43 @@ const MAX_LAYERS: usize = 1024;
 const MAX_VOCAB: usize = 1 << 22;
 const MAX_POSITIONS: usize = 1 << 16;
 
-/// The reference's config (BERT's keys plus `clsgsepg`) for sequence classification.
+/// The model class on top of the encoder, as `architectures` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoNetHead {
+    /// `PoNetForSequenceClassification`: the `[CLS]` pooler and a linear classifier.
+    SequenceClassification,
+    /// `PoNetForPreTraining`: the masked-LM head (tied to the word embedding) on every token
+    /// and the 3-way sentence-structure head on the pooler.
+    PreTraining,
+}
+
+impl PoNetHead {
+    /// The reference's class name.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Self::SequenceClassification => "PoNetForSequenceClassification",
+            Self::PreTraining => "PoNetForPreTraining",
+        }
+    }
+
+    fn from_architecture(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "PoNetForSequenceClassification" => Ok(Self::SequenceClassification),
+            "PoNetForPreTraining" => Ok(Self::PreTraining),
+            other => Err(format!(
+                "architectures names {other}; tokenmix implements PoNetForSequenceClassification \
+                 and PoNetForPreTraining of this family (not PoNetForTokenClassification, \
+                 PoNetForMaskedLM or PoNetModel)"
+            )),
+        }
+    }
+}
+
+/// The reference's config (BERT's keys plus `clsgsepg`) and the head it names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoNetConfig {
+    /// The model class: classifier or pre-training heads.
+    pub head: PoNetHead,
     /// Rows of the word embedding.
     pub vocab_size: usize,
     /// Width `D` of every token.
@@ -81,9 +120,10 @@ pub struct PoNetConfig {
 }
 
 impl Default for PoNetConfig {
-    /// The reference's defaults (BERT-base sizes) with two labels.
+    /// The reference's defaults (BERT-base sizes): a classifier with two labels.
     fn default() -> Self {
         Self {
+            head: PoNetHead::SequenceClassification,
             vocab_size: 30522,
             hidden_size: 768,
             num_hidden_layers: 12,
@@ -122,27 +162,57 @@ fn act_name(kind: ActKind) -> &'static str {
 }
 
 impl PoNetConfig {
-    /// `ponet-base-uncased`'s configuration (the authors' pre-trained checkpoint, a BERT-base
-    /// shape) with a two-class classifier.
+    /// `ponet-base-uncased`'s configuration: the authors' pre-trained checkpoint
+    /// (`PoNetForPreTraining`, BERT-base sizes, 512 positions).
     pub fn base_uncased() -> Self {
-        Self::default()
+        Self {
+            head: PoNetHead::PreTraining,
+            ..Self::default()
+        }
     }
 
-    /// Reads a PoNet `config.json`; absent keys take the reference's defaults, and the number
-    /// of labels is the length of `id2label` (else `num_labels`, else 2).
+    /// The classifier of `num_labels` classes on this config's encoder (what fine-tuning a
+    /// pre-trained checkpoint builds).
+    pub fn classifier(&self, num_labels: usize) -> Self {
+        Self {
+            head: PoNetHead::SequenceClassification,
+            num_labels,
+            ..self.clone()
+        }
+    }
+
+    /// Reads a PoNet `config.json`; absent keys take the reference's defaults, the head is the
+    /// one `architectures` names (a classifier when absent), and the number of labels is the
+    /// length of `id2label` (else `num_labels`, else 2).
     pub fn from_hf(map: &Map<String, Value>) -> std::result::Result<SequenceConfig, String> {
         Ok(SequenceConfig::new(Self::read(map)?))
     }
 
+    /// Reads a `config.json` whose `model_type` is `"bert"`: only as PoNet's, when its
+    /// `architectures` names a PoNet class (the authors' v1.0 code built PoNet on BERT's
+    /// config class).
+    pub fn from_bert_hf(map: &Map<String, Value>) -> std::result::Result<SequenceConfig, String> {
+        match architecture(map) {
+            Some(arch) if arch.starts_with("PoNet") => Self::from_hf(map),
+            other => Err(format!(
+                "model_type \"bert\" is read only as PoNet's config (architectures naming a \
+                 PoNet class); this one names {}, and tokenmix has no BERT",
+                other.unwrap_or("no architecture")
+            )),
+        }
+    }
+
     fn read(map: &Map<String, Value>) -> std::result::Result<Self, String> {
-        if let Some(arch) = architecture(map) {
-            if arch != "PoNetForSequenceClassification" {
-                return Err(format!(
-                    "architectures names {arch}; tokenmix implements \
-                     PoNetForSequenceClassification of this family (not PoNetForPreTraining, \
-                     PoNetForTokenClassification or PoNetModel)"
-                ));
-            }
+        let head = match architecture(map) {
+            Some(arch) => PoNetHead::from_architecture(arch)?,
+            None => PoNetHead::SequenceClassification,
+        };
+        if !bool_or(map, "tie_word_embeddings", true)? {
+            return Err(
+                "tie_word_embeddings false (an MLM decoder of its own) is not \
+                        implemented; PoNet's checkpoints tie it to the word embedding"
+                    .into(),
+            );
         }
         let position = str_or(map, "position_embedding_type", "absolute")?;
         if position.as_deref() != Some("absolute") {
@@ -171,6 +241,7 @@ impl PoNetConfig {
         };
         let d = Self::default();
         Ok(Self {
+            head,
             vocab_size: usize_or(map, "vocab_size", d.vocab_size)?,
             hidden_size: usize_or(map, "hidden_size", d.hidden_size)?,
             num_hidden_layers: usize_or(map, "num_hidden_layers", d.num_hidden_layers)?,
@@ -297,22 +368,30 @@ impl SequenceArchitecture for PoNetConfig {
     }
 
     fn architecture(&self) -> &'static str {
-        "PoNetForSequenceClassification"
+        self.head.architecture()
     }
 
     fn task(&self) -> SequenceTask {
-        SequenceTask::Classify {
-            vocab_size: self.vocab_size,
-            max_length: self.max_position_embeddings,
-            num_labels: self.num_labels,
+        match self.head {
+            PoNetHead::SequenceClassification => SequenceTask::Classify {
+                vocab_size: self.vocab_size,
+                max_length: self.max_position_embeddings,
+                num_labels: self.num_labels,
+            },
+            PoNetHead::PreTraining => SequenceTask::MaskedLm {
+                vocab_size: self.vocab_size,
+                max_length: self.max_position_embeddings,
+            },
         }
     }
 
     fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn SequenceModel>> {
-        Ok(Box::new(PoNetForSequenceClassification::new(
-            self.clone(),
-            vb,
-        )?))
+        Ok(match self.head {
+            PoNetHead::SequenceClassification => {
+                Box::new(PoNetForSequenceClassification::new(self.clone(), vb)?)
+            }
+            PoNetHead::PreTraining => Box::new(PoNetForPreTraining::new(self.clone(), vb)?),
+        })
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
@@ -359,14 +438,8 @@ impl SequenceArchitecture for PoNetConfig {
     }
 
     fn to_hf_config(&self) -> Value {
-        let id2label: Map<String, Value> = (0..self.num_labels)
-            .map(|i| (i.to_string(), json!(format!("LABEL_{i}"))))
-            .collect();
-        let label2id: Map<String, Value> = (0..self.num_labels)
-            .map(|i| (format!("LABEL_{i}"), json!(i)))
-            .collect();
-        json!({
-            "architectures": ["PoNetForSequenceClassification"],
+        let mut config = json!({
+            "architectures": [self.head.architecture()],
             "model_type": "ponet",
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -384,9 +457,19 @@ impl SequenceArchitecture for PoNetConfig {
             "position_embedding_type": "absolute",
             "clsgsepg": self.clsgsepg,
             "classifier_dropout": self.classifier_dropout,
-            "id2label": id2label,
-            "label2id": label2id,
-        })
+            "tie_word_embeddings": true,
+        });
+        if self.head == PoNetHead::SequenceClassification {
+            let id2label: Map<String, Value> = (0..self.num_labels)
+                .map(|i| (i.to_string(), json!(format!("LABEL_{i}"))))
+                .collect();
+            let label2id: Map<String, Value> = (0..self.num_labels)
+                .map(|i| (format!("LABEL_{i}"), json!(i)))
+                .collect();
+            config["id2label"] = Value::Object(id2label);
+            config["label2id"] = Value::Object(label2id);
+        }
+        config
     }
 
     fn macs(&self, len: usize) -> u64 {
@@ -396,11 +479,20 @@ impl SequenceArchitecture for PoNetConfig {
             self.intermediate_size as u64,
         );
         let layer = 6 * l * d * d + 2 * l * d + 2 * l * d * i;
-        self.num_hidden_layers as u64 * layer + d * d + d * self.num_labels as u64
+        let head = match self.head {
+            PoNetHead::SequenceClassification => d * self.num_labels as u64,
+            PoNetHead::PreTraining => l * d * d + l * d * self.vocab_size as u64 + 3 * d,
+        };
+        self.num_hidden_layers as u64 * layer + d * d + head
     }
 
     fn ignored_tensor(&self, name: &str) -> bool {
-        matches!(
+        let tied = self.head == PoNetHead::PreTraining
+            && matches!(
+                name,
+                "cls.predictions.decoder.weight" | "cls.predictions.decoder.bias"
+            );
+        tied || matches!(
             name,
             "ponet.embeddings.position_ids" | "ponet.embeddings.token_type_ids"
         )
@@ -489,57 +581,107 @@ impl PoNetLayer {
     }
 }
 
-/// A built `PoNetForSequenceClassification`: ids `(B, L)` u32 (and an optional 0/1 mask
-/// `(B, L)`) to logits `(B, num_labels)` (see the [module docs](self)).
+/// The encoder every PoNet head sits on: BERT's embeddings, the pooling layers and the
+/// `[CLS]` pooler, under the state-dict prefix `ponet`.
 #[derive(Debug)]
-pub struct PoNetForSequenceClassification {
-    cfg: PoNetConfig,
+struct PoNetEncoder {
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
     emb_norm: Norm,
     layers: Vec<PoNetLayer>,
     pooler: Pointwise,
+}
+
+fn layer_norm(cfg: &PoNetConfig, vb: VarBuilder) -> CandleResult<Norm> {
+    NormConfig {
+        kind: NormKind::LayerNorm,
+        eps: cfg.layer_norm_eps,
+        bias: true,
+    }
+    .build(cfg.hidden_size, MixerLayout::Tokens, vb)
+}
+
+impl PoNetEncoder {
+    fn new(cfg: &PoNetConfig, root: VarBuilder) -> CandleResult<Self> {
+        let d = cfg.hidden_size;
+        let emb = root.pp("embeddings");
+        let layer_vb = root.pp("encoder").pp("layer");
+        Ok(Self {
+            word: emb
+                .pp("word_embeddings")
+                .get((cfg.vocab_size, d), "weight")?,
+            position: emb
+                .pp("position_embeddings")
+                .get((cfg.max_position_embeddings, d), "weight")?,
+            token_type: emb
+                .pp("token_type_embeddings")
+                .get((cfg.type_vocab_size, d), "weight")?,
+            emb_norm: layer_norm(cfg, emb.pp("LayerNorm"))?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| PoNetLayer::new(cfg, layer_vb.pp(i)))
+                .collect::<CandleResult<Vec<_>>>()?,
+            pooler: Pointwise::from_linear(
+                d,
+                d,
+                true,
+                MixerLayout::Tokens,
+                root.pp("pooler").pp("dense"),
+            )?,
+        })
+    }
+
+    /// The last hidden states `(B, L, D)` and the pooled `[CLS]` state `(B, 1, D)`.
+    fn forward(
+        &self,
+        cfg: &PoNetConfig,
+        ids: &Tensor,
+        input: &TextInput,
+        train: bool,
+    ) -> CandleResult<(Tensor, Tensor)> {
+        let (b, l) = input.dims;
+        let d = cfg.hidden_size;
+        let p = cfg.hidden_dropout_prob;
+        let words = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, d))?;
+        let extra = (self.position.narrow(0, 0, l)?
+            + self.token_type.narrow(0, 0, 1)?.broadcast_as((l, d))?)?;
+        let x = self.emb_norm.forward(&words.broadcast_add(&extra)?)?;
+        let mut x = dropout(&x, p, train)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &input.layout, p, train)?;
+        }
+        let first = x.narrow(1, 0, 1)?.contiguous()?;
+        let pooled = self.pooler.forward(&first)?.tanh()?;
+        Ok((x, pooled))
+    }
+}
+
+/// A built `PoNetForSequenceClassification`: ids `(B, L)` u32 (and an optional 0/1 mask
+/// `(B, L)`) to logits `(B, num_labels)` (see the [module docs](self)).
+#[derive(Debug)]
+pub struct PoNetForSequenceClassification {
+    cfg: PoNetConfig,
+    encoder: PoNetEncoder,
     classifier: Pointwise,
 }
 
 impl PoNetForSequenceClassification {
     /// Builds the model from `vb` (the root of the reference's state dict).
     pub fn new(cfg: PoNetConfig, vb: VarBuilder) -> CandleResult<Self> {
-        let d = cfg.hidden_size;
-        let tokens = MixerLayout::Tokens;
-        let root = vb.pp("ponet");
-        let emb = root.pp("embeddings");
-        let word = emb
-            .pp("word_embeddings")
-            .get((cfg.vocab_size, d), "weight")?;
-        let position = emb
-            .pp("position_embeddings")
-            .get((cfg.max_position_embeddings, d), "weight")?;
-        let token_type = emb
-            .pp("token_type_embeddings")
-            .get((cfg.type_vocab_size, d), "weight")?;
-        let emb_norm = NormConfig {
-            kind: NormKind::LayerNorm,
-            eps: cfg.layer_norm_eps,
-            bias: true,
-        }
-        .build(d, tokens, emb.pp("LayerNorm"))?;
-        let layer_vb = root.pp("encoder").pp("layer");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| PoNetLayer::new(&cfg, layer_vb.pp(i)))
-            .collect::<CandleResult<Vec<_>>>()?;
-        let pooler = Pointwise::from_linear(d, d, true, tokens, root.pp("pooler").pp("dense"))?;
-        let classifier =
-            Pointwise::from_linear(d, cfg.num_labels, true, tokens, vb.pp("classifier"))?;
+        let encoder = PoNetEncoder::new(&cfg, vb.pp("ponet"))?;
+        let classifier = Pointwise::from_linear(
+            cfg.hidden_size,
+            cfg.num_labels,
+            true,
+            MixerLayout::Tokens,
+            vb.pp("classifier"),
+        )?;
         Ok(Self {
             cfg,
-            word,
-            position,
-            token_type,
-            emb_norm,
-            layers,
-            pooler,
+            encoder,
             classifier,
         })
     }
@@ -557,22 +699,7 @@ impl PoNetForSequenceClassification {
         input: &TextInput,
         train: bool,
     ) -> CandleResult<Tensor> {
-        let (b, l) = input.dims;
-        let d = self.cfg.hidden_size;
-        let p = self.cfg.hidden_dropout_prob;
-        let words = self
-            .word
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, l, d))?;
-        let extra = (self.position.narrow(0, 0, l)?
-            + self.token_type.narrow(0, 0, 1)?.broadcast_as((l, d))?)?;
-        let x = self.emb_norm.forward(&words.broadcast_add(&extra)?)?;
-        let mut x = dropout(&x, p, train)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &input.layout, p, train)?;
-        }
-        let first = x.narrow(1, 0, 1)?.contiguous()?;
-        let pooled = self.pooler.forward(&first)?.tanh()?;
+        let (_, pooled) = self.encoder.forward(&self.cfg, ids, input, train)?;
         let pooled = dropout(&pooled, self.cfg.classifier_dropout_prob(), train)?;
         self.classifier.forward(&pooled)?.squeeze(1)
     }
@@ -599,10 +726,106 @@ impl SequenceModel for PoNetForSequenceClassification {
     }
 }
 
+/// A built `PoNetForPreTraining`: ids `(B, L)` u32 (and an optional 0/1 mask) to the
+/// masked-LM logits `(B, L, vocab_size)` and the sentence-structure logits `(B, 3)` (see the
+/// [module docs](self)). The MLM decoder is the word embedding; its bias is
+/// `cls.predictions.bias`.
+#[derive(Debug)]
+pub struct PoNetForPreTraining {
+    cfg: PoNetConfig,
+    encoder: PoNetEncoder,
+    transform: Pointwise,
+    act: Act,
+    transform_norm: Norm,
+    decoder_bias: Tensor,
+    seq_relationship: Pointwise,
+}
+
+impl PoNetForPreTraining {
+    /// Builds the model from `vb` (the root of the reference's state dict).
+    pub fn new(cfg: PoNetConfig, vb: VarBuilder) -> CandleResult<Self> {
+        let d = cfg.hidden_size;
+        let tokens = MixerLayout::Tokens;
+        let encoder = PoNetEncoder::new(&cfg, vb.pp("ponet"))?;
+        let heads = vb.pp("cls");
+        let predictions = heads.pp("predictions");
+        let transform = predictions.pp("transform");
+        Ok(Self {
+            transform: Pointwise::from_linear(d, d, true, tokens, transform.pp("dense"))?,
+            act: Act::new(cfg.hidden_act, transform.clone())?,
+            transform_norm: layer_norm(&cfg, transform.pp("LayerNorm"))?,
+            decoder_bias: predictions.get(cfg.vocab_size, "bias")?,
+            seq_relationship: Pointwise::from_linear(
+                d,
+                3,
+                true,
+                tokens,
+                heads.pp("seq_relationship"),
+            )?,
+            cfg,
+            encoder,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoNetConfig {
+        &self.cfg
+    }
+
+    /// The MLM logits `(B, L, vocab_size)` and sentence-structure logits `(B, 3)` of checked
+    /// input (see [`PoNetConfig::check_input`]); `train` turns dropout on.
+    pub fn forward_checked(
+        &self,
+        ids: &Tensor,
+        input: &TextInput,
+        train: bool,
+    ) -> CandleResult<(Tensor, Tensor)> {
+        let (b, l) = input.dims;
+        let (hidden, pooled) = self.encoder.forward(&self.cfg, ids, input, train)?;
+        let h = self.act.forward(&self.transform.forward(&hidden)?)?;
+        let h = self
+            .transform_norm
+            .forward(&h)?
+            .reshape((b * l, self.cfg.hidden_size))?;
+        let mlm = h
+            .matmul(&self.encoder.word.t()?)?
+            .broadcast_add(&self.decoder_bias)?
+            .reshape((b, l, self.cfg.vocab_size))?;
+        let sso = self.seq_relationship.forward(&pooled)?.squeeze(1)?;
+        Ok((mlm, sso))
+    }
+
+    /// The MLM and sentence-structure logits of token ids `(B, L)` with an optional attention
+    /// mask, in evaluation mode; bad input is an [`Error::Input`] naming the problem.
+    pub fn pretraining_logits(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let input = self.cfg.check_input(ids, mask)?;
+        Ok(self.forward_checked(ids, &input, false)?)
+    }
+}
+
+impl SequenceModel for PoNetForPreTraining {
+    fn task(&self) -> SequenceTask {
+        self.cfg.task()
+    }
+
+    /// The masked-LM logits `(B, L, vocab_size)`.
+    fn forward_t(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> CandleResult<Tensor> {
+        let input = self
+            .cfg
+            .check_input(ids, mask)
+            .map_err(candle_core::Error::wrap)?;
+        Ok(self.forward_checked(ids, &input, train)?.0)
+    }
+}
+
 /// The named PoNet models.
 pub(crate) static MODELS: &[SequenceEntry] = &[SequenceEntry {
     name: "ponet-base-uncased",
-    source: "chtan/ponet-base-uncased (the authors' pre-trained PoNet, BERT-base sizes; \
-             PoNetForSequenceClassification with 2 labels)",
+    source: "chtan/ponet-base-uncased (the authors' pre-trained PoNet, BERT-base sizes, \
+             512 positions: PoNetForPreTraining, masked-LM and sentence-structure heads)",
     config: || SequenceConfig::new(PoNetConfig::base_uncased()),
 }];
