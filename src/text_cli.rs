@@ -1,14 +1,17 @@
-//! `tokenmix text`: train a PoNet text classifier from scratch on labelled TSV files and report
-//! its test accuracy against the majority class, or classify texts with a trained one.
+//! `tokenmix text`: train a PoNet text classifier on labelled TSV files, from scratch or
+//! fine-tuned from a pre-trained PoNet, and report its test accuracy against the majority
+//! class, or classify texts with a trained one.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
-use tokenmix::models::sequence::ponet::PoNetConfig;
+use tokenmix::models::sequence::ponet::{PoNetConfig, PoNetHead};
 use tokenmix::models::sequence::{load_sequence_dir, save_sequence_dir, SequenceConfig};
-use tokenmix::train::text::{read_tsv, train_classifier, Example, TextTrainConfig, WordVocab};
+use tokenmix::train::text::{
+    fit_classifier, read_tsv, Example, TextClassifier, TextTokenizer, TextTrainConfig, WordVocab,
+};
 
 /// Arguments of `tokenmix text`.
 #[derive(Args)]
@@ -19,11 +22,12 @@ pub struct TextArgs {
 
 #[derive(Subcommand)]
 enum TextCommand {
-    /// Train a PoNet classifier from scratch on DATA/{train,val,test}.tsv (lines
-    /// `label<TAB>field<TAB>field...`, as scripts/prepare_text.py writes them): a word
-    /// vocabulary from the training part, `[CLS] field [SEP] field [SEP]` ids (each field one
-    /// PoNet segment), AdamW with cross-entropy; prints validation accuracy per epoch and test
-    /// accuracy against the majority class.
+    /// Train a PoNet classifier on DATA/{train,val,test}.tsv (lines
+    /// `label<TAB>field<TAB>field...`, as scripts/prepare_text.py writes them): from scratch
+    /// with a word vocabulary from the training part, or with `--init-from` on a pre-trained
+    /// PoNet's encoder and its WordPiece tokenizer; `[CLS] field [SEP] field [SEP]` ids (each
+    /// field one PoNet segment), AdamW with cross-entropy; prints validation accuracy per epoch
+    /// and test accuracy against the majority class.
     Train(TrainArgs),
     /// Classify the lines of a TSV file (`field<TAB>field...`, or `label<TAB>...` with
     /// `--labelled`) with a model directory `train` wrote; prints the class and its
@@ -35,9 +39,17 @@ enum TextCommand {
 struct TrainArgs {
     /// Directory with train.tsv, val.tsv and test.tsv.
     data: PathBuf,
-    /// Where the model goes (config.json, model.safetensors, vocab.txt).
+    /// Where the model goes (config.json, model.safetensors and the tokenizer: words.txt, or
+    /// the pre-trained model's tokenizer files).
     #[arg(long, default_value = "runs/text")]
     out: PathBuf,
+    /// Fine-tune the pre-trained PoNet in this directory (config.json and model.safetensors or
+    /// pytorch_model.bin, with tokenizer.json or vocab.txt, as chtan/ponet-base-uncased holds
+    /// them) instead of training from scratch; --hidden, --layers, --heads, --vocab-size and
+    /// --min-count are then the checkpoint's. A --max-len above its positions extends the
+    /// position embedding by repetition.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// Passes over the training samples.
     #[arg(long, default_value_t = 4)]
     epochs: usize,
@@ -62,9 +74,9 @@ struct TrainArgs {
     /// Samples per step.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Peak learning rate (default 1e-3 from scratch, 3e-5 fine-tuning).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Seed of the initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -90,20 +102,61 @@ pub fn run(args: &TextArgs, device: &Device) -> Result<()> {
     }
 }
 
-fn encode(vocab: &WordVocab, rows: &[(usize, Vec<String>)], max_len: usize) -> Vec<Example> {
+fn encode(
+    tok: &TextTokenizer,
+    rows: &[(usize, Vec<String>)],
+    max_len: usize,
+) -> Result<Vec<Example>> {
     rows.iter()
         .map(|(label, fields)| {
             let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-            Example {
-                ids: vocab.encode(&fields, max_len),
+            Ok(Example {
+                ids: tok.encode(&fields, max_len)?,
                 label: *label,
-            }
+            })
         })
         .collect()
 }
 
-fn train(a: &TrainArgs, device: &Device) -> Result<()> {
-    let train_rows = read_tsv(&a.data.join("train.tsv"))?;
+/// The classes of the training part (one more than the highest label).
+fn class_count(rows: &[(usize, Vec<String>)], data: &Path) -> Result<usize> {
+    let num_labels = rows.iter().map(|(l, _)| *l).max().unwrap_or(0) + 1;
+    if num_labels < 2 {
+        bail!("{}: the training part has one class", data.display());
+    }
+    Ok(num_labels)
+}
+
+/// The tokenizer and the initial model: from scratch, or `--init-from`'s.
+fn initial_model(
+    a: &TrainArgs,
+    train_rows: &[(usize, Vec<String>)],
+    num_labels: usize,
+    device: &Device,
+) -> Result<(TextTokenizer, TextClassifier)> {
+    if let Some(dir) = &a.init_from {
+        let tok = TextTokenizer::from_dir(dir)?;
+        let clf =
+            TextClassifier::from_pretrained(dir, num_labels, Some(a.max_len), a.seed, device)?;
+        let cfg = clf.model.config();
+        if tok.vocab_size() > cfg.vocab_size {
+            bail!(
+                "the tokenizer of {} gives {} ids but the model has {}",
+                dir.display(),
+                tok.vocab_size(),
+                cfg.vocab_size
+            );
+        }
+        eprintln!(
+            "encoder from {} ({} layers, width {}, {} positions); pre-training heads not used, \
+             a new {num_labels}-class classifier",
+            dir.display(),
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.max_position_embeddings
+        );
+        return Ok((tok, clf));
+    }
     let vocab = WordVocab::build(
         train_rows
             .iter()
@@ -111,13 +164,6 @@ fn train(a: &TrainArgs, device: &Device) -> Result<()> {
         a.vocab_size,
         a.min_count,
     );
-    let train = encode(&vocab, &train_rows, a.max_len);
-    let val = encode(&vocab, &read_tsv(&a.data.join("val.tsv"))?, a.max_len);
-    let test = encode(&vocab, &read_tsv(&a.data.join("test.tsv"))?, a.max_len);
-    let num_labels = train.iter().map(|e| e.label).max().unwrap_or(0) + 1;
-    if num_labels < 2 {
-        bail!("{}: the training part has one class", a.data.display());
-    }
     let cfg = PoNetConfig {
         vocab_size: vocab.vocab_size(),
         hidden_size: a.hidden,
@@ -128,9 +174,20 @@ fn train(a: &TrainArgs, device: &Device) -> Result<()> {
         num_labels,
         ..PoNetConfig::default()
     };
-    let seq = SequenceConfig::new(cfg.clone());
-    seq.validate()
+    SequenceConfig::new(cfg.clone())
+        .validate()
         .map_err(|e| anyhow::anyhow!("the classifier's configuration: {e}"))?;
+    let clf = TextClassifier::init(&cfg, a.seed, device)?;
+    Ok((TextTokenizer::Words(vocab), clf))
+}
+
+fn train(a: &TrainArgs, device: &Device) -> Result<()> {
+    let train_rows = read_tsv(&a.data.join("train.tsv"))?;
+    let num_labels = class_count(&train_rows, &a.data)?;
+    let (tok, clf) = initial_model(a, &train_rows, num_labels, device)?;
+    let train = encode(&tok, &train_rows, a.max_len)?;
+    let val = encode(&tok, &read_tsv(&a.data.join("val.tsv"))?, a.max_len)?;
+    let test = encode(&tok, &read_tsv(&a.data.join("test.tsv"))?, a.max_len)?;
     let mut counts = vec![0usize; num_labels];
     train.iter().for_each(|e| counts[e.label] += 1);
     let majority = (0..num_labels).max_by_key(|&i| counts[i]).unwrap_or(0);
@@ -142,17 +199,18 @@ fn train(a: &TrainArgs, device: &Device) -> Result<()> {
         train.len(),
         val.len(),
         test.len(),
-        vocab.vocab_size()
+        tok.vocab_size()
     );
+    let default_lr = if a.init_from.is_some() { 3e-5 } else { 1e-3 };
     let tc = TextTrainConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
-        lr: a.lr,
+        lr: a.lr.unwrap_or(default_lr),
         seed: a.seed,
         ..TextTrainConfig::default()
     };
     let start = std::time::Instant::now();
-    let clf = train_classifier(&cfg, &train, &tc, device, |epoch, loss, clf| {
+    let clf = fit_classifier(clf, &train, &tc, device, |epoch, loss, clf| {
         let acc = clf.accuracy(&val, 64, device)?;
         eprintln!(
             "epoch {:>3}  train loss {loss:.4}  val accuracy {:.2}%  ({:.0} s)",
@@ -169,24 +227,11 @@ fn train(a: &TrainArgs, device: &Device) -> Result<()> {
         test.len(),
         100.0 * baseline
     );
+    let seq = SequenceConfig::new(clf.model.config().clone());
     save_sequence_dir(&a.out, &seq, &clf.tensors())?;
-    std::fs::write(a.out.join("vocab.txt"), vocab.words().join("\n") + "\n")
-        .with_context(|| format!("cannot write {}", a.out.join("vocab.txt").display()))?;
+    tok.save(&a.out, a.init_from.as_deref())?;
     eprintln!("saved {}", a.out.display());
     Ok(())
-}
-
-fn read_vocab(dir: &Path) -> Result<WordVocab> {
-    let path = dir.join("vocab.txt");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {} (written by `tokenmix text train`)",
-            path.display()
-        )
-    })?;
-    Ok(WordVocab::from_words(
-        text.lines().map(str::to_string).collect(),
-    ))
 }
 
 fn predict(a: &PredictArgs, device: &Device) -> Result<()> {
@@ -194,11 +239,20 @@ fn predict(a: &PredictArgs, device: &Device) -> Result<()> {
     let Some(cfg) = loaded.config.downcast_ref::<PoNetConfig>() else {
         bail!("{} is not a PoNet text classifier", a.model_dir.display());
     };
-    let vocab = read_vocab(&a.model_dir)?;
-    if vocab.vocab_size() != cfg.vocab_size {
+    if cfg.head != PoNetHead::SequenceClassification {
         bail!(
-            "vocab.txt gives {} ids but the model has {}",
-            vocab.vocab_size(),
+            "{} holds a {}, not a classifier; fine-tune it with `tokenmix text train \
+             --init-from {}`",
+            a.model_dir.display(),
+            cfg.head.architecture(),
+            a.model_dir.display()
+        );
+    }
+    let tok = TextTokenizer::from_dir(&a.model_dir)?;
+    if tok.vocab_size() > cfg.vocab_size {
+        bail!(
+            "the tokenizer gives {} ids but the model has {}",
+            tok.vocab_size(),
             cfg.vocab_size
         );
     }
@@ -216,7 +270,7 @@ fn predict(a: &PredictArgs, device: &Device) -> Result<()> {
         } else {
             None
         };
-        let ids = vocab.encode(&fields, cfg.max_position_embeddings);
+        let ids = tok.encode(&fields, cfg.max_position_embeddings)?;
         let n = ids.len();
         let x = Tensor::from_vec(ids, (1, n), device)?;
         let logits = loaded.model.forward_t(&x, None, false)?;

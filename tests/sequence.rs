@@ -139,11 +139,11 @@ fn unimplemented_options_and_heads_are_refused_by_name() {
     });
     assert!(load_error(pretrain.path()).contains("PatchTSMixerForPretraining"));
     let unknown = edited_dir("patchtsmixer_common", |c| {
-        c.insert("model_type".into(), "bert".into());
+        c.insert("model_type".into(), "llama".into());
     });
     let msg = load_error(unknown.path());
     assert!(
-        msg.contains("\"bert\"") && msg.contains("patchtsmixer"),
+        msg.contains("\"llama\"") && msg.contains("patchtsmixer"),
         "{msg}"
     );
     let mode = edited_dir("patchtsmixer_common", |c| {

@@ -85,7 +85,7 @@ fn a_ponet_classifier_trained_from_tsv_files_beats_the_majority_class() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no accuracy in {report}"));
     assert!(accuracy >= 90.0, "{report}");
-    for file in ["config.json", "model.safetensors", "vocab.txt"] {
+    for file in ["config.json", "model.safetensors", "words.txt"] {
         assert!(out.join(file).is_file(), "{file}");
     }
 
@@ -135,5 +135,159 @@ fn bad_text_files_are_refused_with_one_line() {
         text(&o.stderr).contains("config.json"),
         "{}",
         text(&o.stderr)
+    );
+}
+
+fn pretrained_fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sequence/ponet_pretrain")
+}
+
+/// The ids Hugging Face's BERT tokenizers (fast and slow, checked equal when the fixture was
+/// written) give the fixture's texts, from the directory's tokenizer.json and from its
+/// vocab.txt alone.
+#[test]
+fn wordpiece_ids_are_the_reference_tokenizers() {
+    use tokenmix::train::text::TextTokenizer;
+    let src = pretrained_fixture();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenized.json")).unwrap())
+            .unwrap();
+    let vocab_only = tempfile::tempdir().unwrap();
+    for file in ["vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(src.join(file), vocab_only.path().join(file)).unwrap();
+    }
+    for dir in [src.as_path(), vocab_only.path()] {
+        let tok = TextTokenizer::from_dir(dir).unwrap();
+        assert!(matches!(tok, TextTokenizer::WordPiece(_)));
+        assert_eq!(tok.vocab_size(), 200);
+        for case in cases.as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let ids: Vec<u32> = tok.encode(&[text], 1000).unwrap();
+            let expected: Vec<u32> = case["with_special_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids, expected, "{text:?} from {}", dir.display());
+        }
+        // Two fields are two segments; the budget cuts the second.
+        let ids = tok.encode(&["the cat", "sat on the mat"], 7).unwrap();
+        assert_eq!(ids, [101, 104, 106, 102, 107, 108, 102]);
+    }
+    // A vocabulary that does not put [CLS] at 101 is refused by name.
+    let bad = tempfile::tempdir().unwrap();
+    let vocab = std::fs::read_to_string(src.join("vocab.txt")).unwrap();
+    std::fs::write(bad.path().join("vocab.txt"), format!("extra\n{vocab}")).unwrap();
+    let msg = TextTokenizer::from_dir(bad.path()).unwrap_err().to_string();
+    assert!(msg.contains("[PAD]") && msg.contains("101"), "{msg}");
+}
+
+/// `text train --init-from` on the hub layout of a pre-trained PoNet (the reference-written
+/// fixture: random weights, a 200-token WordPiece vocabulary): the encoder is taken, the
+/// positions extended, the tokenizer files travel with the model and `predict` reads them.
+#[test]
+fn a_pretrained_ponet_is_fine_tuned_from_its_hub_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let write = |name: &str, rows: usize, seed: u64| {
+        const FILLER: [&str; 10] = [
+            "the", "cat", "sat", "on", "mat", "dog", "is", "cute", "meeting", "noon",
+        ];
+        const KEYWORDS: [&str; 3] = ["free", "money", "offer"];
+        let mut state = seed;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % n
+        };
+        let mut out = String::new();
+        for _ in 0..rows {
+            let label = next(2);
+            let mut body: Vec<&str> = (0..6).map(|_| FILLER[next(FILLER.len())]).collect();
+            if label == 1 {
+                let at = next(body.len());
+                body[at] = KEYWORDS[next(KEYWORDS.len())];
+            }
+            out.push_str(&format!("{label}\tHello!\t{}.\n", body.join(" ")));
+        }
+        std::fs::write(data.join(name), out).unwrap();
+    };
+    write("train.tsv", 300, 11);
+    write("val.tsv", 60, 12);
+    write("test.tsv", 60, 13);
+    let out = dir.path().join("run");
+    let src = pretrained_fixture();
+    let o = tokenmix(&[
+        "text",
+        "train",
+        data.to_str().unwrap(),
+        "--init-from",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--max-len",
+        "48",
+        "--lr",
+        "3e-3",
+    ]);
+    let report = text(&o.stdout);
+    let log = text(&o.stderr);
+    assert!(o.status.success(), "{report}\n{log}");
+    assert!(log.contains("48 positions"), "{log}");
+    let accuracy: f64 = report
+        .split("test accuracy ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in {report}"));
+    assert!(accuracy >= 90.0, "{report}\n{log}");
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(
+        config.contains("PoNetForSequenceClassification"),
+        "{config}"
+    );
+    let o = tokenmix(&[
+        "text",
+        "predict",
+        data.join("test.tsv").to_str().unwrap(),
+        "--labelled",
+        "--model-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(&format!("accuracy {accuracy:.2}%")),
+        "{}",
+        text(&o.stderr)
+    );
+    // The pre-trained directory itself is no classifier.
+    let o = tokenmix(&[
+        "text",
+        "predict",
+        data.join("test.tsv").to_str().unwrap(),
+        "--labelled",
+        "--model-dir",
+        src.to_str().unwrap(),
+    ]);
+    let msg = text(&o.stderr);
+    assert!(
+        !o.status.success() && msg.contains("PoNetForPreTraining") && msg.contains("--init-from"),
+        "{msg}"
     );
 }

@@ -1,12 +1,19 @@
-//! Training a PoNet text classifier ([`PoNetForSequenceClassification`]) from scratch.
+//! Training a PoNet text classifier ([`PoNetForSequenceClassification`]), from scratch or
+//! fine-tuned from a pre-trained PoNet ([`TextClassifier::from_pretrained`], e.g. the
+//! authors' `chtan/ponet-base-uncased` directory).
 //!
-//! Text is tokenized by a [`WordVocab`] built from the training split: lower-cased runs of
+//! Text becomes ids through a [`TextTokenizer`]: a pre-trained model's own BERT WordPiece
+//! tokenizer (its `tokenizer.json`, else its `vocab.txt`; run by the `tokenizers` crate, so
+//! the ids are the ones Hugging Face's tokenizer gives), or, from scratch, a [`WordVocab`]
+//! built from the training split: lower-cased runs of
 //! letters and digits are words; the `max_words` most frequent words (seen at least
 //! `min_count` times; ties in alphabetical order) get ids from [`FIRST_WORD_ID`] on, every
 //! other word is `[UNK]`. The special ids are BERT's, which PoNet's segments read: `[PAD]` 0,
 //! `[UNK]` 100, [`CLS_ID`] 101, [`SEP_ID`] 102 (`[MASK]` 103 is reserved, 1..=99 unused). A
 //! sample of several fields (subject, body, ...) is `[CLS] field [SEP] field [SEP] ...`, so
 //! that each field is a PoNet segment.
+//!
+//! Either way a sample is `[CLS] field [SEP] field [SEP] ...` with token type 0 throughout.
 //!
 //! [`train_classifier`] draws the reference's initialisation (normal weights of std
 //! `initializer_range`, zero biases and padding row, unit LayerNorms), then runs AdamW on the
@@ -24,9 +31,12 @@ use rand_distr::{Distribution, Normal};
 use tokenmix_models::sequence::ponet::{
     PoNetConfig, PoNetForSequenceClassification, CLS_ID, SEP_ID,
 };
-use tokenmix_models::sequence::{sequence_tensors, SequenceConfig, SequenceModel};
+use tokenmix_models::sequence::{
+    load_sequence_tensors, read_sequence_config, sequence_tensors, sequence_weights_path,
+    SequenceConfig, SequenceModel,
+};
 
-use crate::train::error::{bail, Context, Result};
+use crate::train::error::{bail, Context, Result, TrainError};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::WarmupCosine;
 
@@ -110,6 +120,172 @@ impl WordVocab {
     }
 }
 
+/// The files a model directory's tokenizer may consist of, copied with a fine-tuned model.
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// The word list of a from-scratch model (one word per line, the first has id
+/// [`FIRST_WORD_ID`]).
+pub const WORDS_FILE: &str = "words.txt";
+
+/// How a text model's input becomes ids (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub enum TextTokenizer {
+    /// tokenmix's word vocabulary of a from-scratch model.
+    Words(WordVocab),
+    /// A pre-trained model's BERT WordPiece tokenizer (no special tokens added by it).
+    WordPiece(Box<tokenizers::Tokenizer>),
+}
+
+fn tokenizer_error(path: &Path, e: tokenizers::Error) -> TrainError {
+    TrainError::Context {
+        context: format!("cannot read the tokenizer {}", path.display()),
+        source: e,
+    }
+}
+
+impl TextTokenizer {
+    /// The tokenizer of the model directory `dir`: `tokenizer.json` (Hugging Face's format),
+    /// else a BERT WordPiece over `vocab.txt` (lower-casing and accent stripping as
+    /// `tokenizer_config.json`'s `do_lower_case` / `strip_accents` say, BERT's defaults when
+    /// absent), else tokenmix's [`WORDS_FILE`]. A WordPiece vocabulary must give `[PAD]`,
+    /// `[CLS]` and `[SEP]` the ids PoNet reads (0, [`CLS_ID`], [`SEP_ID`]).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        let words = dir.join(WORDS_FILE);
+        let tok = if json.is_file() {
+            tokenizers::Tokenizer::from_file(&json).map_err(|e| tokenizer_error(&json, e))?
+        } else if vocab.is_file() {
+            bert_wordpiece(&vocab, &dir.join("tokenizer_config.json"))?
+        } else if words.is_file() {
+            let text = std::fs::read_to_string(&words)
+                .with_context(|| format!("cannot read {}", words.display()))?;
+            return Ok(Self::Words(WordVocab::from_words(
+                text.lines().map(str::to_string).collect(),
+            )));
+        } else {
+            bail!(
+                "{} has no tokenizer (tokenizer.json, vocab.txt or {WORDS_FILE})",
+                dir.display()
+            );
+        };
+        for (token, id) in [("[PAD]", PAD_ID), ("[CLS]", CLS_ID), ("[SEP]", SEP_ID)] {
+            let found = tok.token_to_id(token);
+            if found != Some(id) {
+                bail!(
+                    "the tokenizer of {} gives {token} the id {found:?}; PoNet reads \
+                     [PAD] as 0, [CLS] as {CLS_ID} and [SEP] as {SEP_ID} (BERT's uncased \
+                     vocabulary)",
+                    dir.display()
+                );
+            }
+        }
+        Ok(Self::WordPiece(Box::new(tok)))
+    }
+
+    /// Ids the tokenizer can give (the model's `vocab_size` must be at least this).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Words(v) => v.vocab_size(),
+            Self::WordPiece(t) => t.get_vocab_size(true),
+        }
+    }
+
+    /// `[CLS] f1 [SEP] f2 [SEP] ...` of the `fields`' tokens, at most `max_len` ids: each
+    /// field keeps what is left of the budget after the ones before it.
+    pub fn encode(&self, fields: &[&str], max_len: usize) -> Result<Vec<u32>> {
+        let tok = match self {
+            Self::Words(v) => return Ok(v.encode(fields, max_len)),
+            Self::WordPiece(t) => t,
+        };
+        let mut ids = vec![CLS_ID];
+        let mut budget = max_len.saturating_sub(1 + fields.len());
+        for field in fields {
+            let enc = tok.encode(*field, false).map_err(|e| TrainError::Context {
+                context: "cannot tokenize a text".into(),
+                source: e,
+            })?;
+            let take = enc.get_ids().len().min(budget);
+            ids.extend_from_slice(&enc.get_ids()[..take]);
+            budget -= take;
+            ids.push(SEP_ID);
+        }
+        ids.truncate(max_len.max(1));
+        Ok(ids)
+    }
+
+    /// Writes the tokenizer into the model directory `dir`: [`WORDS_FILE`] for a word
+    /// vocabulary; a WordPiece tokenizer's files in `source` ([`TOKENIZER_FILES`]) are copied.
+    pub fn save(&self, dir: &Path, source: Option<&Path>) -> Result<()> {
+        match (self, source) {
+            (Self::Words(v), _) => {
+                let path = dir.join(WORDS_FILE);
+                std::fs::write(&path, v.words().join("\n") + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))
+            }
+            (Self::WordPiece(_), Some(src)) => {
+                for name in TOKENIZER_FILES {
+                    let from = src.join(name);
+                    if from.is_file() {
+                        std::fs::copy(&from, dir.join(name)).with_context(|| {
+                            format!("cannot copy {} into {}", from.display(), dir.display())
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            (Self::WordPiece(t), None) => {
+                let path = dir.join("tokenizer.json");
+                t.save(&path, true).map_err(|e| TrainError::Context {
+                    context: format!("cannot write {}", path.display()),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// BERT's tokenizer over `vocab` (one token per line, line `i` has id `i`): text cleaned,
+/// Chinese characters split, lower-cased and accents stripped as `config` (a
+/// `tokenizer_config.json`, optional) says, punctuation split, WordPiece with `[UNK]`.
+fn bert_wordpiece(vocab: &Path, config: &Path) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::bert::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    let settings: serde_json::Value = if config.is_file() {
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", config.display()))?
+    } else {
+        serde_json::Value::Null
+    };
+    let flag = |key: &str| settings.get(key).and_then(serde_json::Value::as_bool);
+    let lowercase = flag("do_lower_case").unwrap_or(true);
+    let chinese = flag("tokenize_chinese_chars").unwrap_or(true);
+    let path = vocab
+        .to_str()
+        .with_context(|| format!("the path {} is not valid UTF-8", vocab.display()))?;
+    let model = WordPiece::from_file(path)
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| tokenizer_error(vocab, e))?;
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_normalizer(Some(BertNormalizer::new(
+        true,
+        chinese,
+        flag("strip_accents"),
+        lowercase,
+    )))
+    .map_err(|e| tokenizer_error(vocab, e))?;
+    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    Ok(tok)
+}
+
 /// One encoded sample: its ids and its class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
@@ -189,6 +365,68 @@ impl std::fmt::Debug for TextClassifier {
 impl TextClassifier {
     /// A model of `cfg` with the reference's initialisation, drawn from `seed`.
     pub fn init(cfg: &PoNetConfig, seed: u64, device: &Device) -> Result<Self> {
+        Self::with_weights(cfg, HashMap::new(), seed, device)
+    }
+
+    /// A classifier of `num_labels` classes on the encoder of the pre-trained PoNet in `dir`
+    /// (`config.json` and `model.safetensors` or `pytorch_model.bin` as the hub holds them:
+    /// `PoNetForPreTraining`, or a PoNet classifier). The encoder (`ponet.*`) is read with
+    /// the loader's strict checks; the pre-training heads (`cls.*`) and an old classifier are
+    /// left out, and the new classifier is drawn as [`init`](Self::init) draws it. With
+    /// `max_positions` above the checkpoint's `max_position_embeddings`, the position
+    /// embedding is extended by repeating it, as the authors' `run_long_classification.py`
+    /// extends it.
+    pub fn from_pretrained(
+        dir: &Path,
+        num_labels: usize,
+        max_positions: Option<usize>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let source = read_sequence_config(dir)?;
+        let Some(pretrained) = source.downcast_ref::<PoNetConfig>() else {
+            bail!(
+                "{} holds a {} model, not PoNet",
+                dir.display(),
+                source.model_type()
+            );
+        };
+        let stored = pretrained.classifier(num_labels);
+        let encoder: Vec<_> = sequence_tensors(&SequenceConfig::new(stored.clone()))?
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("ponet."))
+            .collect();
+        let ignore = |name: &str| {
+            name.starts_with("cls.")
+                || name.starts_with("classifier.")
+                || source.ignored_tensor(name)
+        };
+        let weights = sequence_weights_path(dir)?;
+        let mut tensors =
+            load_sequence_tensors(&weights, &encoder, &ignore, "a PoNet encoder", device)?;
+        let mut cfg = stored;
+        if let Some(n) = max_positions.filter(|&n| n > cfg.max_position_embeddings) {
+            let key = "ponet.embeddings.position_embeddings.weight";
+            let pos = &tensors[key];
+            let copies = n.div_ceil(cfg.max_position_embeddings);
+            let tiled = Tensor::cat(&vec![pos; copies], 0)?.narrow(0, 0, n)?;
+            tensors.insert(key.to_string(), tiled);
+            cfg.max_position_embeddings = n;
+        }
+        SequenceConfig::new(cfg.clone())
+            .validate()
+            .map_err(|e| TrainError::Invalid(format!("the classifier's configuration: {e}")))?;
+        Self::with_weights(&cfg, tensors, seed, device)
+    }
+
+    /// A model of `cfg` whose tensors are `given` where it has them, else drawn from `seed`
+    /// with the reference's initialisation.
+    fn with_weights(
+        cfg: &PoNetConfig,
+        mut given: HashMap<String, Tensor>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let specs = sequence_tensors(&SequenceConfig::new(cfg.clone()))?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let normal = Normal::new(0f32, cfg.initializer_range as f32)
@@ -197,6 +435,10 @@ impl TextClassifier {
         {
             let mut data = vars.data().lock().unwrap_or_else(|e| e.into_inner());
             for (name, shape) in specs {
+                if let Some(t) = given.remove(&name) {
+                    data.insert(name, Var::from_tensor(&t)?);
+                    continue;
+                }
                 let n: usize = shape.iter().product();
                 let values: Vec<f32> = if name.ends_with("LayerNorm.weight") {
                     vec![1.0; n]
@@ -277,8 +519,22 @@ pub fn train_classifier(
     train: &[Example],
     tc: &TextTrainConfig,
     device: &Device,
+    on_epoch: impl FnMut(usize, f64, &TextClassifier) -> Result<()>,
+) -> Result<TextClassifier> {
+    let clf = TextClassifier::init(cfg, tc.seed, device)?;
+    fit_classifier(clf, train, tc, device, on_epoch)
+}
+
+/// Trains `clf` (e.g. [`TextClassifier::from_pretrained`]) on `train`, every parameter, as
+/// [`train_classifier`] does.
+pub fn fit_classifier(
+    clf: TextClassifier,
+    train: &[Example],
+    tc: &TextTrainConfig,
+    device: &Device,
     mut on_epoch: impl FnMut(usize, f64, &TextClassifier) -> Result<()>,
 ) -> Result<TextClassifier> {
+    let cfg = clf.model.config();
     if tc.epochs == 0 || tc.batch_size == 0 || train.is_empty() {
         bail!("training needs at least one epoch, a positive batch size and samples");
     }
@@ -289,7 +545,16 @@ pub fn train_classifier(
             cfg.num_labels
         );
     }
-    let clf = TextClassifier::init(cfg, tc.seed, device)?;
+    if let Some(e) = train
+        .iter()
+        .find(|e| e.ids.len() > cfg.max_position_embeddings)
+    {
+        bail!(
+            "a sample of {} ids is longer than max_position_embeddings ({})",
+            e.ids.len(),
+            cfg.max_position_embeddings
+        );
+    }
     let params = super::trainable(&clf.vars);
     let mut opt = AdamW::new(
         params,
