@@ -10,7 +10,10 @@
 //! measured time scaled by the mixer's growth, quadratic for `dense` and `attention`) exceeds
 //! 10 s, or whose dense `N x N` buffers would exceed 8 GiB, is skipped with the reason.
 //!
-//! `cargo run --release --example cost_vs_length [MIXER ...]`
+//! With `--plot FILE` (`.svg` or `.png`) it also draws the times against `N` (log axis), with a
+//! second panel of microseconds per token, flat for a mixer linear in `N`.
+//!
+//! `cargo run --release --example cost_vs_length [MIXER ...] [--plot FILE]`
 
 use std::time::Instant;
 
@@ -23,6 +26,10 @@ use tokenmix::mixers::linear_attention::LinearAttentionConfig;
 use tokenmix::mixers::ponet::PoNetMixerConfig;
 use tokenmix::mixers::ssm::MambaConfig;
 use tokenmix::mixers::{MixerConfig, TokenMixer};
+
+#[allow(dead_code)]
+#[path = "../src/plot.rs"]
+mod plot;
 
 const WIDTH: usize = 64;
 const LENGTHS: [usize; 6] = [512, 1024, 2048, 4096, 8192, 16384];
@@ -118,8 +125,51 @@ fn quadratic_bytes(name: &str, n: usize) -> f64 {
     }
 }
 
+/// Two panels of the measured `(N, ms)` per mixer: milliseconds, and microseconds per token.
+fn figure(measured: &[(&str, Vec<(f64, f64)>)]) -> plot::Figure {
+    let lines = |per_token: bool| {
+        measured
+            .iter()
+            .map(|(name, points)| plot::Series {
+                name: name.to_string(),
+                points: points
+                    .iter()
+                    .map(|&(n, ms)| (n, if per_token { 1e3 * ms / n } else { ms }))
+                    .collect(),
+            })
+            .collect()
+    };
+    let panel = |title: &str, y_label: &str, per_token: bool| plot::Panel {
+        title: title.to_string(),
+        x_label: format!("sequence length N (tokens of width {WIDTH}, log scale)"),
+        y_label: y_label.to_string(),
+        log_x: true,
+        kind: plot::PanelKind::Lines(lines(per_token)),
+    };
+    plot::Figure {
+        title: format!(
+            "Token mixers: forward cost against sequence length ({} CPU threads, f32)",
+            rayon::current_num_threads()
+        ),
+        panels: vec![
+            panel("time per forward", "ms", false),
+            panel("time per token", "microseconds per token", true),
+        ],
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let mut wanted: Vec<String> = std::env::args().skip(1).collect();
+    let plot_path = match wanted.iter().position(|a| a == "--plot") {
+        Some(i) if i + 1 < wanted.len() => {
+            let path = std::path::PathBuf::from(wanted.remove(i + 1));
+            wanted.remove(i);
+            Some(path)
+        }
+        Some(_) => return Err("--plot needs a file name".into()),
+        None => None,
+    };
+    let mut measured = Vec::new();
     let device = Device::Cpu;
     println!(
         "Forward time of one mixer on (1, N, {WIDTH}) tokens, f32, {} CPU threads \
@@ -135,6 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let mut cells = Vec::new();
+        let mut points = Vec::new();
         let mut first: Option<f64> = None;
         let mut last: Option<(usize, f64)> = None;
         for &n in &LENGTHS {
@@ -170,12 +221,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ms = time_ms(mixer.as_ref(), &x)?;
             let base = *first.get_or_insert(ms);
             cells.push(format!("{ms:.2} ({:.1}x)", ms / base));
+            points.push((n as f64, ms));
             last = Some((n, ms));
         }
         println!("| {} | {} |", case.name, cells.join(" | "));
+        measured.push((case.name, points));
     }
     for note in notes {
         println!("\n* skipped: {note}");
+    }
+    if let Some(path) = plot_path {
+        figure(&measured)
+            .save(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("\nplot: {}", path.display());
     }
     Ok(())
 }
