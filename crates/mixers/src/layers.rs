@@ -291,13 +291,34 @@ impl<T: Clone> Derived<T> {
     }
 }
 
+/// A layer's stored weight, shared by the layer's clones. An inference-only layer that has
+/// derived its own arrangement of the weight swaps this for a view of it, so that the copy the
+/// checkpoint was loaded into is freed.
+#[derive(Debug, Clone)]
+struct StoredWeight(std::sync::Arc<std::sync::RwLock<Tensor>>);
+
+impl StoredWeight {
+    fn new(weight: Tensor) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(weight)))
+    }
+
+    fn get(&self) -> Tensor {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, weight: Tensor) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = weight;
+    }
+}
+
 /// A per-position linear map of the channels: a 1x1 convolution on `(B, C, H, W)` (checkpoint
 /// weight `[out, in, 1, 1]`) or a `Linear` on channel-last tensors `(..., C)` (weight
 /// `[out, in]`), bias optional.
 #[derive(Debug, Clone)]
 pub struct Pointwise {
-    /// The weight as the checkpoint stores it (`[out, in]` or `[out, in, 1, 1]`).
-    weight: Tensor,
+    /// The weight as the checkpoint stores it (`[out, in]` or `[out, in, 1, 1]`); an
+    /// inference-only channel-last layer swaps it for a view of `matrix` once that is derived.
+    weight: StoredWeight,
     /// The matrix in the orientation the layout multiplies by: `[out, in]` for `(B, C, H, W)`
     /// (`W · x` per image), `[in, out]` contiguous for channel-last tensors (`x · Wᵀ` over all
     /// rows; a transposed view makes gemm repack it on every call, up to 2.7x slower).
@@ -346,7 +367,7 @@ impl Pointwise {
         let (out_dim, in_dim) = (weight.dim(0)?, weight.dim(1)?);
         Ok(Self {
             bias: bias.then(|| vb.get(out_dim, "bias")).transpose()?,
-            weight,
+            weight: StoredWeight::new(weight),
             matrix: Derived::default(),
             layout,
             out_dim,
@@ -379,7 +400,7 @@ impl Pointwise {
         let (out_dim, in_dim) = (weight.dim(0)?, weight.dim(1)?);
         Ok(Self {
             bias,
-            weight,
+            weight: StoredWeight::new(weight),
             matrix: Derived::default(),
             layout,
             out_dim,
@@ -391,7 +412,7 @@ impl Pointwise {
     /// `(in)`, e.g. a batch norm in front of it) folded in: `W diag(scale)`, bias
     /// `b + W shift`. Exact up to rounding.
     pub fn with_input_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
-        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+        let w = self.weight.get().reshape((self.out_dim, self.in_dim))?;
         let extra = w.matmul(&shift.reshape((self.in_dim, 1))?)?.flatten_all()?;
         let bias = match &self.bias {
             Some(b) => (b + extra)?,
@@ -399,7 +420,7 @@ impl Pointwise {
         };
         let weight = w
             .broadcast_mul(&scale.reshape((1, self.in_dim))?)?
-            .reshape(self.weight.shape())?;
+            .reshape(self.weight.get().shape())?;
         Self::from_tensors(weight, Some(bias), self.layout)
     }
 
@@ -407,25 +428,38 @@ impl Pointwise {
     /// `shift` `(out)`, e.g. a batch norm after it) folded in: `diag(scale) W`, bias
     /// `b * scale + shift`. Exact up to rounding.
     pub fn with_output_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
-        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+        let w = self.weight.get().reshape((self.out_dim, self.in_dim))?;
         let bias = match &self.bias {
             Some(b) => ((b * scale)? + shift)?,
             None => shift.clone(),
         };
         let weight = w
             .broadcast_mul(&scale.reshape((self.out_dim, 1))?)?
-            .reshape(self.weight.shape())?;
+            .reshape(self.weight.get().shape())?;
         Self::from_tensors(weight, Some(bias), self.layout)
     }
 
-    /// The weight as the layout multiplies by it (see the `matrix` field).
+    /// The weight as the layout multiplies by it (see the `matrix` field). Once an
+    /// inference-only channel-last layer has derived it, the stored weight becomes a view of
+    /// it, so that the layer holds the weight once.
     fn matrix(&self) -> Result<Tensor> {
-        self.matrix
-            .get(self.weight.is_variable(), || self.make_matrix())
+        let weight = self.weight.get();
+        let trainable = weight.is_variable();
+        self.matrix.get(trainable, || {
+            let m = self.make_matrix()?;
+            if !trainable && !is_spatial(self.layout) {
+                let mut view = m.t()?;
+                while view.rank() < weight.rank() {
+                    view = view.unsqueeze(view.rank())?;
+                }
+                self.weight.replace(view);
+            }
+            Ok(m)
+        })
     }
 
     fn make_matrix(&self) -> Result<Tensor> {
-        let w = self.weight.reshape((self.out_dim, self.in_dim))?;
+        let w = self.weight.get().reshape((self.out_dim, self.in_dim))?;
         if is_spatial(self.layout) {
             Ok(w)
         } else {
@@ -435,7 +469,7 @@ impl Pointwise {
 
     /// Whether the weight or the bias is a trainable variable.
     pub fn trainable(&self) -> bool {
-        self.weight.is_variable() || self.bias.as_ref().is_some_and(|b| b.is_variable())
+        self.weight.get().is_variable() || self.bias.as_ref().is_some_and(|b| b.is_variable())
     }
 
     /// The linear map without its bias.
@@ -1011,6 +1045,65 @@ mod tests {
         let after: Vec<Vec<f32>> = layer.forward(&x).unwrap().to_vec2().unwrap();
         assert_eq!(after, vec![vec![3f32; 2]; 4]);
         assert_ne!(before.to_vec2::<f32>().unwrap(), after);
+    }
+
+    /// An inference-only channel-last layer keeps its weight once: after the first product the
+    /// stored weight is a (transposed, non-contiguous) view of the derived matrix, with the
+    /// same values, and what is built from it later (an input affine folded in) is unchanged.
+    #[test]
+    fn a_constant_pointwise_keeps_its_weight_once() {
+        let dev = Device::Cpu;
+        for layout in [MixerLayout::Tokens, MixerLayout::ChannelsLast] {
+            let w = Tensor::randn(0f32, 1.0, (5, 3, 1, 1), &dev).unwrap();
+            let w = if layout == MixerLayout::Tokens {
+                w.reshape((5, 3)).unwrap()
+            } else {
+                w
+            };
+            let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+            let layer = Pointwise::from_tensors(w.clone(), Some(b), layout).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 4, 3), &dev).unwrap();
+            let x = if layout == MixerLayout::Tokens {
+                x
+            } else {
+                x.reshape((2, 2, 2, 3)).unwrap()
+            };
+            let (scale, shift) = (
+                Tensor::randn(0f32, 1.0, 3, &dev).unwrap(),
+                Tensor::randn(0f32, 1.0, 3, &dev).unwrap(),
+            );
+            let folded_before = layer.with_input_affine(&scale, &shift).unwrap();
+            assert!(layer.weight.get().is_contiguous());
+            let y1 = layer.forward(&x).unwrap();
+            let stored = layer.weight.get();
+            assert!(
+                !stored.is_contiguous(),
+                "{layout:?}: the stored copy was kept"
+            );
+            assert_eq!(stored.dims(), w.dims());
+            let diff = (&stored - &w).unwrap().abs().unwrap().sum_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+            let y2 = layer.forward(&x).unwrap();
+            assert_eq!(
+                y1.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y2.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+            let folded_after = layer.with_input_affine(&scale, &shift).unwrap();
+            let a = folded_before.forward(&x).unwrap();
+            let b = folded_after.forward(&x).unwrap();
+            assert_eq!(
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+        // A trainable layer derives per call and keeps its variable.
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let layer = Pointwise::new(3, 2, true, MixerLayout::Tokens, vb).unwrap();
+        layer
+            .forward(&Tensor::ones((4, 3), DType::F32, &dev).unwrap())
+            .unwrap();
+        assert!(layer.weight.get().is_variable());
     }
 
     /// The fused residual MLP (constant weights, layer scale folded into `fc2`) against the

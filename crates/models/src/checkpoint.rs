@@ -383,6 +383,90 @@ pub(crate) fn check_with<'a>(
     }
 }
 
+/// A checkpoint's bytes: a safetensors file memory-mapped, or a `torch.save` archive converted
+/// to safetensors in memory. Loading from a mapping copies each tensor once, into the tensor it
+/// becomes, and hands the file's pages back as it goes ([`CheckpointBytes::release`]), so that
+/// the file's size is not added to the model's at any point. The file must not be changed
+/// while it is being loaded (as for any memory-mapped file).
+pub(crate) enum CheckpointBytes {
+    /// A memory-mapped file.
+    Mapped(memmap2::Mmap),
+    /// Bytes in memory.
+    Owned(Vec<u8>),
+}
+
+impl CheckpointBytes {
+    /// The checkpoint at `path`: mapped, or converted when it is a `torch.save` archive (told
+    /// apart by its first bytes).
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read only; the file's contents are read through it while it
+        // is loaded, as `std::fs::read` would read them (a file truncated meanwhile is the
+        // caller's error, as for every memory-mapped reader).
+        let map = match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => map,
+            Err(_) => return Ok(Self::from_vec(std::fs::read(path).map_err(io)?, path)?),
+        };
+        if is_pth(&map) {
+            return Ok(Self::Owned(pth_as_safetensors(&map, path, None)?));
+        }
+        Ok(Self::Mapped(map))
+    }
+
+    /// Bytes read into memory (a `torch.save` archive is converted).
+    pub(crate) fn from_vec(bytes: Vec<u8>, path: &Path) -> Result<Self> {
+        if is_pth(&bytes) {
+            return Ok(Self::Owned(pth_as_safetensors(&bytes, path, None)?));
+        }
+        Ok(Self::Owned(bytes))
+    }
+
+    /// The safetensors bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Owned(v) => v,
+        }
+    }
+
+    /// Tells the kernel that the pages holding `part` (a sub-slice of [`as_slice`]) are not
+    /// needed now: they leave this process's resident memory and are read from the file again
+    /// if touched. The mapping is read only, so nothing is lost. Bytes in memory are kept.
+    ///
+    /// [`as_slice`]: Self::as_slice
+    pub(crate) fn release(&self, part: &[u8]) {
+        #[cfg(unix)]
+        if let Self::Mapped(map) = self {
+            let (base, len) = (map.as_ptr() as usize, map.len());
+            let (start, end) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+            if part.is_empty() || start < base || end > base + len {
+                return;
+            }
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+            let first = base + (start - base) / page * page;
+            let last = (end - base).div_ceil(page) * page;
+            let stop = (base + last).min(base + len.div_ceil(page) * page);
+            // SAFETY: [first, stop) lies within the mapping's pages (its start is page
+            // aligned); MADV_DONTNEED on a read-only private file mapping only drops pages,
+            // which the next access reads from the file again.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    stop - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = part;
+    }
+}
+
 /// Loads a model of architecture `cfg` (called `model_name` in messages) from the checkpoint at
 /// `path` onto `device`, in f32: a safetensors file, or a PyTorch `torch.save` file (told apart
 /// by their first bytes, not their names; see [`load_pth`]). f32, f16 and bf16 weights are
@@ -395,14 +479,7 @@ pub fn load_safetensors(
 ) -> Result<Box<dyn ImageModel>> {
     // The tensor list is checked (and absurd configs refused) before the file is read.
     let expected = checked_tensors(cfg, model_name)?;
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if is_pth(&bytes) {
-        let st = pth_as_safetensors(&bytes, path, None)?;
-        return load_expected(&st, path, &expected, cfg, model_name, device);
-    }
+    let bytes = CheckpointBytes::open(path)?;
     load_expected(&bytes, path, &expected, cfg, model_name, device)
 }
 
@@ -434,7 +511,8 @@ pub fn load_pth(
         path: path.to_path_buf(),
         source,
     })?;
-    let st = pth_as_safetensors(&bytes, path, key)?;
+    let st = CheckpointBytes::Owned(pth_as_safetensors(&bytes, path, key)?);
+    drop(bytes);
     load_expected(&st, path, &expected, cfg, model_name, device)
 }
 
@@ -481,16 +559,13 @@ pub fn load_safetensors_bytes(
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
     let expected = checked_tensors(cfg, model_name)?;
-    if is_pth(bytes) {
-        let st = pth_as_safetensors(bytes, path, None)?;
-        return load_expected(&st, path, &expected, cfg, model_name, device);
-    }
-    load_expected(bytes, path, &expected, cfg, model_name, device)
+    let st = CheckpointBytes::from_vec(bytes.to_vec(), path)?;
+    load_expected(&st, path, &expected, cfg, model_name, device)
 }
 
 /// Loads the `expected` tensors of `cfg` from safetensors `bytes` and builds the model.
 fn load_expected(
-    bytes: &[u8],
+    bytes: &CheckpointBytes,
     path: &Path,
     expected: &[TensorSpec],
     cfg: &ArchConfig,
@@ -517,16 +592,17 @@ fn load_expected(
 /// The `expected` tensors from safetensors `bytes` (named `path` in errors) as f32 on `device`,
 /// under the model's names, after every check of [`check_with`] (all problems named in one
 /// [`Error::WeightMismatch`] about `model_name`); tensors [`Rules::can_resize`] accepted keep
-/// their stored shape.
+/// their stored shape. Each tensor is copied once, and a mapped file's pages are released
+/// after the checks and after each copy.
 pub(crate) fn load_checked(
-    bytes: &[u8],
+    bytes: &CheckpointBytes,
     path: &Path,
     expected: &[TensorSpec],
     rules: &Rules,
     model_name: &str,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+    let st = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
@@ -535,6 +611,7 @@ pub(crate) fn load_checked(
         model: model_name.to_string(),
         details,
     })?;
+    bytes.release(bytes.as_slice());
     let mut tensors = HashMap::with_capacity(expected.len());
     for (name, _) in expected {
         let stored_name = stored.get(name).copied().unwrap_or(name);
@@ -543,6 +620,7 @@ pub(crate) fn load_checked(
             msg: e.to_string(),
         })?;
         let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        bytes.release(view.data());
         tensors.insert(name.clone(), t);
     }
     Ok(tensors)
@@ -570,4 +648,36 @@ pub(crate) fn random_tensors(
 pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageModel>> {
     let tensors = random_tensors(checked_tensors(cfg, "random model")?, device)?;
     Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages handed back from a mapped checkpoint read again as the file's bytes, and a
+    /// sub-slice that does not start on a page boundary is handled.
+    #[test]
+    fn released_pages_of_a_mapped_checkpoint_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let values: Vec<f32> = (0..100_000).map(|i| i as f32 * 0.5).collect();
+        let t = Tensor::from_vec(values.clone(), (250, 400), &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &path).unwrap();
+        let bytes = CheckpointBytes::open(&path).unwrap();
+        assert!(matches!(bytes, CheckpointBytes::Mapped(_)));
+        let before = bytes.as_slice().to_vec();
+        bytes.release(&bytes.as_slice()[13..70_001]);
+        assert_eq!(bytes.as_slice(), before.as_slice());
+        bytes.release(bytes.as_slice());
+        assert_eq!(bytes.as_slice(), before.as_slice());
+        let rules = Rules {
+            rename: &|names| names.iter().map(|n| n.to_string()).collect(),
+            can_resize: &|_, _, _| false,
+            ignore: &|_| false,
+        };
+        let expected = vec![("w".to_string(), vec![250, 400])];
+        let loaded = load_checked(&bytes, &path, &expected, &rules, "m", &Device::Cpu).unwrap();
+        let back: Vec<f32> = loaded["w"].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(back, values);
+    }
 }

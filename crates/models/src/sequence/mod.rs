@@ -29,7 +29,7 @@ use candle_core::{DType, Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{self, Rules, TensorSpec};
+use crate::checkpoint::{self, CheckpointBytes, Rules, TensorSpec};
 use crate::{Error, Result};
 
 /// What a sequence model takes and returns.
@@ -307,14 +307,15 @@ pub fn load_sequence_bytes(
     path: &Path,
     device: &Device,
 ) -> Result<Box<dyn SequenceModel>> {
-    load_expected(cfg, &sequence_tensors(cfg)?, bytes, path, device)
+    let bytes = CheckpointBytes::from_vec(bytes.to_vec(), path)?;
+    load_expected(cfg, &sequence_tensors(cfg)?, &bytes, path, device)
 }
 
 /// [`load_sequence_bytes`] with the model's tensor list already recorded.
 fn load_expected(
     cfg: &SequenceConfig,
     expected: &[TensorSpec],
-    bytes: &[u8],
+    bytes: &CheckpointBytes,
     path: &Path,
     device: &Device,
 ) -> Result<Box<dyn SequenceModel>> {
@@ -426,20 +427,6 @@ pub fn sequence_weights_path(dir: &Path) -> Result<PathBuf> {
         })
 }
 
-/// The checkpoint at `path` (safetensors, or a `torch.save` archive told apart by its first
-/// bytes) as safetensors bytes.
-fn checkpoint_bytes(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if checkpoint::is_pth(&bytes) {
-        let tensors = crate::pth::read_state_dict(&bytes, path, None)?;
-        return crate::pth::to_safetensors(&tensors);
-    }
-    Ok(bytes)
-}
-
 /// The `expected` tensors of the checkpoint at `path` as f32 on `device`, with the strict
 /// checks of loading (every expected tensor present, shaped and finite; every other stored
 /// tensor an error unless `ignore` accepts its name; all problems named in one error about
@@ -452,7 +439,7 @@ pub fn load_sequence_tensors(
     model_name: &str,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let bytes = checkpoint_bytes(path)?;
+    let bytes = CheckpointBytes::open(path)?;
     let rules = Rules {
         rename: &|names| names.iter().map(|n| n.to_string()).collect(),
         can_resize: &|_, _, _| false,
@@ -469,7 +456,7 @@ pub fn load_sequence_dir(dir: &Path, device: &Device) -> Result<LoadedSequenceMo
     let weights = sequence_weights_path(dir)?;
     // The tensor list is recorded (and absurd configs refused) before the file is read.
     let expected = sequence_tensors(&config)?;
-    let bytes = checkpoint_bytes(&weights)?;
+    let bytes = CheckpointBytes::open(&weights)?;
     let model = load_expected(&config, &expected, &bytes, &weights, device)?;
     Ok(LoadedSequenceModel { config, model })
 }
