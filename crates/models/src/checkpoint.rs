@@ -409,7 +409,7 @@ impl CheckpointBytes {
         // caller's error, as for every memory-mapped reader).
         let map = match unsafe { memmap2::Mmap::map(&file) } {
             Ok(map) => map,
-            Err(_) => return Ok(Self::from_vec(std::fs::read(path).map_err(io)?, path)?),
+            Err(_) => return Self::from_vec(std::fs::read(path).map_err(io)?, path),
         };
         if is_pth(&map) {
             return Ok(Self::Owned(pth_as_safetensors(&map, path, None)?));
