@@ -90,26 +90,29 @@ impl CustomOp3 for SelectiveScan {
         let (u, delta) = ud.split_at(b * d * l);
         let (bm, cm) = bc.split_at(b * l * n);
         let mut y = vec![0f32; b * d * l];
-        y.par_chunks_mut(l.max(1))
+        y.par_chunks_mut((d * l).max(1))
             .enumerate()
-            .for_each(|(row, out)| {
-                let (bi, di) = (row / d, row % d);
-                let u = &u[row * l..(row + 1) * l];
-                let delta = &delta[row * l..(row + 1) * l];
-                let a = &a[di * n..(di + 1) * n];
-                let bm = &bm[bi * l * n..(bi + 1) * l * n];
-                let cm = &cm[bi * l * n..(bi + 1) * l * n];
-                let mut state = vec![0f32; n];
-                for t in 0..l {
-                    let (dt, du) = (delta[t], delta[t] * u[t]);
-                    let (bt, ct) = (&bm[t * n..(t + 1) * n], &cm[t * n..(t + 1) * n]);
-                    let mut acc = 0f32;
-                    for (((s, &ak), &bk), &ck) in state.iter_mut().zip(a).zip(bt).zip(ct) {
-                        *s = (dt * ak).exp() * *s + du * bk;
-                        acc += *s * ck;
-                    }
-                    out[t] = acc;
-                }
+            .for_each(|(bi, item)| {
+                let (bm, cm) = (
+                    &bm[bi * l * n..(bi + 1) * l * n],
+                    &cm[bi * l * n..(bi + 1) * l * n],
+                );
+                item.par_chunks_mut(l.max(1))
+                    .chunks(LANES)
+                    .enumerate()
+                    .for_each(|(g, mut rows)| {
+                        let (d0, count) = (g * LANES, rows.len());
+                        let span = (bi * d + d0) * l..(bi * d + d0 + count) * l;
+                        scan_group(
+                            &u[span.clone()],
+                            &delta[span],
+                            &a[d0 * n..(d0 + count) * n],
+                            bm,
+                            cm,
+                            &mut rows,
+                            n,
+                        );
+                    });
             });
         Ok((CpuStorage::F32(y), Shape::from((b, d, l))))
     }
@@ -143,6 +146,72 @@ impl CustomOp3 for SelectiveScan {
 /// `(rows, elements)` of the GPU scan of `(B, D, L, N)`: `B * D` rows (one thread each) and
 /// `B * D * L` outputs, computed in `usize`; refused where a size the kernel computes in 32-bit
 /// ints (each dimension, the rows `B * D`, the state offsets `D * N`) would not fit.
+/// Channels scanned together, one per vector lane.
+const LANES: usize = 8;
+
+crate::simd::dispatch! {
+    /// [`scan_group_body`] on wide vectors where the CPU has them.
+    fn scan_group(
+        u: &[f32],
+        delta: &[f32],
+        a: &[f32],
+        bm: &[f32],
+        cm: &[f32],
+        out: &mut Vec<&mut [f32]>,
+        n: usize,
+    ) => scan_group_body
+}
+
+/// The recurrence of up to [`LANES`] channels of one batch item at once, one channel per lane
+/// (their `B` and `C` rows are shared): `u`, `delta` hold the channels' rows of length `L`
+/// back to back, `a` their `(channels, n)` rows, `bm`, `cm` the item's `(L, n)`, and `out`
+/// one `L`-long output row per channel. Each lane computes what the one-channel loop does, in
+/// the same order (the state update, then `C · state` summed over `k` in order), with
+/// [`crate::attention::exp`] for `exp(Δ A)`.
+#[inline(always)]
+fn scan_group_body(
+    u: &[f32],
+    delta: &[f32],
+    a: &[f32],
+    bm: &[f32],
+    cm: &[f32],
+    out: &mut Vec<&mut [f32]>,
+    n: usize,
+) {
+    use crate::attention::exp;
+    let rows = out.len();
+    let l = out.first().map_or(0, |r| r.len());
+    let mut a_t = vec![[0f32; LANES]; n];
+    for (lane, row) in a.chunks_exact(n.max(1)).take(rows).enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            a_t[k][lane] = v;
+        }
+    }
+    let mut state = vec![[0f32; LANES]; n];
+    for t in 0..l {
+        let (mut dt, mut du) = ([0f32; LANES], [0f32; LANES]);
+        for lane in 0..rows {
+            dt[lane] = delta[lane * l + t];
+            du[lane] = dt[lane] * u[lane * l + t];
+        }
+        let (bt, ct) = (&bm[t * n..(t + 1) * n], &cm[t * n..(t + 1) * n]);
+        let mut acc = [0f32; LANES];
+        for (((s, ak), &bk), &ck) in state.iter_mut().zip(&a_t).zip(bt).zip(ct) {
+            let mut decay = [0f32; LANES];
+            for ((e, &d), &a) in decay.iter_mut().zip(&dt).zip(ak) {
+                *e = exp(d * a);
+            }
+            for (((s, &e), &du), acc) in s.iter_mut().zip(&decay).zip(&du).zip(acc.iter_mut()) {
+                *s = e * *s + du * bk;
+                *acc += *s * ck;
+            }
+        }
+        for (row, &v) in out.iter_mut().zip(&acc) {
+            row[t] = v;
+        }
+    }
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn gpu_sizes([b, d, l, n]: [usize; 4]) -> Result<(usize, usize)> {
     use crate::sizes::{int, product};

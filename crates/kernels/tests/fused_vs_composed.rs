@@ -611,7 +611,14 @@ fn self_attention_softmax_survives_large_scores() {
 /// The whole-sequence fused scan against the step-by-step recurrence.
 #[test]
 fn selective_scan_matches_the_step_recurrence() {
-    for (b, d, l, n) in [(1, 1, 1, 1), (2, 3, 7, 4), (1, 5, 33, 16), (3, 2, 12, 3)] {
+    for (b, d, l, n) in [
+        (1, 1, 1, 1),
+        (2, 3, 7, 4),
+        (1, 5, 33, 16),
+        (3, 2, 12, 3),
+        (2, 19, 9, 16),
+        (2, 16, 5, 5),
+    ] {
         let u = randn(&[b, d, l]);
         let delta = (randn(&[b, d, l]).exp().unwrap() * 0.5).unwrap();
         let a = randn(&[d, n]).abs().unwrap().neg().unwrap();
