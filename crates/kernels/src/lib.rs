@@ -505,11 +505,36 @@ pub fn selective_scan(
     b: &Tensor,
     c: &Tensor,
 ) -> Result<Tensor> {
+    selective_scan_with(u, delta, a, b, c, false)
+}
+
+/// [`selective_scan`], or with `reverse` the scan from the last step to the first
+/// (`s_t` from `s_{t+1}`): the forward scan of the time-flipped operands, flipped back, which
+/// is what a bidirectional Mamba's backward branch computes, without the flips on the fused
+/// CPU path (the other paths flip).
+pub fn selective_scan_with(
+    u: &Tensor,
+    delta: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    reverse: bool,
+) -> Result<Tensor> {
     let state_fits = u.device().is_cpu() || a.dim(1)? <= scan::MAX_STATE_GPU;
-    if use_fused(u) && same_dtype(u, &[delta, a, b, c]) && state_fits {
+    let fused = use_fused(u) && same_dtype(u, &[delta, a, b, c]) && state_fits;
+    if reverse && !(fused && u.device().is_cpu()) {
+        let flip = |t: &Tensor| t.contiguous()?.flip(&[2]);
+        let y = selective_scan_with(&flip(u)?, &flip(delta)?, a, &flip(b)?, &flip(c)?, false)?;
+        return flip(&y);
+    }
+    if fused {
         let ud = Tensor::stack(&[u, delta], 0)?;
         let bc = Tensor::stack(&[&b.transpose(1, 2)?, &c.transpose(1, 2)?], 0)?;
-        ud.apply_op3(&a.contiguous()?, &bc.contiguous()?, SelectiveScan)
+        ud.apply_op3(
+            &a.contiguous()?,
+            &bc.contiguous()?,
+            SelectiveScan { reverse },
+        )
     } else {
         composed::selective_scan(u, delta, a, b, c)
     }

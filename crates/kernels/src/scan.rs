@@ -19,7 +19,10 @@ pub(crate) const MAX_STATE_GPU: usize = 64;
 ///
 /// All f32 and contiguous. One rayon task per `(batch, channel)` keeps its state in registers.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SelectiveScan;
+pub struct SelectiveScan {
+    /// Scan from the last step to the first.
+    pub reverse: bool,
+}
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &'static str) -> Result<&'a [f32]> {
     crate::error::contiguous_f32(s, l, "selective_scan", what)
@@ -67,9 +70,22 @@ impl CustomOp3 for SelectiveScan {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let reverse = self.reverse;
         let g = crate::grad::via_composition(&[ud, a, bc], grad, |t| {
             let (b, c) = (t[2].get(0)?.transpose(1, 2)?, t[2].get(1)?.transpose(1, 2)?);
-            crate::composed::selective_scan(&t[0].get(0)?, &t[0].get(1)?, &t[1], &b, &c)
+            let (u, delta) = (t[0].get(0)?, t[0].get(1)?);
+            if !reverse {
+                return crate::composed::selective_scan(&u, &delta, &t[1], &b, &c);
+            }
+            let flip = |x: &Tensor| x.contiguous()?.flip(&[2]);
+            let y = crate::composed::selective_scan(
+                &flip(&u)?,
+                &flip(&delta)?,
+                &t[1],
+                &flip(&b)?,
+                &flip(&c)?,
+            )?;
+            flip(&y)
         })?;
         Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
     }
@@ -111,6 +127,7 @@ impl CustomOp3 for SelectiveScan {
                             cm,
                             &mut rows,
                             n,
+                            self.reverse,
                         );
                     });
             });
@@ -128,6 +145,13 @@ impl CustomOp3 for SelectiveScan {
         bcl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::Map3;
+        if self.reverse {
+            return Err(KernelError::Param {
+                op: "selective_scan",
+                msg: "the reverse scan has no CUDA kernel; selective_scan_with flips for it".into(),
+            }
+            .into());
+        }
         let (b, d, l, n) = check(udl, al, bcl)?;
         let launch = gpu::Launch::new([b, d, l, n])?;
         let y = launch.map(
@@ -159,6 +183,7 @@ crate::simd::dispatch! {
         cm: &[f32],
         out: &mut Vec<&mut [f32]>,
         n: usize,
+        reverse: bool,
     ) => scan_group_body
 }
 
@@ -167,7 +192,7 @@ crate::simd::dispatch! {
 /// back to back, `a` their `(channels, n)` rows, `bm`, `cm` the item's `(L, n)`, and `out`
 /// one `L`-long output row per channel. Each lane computes what the one-channel loop does, in
 /// the same order (the state update, then `C · state` summed over `k` in order), with
-/// [`crate::attention::exp`] for `exp(Δ A)`.
+/// [`crate::attention::exp`] for `exp(Δ A)`; with `reverse` the steps run from the last.
 #[inline(always)]
 fn scan_group_body(
     u: &[f32],
@@ -177,6 +202,7 @@ fn scan_group_body(
     cm: &[f32],
     out: &mut Vec<&mut [f32]>,
     n: usize,
+    reverse: bool,
 ) {
     use crate::attention::exp;
     let rows = out.len();
@@ -188,7 +214,8 @@ fn scan_group_body(
         }
     }
     let mut state = vec![[0f32; LANES]; n];
-    for t in 0..l {
+    for step in 0..l {
+        let t = if reverse { l - 1 - step } else { step };
         let (mut dt, mut du) = ([0f32; LANES], [0f32; LANES]);
         for lane in 0..rows {
             dt[lane] = delta[lane * l + t];

@@ -629,6 +629,54 @@ fn selective_scan_matches_the_step_recurrence() {
         let reference = composed::selective_scan(&u, &delta, &a, &bm, &cm).unwrap();
         let d_max = max_abs_diff(&fused, &reference);
         assert!(d_max < 1e-4, "{b}x{d}x{l}x{n}: max diff {d_max}");
+        // The reverse scan is the scan of the time-flipped operands, flipped back.
+        let flip = |t: &Tensor| t.contiguous().unwrap().flip(&[2]).unwrap();
+        let reversed =
+            tokenmix_kernels::selective_scan_with(&u, &delta, &a, &bm, &cm, true).unwrap();
+        let reference = flip(
+            &composed::selective_scan(&flip(&u), &flip(&delta), &a, &flip(&bm), &flip(&cm))
+                .unwrap(),
+        );
+        let d_max = max_abs_diff(&reversed, &reference);
+        assert!(d_max < 1e-4, "{b}x{d}x{l}x{n} reverse: max diff {d_max}");
+    }
+}
+
+/// The reverse scan's gradients are those of its composition (flip, scan, flip).
+#[test]
+fn reverse_selective_scan_has_the_gradients_of_its_composition() {
+    use candle_core::Var;
+    let (b, d, l, n) = (2, 11, 6, 4);
+    let u = Var::from_tensor(&randn(&[b, d, l])).unwrap();
+    let delta = Var::from_tensor(&(randn(&[b, d, l]).exp().unwrap() * 0.5).unwrap()).unwrap();
+    let a = Var::from_tensor(&randn(&[d, n]).abs().unwrap().neg().unwrap()).unwrap();
+    let bm = Var::from_tensor(&randn(&[b, n, l])).unwrap();
+    let cm = Var::from_tensor(&randn(&[b, n, l])).unwrap();
+    let weights = randn(&[b, d, l]);
+    let grads = |y: Tensor| {
+        (y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let fused =
+        grads(tokenmix_kernels::selective_scan_with(&u, &delta, &a, &bm, &cm, true).unwrap());
+    let flip = |t: &Tensor| t.contiguous().unwrap().flip(&[2]).unwrap();
+    let composed = grads(flip(
+        &composed::selective_scan(&flip(&u), &flip(&delta), &a, &flip(&bm), &flip(&cm)).unwrap(),
+    ));
+    for (name, v) in [
+        ("u", &u),
+        ("delta", &delta),
+        ("a", &a),
+        ("b", &bm),
+        ("c", &cm),
+    ] {
+        let (g1, g2) = (fused.get(v).unwrap(), composed.get(v).unwrap());
+        let diff = max_abs_diff(g1, g2);
+        assert!(diff < 1e-4, "{name}: max diff {diff}");
     }
 }
 

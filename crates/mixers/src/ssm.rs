@@ -30,6 +30,8 @@ struct Direction {
     d: Tensor,
     dt_rank: usize,
     d_state: usize,
+    /// Whether this direction reads the sequence from its end (Vim's backward branch).
+    reverse: bool,
 }
 
 impl Direction {
@@ -62,14 +64,21 @@ impl Direction {
             d: vb.get(inner, &format!("D{suffix}"))?,
             dt_rank,
             d_state,
+            reverse: !suffix.is_empty(),
         })
     }
 
-    /// Causal depthwise conv along `L` of `(B, D, L)` (left padding `k - 1`), plus bias.
+    /// Causal depthwise conv along `L` of `(B, D, L)` (left padding `k - 1`), plus bias; in
+    /// reverse, causal in the reversed order (right padding, taps from the end): the conv of
+    /// the flipped sequence, flipped back.
     fn causal_conv(&self, x: &Tensor) -> Result<Tensor> {
         let (_, inner, l) = x.dims3()?;
         let k = self.conv_weight.dim(2)?;
-        let padded = x.pad_with_zeros(2, k - 1, 0)?;
+        let padded = if self.reverse {
+            x.pad_with_zeros(2, 0, k - 1)?
+        } else {
+            x.pad_with_zeros(2, k - 1, 0)?
+        };
         let mut y = self
             .conv_bias
             .reshape((inner, 1))?
@@ -77,13 +86,15 @@ impl Direction {
             .contiguous()?;
         for j in 0..k {
             let w = self.conv_weight.narrow(2, j, 1)?.reshape((inner, 1))?;
-            y = (y + padded.narrow(2, j, l)?.broadcast_mul(&w)?)?;
+            let tap = if self.reverse { k - 1 - j } else { j };
+            y = (y + padded.narrow(2, tap, l)?.broadcast_mul(&w)?)?;
         }
         Ok(y)
     }
 
     /// The SSM branch on `(B, D, L)`: conv, SiLU, input-dependent `dt`, `B`, `C`, selective scan,
-    /// `D` skip.
+    /// `D` skip (all in reversed time for the backward direction, without flipping the
+    /// sequence: every other step is per position).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, inner, _) = x.dims3()?;
         let x = self.causal_conv(x)?.silu()?;
@@ -100,7 +111,8 @@ impl Direction {
             .transpose(1, 2)?;
         let delta = softplus(&delta.contiguous()?)?;
         let a = self.a_log.exp()?.neg()?;
-        let y = tokenmix_kernels::selective_scan(&x.contiguous()?, &delta, &a, &b, &c)?;
+        let y =
+            tokenmix_kernels::selective_scan_with(&x.contiguous()?, &delta, &a, &b, &c, self.reverse)?;
         y + x.broadcast_mul(&self.d.reshape((inner, 1))?)?
     }
 }
@@ -145,13 +157,6 @@ impl Mamba {
     }
 }
 
-/// Reverses `(B, D, L)` along `L`.
-fn flip_last(x: &Tensor) -> Result<Tensor> {
-    let l = x.dim(2)?;
-    let idx = Tensor::arange(0u32, l as u32, x.device())?.flip(&[0])?;
-    x.index_select(&idx, 2)
-}
-
 impl TokenMixer for Mamba {
     fn name(&self) -> &'static str {
         "mamba"
@@ -168,7 +173,7 @@ impl TokenMixer for Mamba {
         let z = xz.narrow(1, self.inner, self.inner)?;
         let mut y = self.forward_dir.forward(&xs)?;
         if let Some(back) = &self.backward_dir {
-            y = (y + flip_last(&back.forward(&flip_last(&xs)?)?)?)?;
+            y = (y + back.forward(&xs)?)?;
         }
         let mut y = (y * z.silu()?)?;
         if self.divide_out {
