@@ -123,8 +123,7 @@ impl CustomOp3 for SelectiveScan {
                             &u[span.clone()],
                             &delta[span],
                             &a[d0 * n..(d0 + count) * n],
-                            bm,
-                            cm,
+                            (bm, cm),
                             &mut rows,
                             n,
                             self.reverse,
@@ -179,8 +178,7 @@ crate::simd::dispatch! {
         u: &[f32],
         delta: &[f32],
         a: &[f32],
-        bm: &[f32],
-        cm: &[f32],
+        bc: (&[f32], &[f32]),
         out: &mut Vec<&mut [f32]>,
         n: usize,
         reverse: bool,
@@ -189,7 +187,7 @@ crate::simd::dispatch! {
 
 /// The recurrence of up to [`LANES`] channels of one batch item at once, one channel per lane
 /// (their `B` and `C` rows are shared): `u`, `delta` hold the channels' rows of length `L`
-/// back to back, `a` their `(channels, n)` rows, `bm`, `cm` the item's `(L, n)`, and `out`
+/// back to back, `a` their `(channels, n)` rows, `bc` the item's `B` and `C` `(L, n)`, and `out`
 /// one `L`-long output row per channel. Each lane computes what the one-channel loop does, in
 /// the same order (the state update, then `C · state` summed over `k` in order), with
 /// [`crate::attention::exp`] for `exp(Δ A)`; with `reverse` the steps run from the last.
@@ -198,8 +196,7 @@ fn scan_group_body(
     u: &[f32],
     delta: &[f32],
     a: &[f32],
-    bm: &[f32],
-    cm: &[f32],
+    (bm, cm): (&[f32], &[f32]),
     out: &mut Vec<&mut [f32]>,
     n: usize,
     reverse: bool,
