@@ -180,7 +180,34 @@ fn wordpiece_ids_are_the_reference_tokenizers() {
     let vocab = std::fs::read_to_string(src.join("vocab.txt")).unwrap();
     std::fs::write(bad.path().join("vocab.txt"), format!("extra\n{vocab}")).unwrap();
     let msg = TextTokenizer::from_dir(bad.path()).unwrap_err().to_string();
-    assert!(msg.contains("[PAD]") && msg.contains("101"), "{msg}");
+    assert!(msg.contains("[PAD]") && msg.contains("words.txt"), "{msg}");
+    // Saving a word vocabulary over a directory holding a WordPiece tokenizer replaces it.
+    let over = tempfile::tempdir().unwrap();
+    TextTokenizer::from_dir(&src)
+        .unwrap()
+        .save(over.path(), Some(&src))
+        .unwrap();
+    assert!(over.path().join("tokenizer.json").is_file());
+    let words = TextTokenizer::Words(tokenmix::train::text::WordVocab::from_words(vec![
+        "cat".into()
+    ]));
+    words.save(over.path(), None).unwrap();
+    assert!(!over.path().join("tokenizer.json").exists());
+    assert!(!over.path().join("vocab.txt").exists());
+    let back = TextTokenizer::from_dir(over.path()).unwrap();
+    assert!(matches!(back, TextTokenizer::Words(_)));
+    // Saving into the source directory itself keeps its files.
+    TextTokenizer::from_dir(over.path()).unwrap();
+    let tok = TextTokenizer::from_dir(&src).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    tok.save(copy.path(), Some(&src)).unwrap();
+    tok.save(copy.path(), Some(copy.path())).unwrap();
+    assert!(
+        std::fs::metadata(copy.path().join("tokenizer.json"))
+            .unwrap()
+            .len()
+            > 0
+    );
 }
 
 /// `text train --init-from` on the hub layout of a pre-trained PoNet (the reference-written

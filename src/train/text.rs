@@ -158,9 +158,19 @@ impl TextTokenizer {
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
         let words = dir.join(WORDS_FILE);
-        let tok = if json.is_file() {
+        let mut tok = if json.is_file() {
             tokenizers::Tokenizer::from_file(&json).map_err(|e| tokenizer_error(&json, e))?
         } else if vocab.is_file() {
+            let text = std::fs::read_to_string(&vocab)
+                .with_context(|| format!("cannot read {}", vocab.display()))?;
+            if text.lines().next() != Some("[PAD]") {
+                bail!(
+                    "{} does not start with [PAD], so it is not a BERT vocabulary; a word \
+                     list written by an older `tokenmix text train` is read as {WORDS_FILE} \
+                     (rename it)",
+                    vocab.display()
+                );
+            }
             bert_wordpiece(&vocab, &dir.join("tokenizer_config.json"))?
         } else if words.is_file() {
             let text = std::fs::read_to_string(&words)
@@ -174,6 +184,13 @@ impl TextTokenizer {
                 dir.display()
             );
         };
+        // Samples are cut and padded by the caller, never by settings stored in the file.
+        tok.with_truncation(None)
+            .map_err(|e| tokenizer_error(&json, e))?;
+        tok.with_padding(None);
+        if tok.token_to_id("[UNK]").is_none() {
+            bail!("the tokenizer of {} has no [UNK] token", dir.display());
+        }
         for (token, id) in [("[PAD]", PAD_ID), ("[CLS]", CLS_ID), ("[SEP]", SEP_ID)] {
             let found = tok.token_to_id(token);
             if found != Some(id) {
@@ -206,6 +223,10 @@ impl TextTokenizer {
         let mut ids = vec![CLS_ID];
         let mut budget = max_len.saturating_sub(1 + fields.len());
         for field in fields {
+            if budget == 0 {
+                ids.push(SEP_ID);
+                continue;
+            }
             let enc = tok.encode(*field, false).map_err(|e| TrainError::Context {
                 context: "cannot tokenize a text".into(),
                 source: e,
@@ -221,7 +242,29 @@ impl TextTokenizer {
 
     /// Writes the tokenizer into the model directory `dir`: [`WORDS_FILE`] for a word
     /// vocabulary; a WordPiece tokenizer's files in `source` ([`TOKENIZER_FILES`]) are copied.
+    /// Tokenizer files of the other kind left in `dir` by an earlier run are removed, so that
+    /// [`from_dir`](Self::from_dir) reads back this tokenizer.
     pub fn save(&self, dir: &Path, source: Option<&Path>) -> Result<()> {
+        let same_dir = source.is_some_and(|src| {
+            matches!(
+                (src.canonicalize(), dir.canonicalize()),
+                (Ok(a), Ok(b)) if a == b
+            )
+        });
+        if same_dir {
+            return Ok(());
+        }
+        let stale: Vec<&str> = match self {
+            Self::Words(_) => TOKENIZER_FILES.to_vec(),
+            Self::WordPiece(_) => std::iter::once(WORDS_FILE).chain(TOKENIZER_FILES).collect(),
+        };
+        for name in stale {
+            let path = dir.join(name);
+            if path.is_file() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
         match (self, source) {
             (Self::Words(v), _) => {
                 let path = dir.join(WORDS_FILE);

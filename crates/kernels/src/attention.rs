@@ -211,7 +211,7 @@ fn softmax_row_body(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `e^x` to about 2 ulp for `x` in `[-87, 88]` (0 below, clamped above): Cephes' `expf`,
+/// `e^x` to about 2 ulp for `x` in `[-87, 88]` (clamped to that range outside it): Cephes' `expf`,
 /// `2^n · p(r)` with `n = round(x / ln 2)` and a degree-7 polynomial `p` on `|r| <= ln 2 / 2`,
 /// branch-free so that loops over it vectorize.
 #[inline(always)]
@@ -225,7 +225,7 @@ pub(crate) fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    // 2^n from the bits of n + 127 (an integer in [1, 255]): adding 2^23 puts it in the low
+    // 2^n from the bits of n + 127 (an integer in [1, 254]): adding 2^23 puts it in the low
     // mantissa bits. Unlike `n as i32`, this has no saturating branch, so loops vectorize.
     let biased = (n + 127.0 + 8_388_608.0).to_bits() & 0xff;
     y * f32::from_bits(biased << 23)

@@ -17,7 +17,8 @@ pub(crate) const MAX_STATE_GPU: usize = 64;
 /// * `bc`: `(2, B, L, N)`, the input-dependent `B` then `C`;
 /// * `y`: `(B, D, L)`.
 ///
-/// All f32 and contiguous. One rayon task per `(batch, channel)` keeps its state in registers.
+/// All f32 and contiguous. One rayon task per batch item and group of [`LANES`] channels, which
+/// keeps their states in vector registers, one channel per lane.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SelectiveScan {
     /// Scan from the last step to the first.
@@ -166,9 +167,6 @@ impl CustomOp3 for SelectiveScan {
     }
 }
 
-/// `(rows, elements)` of the GPU scan of `(B, D, L, N)`: `B * D` rows (one thread each) and
-/// `B * D * L` outputs, computed in `usize`; refused where a size the kernel computes in 32-bit
-/// ints (each dimension, the rows `B * D`, the state offsets `D * N`) would not fit.
 /// Channels scanned together, one per vector lane.
 const LANES: usize = 8;
 
@@ -236,6 +234,9 @@ fn scan_group_body(
     }
 }
 
+/// `(rows, elements)` of the GPU scan of `(B, D, L, N)`: `B * D` rows (one thread each) and
+/// `B * D * L` outputs, computed in `usize`; refused where a size the kernel computes in 32-bit
+/// ints (each dimension, the rows `B * D`, the state offsets `D * N`) would not fit.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn gpu_sizes([b, d, l, n]: [usize; 4]) -> Result<(usize, usize)> {
     use crate::sizes::{int, product};

@@ -445,17 +445,17 @@ impl Pointwise {
     fn matrix(&self) -> Result<Tensor> {
         let weight = self.weight.get();
         let trainable = weight.is_variable();
-        self.matrix.get(trainable, || {
-            let m = self.make_matrix()?;
-            if !trainable && !is_spatial(self.layout) {
-                let mut view = m.t()?;
-                while view.rank() < weight.rank() {
-                    view = view.unsqueeze(view.rank())?;
-                }
-                self.weight.replace(view);
+        let m = self.matrix.get(trainable, || self.make_matrix())?;
+        // The kept matrix (not one a racing thread made and dropped) backs the view; the
+        // stored weight is contiguous only until it has been swapped.
+        if !trainable && !is_spatial(self.layout) && weight.is_contiguous() {
+            let mut view = m.t()?;
+            while view.rank() < weight.rank() {
+                view = view.unsqueeze(view.rank())?;
             }
-            Ok(m)
-        })
+            self.weight.replace(view);
+        }
+        Ok(m)
     }
 
     fn make_matrix(&self) -> Result<Tensor> {

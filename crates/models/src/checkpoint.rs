@@ -386,16 +386,19 @@ pub(crate) fn check_with<'a>(
 /// A checkpoint's bytes: a safetensors file memory-mapped, or a `torch.save` archive converted
 /// to safetensors in memory. Loading from a mapping copies each tensor once, into the tensor it
 /// becomes, and hands the file's pages back as it goes ([`CheckpointBytes::release`]), so that
-/// the file's size is not added to the model's at any point. The file must not be changed
+/// the whole file is never read into memory beside the model (a `torch.save` archive is: it is
+/// converted in memory first). The file must not be changed
 /// while it is being loaded (as for any memory-mapped file).
-pub(crate) enum CheckpointBytes {
+pub(crate) enum CheckpointBytes<'a> {
     /// A memory-mapped file.
     Mapped(memmap2::Mmap),
     /// Bytes in memory.
     Owned(Vec<u8>),
+    /// The caller's bytes.
+    Borrowed(&'a [u8]),
 }
 
-impl CheckpointBytes {
+impl<'a> CheckpointBytes<'a> {
     /// The checkpoint at `path`: mapped, or converted when it is a `torch.save` archive (told
     /// apart by its first bytes).
     pub(crate) fn open(path: &Path) -> Result<Self> {
@@ -425,11 +428,20 @@ impl CheckpointBytes {
         Ok(Self::Owned(bytes))
     }
 
+    /// The caller's bytes, not copied (a `torch.save` archive is converted).
+    pub(crate) fn from_slice(bytes: &'a [u8], path: &Path) -> Result<Self> {
+        if is_pth(bytes) {
+            return Ok(Self::Owned(pth_as_safetensors(bytes, path, None)?));
+        }
+        Ok(Self::Borrowed(bytes))
+    }
+
     /// The safetensors bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Self::Mapped(m) => m,
             Self::Owned(v) => v,
+            Self::Borrowed(b) => b,
         }
     }
 
@@ -559,13 +571,13 @@ pub fn load_safetensors_bytes(
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
     let expected = checked_tensors(cfg, model_name)?;
-    let st = CheckpointBytes::from_vec(bytes.to_vec(), path)?;
+    let st = CheckpointBytes::from_slice(bytes, path)?;
     load_expected(&st, path, &expected, cfg, model_name, device)
 }
 
 /// Loads the `expected` tensors of `cfg` from safetensors `bytes` and builds the model.
 fn load_expected(
-    bytes: &CheckpointBytes,
+    bytes: &CheckpointBytes<'_>,
     path: &Path,
     expected: &[TensorSpec],
     cfg: &ArchConfig,
@@ -595,7 +607,7 @@ fn load_expected(
 /// their stored shape. Each tensor is copied once, and a mapped file's pages are released
 /// after the checks and after each copy.
 pub(crate) fn load_checked(
-    bytes: &CheckpointBytes,
+    bytes: &CheckpointBytes<'_>,
     path: &Path,
     expected: &[TensorSpec],
     rules: &Rules,

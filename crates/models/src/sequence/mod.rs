@@ -307,7 +307,7 @@ pub fn load_sequence_bytes(
     path: &Path,
     device: &Device,
 ) -> Result<Box<dyn SequenceModel>> {
-    let bytes = CheckpointBytes::from_vec(bytes.to_vec(), path)?;
+    let bytes = CheckpointBytes::from_slice(bytes, path)?;
     load_expected(cfg, &sequence_tensors(cfg)?, &bytes, path, device)
 }
 
@@ -315,7 +315,7 @@ pub fn load_sequence_bytes(
 fn load_expected(
     cfg: &SequenceConfig,
     expected: &[TensorSpec],
-    bytes: &CheckpointBytes,
+    bytes: &CheckpointBytes<'_>,
     path: &Path,
     device: &Device,
 ) -> Result<Box<dyn SequenceModel>> {

@@ -207,7 +207,7 @@ impl PoNetConfig {
             Some(arch) => PoNetHead::from_architecture(arch)?,
             None => PoNetHead::SequenceClassification,
         };
-        if !bool_or(map, "tie_word_embeddings", true)? {
+        if head == PoNetHead::PreTraining && !bool_or(map, "tie_word_embeddings", true)? {
             return Err(
                 "tie_word_embeddings false (an MLM decoder of its own) is not \
                         implemented; PoNet's checkpoints tie it to the word embedding"
