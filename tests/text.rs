@@ -17,33 +17,63 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `rows` lines `label<TAB>subject<TAB>body`: class 1 when the body holds one of the keywords
-/// (deterministic draws).
-fn write_split(path: &Path, rows: usize, seed: u64) {
-    const FILLER: [&str; 12] = [
-        "meeting", "report", "team", "today", "lunch", "project", "update", "notes", "call",
-        "schedule", "draft", "review",
-    ];
-    const KEYWORDS: [&str; 3] = ["prize", "winner", "cash"];
-    let mut state = seed;
-    let mut next = |n: usize| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % n
-    };
-    let mut out = String::new();
-    for _ in 0..rows {
-        let label = next(2);
-        let mut body: Vec<&str> = (0..8).map(|_| FILLER[next(FILLER.len())]).collect();
-        if label == 1 {
-            let at = next(body.len());
-            body[at] = KEYWORDS[next(KEYWORDS.len())];
+/// A synthetic two-class task: bodies of `body_len` filler words, class 1 when one of them is a
+/// keyword; the subject is `subject`, or a filler word when `None`; `end` closes the body.
+struct KeywordTask<'a> {
+    filler: &'a [&'a str],
+    keywords: &'a [&'a str],
+    body_len: usize,
+    subject: Option<&'a str>,
+    end: &'a str,
+}
+
+impl KeywordTask<'_> {
+    /// `rows` lines `label<TAB>subject<TAB>body` (deterministic draws from `seed`).
+    fn write(&self, path: &Path, rows: usize, seed: u64) {
+        let mut state = seed;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % n
+        };
+        let mut out = String::new();
+        for _ in 0..rows {
+            let label = next(2);
+            let mut body: Vec<&str> = (0..self.body_len)
+                .map(|_| self.filler[next(self.filler.len())])
+                .collect();
+            if label == 1 {
+                let at = next(body.len());
+                body[at] = self.keywords[next(self.keywords.len())];
+            }
+            let subject = match self.subject {
+                Some(s) => s,
+                None => self.filler[next(self.filler.len())],
+            };
+            out.push_str(&format!(
+                "{label}\t{subject}\t{}{}\n",
+                body.join(" "),
+                self.end
+            ));
         }
-        let subject = FILLER[next(FILLER.len())];
-        out.push_str(&format!("{label}\t{subject}\t{}\n", body.join(" ")));
+        std::fs::write(path, out).unwrap();
     }
-    std::fs::write(path, out).unwrap();
+}
+
+/// Office words, with "prize", "winner", "cash" marking class 1.
+fn write_split(path: &Path, rows: usize, seed: u64) {
+    KeywordTask {
+        filler: &[
+            "meeting", "report", "team", "today", "lunch", "project", "update", "notes", "call",
+            "schedule", "draft", "review",
+        ],
+        keywords: &["prize", "winner", "cash"],
+        body_len: 8,
+        subject: None,
+        end: "",
+    }
+    .write(path, rows, seed);
 }
 
 #[test]
@@ -218,30 +248,16 @@ fn a_pretrained_ponet_is_fine_tuned_from_its_hub_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let write = |name: &str, rows: usize, seed: u64| {
-        const FILLER: [&str; 10] = [
+    let task = KeywordTask {
+        filler: &[
             "the", "cat", "sat", "on", "mat", "dog", "is", "cute", "meeting", "noon",
-        ];
-        const KEYWORDS: [&str; 3] = ["free", "money", "offer"];
-        let mut state = seed;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as usize) % n
-        };
-        let mut out = String::new();
-        for _ in 0..rows {
-            let label = next(2);
-            let mut body: Vec<&str> = (0..6).map(|_| FILLER[next(FILLER.len())]).collect();
-            if label == 1 {
-                let at = next(body.len());
-                body[at] = KEYWORDS[next(KEYWORDS.len())];
-            }
-            out.push_str(&format!("{label}\tHello!\t{}.\n", body.join(" ")));
-        }
-        std::fs::write(data.join(name), out).unwrap();
+        ],
+        keywords: &["free", "money", "offer"],
+        body_len: 6,
+        subject: Some("Hello!"),
+        end: ".",
     };
+    let write = |name: &str, rows: usize, seed: u64| task.write(&data.join(name), rows, seed);
     write("train.tsv", 300, 11);
     write("val.tsv", 60, 12);
     write("test.tsv", 60, 13);
