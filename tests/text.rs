@@ -17,6 +17,28 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The test accuracy (percent) `text train` reported.
+fn test_accuracy(report: &str) -> f64 {
+    report
+        .split("test accuracy ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in {report}"))
+}
+
+/// `text predict FILE --labelled --model-dir DIR`.
+fn predict_labelled(file: &Path, dir: &Path) -> Output {
+    tokenmix(&[
+        "text",
+        "predict",
+        file.to_str().unwrap(),
+        "--labelled",
+        "--model-dir",
+        dir.to_str().unwrap(),
+    ])
+}
+
 /// A synthetic two-class task: bodies of `body_len` filler words, class 1 when one of them is a
 /// keyword; the subject is `subject`, or a filler word when `None`; `end` closes the body.
 struct KeywordTask<'a> {
@@ -108,25 +130,13 @@ fn a_ponet_classifier_trained_from_tsv_files_beats_the_majority_class() {
     ]);
     let report = text(&o.stdout);
     assert!(o.status.success(), "{report}\n{}", text(&o.stderr));
-    let accuracy: f64 = report
-        .split("test accuracy ")
-        .nth(1)
-        .and_then(|r| r.split('%').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no accuracy in {report}"));
+    let accuracy = test_accuracy(&report);
     assert!(accuracy >= 90.0, "{report}");
     for file in ["config.json", "model.safetensors", "words.txt"] {
         assert!(out.join(file).is_file(), "{file}");
     }
 
-    let o = tokenmix(&[
-        "text",
-        "predict",
-        data.join("test.tsv").to_str().unwrap(),
-        "--labelled",
-        "--model-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = predict_labelled(&data.join("test.tsv"), &out);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().count(), 80);
     let again = text(&o.stderr);
@@ -284,12 +294,7 @@ fn a_pretrained_ponet_is_fine_tuned_from_its_hub_directory() {
     let log = text(&o.stderr);
     assert!(o.status.success(), "{report}\n{log}");
     assert!(log.contains("48 positions"), "{log}");
-    let accuracy: f64 = report
-        .split("test accuracy ")
-        .nth(1)
-        .and_then(|r| r.split('%').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no accuracy in {report}"));
+    let accuracy = test_accuracy(&report);
     assert!(accuracy >= 90.0, "{report}\n{log}");
     for file in [
         "config.json",
@@ -305,14 +310,7 @@ fn a_pretrained_ponet_is_fine_tuned_from_its_hub_directory() {
         config.contains("PoNetForSequenceClassification"),
         "{config}"
     );
-    let o = tokenmix(&[
-        "text",
-        "predict",
-        data.join("test.tsv").to_str().unwrap(),
-        "--labelled",
-        "--model-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = predict_labelled(&data.join("test.tsv"), &out);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains(&format!("accuracy {accuracy:.2}%")),
@@ -320,14 +318,7 @@ fn a_pretrained_ponet_is_fine_tuned_from_its_hub_directory() {
         text(&o.stderr)
     );
     // The pre-trained directory itself is no classifier.
-    let o = tokenmix(&[
-        "text",
-        "predict",
-        data.join("test.tsv").to_str().unwrap(),
-        "--labelled",
-        "--model-dir",
-        src.to_str().unwrap(),
-    ]);
+    let o = predict_labelled(&data.join("test.tsv"), &src);
     let msg = text(&o.stderr);
     assert!(
         !o.status.success() && msg.contains("PoNetForPreTraining") && msg.contains("--init-from"),
