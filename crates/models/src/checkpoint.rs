@@ -223,14 +223,8 @@ pub fn read_checked(
     model_name: &str,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if is_pth(&bytes) {
-        bytes = pth_as_safetensors(&bytes, path, None)?;
-    }
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+    let bytes = CheckpointBytes::open(path)?;
+    let st = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
@@ -414,26 +408,23 @@ impl<'a> CheckpointBytes<'a> {
             Ok(map) => map,
             Err(_) => return Self::from_vec(std::fs::read(path).map_err(io)?, path),
         };
-        if is_pth(&map) {
-            return Ok(Self::Owned(pth_as_safetensors(&map, path, None)?));
-        }
-        Ok(Self::Mapped(map))
+        Ok(match converted(&map, path)? {
+            Some(st) => Self::Owned(st),
+            None => Self::Mapped(map),
+        })
     }
 
     /// Bytes read into memory (a `torch.save` archive is converted).
     pub(crate) fn from_vec(bytes: Vec<u8>, path: &Path) -> Result<Self> {
-        if is_pth(&bytes) {
-            return Ok(Self::Owned(pth_as_safetensors(&bytes, path, None)?));
-        }
-        Ok(Self::Owned(bytes))
+        Ok(Self::Owned(converted(&bytes, path)?.unwrap_or(bytes)))
     }
 
     /// The caller's bytes, not copied (a `torch.save` archive is converted).
     pub(crate) fn from_slice(bytes: &'a [u8], path: &Path) -> Result<Self> {
-        if is_pth(bytes) {
-            return Ok(Self::Owned(pth_as_safetensors(bytes, path, None)?));
-        }
-        Ok(Self::Borrowed(bytes))
+        Ok(match converted(bytes, path)? {
+            Some(st) => Self::Owned(st),
+            None => Self::Borrowed(bytes),
+        })
     }
 
     /// The safetensors bytes.
@@ -477,6 +468,14 @@ impl<'a> CheckpointBytes<'a> {
         #[cfg(not(unix))]
         let _ = part;
     }
+}
+
+/// The safetensors bytes of a `torch.save` archive (its top-level state dict), or `None` when
+/// `bytes` are not one.
+fn converted(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
+    is_pth(bytes)
+        .then(|| pth_as_safetensors(bytes, path, None))
+        .transpose()
 }
 
 /// Loads a model of architecture `cfg` (called `model_name` in messages) from the checkpoint at

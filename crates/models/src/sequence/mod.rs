@@ -319,14 +319,27 @@ fn load_expected(
     path: &Path,
     device: &Device,
 ) -> Result<Box<dyn SequenceModel>> {
+    let ignore = |name: &str| cfg.ignored_tensor(name);
+    let tensors = stored_tensors(bytes, path, expected, &ignore, cfg.architecture(), device)?;
+    Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+}
+
+/// The `expected` tensors of checkpoint `bytes` under their stored names (sequence models
+/// rename nothing and resize nothing), with the checks of [`checkpoint::load_checked`].
+fn stored_tensors(
+    bytes: &CheckpointBytes<'_>,
+    path: &Path,
+    expected: &[TensorSpec],
+    ignore: &dyn Fn(&str) -> bool,
+    model_name: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let rules = Rules {
         rename: &|names| names.iter().map(|n| n.to_string()).collect(),
         can_resize: &|_, _, _| false,
-        ignore: &|name| cfg.ignored_tensor(name),
+        ignore,
     };
-    let model_name = cfg.architecture();
-    let tensors = checkpoint::load_checked(bytes, path, expected, &rules, model_name, device)?;
-    Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+    checkpoint::load_checked(bytes, path, expected, &rules, model_name, device)
 }
 
 /// A loaded sequence model and its configuration.
@@ -440,12 +453,7 @@ pub fn load_sequence_tensors(
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     let bytes = CheckpointBytes::open(path)?;
-    let rules = Rules {
-        rename: &|names| names.iter().map(|n| n.to_string()).collect(),
-        can_resize: &|_, _, _| false,
-        ignore,
-    };
-    checkpoint::load_checked(&bytes, path, expected, &rules, model_name, device)
+    stored_tensors(&bytes, path, expected, ignore, model_name, device)
 }
 
 /// Loads the model in `dir` onto `device`: `config.json` as the reference writes it (its
