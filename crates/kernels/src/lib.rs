@@ -523,9 +523,9 @@ pub fn selective_scan_with(
     let state_fits = u.device().is_cpu() || a.dim(1)? <= scan::MAX_STATE_GPU;
     let fused = use_fused(u) && same_dtype(u, &[delta, a, b, c]) && state_fits;
     if reverse && !(fused && u.device().is_cpu()) {
-        let flip = |t: &Tensor| t.contiguous()?.flip(&[2]);
-        let y = selective_scan_with(&flip(u)?, &flip(delta)?, a, &flip(b)?, &flip(c)?, false)?;
-        return flip(&y);
+        return scan::through_time_flip([u, delta, b, c], |[u, delta, b, c]| {
+            selective_scan_with(u, delta, a, b, c, false)
+        });
     }
     if fused {
         let ud = Tensor::stack(&[u, delta], 0)?;

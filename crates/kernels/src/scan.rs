@@ -75,18 +75,14 @@ impl CustomOp3 for SelectiveScan {
         let g = crate::grad::via_composition(&[ud, a, bc], grad, |t| {
             let (b, c) = (t[2].get(0)?.transpose(1, 2)?, t[2].get(1)?.transpose(1, 2)?);
             let (u, delta) = (t[0].get(0)?, t[0].get(1)?);
-            if !reverse {
-                return crate::composed::selective_scan(&u, &delta, &t[1], &b, &c);
+            let scan = |[u, delta, b, c]: [&Tensor; 4]| {
+                crate::composed::selective_scan(u, delta, &t[1], b, c)
+            };
+            if reverse {
+                through_time_flip([&u, &delta, &b, &c], scan)
+            } else {
+                scan([&u, &delta, &b, &c])
             }
-            let flip = |x: &Tensor| x.contiguous()?.flip(&[2]);
-            let y = crate::composed::selective_scan(
-                &flip(&u)?,
-                &flip(&delta)?,
-                &t[1],
-                &flip(&b)?,
-                &flip(&c)?,
-            )?;
-            flip(&y)
         })?;
         Ok((Some(g[0].clone()), Some(g[1].clone()), Some(g[2].clone())))
     }
@@ -165,6 +161,17 @@ impl CustomOp3 for SelectiveScan {
         )?;
         Ok((crate::cuda::wrap(y, uds), Shape::from((b, d, l))))
     }
+}
+
+/// The reverse scan as the forward `scan` of `u`, `delta`, `b`, `c` (`(B, ·, L)`) flipped in
+/// time, its output flipped back.
+pub(crate) fn through_time_flip(
+    operands: [&Tensor; 4],
+    scan: impl FnOnce([&Tensor; 4]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let flip = |t: &Tensor| t.contiguous()?.flip(&[2]);
+    let [u, delta, b, c] = operands.map(flip);
+    flip(&scan([&u?, &delta?, &b?, &c?])?)
 }
 
 /// Channels scanned together, one per vector lane.
