@@ -139,14 +139,8 @@ fn initial_model(
         let clf =
             TextClassifier::from_pretrained(dir, num_labels, Some(a.max_len), a.seed, device)?;
         let cfg = clf.model.config();
-        if tok.vocab_size() > cfg.vocab_size {
-            bail!(
-                "the tokenizer of {} gives {} ids but the model has {}",
-                dir.display(),
-                tok.vocab_size(),
-                cfg.vocab_size
-            );
-        }
+        tok.check_fits(cfg)
+            .with_context(|| format!("the tokenizer of {}", dir.display()))?;
         eprintln!(
             "encoder from {} ({} layers, width {}, {} positions); pre-training heads not used, \
              a new {num_labels}-class classifier",
@@ -249,13 +243,7 @@ fn predict(a: &PredictArgs, device: &Device) -> Result<()> {
         );
     }
     let tok = TextTokenizer::from_dir(&a.model_dir)?;
-    if tok.vocab_size() > cfg.vocab_size {
-        bail!(
-            "the tokenizer gives {} ids but the model has {}",
-            tok.vocab_size(),
-            cfg.vocab_size
-        );
-    }
+    tok.check_fits(cfg)?;
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("cannot read {}", a.file.display()))?;
     let (mut right, mut total) = (0usize, 0usize);

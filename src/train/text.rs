@@ -106,18 +106,38 @@ impl WordVocab {
     /// `[CLS] f1 [SEP] f2 [SEP] ...` of the `fields`' words, at most `max_len` ids: each
     /// field keeps what is left of the budget after the ones before it.
     pub fn encode(&self, fields: &[&str], max_len: usize) -> Vec<u32> {
-        let mut ids = vec![CLS_ID];
-        let mut budget = max_len.saturating_sub(1 + fields.len());
-        for field in fields {
-            for w in words(field).take(budget) {
-                ids.push(self.index.get(&w).copied().unwrap_or(UNK_ID));
-                budget -= 1;
-            }
-            ids.push(SEP_ID);
-        }
-        ids.truncate(max_len.max(1));
-        ids
+        let ids = frame_fields(fields, max_len, |field, budget| {
+            Ok::<_, std::convert::Infallible>(
+                words(field)
+                    .take(budget)
+                    .map(|w| self.index.get(&w).copied().unwrap_or(UNK_ID))
+                    .collect(),
+            )
+        });
+        ids.unwrap_or_else(|never| match never {})
     }
+}
+
+/// `[CLS] f1 [SEP] f2 [SEP] ...` of at most `max_len` ids, field `f_i` the first ids of
+/// `ids_of(field, budget)` within what is left of the budget after the fields before it.
+fn frame_fields<E>(
+    fields: &[&str],
+    max_len: usize,
+    mut ids_of: impl FnMut(&str, usize) -> Result<Vec<u32>, E>,
+) -> Result<Vec<u32>, E> {
+    let mut ids = vec![CLS_ID];
+    let mut budget = max_len.saturating_sub(1 + fields.len());
+    for field in fields {
+        if budget > 0 {
+            let mut field_ids = ids_of(field, budget)?;
+            field_ids.truncate(budget);
+            budget -= field_ids.len();
+            ids.extend(field_ids);
+        }
+        ids.push(SEP_ID);
+    }
+    ids.truncate(max_len.max(1));
+    Ok(ids)
 }
 
 /// The files a model directory's tokenizer may consist of, copied with a fine-tuned model.
@@ -161,9 +181,16 @@ impl TextTokenizer {
         let mut tok = if json.is_file() {
             tokenizers::Tokenizer::from_file(&json).map_err(|e| tokenizer_error(&json, e))?
         } else if vocab.is_file() {
-            let text = std::fs::read_to_string(&vocab)
-                .with_context(|| format!("cannot read {}", vocab.display()))?;
-            if text.lines().next() != Some("[PAD]") {
+            let mut first = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(
+                    std::fs::File::open(&vocab)
+                        .with_context(|| format!("cannot read {}", vocab.display()))?,
+                ),
+                &mut first,
+            )
+            .with_context(|| format!("cannot read {}", vocab.display()))?;
+            if first.trim_end() != "[PAD]" {
                 bail!(
                     "{} does not start with [PAD], so it is not a BERT vocabulary; a word \
                      list written by an older `tokenmix text train` is read as {WORDS_FILE} \
@@ -186,7 +213,7 @@ impl TextTokenizer {
         };
         // Samples are cut and padded by the caller, never by settings stored in the file.
         tok.with_truncation(None)
-            .map_err(|e| tokenizer_error(&json, e))?;
+            .map_err(|e| tokenizer_error(dir, e))?;
         tok.with_padding(None);
         if tok.token_to_id("[UNK]").is_none() {
             bail!("the tokenizer of {} has no [UNK] token", dir.display());
@@ -220,24 +247,25 @@ impl TextTokenizer {
             Self::Words(v) => return Ok(v.encode(fields, max_len)),
             Self::WordPiece(t) => t,
         };
-        let mut ids = vec![CLS_ID];
-        let mut budget = max_len.saturating_sub(1 + fields.len());
-        for field in fields {
-            if budget == 0 {
-                ids.push(SEP_ID);
-                continue;
-            }
-            let enc = tok.encode(*field, false).map_err(|e| TrainError::Context {
+        frame_fields(fields, max_len, |field, _| {
+            let enc = tok.encode(field, false).map_err(|e| TrainError::Context {
                 context: "cannot tokenize a text".into(),
                 source: e,
             })?;
-            let take = enc.get_ids().len().min(budget);
-            ids.extend_from_slice(&enc.get_ids()[..take]);
-            budget -= take;
-            ids.push(SEP_ID);
+            Ok(enc.get_ids().to_vec())
+        })
+    }
+
+    /// Fails unless every id this tokenizer gives is a row of `cfg`'s word embedding.
+    pub fn check_fits(&self, cfg: &PoNetConfig) -> Result<()> {
+        if self.vocab_size() > cfg.vocab_size {
+            bail!(
+                "the tokenizer gives {} ids but the model has {} (vocab_size)",
+                self.vocab_size(),
+                cfg.vocab_size
+            );
         }
-        ids.truncate(max_len.max(1));
-        Ok(ids)
+        Ok(())
     }
 
     /// Writes the tokenizer into the model directory `dir`: [`WORDS_FILE`] for a word
