@@ -88,7 +88,7 @@ fn keep_freed_buffers() {}
 pub mod prelude {
     pub use tokenmix_mixers::{MixerConfig, MixerLayout, TokenMixer};
     pub use tokenmix_models::{
-        list_models, load_model_dir, load_weights, model_entry, ArchConfig, ImageModel,
-        LoadedModel, PretrainedCfg,
+        list_models, load_model_dir, load_model_dir_as, load_weights, load_weights_as, model_entry,
+        ArchConfig, ImageModel, LoadedModel, PretrainedCfg,
     };
 }

@@ -115,6 +115,42 @@ fn same_dtype(x: &Tensor, others: &[&Tensor]) -> bool {
     others.iter().all(|t| t.dtype() == x.dtype())
 }
 
+/// The dtype of `x` when it is a bf16 or f16 CPU tensor: the CPU kernels (and candle's CPU
+/// convolutions) compute in f32, so each op runs on f32 copies of such operands and returns
+/// its result in this dtype.
+fn half_on_cpu(x: &Tensor) -> Option<DType> {
+    (x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F16)).then(|| x.dtype())
+}
+
+/// `t` in f32.
+fn widened(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// `t`, if any, in f32.
+fn widened_opt(t: Option<&Tensor>) -> Result<Option<Tensor>> {
+    t.map(widened).transpose()
+}
+
+/// A dense 2-D convolution `(B, Cin, H, W) -> (B, Cout, Ho, Wo)`, candle's `conv2d` with its
+/// arguments; bf16 and f16 CPU tensors are convolved in f32 (candle's CPU convolution has no
+/// bf16 product) and the result returned in their dtype.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    match half_on_cpu(x) {
+        Some(half) => widened(x)?
+            .conv2d(&widened(weight)?, padding, stride, dilation, groups)?
+            .to_dtype(half),
+        None => x.conv2d(weight, padding, stride, dilation, groups),
+    }
+}
+
 /// Depthwise 2-D convolution of `x` `(B, C, H, W)` with `weight` `(C, 1, k, k)` and optional
 /// `bias` `(C)`: output `(B, C, Ho, Wo)` with `Ho = (H + 2 * padding - k) / stride + 1`.
 pub fn depthwise_conv2d(
@@ -124,6 +160,16 @@ pub fn depthwise_conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return depthwise_conv2d(
+            &widened(x)?,
+            &widened(weight)?,
+            widened_opt(bias)?.as_ref(),
+            stride,
+            padding,
+        )?
+        .to_dtype(half);
+    }
     let fused = use_fused(x) && same_dtype(x, &[weight]);
     if let (true, true, Some(b)) = (fused, x.device().is_cpu(), bias) {
         if b.dtype() == x.dtype() {
@@ -156,6 +202,16 @@ pub fn depthwise_conv2d_nhwc(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return depthwise_conv2d_nhwc(
+            &widened(x)?,
+            &widened(weight)?,
+            widened_opt(bias)?.as_ref(),
+            stride,
+            padding,
+        )?
+        .to_dtype(half);
+    }
     if x.device().is_cpu() && use_fused(x) && same_dtype(x, &[weight]) {
         let op = DepthwiseConv2dNhwc::new(stride, padding)?;
         let bias = match bias {
@@ -198,6 +254,15 @@ pub fn conv2d_nhwc(
     bias: Option<&Tensor>,
     window: Window,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return conv2d_nhwc(
+            &widened(x)?,
+            &widened(matrix)?,
+            widened_opt(bias)?.as_ref(),
+            window,
+        )?
+        .to_dtype(half);
+    }
     let (b, h, w, cin) = x.dims4()?;
     let k = window.kernel;
     let cout = composed::check_conv_nhwc(x, matrix, bias, k)?;
@@ -250,6 +315,15 @@ pub fn conv_transpose2d_nhwc(
     bias: Option<&Tensor>,
     window: Window,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return conv_transpose2d_nhwc(
+            &widened(x)?,
+            &widened(matrix)?,
+            widened_opt(bias)?.as_ref(),
+            window,
+        )?
+        .to_dtype(half);
+    }
     let (b, h, w, cin) = x.dims4()?;
     let (k, s, p) = (window.kernel, window.stride, window.padding);
     let cout = composed::check_conv_transpose_nhwc(x, matrix, bias, k)?;
@@ -293,6 +367,9 @@ pub fn conv_transpose2d_nhwc(
 /// zero mode: odd sizes padded with zeros at the end). One pass on the CPU (f32) and on CUDA;
 /// the composition [`composed::haar_dwt`] elsewhere. Differentiable.
 pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return haar_dwt(&widened(x)?)?.to_dtype(half);
+    }
     x.dims4()?;
     if use_fused(x) {
         x.contiguous()?.apply_op1(HaarDwt)
@@ -304,6 +381,9 @@ pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
 /// The adjoint of [`haar_dwt`] for a `height x width` map: coefficients
 /// `(B, ceil(H/2), ceil(W/2), 4C)` to `(B, H, W, C)`; for even sizes the inverse transform.
 pub fn haar_dwt_adjoint(coeffs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(coeffs) {
+        return haar_dwt_adjoint(&widened(coeffs)?, height, width)?.to_dtype(half);
+    }
     let op = HaarDwtAdjoint { height, width };
     if use_fused(coeffs) {
         coeffs.contiguous()?.apply_op1(op)
@@ -328,6 +408,10 @@ pub fn neighborhood_logits(
     width: usize,
     window: usize,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(q) {
+        return neighborhood_logits(&widened(q)?, &widened(k)?, height, width, window)?
+            .to_dtype(half);
+    }
     let op = NeighborhoodLogits::new(height, width, window)?;
     neighborhood::logits_dims(q.dims(), k.dims(), height, width, window)?;
     if use_fused(q) && same_dtype(q, &[k]) {
@@ -352,6 +436,10 @@ pub fn neighborhood_aggregate(
     width: usize,
     window: usize,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(weights) {
+        return neighborhood_aggregate(&widened(weights)?, &widened(v)?, height, width, window)?
+            .to_dtype(half);
+    }
     let op = NeighborhoodAggregate::new(height, width, window)?;
     neighborhood::aggregate_dims(weights.dims(), v.dims(), height, width, window)?;
     if use_fused(v) && same_dtype(v, &[weights]) {
@@ -366,6 +454,9 @@ pub fn neighborhood_aggregate(
 /// as the bias and gemm adds the product to it (one op, no zero fill or bias pass);
 /// elsewhere it is candle's matmul and broadcast add. Differentiable in all three operands.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return linear(&widened(x)?, &widened(w)?, &widened(bias)?)?.to_dtype(half);
+    }
     let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
     let mut out_dims = x.dims().to_vec();
     if let Some(last) = out_dims.last_mut() {
@@ -386,6 +477,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// `conv` `(rows, k)` of `c`: output `(rows, hidden)`. One pass on the CPU in f32 (no slices
 /// or concatenation); candle ops elsewhere.
 pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(h) {
+        return gelu_gate(&widened(h)?, &widened(conv)?, hidden)?.to_dtype(half);
+    }
     let op = GeluGate::new(hidden);
     op.dims(h.shape(), conv.shape())?;
     if h.device().is_cpu() && use_fused(h) && same_dtype(h, &[conv]) {
@@ -402,6 +496,9 @@ pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
 /// ops. The weights are treated as constants: gradients reach `x` and `base` only, so a layer
 /// whose weights train must compose the MLP itself.
 pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return residual_mlp(&widened(x)?, &widened(base)?, &mlp.widened()?)?.to_dtype(half);
+    }
     let (rows, c, _, n) = mlp.operand_dims(x.dims(), base.dims())?;
     let x2 = x.reshape((rows, c))?;
     let base2 = base.reshape((rows, n))?;
@@ -421,6 +518,9 @@ pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tenso
 /// concatenated. The fused CPU kernel runs one single-threaded product pair per head, in
 /// parallel over heads; other devices and dtypes take candle's batched matmuls and softmax.
 pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(qkv) {
+        return self_attention(&widened(qkv)?, scale)?.to_dtype(half);
+    }
     attention::qkv_dims(qkv.shape())?;
     if qkv.device().is_cpu() && use_fused(qkv) {
         qkv.contiguous()?.apply_op1(SelfAttention::new(scale))
@@ -432,6 +532,9 @@ pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
 /// PoolFormer's pooling mixer on `(B, C, H, W)`: the average over the `k x k` window around each
 /// position (stride 1, only in-image pixels counted), minus the input. `k` must be odd.
 pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return pool_mixer(&widened(x)?, pool_size)?.to_dtype(half);
+    }
     if use_fused(x) {
         x.contiguous()?.apply_op1(PoolMixer::new(pool_size)?)
     } else {
@@ -443,6 +546,9 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
 /// permuted to `(B, C, H, W)`, permuted back. The fused CPU kernel reads the channel-last
 /// layout directly; elsewhere the input is permuted around [`pool_mixer`].
 pub fn pool_mixer_nhwc(x: &Tensor, pool_size: usize) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return pool_mixer_nhwc(&widened(x)?, pool_size)?.to_dtype(half);
+    }
     if x.device().is_cpu() && use_fused(x) {
         x.contiguous()?.apply_op1(PoolMixerNhwc::new(pool_size)?)
     } else {
@@ -463,6 +569,17 @@ pub fn channel_norm(
     eps: f64,
     channel_axis: usize,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return channel_norm(
+            &widened(x)?,
+            &widened(weight)?,
+            widened_opt(bias)?.as_ref(),
+            axes,
+            eps,
+            channel_axis,
+        )?
+        .to_dtype(half);
+    }
     let fusable = use_fused(x)
         && same_dtype(x, &[weight])
         && bias.is_none_or(|b| b.dtype() == x.dtype())
@@ -484,6 +601,9 @@ pub fn channel_norm(
 /// `(H, W/2 + 1, C, 2)`: `irfft2(rfft2(x, norm="ortho") * weight, s=(H, W), norm="ortho")`
 /// over `(H, W)`, computed in f32.
 pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return spectral_filter(&widened(x)?, &widened(weight)?)?.to_dtype(half);
+    }
     if use_fused(x) && same_dtype(x, &[weight]) && spectral::fits_device(x, true, None) {
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, SpectralFilter)
@@ -520,6 +640,17 @@ pub fn selective_scan_with(
     c: &Tensor,
     reverse: bool,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(u) {
+        return selective_scan_with(
+            &widened(u)?,
+            &widened(delta)?,
+            &widened(a)?,
+            &widened(b)?,
+            &widened(c)?,
+            reverse,
+        )?
+        .to_dtype(half);
+    }
     let state_fits = u.device().is_cpu() || a.dim(1)? <= scan::MAX_STATE_GPU;
     let fused = use_fused(u) && same_dtype(u, &[delta, a, b, c]) && state_fits;
     if reverse && !(fused && u.device().is_cpu()) {
@@ -573,6 +704,17 @@ pub fn ssd_scan_with(
     reverse: bool,
     path: SsdPath,
 ) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return ssd_scan_with(
+            &widened(x)?,
+            &widened(log_decay)?,
+            &widened(b)?,
+            &widened(c)?,
+            reverse,
+            path,
+        )?
+        .to_dtype(half);
+    }
     let d = ssd::dims(x.dims(), log_decay.dims(), b.dims(), c.dims())?;
     if d.is_empty() {
         return Tensor::zeros((d.b, d.l, d.h, d.p), x.dtype(), x.device());
@@ -590,6 +732,10 @@ pub fn ssd_scan_with(
 /// `rfft2(x, norm="ortho")` over the last two axes of `x` `(..., H, W)`: real and imaginary
 /// parts, each `(..., H, W/2 + 1)`, in f32.
 pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(half) = half_on_cpu(x) {
+        let (re, im) = rfft2_ortho(&widened(x)?)?;
+        return Ok((re.to_dtype(half)?, im.to_dtype(half)?));
+    }
     if use_fused(x) && x.dtype() == DType::F32 && spectral::fits_device(x, false, None) {
         let spec = x.contiguous()?.apply_op1(Rfft2)?;
         Ok((spec.get(0)?, spec.get(1)?))
@@ -601,6 +747,9 @@ pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// `irfft2(re + i im, s=(H, width), norm="ortho")` over the last two axes: the inverse of
 /// [`rfft2_ortho`] for a real signal of width `width`.
 pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(re) {
+        return irfft2_ortho(&widened(re)?, &widened(im)?, width)?.to_dtype(half);
+    }
     let f32s = re.dtype() == DType::F32 && im.dtype() == DType::F32;
     if use_fused(re) && f32s && spectral::fits_device(re, false, Some(width)) {
         Tensor::stack(&[re, im], 0)?.apply_op1(Irfft2 { width })
@@ -611,6 +760,9 @@ pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
 
 /// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt(2)))`, as PyTorch's `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return gelu(&widened(x)?)?.to_dtype(half);
+    }
     if use_fused(x) {
         x.contiguous()?.apply_op1(Gelu)
     } else {
@@ -622,6 +774,9 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `gelu(x + bias)` in one pass on the CPU (a linear layer's bias add folded into its
 /// activation); other devices and dtypes take the composition.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return bias_gelu(&widened(x)?, &widened(bias)?, channel_axis)?.to_dtype(half);
+    }
     let c = x.dim(channel_axis)?;
     if bias.dims() != [c] {
         return Err(KernelError::Shape {
@@ -647,6 +802,9 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tenso
 
 /// StarReLU, `scale * relu(x)^2 + bias`, with learned scalars `scale` and `bias` (`[1]`).
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return star_relu(&widened(x)?, &widened(scale)?, &widened(bias)?)?.to_dtype(half);
+    }
     if use_fused(x) && same_dtype(x, &[scale, bias]) {
         x.contiguous()?.apply_op3(scale, bias, StarRelu)
     } else {
@@ -657,6 +815,9 @@ pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// SquaredReLU, `relu(x)^2`, in one pass: the [`StarRelu`] kernel with scale 1 and bias 0
 /// (gradient `2 relu(x) · grad`).
 pub fn squared_relu(x: &Tensor) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return squared_relu(&widened(x)?)?.to_dtype(half);
+    }
     if use_fused(x) {
         let one = Tensor::ones(1, x.dtype(), x.device())?;
         x.contiguous()?
@@ -670,6 +831,10 @@ pub fn squared_relu(x: &Tensor) -> Result<Tensor> {
 /// `weights` `(2, C, k, k)`, biases `(2, C)`) of the map rolled by `shifts[c]` along the width
 /// plus that of the map rolled along the height (`torch.roll` semantics, zero padding `k/2`).
 pub fn mix_shift(x: &Tensor, weights: &Tensor, biases: &Tensor, shifts: &[i32]) -> Result<Tensor> {
+    if let Some(half) = half_on_cpu(x) {
+        return mix_shift(&widened(x)?, &widened(weights)?, &widened(biases)?, shifts)?
+            .to_dtype(half);
+    }
     if use_fused(x) && same_dtype(x, &[weights, biases]) {
         let op = MixShiftOp {
             shifts: shifts.to_vec(),

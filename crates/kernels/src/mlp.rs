@@ -149,6 +149,19 @@ impl MlpWeights {
         Ok(y)
     }
 
+    /// The weights in f32 (the CPU kernel's dtype).
+    pub(crate) fn widened(&self) -> Result<Self> {
+        let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+        let c = |t: &Option<Tensor>| t.as_ref().map(f).transpose();
+        Ok(Self {
+            fc1: f(&self.fc1)?,
+            fc1_bias: c(&self.fc1_bias)?,
+            act: self.act,
+            fc2: f(&self.fc2)?,
+            fc2_bias: c(&self.fc2_bias)?,
+        })
+    }
+
     /// The weights with contiguous matrices and biases.
     pub(crate) fn contiguous(&self) -> Result<Self> {
         let c = |t: &Option<Tensor>| t.as_ref().map(|t| t.contiguous()).transpose();

@@ -24,9 +24,11 @@ use crate::{config_error, MixerLayout, MixerSpec, TokenMixer};
 
 /// `x / max(|x|_2, 1e-12)` over the last axis (torch's `F.normalize`).
 fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    // Clamped before the square root, so an all-zero row has a zero (not NaN) gradient.
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
-    x.broadcast_div(&norm)
+    crate::layers::in_f32(x, |x| {
+        // Clamped before the square root, so an all-zero row has a zero (not NaN) gradient.
+        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
+        x.broadcast_div(&norm)
+    })
 }
 
 

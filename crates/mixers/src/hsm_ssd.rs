@@ -70,9 +70,9 @@ impl HsmSsd {
         let dt = part(2)?.broadcast_add(&self.a)?.transpose(1, 2)?.contiguous()?;
         // candle-nn's fused softmax passes no gradient; trainable mixers take the composed one.
         let weights = if self.a.is_variable() {
-            candle_nn::ops::softmax(&dt, candle_core::D::Minus1)?
+            crate::layers::in_f32(&dt, |dt| candle_nn::ops::softmax(dt, candle_core::D::Minus1))?
         } else {
-            candle_nn::ops::softmax_last_dim(&dt)?
+            crate::layers::softmax_last_dim(&dt)?
         };
         let ab = (weights * part(0)?.transpose(1, 2)?)?;
         let state = ab.matmul(&x.reshape((b, l, c))?)?;

@@ -148,7 +148,9 @@ impl TokenMixer for Hydra {
         let diag = self.fc_d.forward(&x)?.broadcast_add(&self.d)?;
         let y = ((y_f + y_b)? + heads.broadcast_mul(&diag.unsqueeze(3)?)?)?
             .reshape((b, l, inner))?;
-        let rstd = (y.sqr()?.mean_keepdim(D::Minus1)? + 1e-5)?.sqrt()?.recip()?;
+        let rstd = crate::layers::in_f32(&y, |y| {
+            (y.sqr()?.mean_keepdim(D::Minus1)? + 1e-5)?.sqrt()?.recip()
+        })?;
         let y = y
             .broadcast_mul(&rstd)?
             .broadcast_mul(&self.norm_weight)?

@@ -104,11 +104,10 @@ impl LowMixer {
         let pooled = p > 1 && h >= p && w >= p;
         let (gh, gw) = if pooled { (h / p, w / p) } else { (h, w) };
         let grid = if pooled {
-            x.narrow(1, 0, gh * p)?
-                .narrow(2, 0, gw * p)?
-                .reshape((b, gh, p, gw, p, c))?
-                .mean(4)?
-                .mean(2)?
+            let cropped = x.narrow(1, 0, gh * p)?.narrow(2, 0, gw * p)?;
+            crate::layers::in_f32(&cropped, |x| {
+                x.reshape((b, gh, p, gw, p, c))?.mean(4)?.mean(2)
+            })?
         } else {
             x.clone()
         };

@@ -5,7 +5,7 @@
 //! `Spatial` tensors are `(B, C, H, W)`; `Tokens` `(B, N, C)` and `ChannelsLast` `(B, H, W, C)`
 //! tensors have their channels last, and `Any` counts as `ChannelsLast`.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -869,7 +869,7 @@ pub fn position_mean(x: &Tensor) -> Result<Tensor> {
 
 /// Mean over the spatial axes of `(B, C, H, W)`, giving `(B, C)`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
-    x.mean(D::Minus1)?.mean(D::Minus1)
+    in_f32(x, |x| x.mean(D::Minus1)?.mean(D::Minus1))
 }
 
 /// Stochastic depth on a residual branch `(B, ...)`: in training, each sample's branch is zeroed
@@ -991,9 +991,11 @@ impl BatchNorm {
     /// The per-channel `(scale, shift)` `(C)` this norm multiplies by and adds:
     /// `weight / sqrt(running_var + eps)` and `bias - running_mean * scale`.
     pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
-        let scale = (&self.weight / (&self.running_var + self.eps)?.sqrt()?)?;
-        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
-        Ok((scale, shift))
+        let dtype = self.weight.dtype();
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let scale = (f32(&self.weight)? / (f32(&self.running_var)? + self.eps)?.sqrt()?)?;
+        let shift = (f32(&self.bias)? - (f32(&self.running_mean)? * &scale)?)?;
+        Ok((scale.to_dtype(dtype)?, shift.to_dtype(dtype)?))
     }
 
     /// The norm of a channel-last tensor `(..., C)`.
@@ -1211,10 +1213,22 @@ pub fn softplus(x: &Tensor) -> Result<Tensor> {
 /// Softmax over the last axis: candle-nn's fused one where no gradient flows into `x` (it
 /// passes none), the differentiable composition otherwise.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        tokenmix_kernels::composed::softmax_last_dim(x)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
+    in_f32(x, |x| {
+        if x.track_op() {
+            tokenmix_kernels::composed::softmax_last_dim(x)
+        } else {
+            candle_nn::ops::softmax_last_dim(x)
+        }
+    })
+}
+
+/// `f(x)`, computed on `x` in f32 when `x` is bf16 or f16 and returned in `x`'s dtype: how a
+/// half-precision model's norms, softmaxes and reductions accumulate in f32 (candle's reductions
+/// accumulate in the tensor's own dtype). Differentiable (the casts are).
+pub fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        _ => f(x),
     }
 }
 

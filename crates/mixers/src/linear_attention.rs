@@ -119,7 +119,8 @@ impl TokenMixer for LinearAttention {
         let k = elu_plus_one(&split_heads(&k, self.heads)?)?;
         let inv_n = 1.0 / n as f64;
         // (B, h, N, 1): each query against the mean key.
-        let z = (q.matmul(&k.mean_keepdim(D::Minus2)?.transpose(2, 3)?)? + 1e-4)?;
+        let mean_key = crate::layers::in_f32(&k, |k| k.mean_keepdim(D::Minus2))?;
+        let z = (q.matmul(&mean_key.transpose(2, 3)?)? + 1e-4)?;
         // (B, h, d, d): sum over tokens of k^T v, divided by N.
         let kv = (k.transpose(2, 3)?.matmul(&v)? * inv_n)?;
         let out = q.matmul(&kv)?.broadcast_div(&z)?;

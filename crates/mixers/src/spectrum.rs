@@ -93,12 +93,12 @@ impl TokenMixer for DynamicSpectrum {
             ));
         }
         let k = self.cfg.num_filters;
-        let pooled = x.mean(2)?.mean(1)?;
+        let pooled = crate::layers::in_f32(x, |x| x.mean(2)?.mean(1))?;
         let r = self
             .reweight_fc2
             .forward(&self.reweight_fc1.forward(&pooled)?.relu()?)?
             .reshape((b, k, 1, self.mid))?;
-        let r = candle_nn::ops::softmax(&r, 1)?;
+        let r = crate::layers::in_f32(&r, |r| candle_nn::ops::softmax(r, 1))?;
         let banks = self.banks.reshape((k, h * w, self.mid))?;
         let weights = r
             .broadcast_mul(&banks.unsqueeze(0)?)?

@@ -80,8 +80,10 @@ impl Module for TsNorm {
 
 /// Softmax over axis 1 of `(B, N, C)`, differentiable.
 fn softmax_tokens(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(1)?)?.exp()?;
-    shifted.broadcast_div(&shifted.sum_keepdim(1)?)
+    crate::layers::in_f32(x, |x| {
+        let shifted = x.broadcast_sub(&x.max_keepdim(1)?)?.exp()?;
+        shifted.broadcast_div(&shifted.sum_keepdim(1)?)
+    })
 }
 
 /// The reference's `PatchTSMixerAttention` over the tokens of `(B, N, C)`: `q, k, v, out`

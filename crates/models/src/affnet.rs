@@ -96,12 +96,12 @@ impl Module for BlockNorm {
         match self {
             Self::Group(n) => n.forward(x),
             Self::Pixel { weight, bias } => {
-                let centred = x.broadcast_sub(&x.mean_keepdim(1)?)?;
-                let std = centred.sqr()?.mean_keepdim(1)?.sqrt()?;
-                centred
-                    .broadcast_div(&(std + Self::EPS)?)?
-                    .broadcast_mul(weight)?
-                    .broadcast_add(bias)
+                let normed = tokenmix_mixers::layers::in_f32(x, |x| {
+                    let centred = x.broadcast_sub(&x.mean_keepdim(1)?)?;
+                    let std = centred.sqr()?.mean_keepdim(1)?.sqrt()?;
+                    centred.broadcast_div(&(std + Self::EPS)?)
+                })?;
+                normed.broadcast_mul(weight)?.broadcast_add(bias)
             }
         }
     }
@@ -427,7 +427,7 @@ impl Module for ConvBn {
         let y = if self.groups > 1 {
             tokenmix_kernels::depthwise_conv2d(x, &self.weight, None, self.stride, k / 2)?
         } else {
-            x.conv2d(&self.weight, k / 2, self.stride, 1, 1)?
+            tokenmix_kernels::conv2d(x, &self.weight, k / 2, self.stride, 1, 1)?
         };
         let (scale, shift) = self.folded()?;
         let y = y.broadcast_mul(&scale)?.broadcast_add(&shift)?;

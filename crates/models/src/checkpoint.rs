@@ -488,10 +488,53 @@ pub fn load_safetensors(
     model_name: &str,
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
+    Ok(load_file_as(path, cfg, model_name, device, DType::F32)?.0)
+}
+
+/// [`load_safetensors`] computing in `dtype` (f32, bf16 or f16, see [`check_dtype`]): every
+/// weight is converted once at load from its stored dtype (kept as it is where it is stored in
+/// `dtype`). Also returns how many tensors the checkpoint stored in each dtype.
+pub fn load_file_as(
+    path: &Path,
+    cfg: &ArchConfig,
+    model_name: &str,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Box<dyn ImageModel>, StoredDTypes)> {
+    check_dtype(dtype, device)?;
     // The tensor list is checked (and absurd configs refused) before the file is read.
     let expected = checked_tensors(cfg, model_name)?;
     let bytes = CheckpointBytes::open(path)?;
-    load_expected(&bytes, path, &expected, cfg, model_name, device)
+    load_expected(&bytes, path, &expected, cfg, model_name, device, dtype)
+}
+
+/// How many of a checkpoint's tensors were stored in each dtype, in the order first met.
+pub type StoredDTypes = Vec<(DType, usize)>;
+
+/// Refuses a compute dtype tokenmix does not run models in: f32, bf16 and f16 run on the CPU
+/// and on CUDA devices; anything else is an [`Error::Config`] naming the dtype and the device.
+pub fn check_dtype(dtype: DType, device: &Device) -> Result<()> {
+    let device_ok = matches!(device, Device::Cpu | Device::Cuda(_));
+    if matches!(dtype, DType::F32 | DType::BF16 | DType::F16) && device_ok {
+        return Ok(());
+    }
+    Err(Error::config(
+        "dtype",
+        format!(
+            "models run in f32, bf16 or f16 on the CPU or a CUDA device, not in {} on {}",
+            dtype.as_str(),
+            device_name(device)
+        ),
+    ))
+}
+
+/// A device as messages name it.
+fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "the CPU",
+        Device::Cuda(_) => "a CUDA device",
+        Device::Metal(_) => "a Metal device",
+    }
 }
 
 /// Whether `bytes` start as a zip archive (`torch.save`'s format) does.
@@ -524,7 +567,7 @@ pub fn load_pth(
     })?;
     let st = CheckpointBytes::Owned(pth_as_safetensors(&bytes, path, key)?);
     drop(bytes);
-    load_expected(&st, path, &expected, cfg, model_name, device)
+    Ok(load_expected(&st, path, &expected, cfg, model_name, device, DType::F32)?.0)
 }
 
 /// The safetensors file of exactly the tensors `cfg` needs, taken from the PyTorch checkpoint
@@ -569,12 +612,26 @@ pub fn load_safetensors_bytes(
     model_name: &str,
     device: &Device,
 ) -> Result<Box<dyn ImageModel>> {
-    let expected = checked_tensors(cfg, model_name)?;
-    let st = CheckpointBytes::from_slice(bytes, path)?;
-    load_expected(&st, path, &expected, cfg, model_name, device)
+    Ok(load_bytes_as(bytes, path, cfg, model_name, device, DType::F32)?.0)
 }
 
-/// Loads the `expected` tensors of `cfg` from safetensors `bytes` and builds the model.
+/// [`load_safetensors_bytes`] computing in `dtype`, as [`load_file_as`].
+pub fn load_bytes_as(
+    bytes: &[u8],
+    path: &Path,
+    cfg: &ArchConfig,
+    model_name: &str,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Box<dyn ImageModel>, StoredDTypes)> {
+    check_dtype(dtype, device)?;
+    let expected = checked_tensors(cfg, model_name)?;
+    let st = CheckpointBytes::from_slice(bytes, path)?;
+    load_expected(&st, path, &expected, cfg, model_name, device, dtype)
+}
+
+/// Loads the `expected` tensors of `cfg` from safetensors `bytes` as `dtype` and builds the
+/// model; also returns the checkpoint's stored dtypes.
 fn load_expected(
     bytes: &CheckpointBytes<'_>,
     path: &Path,
@@ -582,25 +639,36 @@ fn load_expected(
     cfg: &ArchConfig,
     model_name: &str,
     device: &Device,
-) -> Result<Box<dyn ImageModel>> {
+    dtype: DType,
+) -> Result<(Box<dyn ImageModel>, StoredDTypes)> {
     let rules = Rules {
         rename: &|names| cfg.checkpoint_names(names),
         can_resize: &|name, found, expected| cfg.can_resize(name, found, expected),
         ignore: &|_| false,
     };
-    let mut tensors = load_checked(bytes, path, expected, &rules, model_name, device)?;
+    let checked = load_checked(bytes, path, expected, &rules, model_name, device, dtype)?;
+    let mut tensors = checked.tensors;
     for (name, shape) in expected {
         if let Some(t) = tensors.get_mut(name) {
             if t.dims() != shape.as_slice() {
-                *t = cfg.resize_tensor(name, t, shape)?;
+                // Resizing (position embeddings, filters) interpolates in f32.
+                let resized = cfg.resize_tensor(name, &t.to_dtype(DType::F32)?, shape)?;
+                *t = resized.to_dtype(dtype)?;
             }
         }
     }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    Ok(cfg.build(vb)?)
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    Ok((cfg.build(vb)?, checked.stored))
 }
 
-/// The `expected` tensors from safetensors `bytes` (named `path` in errors) as f32 on `device`,
+/// What [`load_checked`] read: the tensors under the model's names, and how many the
+/// checkpoint stored in each dtype.
+pub(crate) struct Checked {
+    pub(crate) tensors: HashMap<String, Tensor>,
+    pub(crate) stored: StoredDTypes,
+}
+
+/// The `expected` tensors from safetensors `bytes` (named `path` in errors) as `dtype` on `device`,
 /// under the model's names, after every check of [`check_with`] (all problems named in one
 /// [`Error::WeightMismatch`] about `model_name`); tensors [`Rules::can_resize`] accepted keep
 /// their stored shape. Each tensor is copied once, and a mapped file's pages are released
@@ -612,7 +680,8 @@ pub(crate) fn load_checked(
     rules: &Rules,
     model_name: &str,
     device: &Device,
-) -> Result<HashMap<String, Tensor>> {
+    dtype: DType,
+) -> Result<Checked> {
     let st = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| Error::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -624,17 +693,26 @@ pub(crate) fn load_checked(
     })?;
     bytes.release(bytes.as_slice());
     let mut tensors = HashMap::with_capacity(expected.len());
+    let mut counts: StoredDTypes = Vec::new();
     for (name, _) in expected {
         let stored_name = stored.get(name).copied().unwrap_or(name);
         let view = st.tensor(stored_name).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        let t = candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?;
+        let t = candle_core::safetensors::Load::load(&view, device)?;
+        match counts.iter_mut().find(|(d, _)| *d == t.dtype()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((t.dtype(), 1)),
+        }
+        let t = t.to_dtype(dtype)?;
         bytes.release(view.data());
         tensors.insert(name.clone(), t);
     }
-    Ok(tensors)
+    Ok(Checked {
+        tensors,
+        stored: counts,
+    })
 }
 
 /// Random weights for the tensors `specs` (normal, std 0.02; norm weights and scales near
@@ -657,8 +735,22 @@ pub(crate) fn random_tensors(
 /// Builds `cfg` with random weights (normal, std 0.02; norm weights and scales near one), for
 /// benchmarks and tests.
 pub fn random_model(cfg: &ArchConfig, device: &Device) -> Result<Box<dyn ImageModel>> {
-    let tensors = random_tensors(checked_tensors(cfg, "random model")?, device)?;
-    Ok(cfg.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+    random_model_as(cfg, device, DType::F32)
+}
+
+/// [`random_model`] computing in `dtype` (f32, bf16 or f16; the weights drawn in f32, then
+/// converted).
+pub fn random_model_as(
+    cfg: &ArchConfig,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn ImageModel>> {
+    check_dtype(dtype, device)?;
+    let mut tensors = random_tensors(checked_tensors(cfg, "random model")?, device)?;
+    for t in tensors.values_mut() {
+        *t = t.to_dtype(dtype)?;
+    }
+    Ok(cfg.build(VarBuilder::from_tensors(tensors, dtype, device))?)
 }
 
 #[cfg(test)]
@@ -687,7 +779,17 @@ mod tests {
             ignore: &|_| false,
         };
         let expected = vec![("w".to_string(), vec![250, 400])];
-        let loaded = load_checked(&bytes, &path, &expected, &rules, "m", &Device::Cpu).unwrap();
+        let loaded = load_checked(
+            &bytes,
+            &path,
+            &expected,
+            &rules,
+            "m",
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap()
+        .tensors;
         let back: Vec<f32> = loaded["w"].flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(back, values);
     }

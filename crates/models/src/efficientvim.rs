@@ -393,7 +393,8 @@ impl Heads {
 
     /// `sum_i softmax(weights)_i * fc_i(pooled_i)`.
     fn forward(&self, pooled: &[Tensor]) -> Result<Tensor> {
-        let weights = candle_nn::ops::softmax(&self.weights, D::Minus1)?;
+        let weights =
+            tokenmix_mixers::layers::in_f32(&self.weights, |w| candle_nn::ops::softmax(w, D::Minus1))?;
         let mut z: Option<Tensor> = None;
         for (i, (fc, p)) in self.fcs.iter().zip(pooled).enumerate() {
             let term = fc.forward(p)?.broadcast_mul(&weights.get(i)?)?;

@@ -49,7 +49,8 @@ pub use gfnet::{Gfnet, GfnetConfig};
 #[cfg(feature = "hub")]
 pub use hub::{load_from_hub, HubSource};
 pub use loader::{
-    convert_to_dir, load_from_bytes, load_model_dir, load_weights, Converted, LoadedModel,
+    convert_to_dir, load_from_bytes, load_from_bytes_as, load_model_dir, load_model_dir_as,
+    load_weights, load_weights_as, Converted, LoadedModel,
 };
 pub use mamba_mixer::{MambaMixer, MambaMixerConfig};
 pub use mambaout::{MambaOut, MambaOutConfig};

@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{load_safetensors, load_safetensors_bytes};
+use crate::checkpoint::{load_bytes_as, load_file_as, StoredDTypes};
 use crate::registry::model_entry;
 use crate::{
     check_input, ArchConfig, Error, FeatureFormat, ImageModel, Indices, PretrainedCfg, Result,
@@ -31,23 +31,38 @@ pub struct LoadedModel {
     pub label_names: Option<Vec<String>>,
     /// The model.
     pub model: Box<dyn ImageModel>,
+    /// The dtype the model computes in (its weights' dtype): f32, bf16 or f16.
+    pub dtype: DType,
+    /// How many of the checkpoint's tensors were stored in each dtype (empty for a model not
+    /// read from a checkpoint); those stored in another dtype than [`LoadedModel::dtype`] were
+    /// converted once at load.
+    pub stored_dtypes: StoredDTypes,
 }
 
 impl LoadedModel {
-    /// Logits `(B, num_classes)` for an input batch `(B, in_chans, H, W)`, after checking its
-    /// shape.
+    /// Logits `(B, num_classes)` in f32 for an input batch `(B, in_chans, H, W)` of any float
+    /// dtype, after checking its shape; the input is converted to the model's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         check_input(self.model.as_ref(), x)?;
-        Ok(self.model.forward(x)?)
+        Ok(self.model.forward(&self.input(x)?)?.to_dtype(DType::F32)?)
     }
 
-    /// Every stage's feature map for an input batch, after checking its shape.
+    /// Every stage's feature map (f32) for an input batch, after checking its shape.
     pub fn forward_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         check_input(self.model.as_ref(), x)?;
-        Ok(self.model.forward_features(x)?)
+        let maps = self.model.forward_features(&self.input(x)?)?;
+        Ok(maps
+            .iter()
+            .map(|m| m.to_dtype(DType::F32))
+            .collect::<candle_core::Result<_>>()?)
     }
 
-    /// The feature maps `indices` chooses, in the layout `format`, after checking the input's
+    /// `x` in the model's dtype.
+    fn input(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.to_dtype(self.dtype)?)
+    }
+
+    /// The feature maps (f32) `indices` chooses, in the layout `format`, after checking the input's
     /// shape (see [`ImageModel::forward_intermediates`]; the maps are described by
     /// [`ImageModel::feature_info`]).
     pub fn forward_intermediates(
@@ -58,7 +73,13 @@ impl LoadedModel {
         format: FeatureFormat,
     ) -> Result<Vec<Tensor>> {
         check_input(self.model.as_ref(), x)?;
-        Ok(self.model.forward_intermediates(x, indices, norm, format)?)
+        let maps = self
+            .model
+            .forward_intermediates(&self.input(x)?, indices, norm, format)?;
+        Ok(maps
+            .iter()
+            .map(|m| m.to_dtype(DType::F32))
+            .collect::<candle_core::Result<_>>()?)
     }
 
     /// Human-readable name of class `index`: `label_names` from the config, else the
@@ -146,7 +167,8 @@ fn loaded(
     hub: HubConfig,
     entry: &crate::ModelEntry,
     config: ArchConfig,
-    model: Box<dyn ImageModel>,
+    (model, stored_dtypes): (Box<dyn ImageModel>, StoredDTypes),
+    dtype: DType,
 ) -> LoadedModel {
     LoadedModel {
         name: entry.name.to_string(),
@@ -154,20 +176,33 @@ fn loaded(
         config,
         label_names: hub.label_names,
         model,
+        dtype,
+        stored_dtypes,
     }
 }
 
 /// [`load_model_dir`] on the contents of `config.json` and `model.safetensors` held in memory.
 pub fn load_from_bytes(config_json: &str, weights: &[u8], device: &Device) -> Result<LoadedModel> {
+    load_from_bytes_as(config_json, weights, device, DType::F32)
+}
+
+/// [`load_from_bytes`] computing in `dtype` (f32, bf16 or f16), as [`load_model_dir_as`].
+pub fn load_from_bytes_as(
+    config_json: &str,
+    weights: &[u8],
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedModel> {
     let (hub, entry, config) = resolve_config(config_json, Path::new("config.json"))?;
-    let model = load_safetensors_bytes(
+    let model = load_bytes_as(
         weights,
         Path::new("model.safetensors"),
         &config,
         entry.name,
         device,
+        dtype,
     )?;
-    Ok(loaded(hub, entry, config, model))
+    Ok(loaded(hub, entry, config, model, dtype))
 }
 
 /// Loads the model in `dir` (`config.json` + `model.safetensors`, or `pytorch_model.bin`) onto
@@ -178,6 +213,15 @@ pub fn load_from_bytes(config_json: &str, weights: &[u8], device: &Device) -> Re
 /// classifier width is `model_args.num_classes`, else the top-level `num_classes`, and the
 /// input channels follow `pretrained_cfg.input_size` unless `model_args.in_chans` is given.
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    load_model_dir_as(dir, device, DType::F32)
+}
+
+/// [`load_model_dir`] computing in `dtype`: f32, bf16 or f16 (anything else is refused before
+/// a file is read). Weights stored in another dtype are converted once at load (the
+/// [`LoadedModel::stored_dtypes`] say which); norms, softmax and reductions accumulate in f32,
+/// and [`LoadedModel::forward`] returns f32 logits.
+pub fn load_model_dir_as(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    crate::checkpoint::check_dtype(dtype, device)?;
     let config_path = dir.join("config.json");
     if !dir.is_dir() {
         return Err(Error::Io {
@@ -191,8 +235,8 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     })?;
     let (hub, entry, config) = resolve_config(&text, &config_path)?;
     let weights = checkpoint_in(dir)?;
-    let model = load_safetensors(&weights, &config, entry.name, device)?;
-    Ok(loaded(hub, entry, config, model))
+    let model = load_file_as(&weights, &config, entry.name, device, dtype)?;
+    Ok(loaded(hub, entry, config, model, dtype))
 }
 
 /// The checkpoint of a model directory: `model.safetensors`, else `pytorch_model.bin` (the
@@ -218,15 +262,27 @@ fn checkpoint_in(dir: &Path) -> Result<std::path::PathBuf> {
 /// Loads zoo model `name` at its default config from a bare checkpoint file (safetensors, or a
 /// PyTorch `torch.save` file).
 pub fn load_weights(name: &str, weights: &Path, device: &Device) -> Result<LoadedModel> {
+    load_weights_as(name, weights, device, DType::F32)
+}
+
+/// [`load_weights`] computing in `dtype` (f32, bf16 or f16), as [`load_model_dir_as`].
+pub fn load_weights_as(
+    name: &str,
+    weights: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedModel> {
     let entry = model_entry(name)?;
     let config = entry.config();
-    let model = load_safetensors(weights, &config, entry.name, device)?;
+    let (model, stored_dtypes) = load_file_as(weights, &config, entry.name, device, dtype)?;
     Ok(LoadedModel {
         name: entry.name.to_string(),
         pretrained_cfg: preprocessing(None, entry, &config),
         config,
         label_names: None,
         model,
+        dtype,
+        stored_dtypes,
     })
 }
 

@@ -239,7 +239,18 @@ impl PatchEmbed {
 
 impl Module for PatchEmbed {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.proj.forward(x)?;
+        let cfg = self.proj.config();
+        let mut x = tokenmix_kernels::conv2d(
+            x,
+            self.proj.weight(),
+            cfg.padding,
+            cfg.stride,
+            cfg.dilation,
+            cfg.groups,
+        )?;
+        if let Some(b) = self.proj.bias() {
+            x = x.broadcast_add(&b.reshape((b.elem_count(), 1, 1))?)?;
+        }
         match &self.norm {
             Some(n) => n.forward(&x),
             None => Ok(x),

@@ -316,7 +316,7 @@ impl Module for Embedding {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y: Option<Tensor> = None;
         for (w, &(_, pad)) in self.convs()?.iter().zip(&self.kernels) {
-            let c = x.conv2d(w, pad, self.stride, 1, 1)?;
+            let c = tokenmix_kernels::conv2d(x, w, pad, self.stride, 1, 1)?;
             y = Some(match y {
                 Some(acc) => (acc + c)?,
                 None => c,
@@ -491,7 +491,7 @@ impl ImageModel for RaftMlp {
             return tokenmix_mixers::layers::global_avg_pool(last);
         };
         let normed = head_norm.forward(&last.permute((0, 2, 3, 1))?)?;
-        let pooled = normed.mean(1)?.mean(1)?;
+        let pooled = tokenmix_mixers::layers::in_f32(&normed, |x| x.mean(1)?.mean(1))?;
         match &self.classifier {
             Some(fc) => fc.forward(&pooled),
             None => Ok(pooled),

@@ -339,7 +339,16 @@ fn stored_tensors(
         can_resize: &|_, _, _| false,
         ignore,
     };
-    checkpoint::load_checked(bytes, path, expected, &rules, model_name, device)
+    Ok(checkpoint::load_checked(
+        bytes,
+        path,
+        expected,
+        &rules,
+        model_name,
+        device,
+        DType::F32,
+    )?
+    .tensors)
 }
 
 /// A loaded sequence model and its configuration.
