@@ -16,12 +16,12 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokenmix::infer::{self, ClassMap, Prefetch, Shard};
-use tokenmix::models::checkpoint::{expected_tensors, param_count, random_model};
+use tokenmix::models::checkpoint::{expected_tensors, param_count, random_model_as};
 use tokenmix::models::sequence::{
     list_sequence_models, sequence_entry, sequence_param_count, SequenceTask,
 };
 use tokenmix::models::{
-    list_models, load_model_dir, load_weights, model_entry, LoadedModel, PretrainedCfg,
+    list_models, load_model_dir_as, load_weights_as, model_entry, LoadedModel, PretrainedCfg,
 };
 use tokenmix::train::{self, data::ImageFolder, ModelSpec, Trainer};
 
@@ -36,6 +36,9 @@ struct Cli {
     /// physical cores).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Say on stderr what loading did (the checkpoint's stored dtypes, conversions).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,18 +132,71 @@ struct ModelSource {
     /// Checkpoint in timm's layout (with --model): safetensors, or a PyTorch torch.save file.
     #[arg(long, requires = "model")]
     weights: Option<PathBuf>,
+    /// The dtype the model computes in: f32, bf16 or f16 (weights stored otherwise are
+    /// converted once at load; norms, softmaxes and reductions accumulate in f32).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
 }
 
 impl ModelSource {
     fn load(&self, device: &Device) -> Result<LoadedModel> {
-        if let Some(repo) = &self.hub {
-            return load_hub(repo, device);
+        let dtype = self.dtype;
+        let model = if let Some(repo) = &self.hub {
+            load_model_dir_as(&hub_snapshot(repo)?, device, dtype)?
+        } else {
+            match (&self.model_dir, &self.model, &self.weights) {
+                (Some(dir), _, _) => load_model_dir_as(dir, device, dtype)?,
+                (None, Some(name), Some(weights)) => load_weights_as(name, weights, device, dtype)?,
+                _ => bail!("give --model-dir DIR, --hub ORG/NAME or --model NAME --weights FILE"),
+            }
+        };
+        if verbose() {
+            eprintln!("{}", load_report(&model));
         }
-        Ok(match (&self.model_dir, &self.model, &self.weights) {
-            (Some(dir), _, _) => load_model_dir(dir, device)?,
-            (None, Some(name), Some(weights)) => load_weights(name, weights, device)?,
-            _ => bail!("give --model-dir DIR, --hub ORG/NAME or --model NAME --weights FILE"),
-        })
+        Ok(model)
+    }
+}
+
+/// What loading `model` did with its checkpoint's dtypes, for `--verbose`.
+fn load_report(model: &LoadedModel) -> String {
+    let computes = model.dtype.as_str();
+    let stored: Vec<String> = model
+        .stored_dtypes
+        .iter()
+        .map(|(d, n)| format!("{n} tensors stored in {}", d.as_str()))
+        .collect();
+    let converted: usize = model
+        .stored_dtypes
+        .iter()
+        .filter(|(d, _)| *d != model.dtype)
+        .map(|(_, n)| n)
+        .sum();
+    let conversion = if converted == 0 {
+        "none converted".to_string()
+    } else {
+        format!("{converted} converted once to {computes} at load")
+    };
+    format!(
+        "loaded {} computing in {computes}: {}; {conversion}",
+        model.name,
+        stored.join(", ")
+    )
+}
+
+/// Whether `--verbose` was given.
+fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A `--dtype` value: f32, bf16 or f16.
+fn parse_dtype(text: &str) -> std::result::Result<DType, String> {
+    match text {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(format!("models run in f32, bf16 or f16, not '{other}'")),
     }
 }
 
@@ -245,14 +301,6 @@ struct ValidateArgs {
     device: String,
 }
 
-/// Loads hub model `repo`, downloading it when the `hub` feature is on.
-fn load_hub(repo: &str, device: &Device) -> Result<LoadedModel> {
-    Ok(tokenmix::models::load_model_dir(
-        &hub_snapshot(repo)?,
-        device,
-    )?)
-}
-
 #[derive(Args)]
 struct BenchArgs {
     /// Models to benchmark (glob or substring); default: one small model per family.
@@ -279,6 +327,9 @@ struct BenchArgs {
     /// `cpu`, or `cuda` for the first GPU (builds with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The dtype the models compute in: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
 }
 
 /// The device named on the command line.
@@ -406,6 +457,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     if let Some(n) = cli.threads {
         // Still single-threaded: nothing has read the environment or started a thread yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -863,6 +915,7 @@ struct BenchResult {
     latency_ms: f64,
     images_per_s: f64,
     threads: usize,
+    dtype: String,
     peak_rss_mb: Option<f64>,
 }
 
@@ -942,7 +995,11 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
         return Ok(());
     }
     for &s in sizes {
-        println!("{}, {s}x{s} input, random weights", machine_text(threads));
+        println!(
+            "{}, {s}x{s} input, random weights, {}",
+            machine_text(threads),
+            args.dtype.as_str()
+        );
         println!(
             "{:<20} {:>9} {:>7} {:>6} {:>12} {:>12}",
             "model",
@@ -978,13 +1035,13 @@ fn bench_one(
 ) -> Result<BenchResult> {
     let mut cfg = m.config();
     cfg.set_image_size(s, s);
-    let model = random_model(&cfg, device)?;
+    let model = random_model_as(&cfg, device, args.dtype)?;
     bar.set_message(format!("{} {s}x{s} batch 1", m.name));
-    let x1 = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?;
+    let x1 = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?.to_dtype(args.dtype)?;
     let t1 = median_time(args.iters, device, || Ok(model.forward(&x1)?))?;
     bar.inc(1);
     bar.set_message(format!("{} {s}x{s} batch {}", m.name, args.batch));
-    let xb = Tensor::randn(0f32, 1.0, (args.batch, 3, s, s), device)?;
+    let xb = Tensor::randn(0f32, 1.0, (args.batch, 3, s, s), device)?.to_dtype(args.dtype)?;
     let tb = median_time(args.iters.div_ceil(2), device, || Ok(model.forward(&xb)?))?;
     bar.inc(1);
     Ok(BenchResult {
@@ -998,6 +1055,7 @@ fn bench_one(
         latency_ms: t1.as_secs_f64() * 1e3,
         images_per_s: args.batch as f64 / tb.as_secs_f64(),
         threads,
+        dtype: args.dtype.as_str().to_string(),
         peak_rss_mb: peak_rss_mb(),
     })
 }

@@ -610,6 +610,7 @@ mod tests {
             latency_ms: 20.0,
             images_per_s: ips,
             threads: 2,
+            dtype: "f32".into(),
             peak_rss_mb: None,
         }
     }

@@ -84,7 +84,7 @@ pub struct BiasGelu {
 }
 
 #[inline(always)]
-fn gelu_of(v: f32) -> f32 {
+pub(crate) fn gelu_of(v: f32) -> f32 {
     0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
 }
 

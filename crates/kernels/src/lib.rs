@@ -46,6 +46,7 @@
 
 mod activation;
 mod attention;
+mod bf16;
 pub mod composed;
 mod conv;
 #[cfg(feature = "cuda")]
@@ -73,6 +74,7 @@ use std::sync::OnceLock;
 
 pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
+pub use bf16::{has_avx512_bf16, LinearBf16};
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
 pub use error::KernelError;
@@ -120,6 +122,16 @@ fn same_dtype(x: &Tensor, others: &[&Tensor]) -> bool {
 /// its result in this dtype.
 fn half_on_cpu(x: &Tensor) -> Option<DType> {
     (x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F16)).then(|| x.dtype())
+}
+
+/// Whether `x` and `others` are bf16 CPU tensors and the CPU multiplies bf16 natively
+/// (AVX512_BF16): then products run in [`LinearBf16`] rather than widened to f32.
+fn bf16_products(x: &Tensor, others: &[&Tensor]) -> bool {
+    x.dtype() == DType::BF16
+        && x.device().is_cpu()
+        && fused_enabled()
+        && bf16::has_avx512_bf16()
+        && same_dtype(x, others)
 }
 
 /// `t` in f32.
@@ -454,6 +466,22 @@ pub fn neighborhood_aggregate(
 /// as the bias and gemm adds the product to it (one op, no zero fill or bias pass);
 /// elsewhere it is candle's matmul and broadcast add. Differentiable in all three operands.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if bf16_products(x, &[w, bias]) {
+        let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = n;
+        }
+        return x
+            .reshape((rows, k))?
+            .contiguous()?
+            .apply_op3(
+                &w.contiguous()?,
+                &bias.contiguous()?,
+                LinearBf16 { gelu: false },
+            )?
+            .reshape(out_dims);
+    }
     if let Some(half) = half_on_cpu(x) {
         return linear(&widened(x)?, &widened(w)?, &widened(bias)?)?.to_dtype(half);
     }
@@ -496,6 +524,25 @@ pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
 /// ops. The weights are treated as constants: gradients reach `x` and `base` only, so a layer
 /// whose weights train must compose the MLP itself.
 pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tensor> {
+    if bf16_products(x, &[base, &mlp.fc1, &mlp.fc2]) {
+        let (rows, c, h, n) = mlp.operand_dims(x.dims(), base.dims())?;
+        let bias = |b: &Option<Tensor>, len: usize| match b {
+            Some(b) => Ok(b.clone()),
+            None => Tensor::zeros(len, DType::BF16, x.device()),
+        };
+        let x2 = x.reshape((rows, c))?.contiguous()?;
+        let b1 = bias(&mlp.fc1_bias, h)?;
+        let hidden = match mlp.act {
+            MlpActivation::Gelu => {
+                x2.apply_op3(&mlp.fc1.contiguous()?, &b1, LinearBf16 { gelu: true })?
+            }
+            MlpActivation::StarRelu { scale, bias } => {
+                squared_relu(&linear(&x2, &mlp.fc1, &b1)?)?.affine(scale as f64, bias as f64)?
+            }
+        };
+        let y = linear(&hidden, &mlp.fc2, &bias(&mlp.fc2_bias, n)?)?;
+        return (y + base.reshape((rows, n))?)?.reshape(base.dims());
+    }
     if let Some(half) = half_on_cpu(x) {
         return residual_mlp(&widened(x)?, &widened(base)?, &mlp.widened()?)?.to_dtype(half);
     }

@@ -1,13 +1,18 @@
 //! A raw output pointer shared by parallel tasks that write disjoint elements.
 
 /// A raw pointer that may be shared across rayon tasks writing disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub(crate) *mut f32);
+pub(crate) struct SyncPtr<T = f32>(pub(crate) *mut T);
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 // SAFETY: the tasks sharing a `SyncPtr` write disjoint elements of one live allocation.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
 
-impl SyncPtr {
+impl<T> SyncPtr<T> {
     /// The pointer `offset` elements further.
     ///
     /// # Safety

@@ -2074,3 +2074,96 @@ fn ssd_scan_path_timing() {
         }
     });
 }
+
+/// The bf16 product (`LinearBf16`, AVX512_BF16) and the residual MLP built on it against the
+/// f32 composition of the same bf16 values: odd sizes, a transposed (non-contiguous) input,
+/// rayon pools of 1, 2 and 16 threads, and the gradients of all three operands. Where the CPU
+/// lacks AVX512_BF16 the same calls take the widened f32 kernels, which this checks too.
+#[test]
+fn bf16_products_match_the_f32_composition_of_their_values() {
+    use candle_core::DType;
+    let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let rel = |got: &Tensor, want: &Tensor| {
+        max_abs_diff(&f32(got), want)
+            / want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+    };
+    for &(rows, k, n) in &[(1, 1, 1), (7, 33, 17), (50, 129, 200), (97, 48, 10)] {
+        let x = bf(randn(&[k, rows])).t().unwrap();
+        assert!(rows == 1 || !x.is_contiguous());
+        let w = bf(randn(&[k, n]));
+        let b = bf(randn(&[n]));
+        let want = f32(&x)
+            .matmul(&f32(&w))
+            .unwrap()
+            .broadcast_add(&f32(&b))
+            .unwrap();
+        for got in in_pools(|_| tokenmix_kernels::linear(&x, &w, &b).unwrap()) {
+            assert_eq!(got.dtype(), DType::BF16);
+            let err = rel(&got, &want);
+            assert!(err < 1e-2, "linear ({rows}, {k}, {n}): {err}");
+        }
+        // Gradients against those of the f32 composition.
+        let (xv, wv, bv) = (
+            candle_core::Var::from_tensor(&x.contiguous().unwrap()).unwrap(),
+            candle_core::Var::from_tensor(&w).unwrap(),
+            candle_core::Var::from_tensor(&b).unwrap(),
+        );
+        let y = tokenmix_kernels::linear(xv.as_tensor(), wv.as_tensor(), bv.as_tensor()).unwrap();
+        let grads = f32(&y)
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (x32, w32, b32) = (
+            candle_core::Var::from_tensor(&f32(&x)).unwrap(),
+            candle_core::Var::from_tensor(&f32(&w)).unwrap(),
+            candle_core::Var::from_tensor(&f32(&b)).unwrap(),
+        );
+        let y32 = x32
+            .matmul(w32.as_tensor())
+            .unwrap()
+            .broadcast_add(b32.as_tensor())
+            .unwrap();
+        let want_grads = y32.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, v32, what) in [(&xv, &x32, "x"), (&wv, &w32, "w"), (&bv, &b32, "bias")] {
+            let g = grads.get(v.as_tensor()).unwrap();
+            let err = rel(g, want_grads.get(v32.as_tensor()).unwrap());
+            assert!(
+                err < 3e-2,
+                "linear ({rows}, {k}, {n}) gradient of {what}: {err}"
+            );
+        }
+        // The residual MLP with GELU between two bf16 products.
+        let w2 = bf(randn(&[n, k]));
+        let b2 = bf(randn(&[k]));
+        let base = bf(randn(&[rows, k]));
+        let mlp = MlpWeights {
+            fc1: w.clone(),
+            fc1_bias: Some(b.clone()),
+            act: MlpActivation::Gelu,
+            fc2: w2.clone(),
+            fc2_bias: Some(b2.clone()),
+        };
+        let hidden = want.gelu_erf().unwrap();
+        let hidden = f32(&bf(hidden));
+        let want = (hidden
+            .matmul(&f32(&w2))
+            .unwrap()
+            .broadcast_add(&f32(&b2))
+            .unwrap()
+            + f32(&base))
+        .unwrap();
+        let got = tokenmix_kernels::residual_mlp(&x, &base, &mlp).unwrap();
+        let err = rel(&got, &want);
+        assert!(err < 2e-2, "residual_mlp ({rows}, {k}, {n}): {err}");
+    }
+}

@@ -1,0 +1,444 @@
+//! bf16 matrix products on the CPU: bf16 operands, f32 accumulation, bf16 results, with
+//! AVX512_BF16's `vdpbf16ps` (two bf16 multiply-adds per f32 lane and instruction) where the
+//! CPU has it, detected at run time. Neither gemm 0.19 nor candle 0.11 has a bf16 kernel
+//! (candle widens both operands to f32 on every call), hence this one.
+//!
+//! The weight `(K, N)` is packed into panels of 16 columns, each holding for every pair of rows
+//! `(2p, 2p + 1)` the 16 column pairs interleaved, `w[2p][c], w[2p + 1][c]`, as `vdpbf16ps`
+//! multiplies them against a broadcast pair `x[m][2p], x[m][2p + 1]`; an odd `K` and the
+//! columns past `N` are padded with zeros.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Columns per packed panel (one 512-bit register of f32 accumulators).
+const PANEL: usize = 16;
+/// Rows of the output one microkernel call computes.
+const MR: usize = 6;
+/// Panels one microkernel call computes (4 x 16 = 64 columns).
+const NV: usize = 4;
+
+/// Whether this CPU runs AVX512_BF16 (with the AVX-512 foundation and BW/VL it needs), detected
+/// once.
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A weight `(K, N)` packed for [`matmul_bf16`] (see the module's layout).
+#[derive(Debug, Clone)]
+pub(crate) struct PackedBf16 {
+    k: usize,
+    n: usize,
+    /// `ceil(K / 2)` row pairs.
+    pairs: usize,
+    /// `ceil(N / 16)` panels of `pairs * 16` pairs of bf16 bits each.
+    data: Vec<u32>,
+}
+
+impl PackedBf16 {
+    /// Packs the row-major `(k, n)` matrix `w`.
+    pub(crate) fn new(w: &[bf16], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "packed weight size");
+        let pairs = k.div_ceil(2);
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0u32; panels * pairs * PANEL];
+        data.par_chunks_mut(pairs * PANEL)
+            .enumerate()
+            .for_each(|(j, panel)| {
+                for (p, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    for (c, slot) in row.iter_mut().enumerate() {
+                        let col = j * PANEL + c;
+                        if col >= n {
+                            break;
+                        }
+                        let lo = w[2 * p * n + col].to_bits() as u32;
+                        let hi = if 2 * p + 1 < k {
+                            w[(2 * p + 1) * n + col].to_bits() as u32
+                        } else {
+                            0
+                        };
+                        *slot = lo | (hi << 16);
+                    }
+                }
+            });
+        Self { k, n, pairs, data }
+    }
+}
+
+/// `x w + bias` for row-major `x` `(rows, K)` and the packed `w`, rounded to bf16 once from
+/// the f32 sums; `bias` (f32, `N` values) is added, and with `gelu` exact GELU applied, before
+/// rounding. Needs
+/// [`has_avx512_bf16`]; parallel over tiles of rows and 64-column groups.
+pub(crate) fn matmul_bf16(
+    x: &[bf16],
+    rows: usize,
+    w: &PackedBf16,
+    bias: &[f32],
+    gelu: bool,
+) -> Vec<bf16> {
+    assert!(has_avx512_bf16(), "matmul_bf16 needs AVX512_BF16");
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), rows * k, "input size");
+    assert_eq!(bias.len(), n, "bias size");
+    let mut out = vec![bf16::ZERO; rows * n];
+    if rows == 0 || n == 0 {
+        return out;
+    }
+    let groups = n.div_ceil(PANEL * NV);
+    let threads = rayon::current_num_threads().max(1);
+    // Row blocks small enough that every thread gets several tiles, at most 8 microkernel rows.
+    let tiles_wanted = 4 * threads;
+    let row_blocks_wanted = tiles_wanted.div_ceil(groups);
+    let block = rows
+        .div_ceil(row_blocks_wanted)
+        .next_multiple_of(MR)
+        .clamp(MR, 8 * MR);
+    let row_blocks = rows.div_ceil(block);
+    let out_ptr = crate::ptr::SyncPtr(out.as_mut_ptr());
+    (0..row_blocks * groups).into_par_iter().for_each(|t| {
+        let (g, rb) = (t / row_blocks, t % row_blocks);
+        let r0 = rb * block;
+        let r1 = (r0 + block).min(rows);
+        let c0 = g * PANEL * NV;
+        let cols = (n - c0).min(PANEL * NV);
+        let out = {
+            let whole = out_ptr;
+            whole.0
+        };
+        let mut r = r0;
+        while r < r1 {
+            let mr = (r1 - r).min(MR);
+            // SAFETY: the CPU has AVX512_BF16 (asserted above); row `r..r + mr` of `x`, the
+            // panels of group `g` and bias `c0..c0 + cols` are in bounds, and each tile writes
+            // its own rows and columns of `out`.
+            unsafe {
+                tile(
+                    mr,
+                    cols.div_ceil(PANEL),
+                    x.as_ptr().add(r * k),
+                    k,
+                    w.data.as_ptr().add(c0 / PANEL * w.pairs * PANEL),
+                    w.pairs,
+                    bias.as_ptr().add(c0),
+                    out.add(r * n + c0),
+                    n,
+                    cols,
+                    gelu,
+                );
+            }
+            r += mr;
+        }
+    });
+    out
+}
+
+/// Dispatches a tile of `mr <= MR` rows and `nv <= NV` panels to its monomorphized kernel.
+///
+/// # Safety
+/// As [`kernel`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    mr: usize,
+    nv: usize,
+    x: *const bf16,
+    k: usize,
+    panels: *const u32,
+    pairs: usize,
+    bias: *const f32,
+    out: *mut bf16,
+    ldo: usize,
+    cols: usize,
+    gelu: bool,
+) {
+    macro_rules! arms {
+        ($($m:literal),*) => {
+            match (mr, nv) {
+                $(
+                    ($m, 1) => kernel::<$m, 1>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
+                    ($m, 2) => kernel::<$m, 2>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
+                    ($m, 3) => kernel::<$m, 3>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
+                    ($m, 4) => kernel::<$m, 4>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
+                )*
+                _ => unreachable!("tile of {mr} rows and {nv} panels"),
+            }
+        };
+    }
+    arms!(1, 2, 3, 4, 5, 6)
+}
+
+/// One tile: `R` rows of `x` (row stride `k`) against `V` consecutive panels, plus `bias`,
+/// GELU-ed with `gelu`, rounded to bf16 into `out` (row stride `ldo`), of which the first
+/// `cols` columns are written.
+///
+/// # Safety
+/// The CPU must have AVX512_BF16 (and AVX-512 F/BW/VL); `x` must hold `R` rows of `k` values,
+/// `panels` `V` panels of `pairs * 16` entries, `bias` `cols` values and `out` `R` rows of
+/// `cols` writable values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize, const V: usize>(
+    x: *const bf16,
+    k: usize,
+    panels: *const u32,
+    pairs: usize,
+    bias: *const f32,
+    out: *mut bf16,
+    ldo: usize,
+    cols: usize,
+    gelu: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let full = k / 2;
+    for p in 0..full {
+        let pair = |r: usize| x.add(r * k + 2 * p).cast::<i32>().read_unaligned();
+        step::<R, V>(&mut acc, panels.add(p * PANEL), pairs * PANEL, pair);
+    }
+    if k % 2 == 1 {
+        // The last, unpaired column: its partner in the packed weight is zero.
+        let single = |r: usize| i32::from((*x.add(r * k + k - 1)).to_bits());
+        step::<R, V>(&mut acc, panels.add(full * PANEL), pairs * PANEL, single);
+    }
+    let mask_of = |c: usize| -> __mmask16 {
+        let live = (cols - c).min(PANEL);
+        if live == PANEL {
+            !0
+        } else {
+            (1u16 << live) - 1
+        }
+    };
+    let mut sums = [[0f32; PANEL * NV]; R];
+    for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
+        for (v, acc) in acc.iter().enumerate() {
+            let c = v * PANEL;
+            let b = _mm512_maskz_loadu_ps(mask_of(c), bias.add(c));
+            _mm512_storeu_ps(sums.as_mut_ptr().add(c), _mm512_add_ps(*acc, b));
+        }
+        if gelu {
+            crate::activation::gelu_rows_in_place(
+                &mut sums[..V * PANEL],
+                &[0.0; PANEL * NV][..V * PANEL],
+            );
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        for v in 0..V {
+            let c = v * PANEL;
+            if c >= cols {
+                break;
+            }
+            let rounded: __m256bh = _mm512_cvtneps_pbh(_mm512_loadu_ps(sums.as_ptr().add(c)));
+            let bits: __m256i = std::mem::transmute(rounded);
+            _mm256_mask_storeu_epi16(out.add(r * ldo + c).cast(), mask_of(c), bits);
+        }
+    }
+}
+
+/// One row pair of the tile: `acc[r][v] += pair(r) · panel v` (`panel_stride` entries apart).
+///
+/// # Safety
+/// As [`kernel`]: `V` panels readable at `b` and `pair` reading `x` in bounds.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step<const R: usize, const V: usize>(
+    acc: &mut [[std::arch::x86_64::__m512; V]; R],
+    b: *const u32,
+    panel_stride: usize,
+    pair: impl Fn(usize) -> i32,
+) {
+    use std::arch::x86_64::*;
+    let mut w = [_mm512_setzero_si512(); V];
+    for (v, w) in w.iter_mut().enumerate() {
+        *w = _mm512_loadu_si512(b.add(v * panel_stride).cast());
+    }
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair(r)));
+        for (acc, &w) in acc.iter_mut().zip(&w) {
+            *acc = _mm512_dpbf16_ps(*acc, a, std::mem::transmute::<__m512i, __m512bh>(w));
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize, const V: usize>(
+    _: *const bf16,
+    _: usize,
+    _: *const u32,
+    _: usize,
+    _: *const f32,
+    _: *mut bf16,
+    _: usize,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("AVX512_BF16 is x86-64 only")
+}
+
+/// Candle custom op on bf16 `(x, w, bias)`, `x` `(..., K)`, `w` `(K, N)`, `bias` `(N)`, all
+/// contiguous: `x w + bias` (GELU-ed with `gelu`) as `(rows, N)` in bf16 with f32 sums ([`matmul_bf16`], the weight
+/// packed on each call). Needs [`has_avx512_bf16`]. Differentiable in all three (by the
+/// composition in f32).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinearBf16 {
+    /// Exact GELU on the result (before rounding to bf16).
+    pub gelu: bool,
+}
+
+/// The contiguous bf16 values of `storage` under `layout`.
+fn contiguous_bf16<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &'static str,
+) -> Result<&'a [bf16]> {
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        return Err(crate::KernelError::NotContiguous {
+            op: "linear_bf16",
+            what,
+        }
+        .into());
+    };
+    Ok(&storage.as_slice::<bf16>()?[a..b])
+}
+
+impl candle_core::CustomOp3 for LinearBf16 {
+    fn name(&self) -> &'static str {
+        "tokenmix-linear-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, k, n) = crate::mlp::linear_dims(xl.shape(), wl.shape(), bl.shape())?;
+        if !has_avx512_bf16() {
+            candle_core::bail!("linear_bf16 needs a CPU with AVX512_BF16");
+        }
+        let x = contiguous_bf16(xs, xl, "input")?;
+        let w = contiguous_bf16(ws, wl, "weight")?;
+        let bias: Vec<f32> = contiguous_bf16(bs, bl, "bias")?
+            .iter()
+            .map(|b| b.to_f32())
+            .collect();
+        let out = matmul_bf16(x, rows, &PackedBf16::new(w, k, n), &bias, self.gelu);
+        Ok((CpuStorage::BF16(out), Shape::from((rows, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = crate::grad::via_composition(&[x, w, bias], grad, |t| {
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let k = t[1].dim(0)?;
+            let y = f32(&t[0])?
+                .reshape(((), k))?
+                .matmul(&f32(&t[1])?)?
+                .broadcast_add(&f32(&t[2])?)?;
+            let y = if self.gelu { y.gelu_erf()? } else { y };
+            y.to_dtype(DType::BF16)
+        })?;
+        let mut g = g.into_iter();
+        Ok((g.next(), g.next(), g.next()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in about [-2, 2], rounded to bf16.
+    fn values(len: usize, seed: u32) -> Vec<bf16> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503));
+                bf16::from_f32(((h >> 8) % 4001) as f32 / 1000.0 - 2.0)
+            })
+            .collect()
+    }
+
+    /// The product in f64 from the same bf16 values, plus the bias.
+    fn reference(
+        x: &[bf16],
+        w: &[bf16],
+        bias: &[f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| x[r * k + i].to_f64() * w[i * n + c].to_f64())
+                    .sum();
+                out[r * n + c] = dot + bias[c] as f64;
+            }
+        }
+        out
+    }
+
+    /// Every tile shape (row and panel tails, odd `K`, `N` not a multiple of 16) agrees with
+    /// the product of the same bf16 values to bf16's rounding of the f32 sum.
+    #[test]
+    fn products_of_every_tile_shape_match_the_exact_product() {
+        if !has_avx512_bf16() {
+            eprintln!("no AVX512_BF16 on this CPU: kernel not run");
+            return;
+        }
+        for &(rows, k, n) in &[
+            (1, 1, 1),
+            (7, 3, 17),
+            (13, 64, 64),
+            (6, 33, 80),
+            (50, 129, 200),
+            (97, 48, 10),
+            (5, 256, 65),
+        ] {
+            let x = values(rows * k, 1);
+            let w = values(k * n, 2);
+            let bias: Vec<f32> = values(n, 3).iter().map(|v| v.to_f32()).collect();
+            let packed = PackedBf16::new(&w, k, n);
+            for gelu in [false, true] {
+                let got = matmul_bf16(&x, rows, &packed, &bias, gelu);
+                let want = reference(&x, &w, &bias, rows, k, n);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let w = if gelu {
+                        f64::from(crate::activation::gelu_of(*w as f32))
+                    } else {
+                        *w
+                    };
+                    let tol = w.abs() / 256.0 + 1e-4;
+                    assert!(
+                        (g.to_f64() - w).abs() <= tol,
+                        "({rows}, {k}, {n}, gelu {gelu}) element {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
