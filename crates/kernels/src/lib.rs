@@ -47,6 +47,7 @@
 mod activation;
 mod attention;
 mod bf16;
+mod cast;
 pub mod composed;
 mod conv;
 #[cfg(feature = "cuda")]
@@ -75,6 +76,7 @@ use std::sync::OnceLock;
 pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
 pub use bf16::{has_avx512_bf16, LinearBf16};
+pub use cast::{cast, Cast};
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
 pub use error::KernelError;
@@ -134,9 +136,54 @@ fn bf16_products(x: &Tensor, others: &[&Tensor]) -> bool {
         && same_dtype(x, others)
 }
 
+/// A kernel's f32 result returned in a half-precision model's dtype.
+trait Narrowed {
+    /// `self` converted to `dtype` by [`cast`].
+    fn narrowed(&self, dtype: DType) -> Result<Tensor>;
+}
+
+impl Narrowed for Tensor {
+    fn narrowed(&self, dtype: DType) -> Result<Tensor> {
+        cast(self, dtype)
+    }
+}
+
+/// `x w` for rows `x` `(M, K)` and `w` `(K, N)`: candle's matmul, or [`LinearBf16`] (with a
+/// zero bias) for bf16 CPU operands on a CPU with AVX512_BF16.
+pub fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if bf16_products(x, &[w]) {
+        let zero = Tensor::zeros(w.dim(1)?, DType::BF16, x.device())?;
+        return linear(x, w, &zero);
+    }
+    x.matmul(w)
+}
+
+/// `gelu(x w + bias)` for `x` `(..., K)`: [`linear`] then [`bias_gelu`]-free exact GELU, in
+/// one pass of [`LinearBf16`] for bf16 CPU operands on a CPU with AVX512_BF16.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if bf16_products(x, &[w, bias]) {
+        let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = n;
+        }
+        return x
+            .reshape((rows, k))?
+            .contiguous()?
+            .apply_op3(
+                &w.contiguous()?,
+                &bias.contiguous()?,
+                LinearBf16 { gelu: true },
+            )?
+            .reshape(out_dims);
+    }
+    let y = linear(x, w, &bias.zeros_like()?)?;
+    bias_gelu(&y, bias, y.rank() - 1)
+}
+
 /// `t` in f32.
 fn widened(t: &Tensor) -> Result<Tensor> {
-    t.to_dtype(DType::F32)
+    cast(t, DType::F32)
 }
 
 /// `t`, if any, in f32.
@@ -158,7 +205,7 @@ pub fn conv2d(
     match half_on_cpu(x) {
         Some(half) => widened(x)?
             .conv2d(&widened(weight)?, padding, stride, dilation, groups)?
-            .to_dtype(half),
+            .narrowed(half),
         None => x.conv2d(weight, padding, stride, dilation, groups),
     }
 }
@@ -180,7 +227,7 @@ pub fn depthwise_conv2d(
             stride,
             padding,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     let fused = use_fused(x) && same_dtype(x, &[weight]);
     if let (true, true, Some(b)) = (fused, x.device().is_cpu(), bias) {
@@ -222,7 +269,7 @@ pub fn depthwise_conv2d_nhwc(
             stride,
             padding,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     if x.device().is_cpu() && use_fused(x) && same_dtype(x, &[weight]) {
         let op = DepthwiseConv2dNhwc::new(stride, padding)?;
@@ -266,6 +313,23 @@ pub fn conv2d_nhwc(
     bias: Option<&Tensor>,
     window: Window,
 ) -> Result<Tensor> {
+    if bf16_products(x, &[matrix]) && bias.is_none_or(|b| b.dtype() == DType::BF16) {
+        let (b, h, w, cin) = x.dims4()?;
+        let cout = composed::check_conv_nhwc(x, matrix, bias, window.kernel)?;
+        let (ho, wo) = window.output(h, w)?;
+        let rows = if (window.kernel, window.stride, window.padding) == (1, 1, 0) {
+            x.reshape((b * h * w, cin))?
+        } else {
+            widened(&x.contiguous()?)?
+                .apply_op1(Im2ColNhwc::new(window))?
+                .narrowed(DType::BF16)?
+        };
+        let y = match bias {
+            Some(bias) => linear(&rows, matrix, bias)?,
+            None => matmul_rows(&rows, matrix)?,
+        };
+        return y.reshape((b, ho, wo, cout));
+    }
     if let Some(half) = half_on_cpu(x) {
         return conv2d_nhwc(
             &widened(x)?,
@@ -273,7 +337,7 @@ pub fn conv2d_nhwc(
             widened_opt(bias)?.as_ref(),
             window,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     let (b, h, w, cin) = x.dims4()?;
     let k = window.kernel;
@@ -334,7 +398,7 @@ pub fn conv_transpose2d_nhwc(
             widened_opt(bias)?.as_ref(),
             window,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     let (b, h, w, cin) = x.dims4()?;
     let (k, s, p) = (window.kernel, window.stride, window.padding);
@@ -380,7 +444,7 @@ pub fn conv_transpose2d_nhwc(
 /// the composition [`composed::haar_dwt`] elsewhere. Differentiable.
 pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return haar_dwt(&widened(x)?)?.to_dtype(half);
+        return haar_dwt(&widened(x)?)?.narrowed(half);
     }
     x.dims4()?;
     if use_fused(x) {
@@ -394,7 +458,7 @@ pub fn haar_dwt(x: &Tensor) -> Result<Tensor> {
 /// `(B, ceil(H/2), ceil(W/2), 4C)` to `(B, H, W, C)`; for even sizes the inverse transform.
 pub fn haar_dwt_adjoint(coeffs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(coeffs) {
-        return haar_dwt_adjoint(&widened(coeffs)?, height, width)?.to_dtype(half);
+        return haar_dwt_adjoint(&widened(coeffs)?, height, width)?.narrowed(half);
     }
     let op = HaarDwtAdjoint { height, width };
     if use_fused(coeffs) {
@@ -422,7 +486,7 @@ pub fn neighborhood_logits(
 ) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(q) {
         return neighborhood_logits(&widened(q)?, &widened(k)?, height, width, window)?
-            .to_dtype(half);
+            .narrowed(half);
     }
     let op = NeighborhoodLogits::new(height, width, window)?;
     neighborhood::logits_dims(q.dims(), k.dims(), height, width, window)?;
@@ -450,7 +514,7 @@ pub fn neighborhood_aggregate(
 ) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(weights) {
         return neighborhood_aggregate(&widened(weights)?, &widened(v)?, height, width, window)?
-            .to_dtype(half);
+            .narrowed(half);
     }
     let op = NeighborhoodAggregate::new(height, width, window)?;
     neighborhood::aggregate_dims(weights.dims(), v.dims(), height, width, window)?;
@@ -483,7 +547,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
             .reshape(out_dims);
     }
     if let Some(half) = half_on_cpu(x) {
-        return linear(&widened(x)?, &widened(w)?, &widened(bias)?)?.to_dtype(half);
+        return linear(&widened(x)?, &widened(w)?, &widened(bias)?)?.narrowed(half);
     }
     let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
     let mut out_dims = x.dims().to_vec();
@@ -506,7 +570,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// or concatenation); candle ops elsewhere.
 pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(h) {
-        return gelu_gate(&widened(h)?, &widened(conv)?, hidden)?.to_dtype(half);
+        return gelu_gate(&widened(h)?, &widened(conv)?, hidden)?.narrowed(half);
     }
     let op = GeluGate::new(hidden);
     op.dims(h.shape(), conv.shape())?;
@@ -544,7 +608,7 @@ pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tenso
         return (y + base.reshape((rows, n))?)?.reshape(base.dims());
     }
     if let Some(half) = half_on_cpu(x) {
-        return residual_mlp(&widened(x)?, &widened(base)?, &mlp.widened()?)?.to_dtype(half);
+        return residual_mlp(&widened(x)?, &widened(base)?, &mlp.widened()?)?.narrowed(half);
     }
     let (rows, c, _, n) = mlp.operand_dims(x.dims(), base.dims())?;
     let x2 = x.reshape((rows, c))?;
@@ -566,7 +630,7 @@ pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tenso
 /// parallel over heads; other devices and dtypes take candle's batched matmuls and softmax.
 pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(qkv) {
-        return self_attention(&widened(qkv)?, scale)?.to_dtype(half);
+        return self_attention(&widened(qkv)?, scale)?.narrowed(half);
     }
     attention::qkv_dims(qkv.shape())?;
     if qkv.device().is_cpu() && use_fused(qkv) {
@@ -580,7 +644,7 @@ pub fn self_attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
 /// position (stride 1, only in-image pixels counted), minus the input. `k` must be odd.
 pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return pool_mixer(&widened(x)?, pool_size)?.to_dtype(half);
+        return pool_mixer(&widened(x)?, pool_size)?.narrowed(half);
     }
     if use_fused(x) {
         x.contiguous()?.apply_op1(PoolMixer::new(pool_size)?)
@@ -594,7 +658,7 @@ pub fn pool_mixer(x: &Tensor, pool_size: usize) -> Result<Tensor> {
 /// layout directly; elsewhere the input is permuted around [`pool_mixer`].
 pub fn pool_mixer_nhwc(x: &Tensor, pool_size: usize) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return pool_mixer_nhwc(&widened(x)?, pool_size)?.to_dtype(half);
+        return pool_mixer_nhwc(&widened(x)?, pool_size)?.narrowed(half);
     }
     if x.device().is_cpu() && use_fused(x) {
         x.contiguous()?.apply_op1(PoolMixerNhwc::new(pool_size)?)
@@ -625,7 +689,7 @@ pub fn channel_norm(
             eps,
             channel_axis,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     let fusable = use_fused(x)
         && same_dtype(x, &[weight])
@@ -649,7 +713,7 @@ pub fn channel_norm(
 /// over `(H, W)`, computed in f32.
 pub fn spectral_filter(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return spectral_filter(&widened(x)?, &widened(weight)?)?.to_dtype(half);
+        return spectral_filter(&widened(x)?, &widened(weight)?)?.narrowed(half);
     }
     if use_fused(x) && same_dtype(x, &[weight]) && spectral::fits_device(x, true, None) {
         x.contiguous()?
@@ -696,7 +760,7 @@ pub fn selective_scan_with(
             &widened(c)?,
             reverse,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     let state_fits = u.device().is_cpu() || a.dim(1)? <= scan::MAX_STATE_GPU;
     let fused = use_fused(u) && same_dtype(u, &[delta, a, b, c]) && state_fits;
@@ -760,7 +824,7 @@ pub fn ssd_scan_with(
             reverse,
             path,
         )?
-        .to_dtype(half);
+        .narrowed(half);
     }
     let d = ssd::dims(x.dims(), log_decay.dims(), b.dims(), c.dims())?;
     if d.is_empty() {
@@ -781,7 +845,7 @@ pub fn ssd_scan_with(
 pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
     if let Some(half) = half_on_cpu(x) {
         let (re, im) = rfft2_ortho(&widened(x)?)?;
-        return Ok((re.to_dtype(half)?, im.to_dtype(half)?));
+        return Ok((cast(&re, half)?, cast(&im, half)?));
     }
     if use_fused(x) && x.dtype() == DType::F32 && spectral::fits_device(x, false, None) {
         let spec = x.contiguous()?.apply_op1(Rfft2)?;
@@ -795,7 +859,7 @@ pub fn rfft2_ortho(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// [`rfft2_ortho`] for a real signal of width `width`.
 pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(re) {
-        return irfft2_ortho(&widened(re)?, &widened(im)?, width)?.to_dtype(half);
+        return irfft2_ortho(&widened(re)?, &widened(im)?, width)?.narrowed(half);
     }
     let f32s = re.dtype() == DType::F32 && im.dtype() == DType::F32;
     if use_fused(re) && f32s && spectral::fits_device(re, false, Some(width)) {
@@ -808,7 +872,7 @@ pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
 /// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt(2)))`, as PyTorch's `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return gelu(&widened(x)?)?.to_dtype(half);
+        return gelu(&widened(x)?)?.narrowed(half);
     }
     if use_fused(x) {
         x.contiguous()?.apply_op1(Gelu)
@@ -822,7 +886,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// activation); other devices and dtypes take the composition.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return bias_gelu(&widened(x)?, &widened(bias)?, channel_axis)?.to_dtype(half);
+        return bias_gelu(&widened(x)?, &widened(bias)?, channel_axis)?.narrowed(half);
     }
     let c = x.dim(channel_axis)?;
     if bias.dims() != [c] {
@@ -850,7 +914,7 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tenso
 /// StarReLU, `scale * relu(x)^2 + bias`, with learned scalars `scale` and `bias` (`[1]`).
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return star_relu(&widened(x)?, &widened(scale)?, &widened(bias)?)?.to_dtype(half);
+        return star_relu(&widened(x)?, &widened(scale)?, &widened(bias)?)?.narrowed(half);
     }
     if use_fused(x) && same_dtype(x, &[scale, bias]) {
         x.contiguous()?.apply_op3(scale, bias, StarRelu)
@@ -863,7 +927,7 @@ pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// (gradient `2 relu(x) · grad`).
 pub fn squared_relu(x: &Tensor) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
-        return squared_relu(&widened(x)?)?.to_dtype(half);
+        return squared_relu(&widened(x)?)?.narrowed(half);
     }
     if use_fused(x) {
         let one = Tensor::ones(1, x.dtype(), x.device())?;
@@ -880,7 +944,7 @@ pub fn squared_relu(x: &Tensor) -> Result<Tensor> {
 pub fn mix_shift(x: &Tensor, weights: &Tensor, biases: &Tensor, shifts: &[i32]) -> Result<Tensor> {
     if let Some(half) = half_on_cpu(x) {
         return mix_shift(&widened(x)?, &widened(weights)?, &widened(biases)?, shifts)?
-            .to_dtype(half);
+            .narrowed(half);
     }
     if use_fused(x) && same_dtype(x, &[weights, biases]) {
         let op = MixShiftOp {

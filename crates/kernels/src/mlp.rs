@@ -151,7 +151,7 @@ impl MlpWeights {
 
     /// The weights in f32 (the CPU kernel's dtype).
     pub(crate) fn widened(&self) -> Result<Self> {
-        let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+        let f = |t: &Tensor| crate::cast(t, candle_core::DType::F32);
         let c = |t: &Option<Tensor>| t.as_ref().map(f).transpose();
         Ok(Self {
             fc1: f(&self.fc1)?,

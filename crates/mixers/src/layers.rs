@@ -486,8 +486,7 @@ impl Pointwise {
             if let Some(last) = out_shape.last_mut() {
                 *last = self.out_dim;
             }
-            x.reshape((rows, self.in_dim))?
-                .matmul(&matrix)?
+            tokenmix_kernels::matmul_rows(&x.reshape((rows, self.in_dim))?, &matrix)?
                 .reshape(out_shape)?
         };
         Ok(y)
@@ -496,6 +495,9 @@ impl Pointwise {
     /// `act(self(x))`, with the bias add folded into exact GELU's pass.
     pub fn forward_act(&self, x: &Tensor, act: &Act) -> Result<Tensor> {
         match (&self.bias, act) {
+            (Some(bias), Act::Gelu) if !is_spatial(self.layout) && x.dtype() == DType::BF16 => {
+                tokenmix_kernels::linear_gelu(x, &self.matrix()?, bias)
+            }
             (Some(bias), Act::Gelu) => {
                 let y = self.matmul(x)?;
                 tokenmix_kernels::bias_gelu(&y, bias, channel_axis(&y, self.layout))
