@@ -36,6 +36,47 @@ pub fn has_avx512_bf16() -> bool {
     false
 }
 
+/// The activation applied to a product's sums (after the bias, before rounding).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// None.
+    Identity,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// `scale * relu(v)^2 + bias` (StarReLU; SquaredReLU is scale 1, bias 0).
+    StarRelu {
+        /// Factor on the squared ReLU.
+        scale: f32,
+        /// Added after scaling.
+        bias: f32,
+    },
+}
+
+impl Activation {
+    /// The activation on f32 sums, in place.
+    fn apply(self, v: &mut [f32]) {
+        match self {
+            Self::Identity => {}
+            Self::Gelu => crate::activation::gelu_rows_in_place(v, &[0.0; PANEL * NV][..v.len()]),
+            Self::StarRelu { scale, bias } => {
+                for v in v {
+                    let r = v.max(0.0);
+                    *v = scale * (r * r) + bias;
+                }
+            }
+        }
+    }
+
+    /// The activation as candle ops (f32).
+    fn compose(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Self::Identity => Ok(y),
+            Self::Gelu => y.gelu_erf(),
+            Self::StarRelu { scale, bias } => y.relu()?.sqr()?.affine(scale as f64, bias as f64),
+        }
+    }
+}
+
 /// A weight `(K, N)` packed for [`matmul_bf16`] (see the module's layout).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedBf16 {
@@ -78,20 +119,26 @@ impl PackedBf16 {
 }
 
 /// `x w + bias` for row-major `x` `(rows, K)` and the packed `w`, rounded to bf16 once from
-/// the f32 sums; `bias` (f32, `N` values) is added, and with `gelu` exact GELU applied, before
-/// rounding. Needs
+/// the f32 sums; `bias` (f32, `N` values) is added, then `act` applied, then `residual` (bf16
+/// `(rows, N)`) added, before rounding. Needs
 /// [`has_avx512_bf16`]; parallel over tiles of rows and 64-column groups.
 pub(crate) fn matmul_bf16(
     x: &[bf16],
     rows: usize,
     w: &PackedBf16,
     bias: &[f32],
-    gelu: bool,
+    act: Activation,
+    residual: Option<&[bf16]>,
 ) -> Vec<bf16> {
     assert!(has_avx512_bf16(), "matmul_bf16 needs AVX512_BF16");
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), rows * k, "input size");
     assert_eq!(bias.len(), n, "bias size");
+    if let Some(res) = residual {
+        assert_eq!(res.len(), rows * n, "residual size");
+    }
+    let res_ptr =
+        crate::ptr::SyncPtr(residual.map_or(std::ptr::null_mut(), |r| r.as_ptr().cast_mut()));
     let mut out = vec![bf16::ZERO; rows * n];
     if rows == 0 || n == 0 {
         return out;
@@ -113,9 +160,9 @@ pub(crate) fn matmul_bf16(
         let r1 = (r0 + block).min(rows);
         let c0 = g * PANEL * NV;
         let cols = (n - c0).min(PANEL * NV);
-        let out = {
-            let whole = out_ptr;
-            whole.0
+        let (out, res) = {
+            let (whole, res) = (out_ptr, res_ptr);
+            (whole.0, res.0.cast_const())
         };
         let mut r = r0;
         while r < r1 {
@@ -135,7 +182,12 @@ pub(crate) fn matmul_bf16(
                     out.add(r * n + c0),
                     n,
                     cols,
-                    gelu,
+                    act,
+                    if res.is_null() {
+                        res
+                    } else {
+                        res.add(r * n + c0)
+                    },
                 );
             }
             r += mr;
@@ -160,16 +212,17 @@ unsafe fn tile(
     out: *mut bf16,
     ldo: usize,
     cols: usize,
-    gelu: bool,
+    act: Activation,
+    residual: *const bf16,
 ) {
     macro_rules! arms {
         ($($m:literal),*) => {
             match (mr, nv) {
                 $(
-                    ($m, 1) => kernel::<$m, 1>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
-                    ($m, 2) => kernel::<$m, 2>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
-                    ($m, 3) => kernel::<$m, 3>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
-                    ($m, 4) => kernel::<$m, 4>(x, k, panels, pairs, bias, out, ldo, cols, gelu),
+                    ($m, 1) => kernel::<$m, 1>(x, k, panels, pairs, bias, out, ldo, cols, act, residual),
+                    ($m, 2) => kernel::<$m, 2>(x, k, panels, pairs, bias, out, ldo, cols, act, residual),
+                    ($m, 3) => kernel::<$m, 3>(x, k, panels, pairs, bias, out, ldo, cols, act, residual),
+                    ($m, 4) => kernel::<$m, 4>(x, k, panels, pairs, bias, out, ldo, cols, act, residual),
                 )*
                 _ => unreachable!("tile of {mr} rows and {nv} panels"),
             }
@@ -179,8 +232,8 @@ unsafe fn tile(
 }
 
 /// One tile: `R` rows of `x` (row stride `k`) against `V` consecutive panels, plus `bias`,
-/// GELU-ed with `gelu`, rounded to bf16 into `out` (row stride `ldo`), of which the first
-/// `cols` columns are written.
+/// through `act`, plus `residual` (row stride `ldo`, unless null), rounded to bf16 into `out`
+/// (row stride `ldo`), of which the first `cols` columns are written.
 ///
 /// # Safety
 /// The CPU must have AVX512_BF16 (and AVX-512 F/BW/VL); `x` must hold `R` rows of `k` values,
@@ -198,7 +251,8 @@ unsafe fn kernel<const R: usize, const V: usize>(
     out: *mut bf16,
     ldo: usize,
     cols: usize,
-    gelu: bool,
+    act: Activation,
+    residual: *const bf16,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); V]; R];
@@ -227,11 +281,13 @@ unsafe fn kernel<const R: usize, const V: usize>(
             let b = _mm512_maskz_loadu_ps(mask_of(c), bias.add(c));
             _mm512_storeu_ps(sums.as_mut_ptr().add(c), _mm512_add_ps(*acc, b));
         }
-        if gelu {
-            crate::activation::gelu_rows_in_place(
-                &mut sums[..V * PANEL],
-                &[0.0; PANEL * NV][..V * PANEL],
-            );
+        act.apply(&mut sums[..V * PANEL]);
+    }
+    if !residual.is_null() {
+        for (r, sums) in sums.iter_mut().enumerate() {
+            for (c, v) in sums[..cols.min(V * PANEL)].iter_mut().enumerate() {
+                *v += (*residual.add(r * ldo + c)).to_f32();
+            }
         }
     }
     for (r, sums) in sums.iter().enumerate() {
@@ -283,19 +339,20 @@ unsafe fn kernel<const R: usize, const V: usize>(
     _: *mut bf16,
     _: usize,
     _: usize,
-    _: bool,
+    _: Activation,
+    _: *const bf16,
 ) {
     unreachable!("AVX512_BF16 is x86-64 only")
 }
 
 /// Candle custom op on bf16 `(x, w, bias)`, `x` `(..., K)`, `w` `(K, N)`, `bias` `(N)`, all
-/// contiguous: `x w + bias` (GELU-ed with `gelu`) as `(rows, N)` in bf16 with f32 sums ([`matmul_bf16`], the weight
+/// contiguous: `act(x w + bias)` as `(rows, N)` in bf16 with f32 sums ([`matmul_bf16`], the weight
 /// packed on each call). Needs [`has_avx512_bf16`]. Differentiable in all three (by the
 /// composition in f32).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LinearBf16 {
-    /// Exact GELU on the result (before rounding to bf16).
-    pub gelu: bool,
+    /// The activation of the result (before rounding to bf16).
+    pub act: Activation,
 }
 
 /// The contiguous bf16 values of `storage` under `layout`.
@@ -338,7 +395,7 @@ impl candle_core::CustomOp3 for LinearBf16 {
             .iter()
             .map(|b| b.to_f32())
             .collect();
-        let out = matmul_bf16(x, rows, &PackedBf16::new(w, k, n), &bias, self.gelu);
+        let out = matmul_bf16(x, rows, &PackedBf16::new(w, k, n), &bias, self.act, None);
         Ok((CpuStorage::BF16(out), Shape::from((rows, n))))
     }
 
@@ -357,11 +414,96 @@ impl candle_core::CustomOp3 for LinearBf16 {
                 .reshape(((), k))?
                 .matmul(&f32(&t[1])?)?
                 .broadcast_add(&f32(&t[2])?)?;
-            let y = if self.gelu { y.gelu_erf()? } else { y };
-            y.to_dtype(DType::BF16)
+            self.act.compose(y)?.to_dtype(DType::BF16)
         })?;
         let mut g = g.into_iter();
         Ok((g.next(), g.next(), g.next()))
+    }
+}
+
+/// The contiguous bf16 values of a CPU tensor.
+fn values_of(t: &Tensor, what: &'static str) -> Result<Vec<bf16>> {
+    // A copy of the (weight-sized) tensor: candle hands out no borrow of a tensor's storage
+    // across this call.
+    t.flatten_all()?
+        .to_dtype(DType::BF16)?
+        .to_vec1::<bf16>()
+        .map_err(|e| candle_core::Error::Msg(format!("residual_mlp_bf16 {what}: {e}")))
+}
+
+/// Candle custom op on bf16 `(x, base)`, `x` `(rows, C)`, `base` `(rows, N)`, with the MLP's
+/// weights: `base + act(x fc1 + b1) fc2 + b2`, both products in [`matmul_bf16`] (the
+/// activation and the residual add in their epilogues, f32 sums rounded once per product).
+/// Needs [`has_avx512_bf16`]. Inference only (no backward).
+#[derive(Debug, Clone)]
+pub struct ResidualMlpBf16 {
+    fc1: PackedBf16,
+    b1: Vec<f32>,
+    act: Activation,
+    fc2: PackedBf16,
+    b2: Vec<f32>,
+}
+
+impl ResidualMlpBf16 {
+    /// Packs the weights (bf16 on the CPU; checked to chain).
+    pub fn new(mlp: &crate::MlpWeights) -> Result<Self> {
+        let (c, h, n) = mlp.dims()?;
+        let bias = |b: &Option<Tensor>, len: usize| -> Result<Vec<f32>> {
+            match b {
+                Some(b) => Ok(values_of(b, "bias")?.iter().map(|v| v.to_f32()).collect()),
+                None => Ok(vec![0.0; len]),
+            }
+        };
+        let act = match mlp.act {
+            crate::MlpActivation::Gelu => Activation::Gelu,
+            crate::MlpActivation::StarRelu { scale, bias } => Activation::StarRelu { scale, bias },
+        };
+        Ok(Self {
+            fc1: PackedBf16::new(&values_of(&mlp.fc1, "fc1")?, c, h),
+            b1: bias(&mlp.fc1_bias, h)?,
+            act,
+            fc2: PackedBf16::new(&values_of(&mlp.fc2, "fc2")?, h, n),
+            b2: bias(&mlp.fc2_bias, n)?,
+        })
+    }
+}
+
+impl candle_core::CustomOp2 for ResidualMlpBf16 {
+    fn name(&self) -> &'static str {
+        "tokenmix-residual-mlp-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if !has_avx512_bf16() {
+            candle_core::bail!("residual_mlp_bf16 needs a CPU with AVX512_BF16");
+        }
+        let (rows, c) = xl.shape().dims2()?;
+        let n = self.fc2.n;
+        if c != self.fc1.k || bl.shape().dims2()? != (rows, n) {
+            candle_core::bail!(
+                "residual_mlp_bf16: input {:?} and base {:?} do not fit ({c} -> {n})",
+                xl.shape(),
+                bl.shape()
+            );
+        }
+        let x = contiguous_bf16(xs, xl, "input")?;
+        let base = contiguous_bf16(bs, bl, "base")?;
+        let hidden = matmul_bf16(x, rows, &self.fc1, &self.b1, self.act, None);
+        let out = matmul_bf16(
+            &hidden,
+            rows,
+            &self.fc2,
+            &self.b2,
+            Activation::Identity,
+            Some(base),
+        );
+        Ok((CpuStorage::BF16(out), Shape::from((rows, n))))
     }
 }
 
@@ -423,20 +565,34 @@ mod tests {
             let w = values(k * n, 2);
             let bias: Vec<f32> = values(n, 3).iter().map(|v| v.to_f32()).collect();
             let packed = PackedBf16::new(&w, k, n);
-            for gelu in [false, true] {
-                let got = matmul_bf16(&x, rows, &packed, &bias, gelu);
-                let want = reference(&x, &w, &bias, rows, k, n);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let w = if gelu {
-                        f64::from(crate::activation::gelu_of(*w as f32))
-                    } else {
-                        *w
-                    };
-                    let tol = w.abs() / 256.0 + 1e-4;
-                    assert!(
-                        (g.to_f64() - w).abs() <= tol,
-                        "({rows}, {k}, {n}, gelu {gelu}) element {i}: {g} vs {w}"
-                    );
+            let residual = values(rows * n, 4);
+            let star = Activation::StarRelu {
+                scale: 0.8,
+                bias: -0.1,
+            };
+            for act in [Activation::Identity, Activation::Gelu, star] {
+                for res in [None, Some(&residual[..])] {
+                    let got = matmul_bf16(&x, rows, &packed, &bias, act, res);
+                    let want = reference(&x, &w, &bias, rows, k, n);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let mut w = match act {
+                            Activation::Identity => *w,
+                            Activation::Gelu => f64::from(crate::activation::gelu_of(*w as f32)),
+                            Activation::StarRelu { scale, bias } => {
+                                let r = w.max(0.0);
+                                scale as f64 * r * r + bias as f64
+                            }
+                        };
+                        if let Some(res) = res {
+                            w += res[i].to_f64();
+                        }
+                        let tol = w.abs() / 256.0 + 1e-4 * (1.0 + w.abs());
+                        assert!(
+                            (g.to_f64() - w).abs() <= tol,
+                            "({rows}, {k}, {n}, {act:?}, residual {}) element {i}: {g} vs {w}",
+                            res.is_some()
+                        );
+                    }
                 }
             }
         }

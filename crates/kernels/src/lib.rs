@@ -75,7 +75,7 @@ use std::sync::OnceLock;
 
 pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
-pub use bf16::{has_avx512_bf16, LinearBf16};
+pub use bf16::{has_avx512_bf16, Activation as Bf16Activation, LinearBf16, ResidualMlpBf16};
 pub use cast::{cast, Cast};
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
@@ -173,7 +173,9 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
             .apply_op3(
                 &w.contiguous()?,
                 &bias.contiguous()?,
-                LinearBf16 { gelu: true },
+                LinearBf16 {
+                    act: bf16::Activation::Gelu,
+                },
             )?
             .reshape(out_dims);
     }
@@ -542,7 +544,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
             .apply_op3(
                 &w.contiguous()?,
                 &bias.contiguous()?,
-                LinearBf16 { gelu: false },
+                LinearBf16 {
+                    act: bf16::Activation::Identity,
+                },
             )?
             .reshape(out_dims);
     }
@@ -588,24 +592,13 @@ pub fn gelu_gate(h: &Tensor, conv: &Tensor, hidden: usize) -> Result<Tensor> {
 /// ops. The weights are treated as constants: gradients reach `x` and `base` only, so a layer
 /// whose weights train must compose the MLP itself.
 pub fn residual_mlp(x: &Tensor, base: &Tensor, mlp: &MlpWeights) -> Result<Tensor> {
-    if bf16_products(x, &[base, &mlp.fc1, &mlp.fc2]) {
-        let (rows, c, h, n) = mlp.operand_dims(x.dims(), base.dims())?;
-        let bias = |b: &Option<Tensor>, len: usize| match b {
-            Some(b) => Ok(b.clone()),
-            None => Tensor::zeros(len, DType::BF16, x.device()),
-        };
+    if bf16_products(x, &[base, &mlp.fc1, &mlp.fc2]) && !x.track_op() {
+        let (rows, c, _, n) = mlp.operand_dims(x.dims(), base.dims())?;
         let x2 = x.reshape((rows, c))?.contiguous()?;
-        let b1 = bias(&mlp.fc1_bias, h)?;
-        let hidden = match mlp.act {
-            MlpActivation::Gelu => {
-                x2.apply_op3(&mlp.fc1.contiguous()?, &b1, LinearBf16 { gelu: true })?
-            }
-            MlpActivation::StarRelu { scale, bias } => {
-                squared_relu(&linear(&x2, &mlp.fc1, &b1)?)?.affine(scale as f64, bias as f64)?
-            }
-        };
-        let y = linear(&hidden, &mlp.fc2, &bias(&mlp.fc2_bias, n)?)?;
-        return (y + base.reshape((rows, n))?)?.reshape(base.dims());
+        let base2 = base.reshape((rows, n))?.contiguous()?;
+        return x2
+            .apply_op2(&base2, bf16::ResidualMlpBf16::new(mlp)?)?
+            .reshape(base.dims());
     }
     if let Some(half) = half_on_cpu(x) {
         return residual_mlp(&widened(x)?, &widened(base)?, &mlp.widened()?)?.narrowed(half);
