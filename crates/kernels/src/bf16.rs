@@ -507,6 +507,84 @@ impl candle_core::CustomOp2 for ResidualMlpBf16 {
     }
 }
 
+/// Candle custom op on bf16 `(a, b)` of one shape `(..., C)`: `a * a_scale + b * b_scale` with
+/// optional per-channel scales (`C` values each, over the last axis) in f32, rounded once: a
+/// block's shortcut (res-scale) plus its layer-scaled branch. Inference only (no backward).
+#[derive(Debug, Clone)]
+pub struct ScaledAddBf16 {
+    /// Scale of `a`, if any.
+    pub a_scale: Option<Vec<f32>>,
+    /// Scale of `b`, if any.
+    pub b_scale: Option<Vec<f32>>,
+}
+
+impl candle_core::CustomOp2 for ScaledAddBf16 {
+    fn name(&self) -> &'static str {
+        "tokenmix-scaled-add-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        as_: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if al.shape() != bl.shape() {
+            candle_core::bail!("scaled_add: shapes {:?} and {:?}", al.shape(), bl.shape());
+        }
+        let c = al.shape().dims().last().copied().unwrap_or(1).max(1);
+        for s in [&self.a_scale, &self.b_scale].into_iter().flatten() {
+            if s.len() != c {
+                candle_core::bail!("scaled_add: {} scales for {c} channels", s.len());
+            }
+        }
+        let a = contiguous_bf16(as_, al, "a")?;
+        let b = contiguous_bf16(bs, bl, "b")?;
+        let mut out = vec![bf16::ZERO; a.len()];
+        let rows_per_task = (1 << 14) / c + 1;
+        out.par_chunks_mut(rows_per_task * c)
+            .zip(
+                a.par_chunks(rows_per_task * c)
+                    .zip(b.par_chunks(rows_per_task * c)),
+            )
+            .for_each(|(o, (a, b))| {
+                let mut wide = vec![0f32; c];
+                for ((o, a), b) in o
+                    .chunks_exact_mut(c)
+                    .zip(a.chunks_exact(c))
+                    .zip(b.chunks_exact(c))
+                {
+                    scaled_row(a, self.a_scale.as_deref(), &mut wide, false);
+                    scaled_row(b, self.b_scale.as_deref(), &mut wide, true);
+                    for (o, &v) in o.iter_mut().zip(&wide) {
+                        *o = bf16::from_f32(v);
+                    }
+                }
+            });
+        Ok((CpuStorage::BF16(out), al.shape().clone()))
+    }
+}
+
+/// `wide = v * scale` (or `+=` with `add`), `v` widened to f32.
+fn scaled_row(v: &[bf16], scale: Option<&[f32]>, wide: &mut [f32], add: bool) {
+    let widen = |v: bf16| f32::from_bits(u32::from(v.to_bits()) << 16);
+    match (scale, add) {
+        (Some(s), false) => wide
+            .iter_mut()
+            .zip(v)
+            .zip(s)
+            .for_each(|((w, &v), &s)| *w = widen(v) * s),
+        (Some(s), true) => wide
+            .iter_mut()
+            .zip(v)
+            .zip(s)
+            .for_each(|((w, &v), &s)| *w += widen(v) * s),
+        (None, false) => wide.iter_mut().zip(v).for_each(|(w, &v)| *w = widen(v)),
+        (None, true) => wide.iter_mut().zip(v).for_each(|(w, &v)| *w += widen(v)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

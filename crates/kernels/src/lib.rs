@@ -75,7 +75,9 @@ use std::sync::OnceLock;
 
 pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
-pub use bf16::{has_avx512_bf16, Activation as Bf16Activation, LinearBf16, ResidualMlpBf16};
+pub use bf16::{
+    has_avx512_bf16, Activation as Bf16Activation, LinearBf16, ResidualMlpBf16, ScaledAddBf16,
+};
 pub use cast::{cast, Cast};
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
@@ -181,6 +183,35 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
     let y = linear(x, w, &bias.zeros_like()?)?;
     bias_gelu(&y, bias, y.rank() - 1)
+}
+
+/// `a * a_scale + b * b_scale` for `a`, `b` of one shape `(..., C)` and optional per-channel
+/// scales `[C]` over the last axis (a block's res-scaled shortcut plus its layer-scaled
+/// branch): in one pass with f32 math for bf16 CPU tensors outside autograd
+/// ([`ScaledAddBf16`]), else as candle's broadcast products and sum.
+pub fn scaled_add(
+    a: &Tensor,
+    a_scale: Option<&Tensor>,
+    b: &Tensor,
+    b_scale: Option<&Tensor>,
+) -> Result<Tensor> {
+    let half_cpu = a.dtype() == DType::BF16 && a.device().is_cpu() && fused_enabled();
+    if half_cpu && b.dtype() == DType::BF16 && !a.track_op() && !b.track_op() {
+        let scales = |s: Option<&Tensor>| -> Result<Option<Vec<f32>>> {
+            s.map(|s| s.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
+                .transpose()
+        };
+        let op = ScaledAddBf16 {
+            a_scale: scales(a_scale)?,
+            b_scale: scales(b_scale)?,
+        };
+        return a.contiguous()?.apply_op2(&b.contiguous()?, op);
+    }
+    let scaled = |t: &Tensor, s: Option<&Tensor>| match s {
+        Some(s) => t.broadcast_mul(s),
+        None => Ok(t.clone()),
+    };
+    scaled(a, a_scale)? + scaled(b, b_scale)?
 }
 
 /// `t` in f32.

@@ -64,6 +64,31 @@ impl Scale {
     }
 }
 
+impl Scale {
+    /// `a * a_scale + b * b_scale`, each scale optional: a block's res-scaled shortcut plus its
+    /// layer-scaled branch, in one pass for channel-last or token bf16 tensors
+    /// ([`tokenmix_kernels::scaled_add`]), else as two products and a sum.
+    pub fn scaled_sum(
+        a: &Tensor,
+        a_scale: Option<&Scale>,
+        b: &Tensor,
+        b_scale: Option<&Scale>,
+    ) -> Result<Tensor> {
+        let spatial = [a_scale, b_scale]
+            .into_iter()
+            .flatten()
+            .any(|s| is_spatial(s.layout));
+        if spatial || a.dtype() != DType::BF16 {
+            let apply = |t: &Tensor, s: Option<&Scale>| match s {
+                Some(s) => s.forward(t),
+                None => Ok(t.clone()),
+            };
+            return apply(a, a_scale)? + apply(b, b_scale)?;
+        }
+        tokenmix_kernels::scaled_add(a, a_scale.map(|s| &s.scale), b, b_scale.map(|s| &s.scale))
+    }
+}
+
 impl Module for Scale {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.broadcast_mul(&per_channel(&self.scale, self.layout)?)

@@ -725,10 +725,19 @@ impl Block {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mixed = self.token_mixer.forward(&self.norm1.forward(x)?)?;
-        let mixed = self
-            .drop_path
-            .forward_t(&apply_opt(&self.layer_scale1, &mixed)?, train)?;
-        let x = (apply_opt(&self.res_scale1, x)? + mixed)?;
+        let x = if train {
+            let mixed = self
+                .drop_path
+                .forward_t(&apply_opt(&self.layer_scale1, &mixed)?, train)?;
+            (apply_opt(&self.res_scale1, x)? + mixed)?
+        } else {
+            Scale::scaled_sum(
+                x,
+                self.res_scale1.as_ref(),
+                &mixed,
+                self.layer_scale1.as_ref(),
+            )?
+        };
         self.mlp.forward_residual(
             &self.norm2.forward(&x)?,
             &apply_opt(&self.res_scale2, &x)?,
