@@ -95,22 +95,25 @@ impl PackedBf16 {
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0u32; panels * pairs * PANEL];
+        let bits = |row: usize, c0: usize, len: usize| {
+            w[row * n + c0..row * n + c0 + len]
+                .iter()
+                .map(|v| u32::from(v.to_bits()))
+        };
         data.par_chunks_mut(pairs * PANEL)
             .enumerate()
             .for_each(|(j, panel)| {
-                for (p, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                    for (c, slot) in row.iter_mut().enumerate() {
-                        let col = j * PANEL + c;
-                        if col >= n {
-                            break;
+                let c0 = j * PANEL;
+                let live = (n - c0).min(PANEL);
+                for (p, slot) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    let slot = &mut slot[..live];
+                    for (s, lo) in slot.iter_mut().zip(bits(2 * p, c0, live)) {
+                        *s = lo;
+                    }
+                    if 2 * p + 1 < k {
+                        for (s, hi) in slot.iter_mut().zip(bits(2 * p + 1, c0, live)) {
+                            *s |= hi << 16;
                         }
-                        let lo = w[2 * p * n + col].to_bits() as u32;
-                        let hi = if 2 * p + 1 < k {
-                            w[(2 * p + 1) * n + col].to_bits() as u32
-                        } else {
-                            0
-                        };
-                        *slot = lo | (hi << 16);
                     }
                 }
             });
@@ -139,10 +142,10 @@ pub(crate) fn matmul_bf16(
     }
     let res_ptr =
         crate::ptr::SyncPtr(residual.map_or(std::ptr::null_mut(), |r| r.as_ptr().cast_mut()));
-    let mut out = vec![bf16::ZERO; rows * n];
     if rows == 0 || n == 0 {
-        return out;
+        return vec![bf16::ZERO; rows * n];
     }
+    let mut out: Vec<bf16> = Vec::with_capacity(rows * n);
     let groups = n.div_ceil(PANEL * NV);
     let threads = rayon::current_num_threads().max(1);
     // Row blocks small enough that every thread gets several tiles, at most 8 microkernel rows.
@@ -193,6 +196,8 @@ pub(crate) fn matmul_bf16(
             r += mr;
         }
     });
+    // SAFETY: the tiles above wrote every row and column (bf16 has no drop).
+    unsafe { out.set_len(rows * n) };
     out
 }
 
