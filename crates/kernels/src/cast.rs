@@ -30,6 +30,17 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     }
 }
 
+/// A CPU tensor of `shape` in `dtype` (bf16 or f16) holding `values` rounded as [`cast`]
+/// rounds them, with no f32 tensor in between (how a half-precision model reads f32 weights).
+pub fn narrow_f32(values: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let device = candle_core::Device::Cpu;
+    match dtype {
+        DType::BF16 => Tensor::from_vec(narrow_bf16(values), shape, &device),
+        DType::F16 => Tensor::from_vec(narrow_f16(values), shape, &device),
+        other => candle_core::bail!("narrow_f32 converts to bf16 or f16, not {other:?}"),
+    }
+}
+
 /// Candle custom op converting a contiguous CPU tensor between f32 and bf16 / f16 (see the
 /// module). Its gradient is the incoming gradient converted back.
 #[derive(Debug, Clone, Copy)]

@@ -78,7 +78,7 @@ pub use attention::SelfAttention;
 pub use bf16::{
     has_avx512_bf16, Activation as Bf16Activation, LinearBf16, ResidualMlpBf16, ScaledAddBf16,
 };
-pub use cast::{cast, Cast};
+pub use cast::{cast, narrow_f32, Cast};
 pub use conv::{Im2ColNhwc, Window};
 pub use depthwise::{DepthwiseConv2d, DepthwiseConv2dBias, DepthwiseConv2dNhwc};
 pub use error::KernelError;

@@ -315,14 +315,17 @@ fn check_tensors<'a>(
         can_resize: &|name, found, expected| cfg.can_resize(name, found, expected),
         ignore: &|_| false,
     };
-    check_with(st, expected, &rules)
+    check_with(st, expected, &rules, &|_| {})
 }
 
-/// [`check_tensors`] under a family's [`Rules`].
+/// [`check_tensors`] under a family's [`Rules`]; `checked` is handed each tensor's bytes once
+/// its values are checked (a mapped file gives their pages back there, so the checks never
+/// hold the whole file in memory).
 pub(crate) fn check_with<'a>(
     st: &'a SafeTensors,
     expected: &[TensorSpec],
     rules: &Rules,
+    checked: &dyn Fn(&[u8]),
 ) -> std::result::Result<HashMap<String, &'a str>, String> {
     let wanted: HashMap<&str, &Vec<usize>> =
         expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
@@ -344,6 +347,7 @@ pub(crate) fn check_with<'a>(
                     ));
                 }
                 check_values(name, &view, &mut bad_dtype, &mut non_finite);
+                checked(view.data());
             }
         }
     }
@@ -686,11 +690,14 @@ pub(crate) fn load_checked(
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    let stored = check_with(&st, expected, rules).map_err(|details| Error::WeightMismatch {
-        path: path.to_path_buf(),
-        model: model_name.to_string(),
-        details,
-    })?;
+    let stored =
+        check_with(&st, expected, rules, &|data| bytes.release(data)).map_err(|details| {
+            Error::WeightMismatch {
+                path: path.to_path_buf(),
+                model: model_name.to_string(),
+                details,
+            }
+        })?;
     bytes.release(bytes.as_slice());
     let mut tensors = HashMap::with_capacity(expected.len());
     let mut counts: StoredDTypes = Vec::new();
@@ -700,12 +707,18 @@ pub(crate) fn load_checked(
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        let t = candle_core::safetensors::Load::load(&view, device)?;
-        match counts.iter_mut().find(|(d, _)| *d == t.dtype()) {
+        let (t, stored_dtype) = match narrowed_from_f32(&view, dtype, device)? {
+            Some(t) => (t, DType::F32),
+            None => {
+                let t = candle_core::safetensors::Load::load(&view, device)?;
+                let stored = t.dtype();
+                (t.to_dtype(dtype)?, stored)
+            }
+        };
+        match counts.iter_mut().find(|(d, _)| *d == stored_dtype) {
             Some((_, n)) => *n += 1,
-            None => counts.push((t.dtype(), 1)),
+            None => counts.push((stored_dtype, 1)),
         }
-        let t = t.to_dtype(dtype)?;
         bytes.release(view.data());
         tensors.insert(name.clone(), t);
     }
@@ -713,6 +726,33 @@ pub(crate) fn load_checked(
         tensors,
         stored: counts,
     })
+}
+
+/// A stored f32 tensor converted straight from the checkpoint's bytes to a half-precision
+/// `dtype` on the CPU (no f32 copy in between, so loading in bf16 never holds an f32 weight),
+/// or `None` where that does not apply (another dtype pair or device, or bytes not aligned for
+/// f32).
+fn narrowed_from_f32(
+    view: &safetensors::tensor::TensorView,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let applies = view.dtype() == safetensors::Dtype::F32
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && device.is_cpu();
+    let data = view.data();
+    if !applies || data.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 {
+        return Ok(None);
+    }
+    // SAFETY: `data` is 4-byte aligned (checked above), its length is a multiple of 4 (the
+    // checks sized it as the shape's f32 count), and every bit pattern is an f32.
+    let values: &[f32] =
+        unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), data.len() / 4) };
+    Ok(Some(tokenmix_kernels::narrow_f32(
+        values,
+        view.shape(),
+        dtype,
+    )?))
 }
 
 /// Random weights for the tensors `specs` (normal, std 0.02; norm weights and scales near
