@@ -124,7 +124,7 @@ crate::simd::dispatch! {
 
 crate::simd::dispatch! {
     /// [`gelu_slice_body`] on wide vectors where the CPU has them.
-    fn gelu_slice(x: &[f32], bias: f32, out: &mut [f32]) => gelu_slice_body
+    pub(crate) fn gelu_slice(x: &[f32], bias: f32, out: &mut [f32]) => gelu_slice_body
 }
 
 crate::simd::dispatch! {

@@ -590,6 +590,90 @@ fn scaled_row(v: &[bf16], scale: Option<&[f32]>, wide: &mut [f32], add: bool) {
     }
 }
 
+/// What [`RowsBf16`] computes on each row (in f32).
+#[derive(Debug, Clone)]
+pub enum RowOp {
+    /// LayerNorm over the row with per-channel weight and bias and this epsilon.
+    LayerNorm {
+        /// Per-channel weight.
+        weight: Vec<f32>,
+        /// Per-channel bias.
+        bias: Vec<f32>,
+        /// Added to the variance.
+        eps: f32,
+    },
+    /// Exact GELU.
+    Gelu,
+    /// `scale * relu(v)^2 + bias`.
+    StarRelu {
+        /// Factor on the squared ReLU.
+        scale: f32,
+        /// Added after scaling.
+        bias: f32,
+    },
+}
+
+/// Candle custom op on a bf16 CPU tensor `(..., C)`: [`RowOp`] on each row of `row` values
+/// (`C` for a norm, which must divide the tensor; any length for an element-wise op, the last
+/// row possibly shorter), each row widened to f32 in a task's buffer and
+/// rounded once on the way out, so no f32 copy of the tensor exists. Inference only.
+#[derive(Debug, Clone)]
+pub struct RowsBf16 {
+    /// Values per row.
+    pub row: usize,
+    /// What each row gets.
+    pub op: RowOp,
+}
+
+impl candle_core::CustomOp1 for RowsBf16 {
+    fn name(&self) -> &'static str {
+        "tokenmix-rows-bf16"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_bf16(s, l, "input")?;
+        let row = self.row.max(1);
+        if let RowOp::LayerNorm { weight, bias, .. } = &self.op {
+            if x.len() % row != 0 {
+                candle_core::bail!("rows_bf16: {} values are not rows of {row}", x.len());
+            }
+            if weight.len() != row || bias.len() != row {
+                candle_core::bail!(
+                    "rows_bf16: norm of {} channels on rows of {row}",
+                    weight.len()
+                );
+            }
+        }
+        let mut out = vec![bf16::ZERO; x.len()];
+        let rows_per_task = ((1 << 13) / row).max(1);
+        out.par_chunks_mut(rows_per_task * row)
+            .zip(x.par_chunks(rows_per_task * row))
+            .for_each(|(o, x)| {
+                let (mut wide, mut done) = (vec![0f32; row], vec![0f32; row]);
+                for (o, x) in o.chunks_mut(row).zip(x.chunks(row)) {
+                    let (wide, done) = (&mut wide[..x.len()], &mut done[..x.len()]);
+                    for (w, &v) in wide.iter_mut().zip(x) {
+                        *w = f32::from_bits(u32::from(v.to_bits()) << 16);
+                    }
+                    match &self.op {
+                        RowOp::LayerNorm { weight, bias, eps } => {
+                            crate::norm::layer_norm_row(wide, weight, bias, *eps, done)
+                        }
+                        RowOp::Gelu => crate::activation::gelu_slice(wide, 0.0, done),
+                        RowOp::StarRelu { scale, bias } => {
+                            for (d, &v) in done.iter_mut().zip(wide.iter()) {
+                                let r = v.max(0.0);
+                                *d = scale * (r * r) + bias;
+                            }
+                        }
+                    }
+                    crate::cast::narrow_bf16_into(done, o);
+                }
+            });
+        Ok((CpuStorage::BF16(out), l.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,14 +90,17 @@ fn convert<S: Sync, D: Send + Copy + Default>(
 }
 
 fn narrow_bf16(src: &[f32]) -> Vec<bf16> {
-    convert(src, |s, o| {
-        #[cfg(target_arch = "x86_64")]
-        if crate::bf16::has_avx512_bf16() {
-            // SAFETY: the CPU has AVX512_BF16; `s` and `o` have the same length.
-            return unsafe { narrow_bf16_avx512(s, o) };
-        }
-        narrow_bf16_bits(s, o);
-    })
+    convert(src, narrow_bf16_into)
+}
+
+/// `o = s` rounded to bf16 (one thread; `o` as long as `s`).
+pub(crate) fn narrow_bf16_into(s: &[f32], o: &mut [bf16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::bf16::has_avx512_bf16() {
+        // SAFETY: the CPU has AVX512_BF16; `o` is at least as long as `s`.
+        return unsafe { narrow_bf16_avx512(s, &mut o[..s.len()]) };
+    }
+    narrow_bf16_bits(s, o);
 }
 
 /// Round-to-nearest-even on the bit patterns (NaN kept quiet), branch-free so it vectorizes.

@@ -76,7 +76,8 @@ use std::sync::OnceLock;
 pub use activation::{Gelu, GeluGate, StarRelu};
 pub use attention::SelfAttention;
 pub use bf16::{
-    has_avx512_bf16, Activation as Bf16Activation, LinearBf16, ResidualMlpBf16, ScaledAddBf16,
+    has_avx512_bf16, Activation as Bf16Activation, LinearBf16, ResidualMlpBf16, RowOp, RowsBf16,
+    ScaledAddBf16,
 };
 pub use cast::{cast, narrow_f32, Cast};
 pub use conv::{Im2ColNhwc, Window};
@@ -212,6 +213,16 @@ pub fn scaled_add(
         None => Ok(t.clone()),
     };
     scaled(a, a_scale)? + scaled(b, b_scale)?
+}
+
+/// Whether `x` is a bf16 CPU tensor outside autograd, which [`RowsBf16`] takes.
+fn bf16_rows(x: &Tensor) -> bool {
+    x.dtype() == DType::BF16 && x.device().is_cpu() && fused_enabled() && !x.track_op()
+}
+
+/// [`RowsBf16`] on `x` with rows of `row` values.
+fn rows_bf16(x: &Tensor, row: usize, op: RowOp) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(RowsBf16 { row, op })
 }
 
 /// `t` in f32.
@@ -704,6 +715,21 @@ pub fn channel_norm(
     eps: f64,
     channel_axis: usize,
 ) -> Result<Tensor> {
+    let last = x.rank().saturating_sub(1);
+    let constants = !weight.track_op() && bias.is_none_or(|b| !b.track_op());
+    if bf16_rows(x) && axes == NormAxes::Channels && channel_axis == last && constants {
+        let values = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let c = x.dim(last)?;
+        let op = RowOp::LayerNorm {
+            weight: values(weight)?,
+            bias: match bias {
+                Some(b) => values(b)?,
+                None => vec![0.0; c],
+            },
+            eps: eps as f32,
+        };
+        return rows_bf16(x, c, op);
+    }
     if let Some(half) = half_on_cpu(x) {
         return channel_norm(
             &widened(x)?,
@@ -895,6 +921,9 @@ pub fn irfft2_ortho(re: &Tensor, im: &Tensor, width: usize) -> Result<Tensor> {
 
 /// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt(2)))`, as PyTorch's `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if bf16_rows(x) {
+        return rows_bf16(x, 4096, RowOp::Gelu);
+    }
     if let Some(half) = half_on_cpu(x) {
         return gelu(&widened(x)?)?.narrowed(half);
     }
@@ -937,6 +966,19 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor, channel_axis: usize) -> Result<Tenso
 
 /// StarReLU, `scale * relu(x)^2 + bias`, with learned scalars `scale` and `bias` (`[1]`).
 pub fn star_relu(x: &Tensor, scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if bf16_rows(x) && !scale.track_op() && !bias.track_op() {
+        let scalar = |t: &Tensor| {
+            t.flatten_all()?
+                .to_dtype(DType::F32)?
+                .get(0)?
+                .to_scalar::<f32>()
+        };
+        let op = RowOp::StarRelu {
+            scale: scalar(scale)?,
+            bias: scalar(bias)?,
+        };
+        return rows_bf16(x, 4096, op);
+    }
     if let Some(half) = half_on_cpu(x) {
         return star_relu(&widened(x)?, &widened(scale)?, &widened(bias)?)?.narrowed(half);
     }

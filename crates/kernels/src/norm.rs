@@ -119,7 +119,7 @@ fn layer_norm_chunk(
 
 crate::simd::dispatch! {
     /// [`layer_norm_row_body`] on wide vectors where the CPU has them.
-    fn layer_norm_row(row: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) => layer_norm_row_body
+    pub(crate) fn layer_norm_row(row: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) => layer_norm_row_body
 }
 
 /// LayerNorm of one channel-last row: `dst = (row - mean) / sqrt(var + eps) * w + b`, the sums

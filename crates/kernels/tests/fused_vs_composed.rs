@@ -2167,3 +2167,69 @@ fn bf16_products_match_the_f32_composition_of_their_values() {
         assert!(err < 2e-2, "residual_mlp ({rows}, {k}, {n}): {err}");
     }
 }
+
+/// The bf16 row kernels (LayerNorm over the last axis, exact GELU, StarReLU) and the bf16
+/// block sum against the f32 composition of the same bf16 values: odd channel counts, element
+/// counts that are no multiple of a row, a transposed (non-contiguous) input.
+#[test]
+fn bf16_row_ops_match_the_f32_composition_of_their_values() {
+    use candle_core::DType;
+    use tokenmix_kernels::NormAxes;
+    let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let check = |got: &Tensor, want: &Tensor, what: &str| {
+        assert_eq!(got.dtype(), DType::BF16, "{what}");
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1e-3);
+        let err = max_abs_diff(&f32(got), want) / scale;
+        assert!(err < 1e-2, "{what}: {err}");
+    };
+    for &(rows, c) in &[(1, 1), (5, 3), (37, 19), (64, 96), (3, 4099)] {
+        let x = bf(randn(&[c, rows])).t().unwrap();
+        assert!(rows == 1 || c == 1 || !x.is_contiguous());
+        let w = bf((randn(&[c]) + 1.0).unwrap());
+        let b = bf(randn(&[c]));
+        let got =
+            tokenmix_kernels::channel_norm(&x, &w, Some(&b), NormAxes::Channels, 1e-6, 1).unwrap();
+        let want = composed::channel_norm(
+            &f32(&x),
+            &f32(&w),
+            Some(&f32(&b)),
+            NormAxes::Channels,
+            1e-6,
+            1,
+        )
+        .unwrap();
+        check(&got, &want, &format!("layer norm ({rows}, {c})"));
+        check(
+            &tokenmix_kernels::gelu(&x).unwrap(),
+            &f32(&x).gelu_erf().unwrap(),
+            "gelu",
+        );
+        let (s, t) = (
+            bf(Tensor::new(&[0.9f32], &Device::Cpu).unwrap()),
+            bf(Tensor::new(&[-0.2f32], &Device::Cpu).unwrap()),
+        );
+        let want = composed::star_relu(&f32(&x), &f32(&s), &f32(&t)).unwrap();
+        check(
+            &tokenmix_kernels::star_relu(&x, &s, &t).unwrap(),
+            &want,
+            "star_relu",
+        );
+        let y = bf(randn(&[rows, c]));
+        let got = tokenmix_kernels::scaled_add(&x, Some(&w), &y, Some(&b)).unwrap();
+        let want = (f32(&x).broadcast_mul(&f32(&w)).unwrap()
+            + f32(&y).broadcast_mul(&f32(&b)).unwrap())
+        .unwrap();
+        check(&got, &want, "scaled_add");
+        let got = tokenmix_kernels::scaled_add(&x, None, &y, Some(&b)).unwrap();
+        let want = (f32(&x) + f32(&y).broadcast_mul(&f32(&b)).unwrap()).unwrap();
+        check(&got, &want, "scaled_add without the first scale");
+    }
+}
