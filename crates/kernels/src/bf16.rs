@@ -272,38 +272,44 @@ unsafe fn kernel<const R: usize, const V: usize>(
         step::<R, V>(&mut acc, panels.add(full * PANEL), pairs * PANEL, single);
     }
     let mask_of = |c: usize| -> __mmask16 {
-        let live = (cols - c).min(PANEL);
-        if live == PANEL {
-            !0
-        } else {
-            (1u16 << live) - 1
+        match cols.saturating_sub(c) {
+            0 => 0,
+            live if live >= PANEL => !0,
+            live => (1u16 << live) - 1,
         }
     };
-    let mut sums = [[0f32; PANEL * NV]; R];
-    for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
-        for (v, acc) in acc.iter().enumerate() {
-            let c = v * PANEL;
-            let b = _mm512_maskz_loadu_ps(mask_of(c), bias.add(c));
-            _mm512_storeu_ps(sums.as_mut_ptr().add(c), _mm512_add_ps(*acc, b));
-        }
-        act.apply(&mut sums[..V * PANEL]);
-    }
-    if !residual.is_null() {
-        for (r, sums) in sums.iter_mut().enumerate() {
-            for (c, v) in sums[..cols.min(V * PANEL)].iter_mut().enumerate() {
-                *v += (*residual.add(r * ldo + c)).to_f32();
+    if act != Activation::Identity {
+        let mut sums = [0f32; PANEL * NV];
+        for acc in acc.iter_mut() {
+            for (v, a) in acc.iter().enumerate() {
+                let c = v * PANEL;
+                let b = _mm512_maskz_loadu_ps(mask_of(c), bias.add(c));
+                _mm512_storeu_ps(sums.as_mut_ptr().add(c), _mm512_add_ps(*a, b));
+            }
+            act.apply(&mut sums[..V * PANEL]);
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(sums.as_ptr().add(v * PANEL));
             }
         }
     }
-    for (r, sums) in sums.iter().enumerate() {
-        for v in 0..V {
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, a) in acc.iter().enumerate() {
             let c = v * PANEL;
             if c >= cols {
                 break;
             }
-            let rounded: __m256bh = _mm512_cvtneps_pbh(_mm512_loadu_ps(sums.as_ptr().add(c)));
-            let bits: __m256i = std::mem::transmute(rounded);
-            _mm256_mask_storeu_epi16(out.add(r * ldo + c).cast(), mask_of(c), bits);
+            let mask = mask_of(c);
+            let mut y = *a;
+            if act == Activation::Identity {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias.add(c)));
+            }
+            if !residual.is_null() {
+                let h = _mm256_maskz_loadu_epi16(mask, residual.add(r * ldo + c).cast());
+                let wide = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+                y = _mm512_add_ps(y, _mm512_castsi512_ps(wide));
+            }
+            let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(y));
+            _mm256_mask_storeu_epi16(out.add(r * ldo + c).cast(), mask, bits);
         }
     }
 }
