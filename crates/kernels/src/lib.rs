@@ -161,26 +161,12 @@ pub fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.matmul(w)
 }
 
-/// `gelu(x w + bias)` for `x` `(..., K)`: [`linear`] then [`bias_gelu`]-free exact GELU, in
-/// one pass of [`LinearBf16`] for bf16 CPU operands on a CPU with AVX512_BF16.
+/// `gelu(x w + bias)` (exact GELU) for `x` `(..., K)`: one pass of [`LinearBf16`] for bf16
+/// CPU operands on a CPU with AVX512_BF16, else [`linear`] without its bias and
+/// [`bias_gelu`].
 pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bf16_products(x, &[w, bias]) {
-        let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = n;
-        }
-        return x
-            .reshape((rows, k))?
-            .contiguous()?
-            .apply_op3(
-                &w.contiguous()?,
-                &bias.contiguous()?,
-                LinearBf16 {
-                    act: bf16::Activation::Gelu,
-                },
-            )?
-            .reshape(out_dims);
+        return linear_bf16(x, w, bias, bf16::Activation::Gelu);
     }
     let y = linear(x, w, &bias.zeros_like()?)?;
     bias_gelu(&y, bias, y.rank() - 1)
@@ -223,6 +209,20 @@ fn bf16_rows(x: &Tensor) -> bool {
 /// [`RowsBf16`] on `x` with rows of `row` values.
 fn rows_bf16(x: &Tensor, row: usize, op: RowOp) -> Result<Tensor> {
     x.contiguous()?.apply_op1(RowsBf16 { row, op })
+}
+
+/// `act(x w + bias)` by [`LinearBf16`] for `x` `(..., K)` (any layout), `w` `(K, N)`, giving
+/// `(..., N)`; the caller has checked [`bf16_products`].
+fn linear_bf16(x: &Tensor, w: &Tensor, bias: &Tensor, act: bf16::Activation) -> Result<Tensor> {
+    let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    x.reshape((rows, k))?
+        .contiguous()?
+        .apply_op3(&w.contiguous()?, &bias.contiguous()?, LinearBf16 { act })?
+        .reshape(out_dims)
 }
 
 /// `t` in f32.
@@ -575,22 +575,7 @@ pub fn neighborhood_aggregate(
 /// elsewhere it is candle's matmul and broadcast add. Differentiable in all three operands.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bf16_products(x, &[w, bias]) {
-        let (rows, k, n) = mlp::linear_dims(x.shape(), w.shape(), bias.shape())?;
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = n;
-        }
-        return x
-            .reshape((rows, k))?
-            .contiguous()?
-            .apply_op3(
-                &w.contiguous()?,
-                &bias.contiguous()?,
-                LinearBf16 {
-                    act: bf16::Activation::Identity,
-                },
-            )?
-            .reshape(out_dims);
+        return linear_bf16(x, w, bias, bf16::Activation::Identity);
     }
     if let Some(half) = half_on_cpu(x) {
         return linear(&widened(x)?, &widened(w)?, &widened(bias)?)?.narrowed(half);
